@@ -1,0 +1,3 @@
+from ctit.cli import app
+
+app()

@@ -1,0 +1,30 @@
+"""The ctit command line: parses, loads config, calls library code and renders results."""
+
+import logging
+
+import typer
+
+from ctit import cmd_data, cmd_features, cmd_serve, cmd_simulate, cmd_train
+
+app = typer.Typer(
+    name="ctit",
+    help="Predict platelet response to hetrombopag in CTIT, and explain why.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    """ctit: hetrombopag response prediction for cancer-therapy-induced thrombocytopenia."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+for module in (cmd_data, cmd_simulate, cmd_features, cmd_train, cmd_serve):
+    module.register(app)

@@ -1,0 +1,1 @@
+"""Cohort contract: loading, validation, units, drug classes, response labels and the simulator."""

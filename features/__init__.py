@@ -1,0 +1,1 @@
+"""Feature pipelines as of the index date (the first hetrombopag dose)."""

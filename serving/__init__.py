@@ -1,0 +1,1 @@
+"""The deployable model and the scoring module: Python API, HTTP service, FHIR and CDS Hooks."""

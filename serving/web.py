@@ -1,0 +1,5 @@
+"""The clinician web page served at `/`."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

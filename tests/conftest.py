@@ -1,0 +1,128 @@
+"""Shared fixtures: one small, schema-valid synthetic cohort (no real patient data).
+
+The cohort has mixed units, LOINC codes and aliases, missing values, a rare subtype and a patient
+with two CTIT episodes whose second regimen history includes the first.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def make_tables() -> dict[str, pd.DataFrame]:
+    """Return the small synthetic cohort as raw contract tables, as a CSV would hold them."""
+    patients = pd.DataFrame(
+        {
+            "patient_id": ["P-a1", "P-b2", "P-c3", "P-d4"],
+            "sex": ["F", "F", "F", "F"],
+            "birth_date": ["1973-05-02", "1960-01-15", "1985-11-30", "1968-07-07"],
+            "race": ["Asian", "White", "Asian", "Black"],
+            "site": ["north", "north", "south", "south"],
+            "ecog": [1, 0, 2, None],
+            "subtype": ["HER2+", "HR+/HER2-", "TNBC", "HR+/HER2-"],
+            "bone_mets": ["true", "false", "1", "0"],
+            "liver_mets": ["false", "true", "0", None],
+            "marrow_involvement": ["false", "false", "true", "false"],
+            "splenomegaly": ["false", "false", "false", "false"],
+            "prior_radiotherapy": ["false", "true", "false", "false"],
+        }
+    )
+    episodes = pd.DataFrame(
+        {
+            "episode_id": ["E-1", "E-2", "E-3", "E-4", "E-5"],
+            "patient_id": ["P-a1", "P-b2", "P-c3", "P-d4", "P-a1"],
+            "index_date": ["2024-03-10", "2024-06-01", "2024-07-15", "2025-01-20", "2024-09-01"],
+            "dose_mg": [7.5, 5, 7.5, None, 7.5],
+        }
+    )
+    lab_rows = [
+        # P-a1, episode E-1 (index 2024-03-10): PLT in 10*3/uL by LOINC, one in /uL
+        ("P-a1", "2024-02-18", "777-3", 180, "10*3/uL"),
+        ("P-a1", "2024-03-01", "PLT", 90, "10^9/L"),
+        ("P-a1", "2024-03-09T08:00:00", "777-3", 42000, "/uL"),
+        ("P-a1", "2024-03-09T08:00:00", "718-7", 10.5, "g/dL"),
+        ("P-a1", "2024-03-09T08:00:00", "CREA", 0.8, "mg/dL"),
+        ("P-a1", "2024-03-09T08:00:00", "ALB", 38, "g/L"),
+        ("P-a1", "2024-03-12", "PLT", 70, "10*9/L"),
+        ("P-a1", "2024-03-15", "PLT", 110, "K/uL"),
+        # P-a1, episode E-5 (index 2024-09-01)
+        ("P-a1", "2024-08-20", "PLT", 120, "10*9/L"),
+        ("P-a1", "2024-08-30", "PLT", 55, "10*9/L"),
+        ("P-a1", "2024-09-05", "PLT", 80, "10*9/L"),
+        ("P-a1", "2024-09-12", "PLT", 104, "10*9/L"),
+        # P-b2 (index 2024-06-01): baseline on the index date, rise of exactly +50
+        ("P-b2", "2024-05-20", "PLT", 150, "10*9/L"),
+        ("P-b2", "2024-06-01", "PLT", 30, "10*9/L"),
+        ("P-b2", "2024-06-01", "1742-6", 35, "U/L"),
+        ("P-b2", "2024-06-01", "TBIL", 1.0, "mg/dL"),
+        ("P-b2", "2024-06-01", "FERRITIN", 450, "ng/mL"),
+        ("P-b2", "2024-06-08", "PLT", 80, "10*9/L"),
+        # P-c3 (index 2024-07-15): responds only on day 15 (outside the 14-day horizon)
+        ("P-c3", "2024-07-12", "PLT", 20, "10*9/L"),
+        ("P-c3", "2024-07-12", "6690-2", 3.1, "10*3/uL"),
+        ("P-c3", "2024-07-12", "751-8", 1.6, "10*3/uL"),
+        ("P-c3", "2024-07-20", "PLT", 60, "10*9/L"),
+        ("P-c3", "2024-07-30", "PLT", 140, "10*9/L"),
+        # P-d4 (index 2025-01-20): no baseline in the 3 days up to index
+        ("P-d4", "2025-01-10", "PLT", 60, "10*9/L"),
+        ("P-d4", "2025-01-25", "PLT", 120, "10*9/L"),
+    ]
+    labs = pd.DataFrame(lab_rows, columns=["patient_id", "time", "test", "value", "unit"])
+    regimens = pd.DataFrame(
+        {
+            "patient_id": ["P-a1", "P-a1", "P-a1", "P-b2", "P-c3", "P-c3", "P-d4"],
+            "start_date": [
+                "2023-10-01",
+                "2024-02-20",
+                "2024-08-10",
+                "2024-05-12",
+                "2024-05-01",
+                "2024-06-28",
+                "2025-01-01",
+            ],
+            "end_date": [
+                "2024-01-15",
+                "",
+                "",
+                "",
+                "2024-06-20",
+                "",
+                "",
+            ],
+            "drugs": [
+                "docetaxel;trastuzumab;pertuzumab",
+                "trastuzumab emtansine",
+                "trastuzumab deruxtecan",
+                "palbociclib;letrozole",
+                "gemcitabine;carboplatin",
+                "Gemcitabine; Cisplatin",
+                "capecitabine",
+            ],
+            "regimen": ["THP", "T-DM1", "T-DXd", "palbo+AI", "GCb", "GP", "X"],
+            "line": [1, 2, 3, 1, 1, 2, None],
+            "cycle": [6, 2, 1, 3, 4, 2, 1],
+        }
+    )
+    return {"patients": patients, "episodes": episodes, "labs": labs, "regimens": regimens}
+
+
+def write_tables(tables: dict[str, pd.DataFrame], directory: Path, fmt: str = "csv") -> Path:
+    """Write contract tables into `directory` as CSV or Parquet and return the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        if fmt == "csv":
+            frame.to_csv(directory / f"{name}.csv", index=False)
+        else:
+            frame.to_parquet(directory / f"{name}.parquet", index=False)
+    return directory
+
+
+@pytest.fixture
+def cohort_tables() -> dict[str, pd.DataFrame]:
+    return make_tables()
+
+
+@pytest.fixture
+def cohort_dir(tmp_path: Path) -> Path:
+    return write_tables(make_tables(), tmp_path / "cohort")

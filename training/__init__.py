@@ -1,0 +1,1 @@
+"""Experiments, validation, calibration, evaluation, reports and MLflow tracking."""
