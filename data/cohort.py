@@ -1,0 +1,1063 @@
+"""The cohort contract: load, validate and normalise a cohort's tables (DESIGN.md, "Cohort").
+
+A cohort is a directory of `NAME.csv` / `NAME.parquet` tables, or the same tables in memory (one
+patient over HTTP). Validation collects every problem with its table, line and column; nothing in
+the input is modified. Every check is vectorised: per-row Python work happens only on distinct
+values (test codes, units, drug lists, booleans) or on the rows that are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as ptypes
+
+from data import drugs, units
+from data.issues import CohortError, Issue
+
+logger = logging.getLogger(__name__)
+
+TABLES: tuple[str, ...] = ("patients", "episodes", "labs", "regimens", "outcomes")
+REQUIRED_TABLES: tuple[str, ...] = ("patients", "episodes", "labs", "regimens")
+REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "patients": ("patient_id",),
+        "episodes": ("episode_id", "patient_id", "index_date"),
+        "labs": ("patient_id", "time", "test", "value", "unit"),
+        "regimens": ("patient_id", "start_date", "drugs"),
+        "outcomes": ("episode_id", "response"),
+    }
+)
+BOOLEAN_COLUMNS: tuple[str, ...] = (
+    "bone_mets",
+    "liver_mets",
+    "marrow_involvement",
+    "splenomegaly",
+    "prior_radiotherapy",
+)
+SUBTYPES: tuple[str, ...] = ("HR+/HER2-", "HER2+", "TNBC")
+TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".parquet", ".pq")
+# Past this many rows with the same problem, one more issue counts the rest (a million bad units
+# would otherwise make an unreadable report).
+MAX_ISSUES_PER_CHECK = 50
+
+# Columns read as text from CSV (ids such as "007" must not become numbers).
+_TEXT_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "patients": (
+            "patient_id",
+            "sex",
+            "birth_date",
+            "race",
+            "site",
+            "subtype",
+            *BOOLEAN_COLUMNS,
+        ),
+        "episodes": ("episode_id", "patient_id", "index_date"),
+        "labs": ("patient_id", "time", "test", "unit"),
+        "regimens": ("patient_id", "start_date", "end_date", "drugs", "regimen"),
+        "outcomes": ("episode_id",),
+    }
+)
+_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "nat", "<na>"})
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
+_TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$")
+_SUBTYPE_KEYS = {s.lower(): s for s in SUBTYPES}
+_SECONDS_PER_YEAR = 365.25 * 86400.0
+
+
+@dataclass(frozen=True, eq=False)
+class Cohort:
+    """Validated, normalised cohort tables (new frames, never the input objects).
+
+    See docs/ARCHITECTURE.md "data" for the columns of each frame.
+    """
+
+    patients: pd.DataFrame
+    episodes: pd.DataFrame
+    labs: pd.DataFrame
+    regimens: pd.DataFrame
+    outcomes: pd.DataFrame | None = None
+    warnings: tuple[Issue, ...] = ()
+    conversions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Outcome of `validate_cohort`: every error and warning, and a summary of what was read."""
+
+    valid: bool
+    errors: list[Issue]
+    warnings: list[Issue]
+    summary: dict[str, object]
+
+    def as_dict(self) -> dict[str, object]:
+        """The `ctit validate --json` shape."""
+        return {
+            "valid": self.valid,
+            "errors": [issue.as_dict() for issue in self.errors],
+            "warnings": [issue.as_dict() for issue in self.warnings],
+            "summary": self.summary,
+        }
+
+
+@dataclass
+class _Source:
+    """One raw table: its frame (RangeIndex), the line of each row, and where it came from."""
+
+    table: str
+    frame: pd.DataFrame
+    lines: np.ndarray
+    origin: str
+    from_text: bool
+
+
+class _Issues:
+    """Collects errors and warnings; row checks turn masks into issues with lines."""
+
+    def __init__(self) -> None:
+        self.errors: list[Issue] = []
+        self.warnings: list[Issue] = []
+
+    def add(
+        self,
+        table: str,
+        message: str,
+        column: str | None = None,
+        line: int | None = None,
+        warning: bool = False,
+    ) -> None:
+        (self.warnings if warning else self.errors).append(Issue(table, line, column, message))
+
+    def rows(
+        self,
+        src: _Source,
+        mask: np.ndarray,
+        column: str | None,
+        describe: Callable[[int], str],
+        warning: bool = False,
+    ) -> int:
+        """Report each masked row (`describe(position)` gives the reason); returns the count."""
+        positions = np.flatnonzero(mask)
+        target = self.warnings if warning else self.errors
+        shown = positions[:MAX_ISSUES_PER_CHECK]
+        for pos in shown:
+            target.append(Issue(src.table, int(src.lines[pos]), column, describe(int(pos))))
+        rest = len(positions) - len(shown)
+        if rest:
+            pos = int(positions[len(shown)])
+            target.append(
+                Issue(
+                    src.table,
+                    int(src.lines[pos]),
+                    column,
+                    f"{describe(pos)}; and {rest - 1} more rows with the same problem",
+                )
+            )
+        return len(positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_cohort(path: str | Path) -> Cohort:
+    """Load, validate and normalise a cohort directory.
+
+    Raises:
+        CohortError: listing every problem found (and the warnings).
+    """
+    issues = _Issues()
+    sources = _read_directory(Path(path), issues)
+    cohort, _ = _build(sources, issues)
+    if issues.errors or cohort is None:
+        raise CohortError(issues.errors, issues.warnings)
+    return cohort
+
+
+def validate_cohort(path: str | Path) -> ValidationReport:
+    """Validate a cohort directory without raising: every error, every warning and a summary."""
+    issues = _Issues()
+    directory = Path(path)
+    sources = _read_directory(directory, issues)
+    _, summary = _build(sources, issues)
+    summary = {"directory": str(directory), **summary}
+    return ValidationReport(not issues.errors, issues.errors, issues.warnings, summary)
+
+
+def cohort_from_tables(tables: Mapping[str, pd.DataFrame | list[dict] | None]) -> Cohort:
+    """Validate and normalise in-memory contract tables (the HTTP and FHIR path).
+
+    Values are DataFrames or lists of row dicts; lines in issues are 0-based row indices.
+    `patients` and `episodes` are required; an absent `labs`, `regimens` or `outcomes` table
+    means no rows (a single patient may have no regimen on record).
+
+    Raises:
+        CohortError: listing every problem found.
+    """
+    issues = _Issues()
+    sources: dict[str, _Source] = {}
+    for name, value in tables.items():
+        if name not in TABLES:
+            issues.add(
+                name, f"unknown table {name!r} ignored (tables: {', '.join(TABLES)})", warning=True
+            )
+            continue
+        if value is None:
+            continue
+        frame = _frame_of(name, value, issues)
+        if frame is not None:
+            sources[name] = _Source(name, frame, np.arange(len(frame)), "<memory>", False)
+    for name in ("patients", "episodes"):
+        if name not in sources and not any(i.table == name for i in issues.errors):
+            issues.add(name, f"missing table {name!r}")
+    for name in ("labs", "regimens"):
+        if name not in sources and not any(i.table == name for i in issues.errors):
+            empty = pd.DataFrame({c: pd.Series(dtype=object) for c in REQUIRED_COLUMNS[name]})
+            sources[name] = _Source(name, empty, np.arange(0), "<memory>", False)
+    cohort, _ = _build(sources, issues)
+    if issues.errors or cohort is None:
+        raise CohortError(issues.errors, issues.warnings)
+    return cohort
+
+
+def summarise(cohort: Cohort) -> dict[str, object]:
+    """JSON-able summary of a loaded cohort (rows, patients, episodes, analytes, conversions)."""
+    return _summary_of(
+        {
+            "patients": cohort.patients,
+            "episodes": cohort.episodes,
+            "labs": cohort.labs,
+            "regimens": cohort.regimens,
+            "outcomes": cohort.outcomes,
+        },
+        cohort.conversions,
+        {},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _frame_of(name: str, value: object, issues: _Issues) -> pd.DataFrame | None:
+    if isinstance(value, pd.DataFrame):
+        frame = value
+    elif isinstance(value, Mapping):
+        frame = pd.DataFrame([value])
+    elif isinstance(value, list | tuple):
+        if not all(isinstance(row, Mapping) for row in value):
+            issues.add(name, "rows must be objects (column -> value)")
+            return None
+        frame = pd.DataFrame(list(value))
+        if frame.empty and not len(frame.columns):
+            frame = pd.DataFrame({c: pd.Series(dtype=object) for c in REQUIRED_COLUMNS[name]})
+    else:
+        issues.add(
+            name, f"expected a table (DataFrame or list of rows), got {type(value).__name__}"
+        )
+        return None
+    if not isinstance(frame.index, pd.RangeIndex) or frame.index.start != 0:
+        frame = frame.reset_index(drop=True)
+    return frame
+
+
+def _read_directory(directory: Path, issues: _Issues) -> dict[str, _Source]:
+    if not directory.exists():
+        issues.add("cohort", f"directory {directory} does not exist")
+        return {}
+    if not directory.is_dir():
+        issues.add("cohort", f"{directory} is not a directory (a cohort is a directory of tables)")
+        return {}
+    files = sorted(
+        f for f in directory.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES
+    )
+    if not files:
+        issues.add(
+            "cohort",
+            f"directory {directory} holds no tables (expected patients, episodes, labs, regimens "
+            "and optionally outcomes, each as .csv or .parquet)",
+        )
+        return {}
+    by_table: dict[str, list[Path]] = {}
+    for file in files:
+        name = file.stem
+        if name not in TABLES:
+            issues.add(name, f"{file.name} is not a contract table; ignored", warning=True)
+            continue
+        by_table.setdefault(name, []).append(file)
+    sources: dict[str, _Source] = {}
+    for name, found in by_table.items():
+        if len(found) > 1:
+            issues.add(name, f"table given twice ({', '.join(f.name for f in found)}); keep one")
+            continue
+        source = _read_file(name, found[0], issues)
+        if source is not None:
+            sources[name] = source
+    for name in REQUIRED_TABLES:
+        if name not in by_table:
+            issues.add(name, f"missing table {name!r} (expected {name}.csv or {name}.parquet)")
+    return sources
+
+
+def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
+    if file.suffix.lower() == ".csv":
+        return _read_csv(table, file, issues)
+    try:
+        frame = pd.read_parquet(file)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        issues.add(table, f"{file.name} is not a readable Parquet file ({_first_line(exc)})")
+        return None
+    if not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index()
+    frame = frame.reset_index(drop=True) if frame.index.start != 0 else frame
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return _Source(table, frame, np.arange(len(frame)), file.name, False)
+
+
+def _read_csv(table: str, file: Path, issues: _Issues) -> _Source | None:
+    try:
+        frame = pd.read_csv(
+            file,
+            dtype=dict.fromkeys(_TEXT_COLUMNS[table], str),
+            keep_default_na=False,
+            na_values=[""],
+            skip_blank_lines=False,
+            skipinitialspace=True,
+            low_memory=False,
+            encoding="utf-8-sig",
+        )
+    except UnicodeDecodeError as exc:
+        issues.add(table, f"{file.name} is not UTF-8 text ({_decode_position(file, exc)})")
+        return None
+    except pd.errors.EmptyDataError:
+        issues.add(table, f"{file.name} is empty (expected a header line with the column names)")
+        return None
+    except (pd.errors.ParserError, ValueError) as exc:
+        line = _parser_error_line(str(exc))
+        issues.add(table, f"{file.name} cannot be parsed as CSV: {_first_line(exc)}", line=line)
+        return None
+    except OSError as exc:
+        issues.add(table, f"{file.name} cannot be read ({exc.strerror or exc})")
+        return None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    lines = np.arange(len(frame)) + 2
+    if len(frame.columns):
+        # Blank lines are read as all-empty rows so that line numbers stay exact; drop them here.
+        blank = frame.isna().all(axis=1).to_numpy()
+        if blank.any():
+            frame = frame.loc[~blank].reset_index(drop=True)
+            lines = lines[~blank]
+    return _Source(table, frame, lines, file.name, True)
+
+
+def _decode_position(file: Path, exc: UnicodeDecodeError) -> str:
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(exc.start)
+    except OSError:
+        return str(exc.reason)
+    line = head.count(b"\n") + 1
+    return f"invalid byte at line {line}, byte offset {exc.start}"
+
+
+def _parser_error_line(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Column parsers: each returns new values plus masks of missing and bad rows.
+
+
+def _missing_token(values: pd.Series) -> np.ndarray:
+    """Rows holding NaN/None or a missing-value token ("", "NA", "null", ...)."""
+    missing = values.isna().to_numpy()
+    if values.dtype == object:
+        candidates = ~missing
+        if candidates.any():
+            sub = values[candidates]
+            is_str = sub.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+            if is_str.any():
+                tokens = sub[is_str].str.strip().str.lower().isin(_MISSING_TOKENS).to_numpy()
+                idx = np.flatnonzero(candidates)[is_str]
+                missing[idx[tokens]] = True
+    return missing
+
+
+def _text(values: pd.Series, from_text: bool) -> tuple[pd.Series, np.ndarray]:
+    """Text column as object dtype (str or None); missing rows masked."""
+    if from_text and values.dtype == object:
+        # read_csv: already str or NaN; empty fields are NaN; only whitespace-only is left to catch.
+        missing = values.isna().to_numpy()
+        return values, missing
+    if values.dtype != object:
+        values = values.astype(object)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    cleaned = np.array([_clean_text(u) for u in uniques] + [None], dtype=object)
+    out = cleaned[codes]  # -1 picks the trailing None
+    missing = np.array([c is None for c in cleaned], dtype=bool)[codes]
+    return pd.Series(out, dtype=object), missing
+
+
+def _clean_text(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _dates(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, bool]:
+    """(datetime64[ns] values, missing, unparseable, had UTC offsets)."""
+    if ptypes.is_datetime64_any_dtype(values.dtype):
+        if getattr(values.dtype, "tz", None) is not None:
+            values = values.dt.tz_localize(None)
+        out = values.astype("datetime64[ns]")
+        missing = out.isna().to_numpy()
+        return out, missing, np.zeros(len(out), dtype=bool), False
+    had_offsets = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            parsed = pd.to_datetime(values, format="ISO8601", errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            parsed = None
+        if parsed is None or parsed.dtype != "datetime64[ns]":
+            # UTC offsets: keep the local wall-clock time the hospital recorded.
+            had_offsets = True
+            stripped = values.astype(str).str.strip().str.replace(_TZ_SUFFIX, "", regex=True)
+            stripped[values.isna()] = None
+            parsed = pd.to_datetime(stripped, format="ISO8601", errors="coerce")
+    nat = parsed.isna().to_numpy()
+    missing = np.zeros(len(parsed), dtype=bool)
+    if nat.any():
+        missing[nat] = _missing_token(values[nat])
+    return parsed, missing, nat & ~missing, had_offsets
+
+
+def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """(float64 values, missing, not a finite number)."""
+    if ptypes.is_bool_dtype(values.dtype) or ptypes.is_numeric_dtype(values.dtype):
+        out = values.astype("float64")
+        arr = out.to_numpy()
+        missing = np.isnan(arr)
+        return out, missing, np.isinf(arr)
+    out = pd.to_numeric(values, errors="coerce").astype("float64")
+    arr = out.to_numpy()
+    nan = np.isnan(arr)
+    missing = np.zeros(len(arr), dtype=bool)
+    if nan.any():
+        missing[nan] = _missing_token(values[nan])
+    return out, missing, (nan & ~missing) | np.isinf(arr)
+
+
+def _booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(float 1.0/0.0/NaN, bad) from true/false/1/0/yes/no (any case) or booleans."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    parsed = np.array([_boolean(u) for u in uniques] + [np.nan], dtype=float)
+    bad_u = np.array([_boolean(u) is None for u in uniques] + [False], dtype=bool)
+    parsed[np.flatnonzero(bad_u)] = np.nan
+    return pd.Series(parsed[codes], dtype="float64"), bad_u[codes]
+
+
+def _boolean(value: object) -> float | None:
+    if isinstance(value, bool | np.bool_):
+        return float(value)
+    if isinstance(value, int | float | np.integer | np.floating):
+        if np.isnan(value):
+            return np.nan
+        return float(value) if value in (0, 1) else None
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return 1.0
+    if text in _FALSE:
+        return 0.0
+    if text in _MISSING_TOKENS:
+        return np.nan
+    return None
+
+
+def _show(values: pd.Series | np.ndarray, pos: int) -> str:
+    value = values.iloc[pos] if isinstance(values, pd.Series) else values[pos]
+    return repr(value) if isinstance(value, str) else repr(str(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Table normalisation
+
+
+@dataclass
+class _Parsed:
+    """Normalised frames so far and facts needed across tables."""
+
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    conversions: dict[tuple[str, str], int] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _build(sources: Mapping[str, _Source], issues: _Issues) -> tuple[Cohort | None, dict]:
+    parsed = _Parsed()
+    ok = {name: _has_columns(src, issues) for name, src in sources.items()}
+    patient_ids: pd.Index | None = None
+    if ok.get("patients"):
+        parsed.frames["patients"] = _patients(sources["patients"], issues)
+        patient_ids = pd.Index(parsed.frames["patients"]["patient_id"].dropna().unique())
+    episode_ids: pd.Index | None = None
+    if ok.get("episodes"):
+        parsed.frames["episodes"] = _episodes(
+            sources["episodes"], issues, patient_ids, parsed.frames.get("patients")
+        )
+        episode_ids = pd.Index(parsed.frames["episodes"]["episode_id"].dropna().unique())
+    if ok.get("labs"):
+        parsed.frames["labs"] = _labs(sources["labs"], issues, patient_ids, parsed)
+    if ok.get("regimens"):
+        parsed.frames["regimens"] = _regimens(sources["regimens"], issues, patient_ids, parsed)
+    if ok.get("outcomes"):
+        parsed.frames["outcomes"] = _outcomes(sources["outcomes"], issues, episode_ids)
+    for name in ("patients", "episodes"):
+        if ok.get(name) and len(parsed.frames[name]) == 0:
+            issues.add(name, f"table {name!r} has no rows")
+    summary = _summary_of(parsed.frames, parsed.conversions, sources)
+    summary.update(parsed.extra)
+    required_ok = all(ok.get(name) for name in REQUIRED_TABLES)
+    if issues.errors or not required_ok:
+        return None, summary
+    cohort = Cohort(
+        patients=parsed.frames["patients"],
+        episodes=parsed.frames["episodes"],
+        labs=parsed.frames["labs"],
+        regimens=parsed.frames["regimens"],
+        outcomes=parsed.frames.get("outcomes"),
+        warnings=tuple(issues.warnings),
+        conversions=MappingProxyType(dict(parsed.conversions)),
+    )
+    return cohort, summary
+
+
+def _has_columns(src: _Source, issues: _Issues) -> bool:
+    present = set(src.frame.columns)
+    missing = [c for c in REQUIRED_COLUMNS[src.table] if c not in present]
+    for column in missing:
+        near = [c for c in src.frame.columns if str(c).strip().lower() == column]
+        hint = f" (found {near[0]!r}: column names are lower case)" if near else ""
+        issues.add(src.table, f"missing required column {column!r}{hint}", column=column)
+    return not missing
+
+
+def _ids(src: _Source, column: str, issues: _Issues, unique: bool) -> tuple[pd.Series, np.ndarray]:
+    values, missing = _text(src.frame[column], src.from_text)
+    issues.rows(src, missing, column, lambda _: f"missing {column}")
+    if unique:
+        repeated = values.duplicated(keep="first").to_numpy() & ~missing
+        if repeated.any():
+            first_pos = pd.Series(np.arange(len(values)), index=values.to_numpy())
+            first_pos = first_pos[~first_pos.index.duplicated(keep="first")]
+            issues.rows(
+                src,
+                repeated,
+                column,
+                lambda p: (
+                    f"duplicate {column} {values.iloc[p]!r} "
+                    f"(first on line {int(src.lines[first_pos[values.iloc[p]]])})"
+                ),
+            )
+    return values, missing
+
+
+def _known(
+    src: _Source,
+    values: pd.Series,
+    missing: np.ndarray,
+    known: pd.Index | None,
+    column: str,
+    what: str,
+    issues: _Issues,
+    warning: bool = False,
+) -> np.ndarray:
+    if known is None:
+        return np.zeros(len(values), dtype=bool)
+    unknown = ~values.isin(known).to_numpy() & ~missing
+    if warning and unknown.any():
+        first = int(np.flatnonzero(unknown)[0])
+        distinct = values[unknown].nunique()
+        issues.add(
+            src.table,
+            f"{int(unknown.sum())} rows for {distinct} {what}s not in the {what}s table "
+            f"(first: {values.iloc[first]!r}); kept but unused",
+            column=column,
+            line=int(src.lines[first]),
+            warning=True,
+        )
+    elif unknown.any():
+        issues.rows(
+            src, unknown, column, lambda p: f"unknown {what} {values.iloc[p]!r} (not in {what}s)"
+        )
+    return unknown
+
+
+def _date_column(
+    src: _Source, column: str, issues: _Issues, required: bool
+) -> tuple[pd.Series, np.ndarray]:
+    raw = src.frame[column]
+    values, missing, bad, had_offsets = _dates(raw)
+    issues.rows(src, bad, column, lambda p: f"unparseable date {_show(raw, p)} (use ISO 8601)")
+    if required:
+        issues.rows(src, missing, column, lambda _: f"missing {column}")
+    if had_offsets:
+        issues.add(
+            src.table,
+            "times with a UTC offset: the offset is dropped and the local time kept",
+            column=column,
+            warning=True,
+        )
+    return values, missing | bad
+
+
+def _number_column(
+    src: _Source,
+    column: str,
+    issues: _Issues,
+    low: float | None = None,
+    high: float | None = None,
+    integer: bool = False,
+    required: bool = False,
+    what: str = "",
+) -> pd.Series:
+    raw = src.frame[column]
+    values, missing, bad = _numbers(raw)
+    issues.rows(src, bad, column, lambda p: f"non-numeric value {_show(raw, p)}")
+    if required:
+        issues.rows(src, missing, column, lambda _: f"missing {column}")
+    arr = values.to_numpy()
+    with np.errstate(invalid="ignore"):
+        out = np.zeros(len(arr), dtype=bool)
+        if low is not None:
+            out |= arr < low
+        if high is not None:
+            out |= arr > high
+        if integer:
+            out |= np.isfinite(arr) & (arr != np.round(arr))
+    out &= ~bad
+    if out.any():
+        issues.rows(src, out, column, lambda p: f"{column} {arr[p]:g} is not {what}")
+    return values
+
+
+def _assemble(src: _Source, columns: dict[str, pd.Series | np.ndarray]) -> pd.DataFrame:
+    """New frame: normalised columns in the input order, then unknown extra columns as given."""
+    data: dict[str, object] = {}
+    for name in src.frame.columns:
+        if name in columns:
+            value = columns[name]
+            data[name] = value.to_numpy() if isinstance(value, pd.Series) else value
+        else:
+            data[name] = src.frame[name].to_numpy()
+    for name, value in columns.items():
+        if name not in data:
+            data[name] = value.to_numpy() if isinstance(value, pd.Series) else value
+    return pd.DataFrame(data, copy=False)
+
+
+def _patients(src: _Source, issues: _Issues) -> pd.DataFrame:
+    frame = src.frame
+    columns: dict[str, pd.Series | np.ndarray] = {}
+    columns["patient_id"], _ = _ids(src, "patient_id", issues, unique=True)
+    for name in ("sex", "race", "site"):
+        if name in frame:
+            columns[name], _ = _text(frame[name], src.from_text)
+    if "birth_date" in frame:
+        columns["birth_date"], _ = _date_column(src, "birth_date", issues, required=False)
+    if "ecog" in frame:
+        columns["ecog"] = _number_column(
+            src, "ecog", issues, low=0, high=5, integer=True, what="an ECOG score 0-5"
+        )
+    if "subtype" in frame:
+        columns["subtype"] = _subtypes(src, issues)
+    for name in BOOLEAN_COLUMNS:
+        if name in frame:
+            raw = frame[name]
+            values, bad = _booleans(raw)
+            issues.rows(
+                src,
+                bad,
+                name,
+                lambda p, raw=raw: f"bad boolean {_show(raw, p)} (use true/false/1/0)",
+            )
+            columns[name] = values
+    return _assemble(src, columns)
+
+
+def _subtypes(src: _Source, issues: _Issues) -> np.ndarray:
+    raw, missing = _text(src.frame["subtype"], src.from_text)
+    codes, uniques = pd.factorize(raw, use_na_sentinel=True)
+    mapped = []
+    for u in uniques:
+        key = u.replace("\u2212", "-").replace(" ", "").lower()
+        mapped.append(_SUBTYPE_KEYS.get(key, u))
+        if key not in _SUBTYPE_KEYS:
+            rows = np.flatnonzero(codes == len(mapped) - 1)
+            issues.add(
+                "patients",
+                f"unknown subtype {u!r} kept as given in {len(rows)} rows "
+                f"(known: {', '.join(SUBTYPES)})",
+                column="subtype",
+                line=int(src.lines[rows[0]]),
+                warning=True,
+            )
+    return np.array([*mapped, None], dtype=object)[codes]
+
+
+def _episodes(
+    src: _Source, issues: _Issues, patient_ids: pd.Index | None, patients: pd.DataFrame | None
+) -> pd.DataFrame:
+    frame = src.frame
+    columns: dict[str, pd.Series | np.ndarray] = {}
+    columns["episode_id"], _ = _ids(src, "episode_id", issues, unique=True)
+    pid, pid_missing = _ids(src, "patient_id", issues, unique=False)
+    columns["patient_id"] = pid
+    _known(src, pid, pid_missing, patient_ids, "patient_id", "patient", issues)
+    index_date, index_bad = _date_column(src, "index_date", issues, required=True)
+    columns["index_date"] = index_date
+    if "dose_mg" in frame:
+        columns["dose_mg"] = _number_column(
+            src, "dose_mg", issues, low=0, what="a dose in mg (>= 0)"
+        )
+    age = (
+        _number_column(src, "age_years", issues, low=0, high=120, what="an age in years 0-120")
+        if "age_years" in frame
+        else pd.Series(np.full(len(frame), np.nan))
+    )
+    if patients is not None and "birth_date" in patients and age.isna().any():
+        births = patients.drop_duplicates("patient_id").set_index("patient_id")["birth_date"]
+        birth = pid.map(births)
+        derived = (index_date - birth).dt.total_seconds().to_numpy() / _SECONDS_PER_YEAR
+        negative = (derived < 0) & ~index_bad
+        issues.rows(
+            src,
+            negative,
+            "index_date",
+            lambda p: (
+                f"index_date {index_date.iloc[p].date()} is before the patient's "
+                f"birth_date {birth.iloc[p].date()}"
+            ),
+        )
+        age = age.where(age.notna(), pd.Series(derived, index=age.index))
+    columns["age_years"] = age.astype("float64")
+    return _assemble(src, columns)
+
+
+def _labs(
+    src: _Source, issues: _Issues, patient_ids: pd.Index | None, parsed: _Parsed
+) -> pd.DataFrame:
+    frame = src.frame
+    pid, pid_missing = _ids(src, "patient_id", issues, unique=False)
+    _known(src, pid, pid_missing, patient_ids, "patient_id", "patient", issues, warning=True)
+    time, _ = _date_column(src, "time", issues, required=True)
+    raw_value = frame["value"]
+    value, value_missing, value_bad = _numbers(raw_value)
+    issues.rows(src, value_bad, "value", lambda p: f"non-numeric value {_show(raw_value, p)}")
+    issues.rows(src, value_missing, "value", lambda _: "missing value")
+
+    tcodes, tuniq = pd.factorize(frame["test"], use_na_sentinel=True)
+    test_text = [_clean_text(u) for u in tuniq]
+    analytes = [units.canonical_test(t) if t is not None else None for t in test_text]
+    no_test = np.array([t is None for t in test_text] + [True])[tcodes]
+    issues.rows(src, no_test, "test", lambda _: "missing test code")
+    ucodes, uuniq = pd.factorize(frame["unit"], use_na_sentinel=True)
+    unit_text = [_clean_text(u) for u in uuniq]
+
+    is_known_u = np.array([a is not None for a in analytes] + [False])
+    known = is_known_u[tcodes]
+    factors = units.factor_matrix(
+        np.array(analytes + [None], dtype=object), np.array(unit_text + [None], dtype=object)
+    )
+    # Column -1 (missing unit) and row -1 (missing test) index the trailing sentinel entries.
+    factor = factors[tcodes, ucodes]
+    no_unit = known & (np.array([u is None for u in unit_text] + [True])[ucodes])
+    bad_unit = known & np.isnan(factor) & ~no_unit
+
+    def _accepted(p: int) -> str:
+        return ", ".join(units.accepted_units(analytes[tcodes[p]]))
+
+    issues.rows(
+        src,
+        no_unit,
+        "unit",
+        lambda p: f"missing unit for {analytes[tcodes[p]]} (accepted: {_accepted(p)})",
+    )
+    issues.rows(
+        src,
+        bad_unit,
+        "unit",
+        lambda p: (
+            f"unknown unit {unit_text[ucodes[p]]!r} for {analytes[tcodes[p]]} "
+            f"(accepted: {_accepted(p)})"
+        ),
+    )
+    factor = np.where(known, factor, 1.0)
+    raw_arr = value.to_numpy()
+    converted = raw_arr * factor
+    limits = np.array(
+        [units.ANALYTES[a].limit if a is not None else np.inf for a in analytes] + [np.inf]
+    )[tcodes]
+    checkable = known & ~np.isnan(converted)
+    negative = checkable & (converted < 0)
+    impossible = checkable & (converted > limits)
+
+    def _describe_value(p: int) -> str:
+        analyte = analytes[tcodes[p]]
+        canonical = units.CANONICAL_UNITS[analyte]
+        given = f"{raw_arr[p]:g} {unit_text[ucodes[p]]}"
+        as_canonical = "" if factor[p] == 1.0 else f" = {converted[p]:g} {canonical}"
+        return given + as_canonical
+
+    issues.rows(
+        src,
+        negative,
+        "value",
+        lambda p: f"negative {analytes[tcodes[p]]} value {_describe_value(p)}",
+    )
+    issues.rows(
+        src,
+        impossible,
+        "value",
+        lambda p: (
+            f"physiologically impossible {analytes[tcodes[p]]} value {_describe_value(p)} "
+            f"(above {limits[p]:g} {units.CANONICAL_UNITS[analytes[tcodes[p]]]})"
+        ),
+    )
+
+    # Unknown tests are kept under their own code and unit, with one warning per code.
+    counts = np.bincount(tcodes[tcodes >= 0], minlength=len(tuniq))
+    firsts = _first_positions(tcodes, len(tuniq))
+    unknown_tests: dict[str, int] = {}
+    first_of: dict[str, int] = {}
+    for i, (code, analyte) in enumerate(zip(test_text, analytes, strict=True)):
+        if analyte is None and code is not None and counts[i]:
+            unknown_tests[code] = unknown_tests.get(code, 0) + int(counts[i])
+            first_of[code] = min(first_of.get(code, firsts[i]), firsts[i])
+    for code, count in unknown_tests.items():
+        first = first_of[code]
+        issues.add(
+            "labs",
+            f"test {code!r} is not a known analyte: {count} rows kept under their own code, "
+            "units as given",
+            column="test",
+            line=int(src.lines[first]),
+            warning=True,
+        )
+    parsed.extra["unknown_tests"] = unknown_tests
+
+    nt, nu = len(tuniq) + 1, len(uuniq) + 1
+    canonical_unit = [units.CANONICAL_UNITS[a] if a is not None else None for a in analytes]
+    converts = known & ~np.isnan(factor)
+    pair = np.bincount((tcodes[converts] % nt) * nu + (ucodes[converts] % nu), minlength=nt * nu)
+    for flat in np.flatnonzero(pair):
+        t, u = divmod(int(flat), nu)
+        if unit_text[u] != canonical_unit[t]:
+            key = (analytes[t], unit_text[u])
+            parsed.conversions[key] = parsed.conversions.get(key, 0) + int(pair[flat])
+
+    test_out = np.array(
+        [a if a is not None else t for a, t in zip(analytes, test_text, strict=True)] + [None],
+        dtype=object,
+    )[tcodes]
+    unit_out_u = np.array(unit_text + [None], dtype=object)[ucodes]
+    unit_canon = np.array(canonical_unit + [None], dtype=object)[tcodes]
+    unit_out = np.where(known, unit_canon, unit_out_u)
+
+    columns: dict[str, pd.Series | np.ndarray] = {
+        "patient_id": pid,
+        "time": time,
+        "test": test_out,
+        "value": converted,
+        "unit": unit_out,
+    }
+    labs = _assemble(src, columns)
+    order = _patient_time_order(pid, time)
+    if order is not None:
+        labs = labs.take(order).reset_index(drop=True)
+    return labs
+
+
+def _first_positions(codes: np.ndarray, n_uniques: int) -> np.ndarray:
+    """Position of the first row of each factorised code (codes are numbered by appearance)."""
+    valid = np.flatnonzero(codes >= 0)
+    firsts = np.zeros(n_uniques, dtype=np.int64)
+    values, index = np.unique(codes[valid], return_index=True)
+    firsts[values] = valid[index]
+    return firsts
+
+
+def _patient_time_order(pid: pd.Series, time: pd.Series) -> np.ndarray | None:
+    """Row order sorting by (patient_id, time); None when already sorted."""
+    if len(pid) < 2:
+        return None
+    codes, uniques = pd.factorize(pid, use_na_sentinel=True)
+    rank = np.empty(len(uniques) + 1, dtype=np.int64)
+    rank[:-1] = np.argsort(np.argsort(np.asarray(uniques, dtype=object).astype(str), kind="stable"))
+    rank[-1] = len(uniques)
+    key1 = rank[codes]
+    key2 = time.to_numpy().view("int64")
+    d1 = np.diff(key1)
+    if (d1 >= 0).all() and (np.diff(key2)[d1 == 0] >= 0).all():
+        return None
+    return np.lexsort((key2, key1))
+
+
+def _regimens(
+    src: _Source, issues: _Issues, patient_ids: pd.Index | None, parsed: _Parsed
+) -> pd.DataFrame:
+    frame = src.frame
+    columns: dict[str, pd.Series | np.ndarray] = {}
+    pid, pid_missing = _ids(src, "patient_id", issues, unique=False)
+    columns["patient_id"] = pid
+    _known(src, pid, pid_missing, patient_ids, "patient_id", "patient", issues, warning=True)
+    start, start_bad = _date_column(src, "start_date", issues, required=True)
+    columns["start_date"] = start
+    if "end_date" in frame:
+        end, end_bad = _date_column(src, "end_date", issues, required=False)
+        before = (end < start).to_numpy() & ~start_bad & ~end_bad
+        issues.rows(
+            src,
+            before,
+            "end_date",
+            lambda p: f"end_date {end.iloc[p].date()} is before start_date {start.iloc[p].date()}",
+        )
+    else:
+        end = pd.Series(pd.NaT, index=start.index, dtype="datetime64[ns]")
+    columns["end_date"] = end
+    drug_names, drug_classes = _drug_columns(src, issues, parsed)
+    columns["drugs"] = drug_names
+    columns["classes"] = drug_classes
+    columns["regimen"] = (
+        _text(frame["regimen"], src.from_text)[0]
+        if "regimen" in frame
+        else np.full(len(frame), None, dtype=object)
+    )
+    for name in ("line", "cycle"):
+        columns[name] = (
+            _number_column(src, name, issues, low=0, what=f"a {name} number (>= 0)")
+            if name in frame
+            else np.full(len(frame), np.nan)
+        )
+    return _assemble(src, columns)
+
+
+def _drug_columns(src: _Source, issues: _Issues, parsed: _Parsed) -> tuple[np.ndarray, np.ndarray]:
+    raw = src.frame["drugs"]
+    if not src.from_text and raw.dtype == object:
+        raw = raw.map(lambda v: ";".join(map(str, v)) if isinstance(v, list | tuple) else v)
+    codes, uniques = pd.factorize(raw, use_na_sentinel=True)
+    names: list[str | None] = []
+    classes: list[str | None] = []
+    unknown: dict[str, int] = {}
+    for i, text in enumerate(uniques):
+        parts = [p.strip() for p in str(text).split(";") if p.strip()]
+        generics = list(dict.fromkeys(drugs.normalise_drug(p) for p in parts))
+        if not generics:
+            names.append(None)
+            classes.append(None)
+            continue
+        names.append(";".join(generics))
+        classes.append(";".join(sorted({c for g in generics for c in drugs.classes_of(g)})))
+        for g in generics:
+            if not drugs.is_known(g):
+                unknown.setdefault(g, i)
+    name_arr = np.array([*names, None], dtype=object)
+    empty = np.array([n is None for n in names] + [True])[codes]
+    issues.rows(src, empty, "drugs", lambda _: "no drug given (generic names separated by ';')")
+    counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
+    firsts = _first_positions(codes, len(uniques))
+    for drug in unknown:
+        holding = [i for i, n in enumerate(names) if n and drug in n.split(";")]
+        n_rows = int(counts[holding].sum())
+        first = int(firsts[holding].min())
+        hint = " (separate drugs with ';')" if re.search(r"[,+]", drug) else ""
+        issues.add(
+            "regimens",
+            f"unknown drug {drug!r} in {n_rows} rows: no drug class assigned{hint}",
+            column="drugs",
+            line=int(src.lines[first]),
+            warning=True,
+        )
+    parsed.extra["unknown_drugs"] = sorted(unknown)
+    return name_arr[codes], np.array([*classes, None], dtype=object)[codes]
+
+
+def _outcomes(src: _Source, issues: _Issues, episode_ids: pd.Index | None) -> pd.DataFrame:
+    columns: dict[str, pd.Series | np.ndarray] = {}
+    eid, eid_missing = _ids(src, "episode_id", issues, unique=True)
+    columns["episode_id"] = eid
+    if episode_ids is not None:
+        unknown = ~eid.isin(episode_ids).to_numpy() & ~eid_missing
+        issues.rows(
+            src, unknown, "episode_id", lambda p: f"outcome for unknown episode {eid.iloc[p]!r}"
+        )
+    raw = src.frame["response"]
+    if ptypes.is_bool_dtype(raw.dtype):
+        raw = raw.astype("float64")
+    values, missing, bad = _numbers(raw)
+    arr = values.to_numpy()
+    not01 = bad | missing | ~np.isin(arr, (0.0, 1.0))
+    issues.rows(src, not01, "response", lambda p: f"response must be 0 or 1, got {_show(raw, p)}")
+    columns["response"] = pd.Series(np.where(not01, np.nan, arr)).astype("Int64")
+    frame = _assemble(src, columns)
+    frame["response"] = frame["response"].astype("Int64")
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def _summary_of(
+    frames: Mapping[str, pd.DataFrame | None],
+    conversions: Mapping[tuple[str, str], int],
+    sources: Mapping[str, _Source],
+) -> dict[str, object]:
+    tables = {
+        name: {"file": src.origin, "rows": len(src.frame)} for name, src in sources.items()
+    } or {name: {"rows": len(f)} for name, f in frames.items() if f is not None}
+    summary: dict[str, object] = {"tables": tables}
+    patients = frames.get("patients")
+    episodes = frames.get("episodes")
+    labs = frames.get("labs")
+    regimens = frames.get("regimens")
+    outcomes = frames.get("outcomes")
+    summary["patients"] = int(patients["patient_id"].nunique()) if patients is not None else None
+    summary["episodes"] = int(episodes["episode_id"].nunique()) if episodes is not None else None
+    summary["lab_rows"] = len(labs) if labs is not None else None
+    if labs is not None:
+        known = labs["test"].isin(list(units.ANALYTES))
+        counts = labs.loc[known, "test"].value_counts()
+        summary["analytes"] = {a: int(counts[a]) for a in units.ANALYTES if a in counts.index}
+    summary["regimen_rows"] = len(regimens) if regimens is not None else None
+    summary["outcomes"] = len(outcomes) if outcomes is not None else None
+    summary["conversions"] = [
+        {
+            "analyte": analyte,
+            "from_unit": unit,
+            "to_unit": units.CANONICAL_UNITS[analyte],
+            "factor": units.unit_factor(analyte, unit),
+            "rows": rows,
+        }
+        for (analyte, unit), rows in sorted(conversions.items())
+    ]
+    return summary
