@@ -1,5 +1,188 @@
-"""The clinician web page served at `/`."""
+"""The clinician web page served at `/`, its static assets, and two small JSON helpers for it.
 
-from fastapi import APIRouter
+Routes (all under this router, included by `serving.app.create_app`):
+- `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
+  from outside the server, so the page works offline and leaks nothing).
+- `GET /ui/static/{name}`: the page's script and style sheet (a fixed list, no path lookups).
+- `GET /ui/options`: the analytes with their accepted units, the drug names for autocomplete and the
+  declared features' descriptions (to label the explanation chart).
+- `POST /ui/parse-file`: a patient file (scoring JSON, a list or `{"records": [...]}` of them, or a
+  FHIR R4 Bundle) -> the episode records the form can show, one per episode, with the problems
+  found in them as `{loc, msg}` so the page can mark them by the field before anything is scored.
+
+The page reaches `/v1/score` and `/v1/model` directly with relative URLs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from functools import cache, lru_cache
+from importlib import resources
+from types import ModuleType
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, Response
+
+from data.drugs import known_drugs
+from data.units import ANALYTES
+from features.registry import REGISTRY
+from serving.records import RecordError, validate_record
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter()
+
+#: The only files `/ui/static/{name}` serves, with their media types.
+STATIC_FILES: dict[str, str] = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+
+#: Nothing on the page may come from elsewhere; inline scripts and styles are not used either.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@cache
+def _static_text(name: str) -> str:
+    return resources.files("serving").joinpath("static", name).read_text(encoding="utf-8")
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    """The clinician page."""
+    return HTMLResponse(_static_text("index.html"), headers=_PAGE_HEADERS)
+
+
+@router.get("/ui/static/{name}", include_in_schema=False)
+def static_file(name: str) -> Response:
+    """One of the page's assets (a fixed list: no file-system lookups from the URL)."""
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail=f"no static file {name!r}")
+    return Response(_static_text(name), media_type=media_type, headers=_PAGE_HEADERS)
+
+
+@lru_cache(maxsize=1)
+def ui_options() -> dict[str, Any]:
+    """Analytes (canonical unit first), known drug names and feature descriptions for the form."""
+    analytes = [
+        {
+            "alias": a.alias,
+            "name": a.name[:1].upper() + a.name[1:],
+            "canonical_unit": a.unit,
+            "units": list(a.units),
+            "loinc": list(a.loinc),
+        }
+        for a in ANALYTES.values()
+    ]
+    features = {
+        spec.name: {"description": spec.description, "unit": spec.unit, "group": spec.group}
+        for spec in REGISTRY.values()
+    }
+    return {"analytes": analytes, "drugs": known_drugs(), "features": features}
+
+
+@router.get("/ui/options", tags=["page"])
+def options() -> dict[str, Any]:
+    """What the form offers: tests with their accepted units, drug names, feature descriptions."""
+    return ui_options()
+
+
+def _fhir() -> ModuleType | None:
+    """`serving.fhir` when this installation has it (the FHIR adapter is optional for the page)."""
+    if importlib.util.find_spec("serving.fhir") is None:
+        return None
+    return importlib.import_module("serving.fhir")
+
+
+def _unprocessable(loc: list[str | int], msg: str) -> HTTPException:
+    return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _split_records(payload: Any) -> list[Any]:
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict) and "records" in payload and "patient" not in payload:
+        records = payload["records"]
+        if not isinstance(records, list):
+            raise _unprocessable(["body", "records"], "`records` must be a list of patient records")
+        return records
+    return [payload]
+
+
+def _per_episode(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per episode: the form shows one episode at a time."""
+    episodes = record.get("episodes")
+    if not isinstance(episodes, list) or "episode" in record:
+        return [record]
+    base = {key: value for key, value in record.items() if key != "episodes"}
+    return [{**base, "episode": episode} for episode in episodes]
+
+
+def parse_patient_file(payload: Any) -> dict[str, Any]:
+    """The episode records of a patient file, with the problems of each as `{loc, msg}`.
+
+    Records are returned as given (after FHIR conversion), so that the form keeps every value, even
+    a wrong one, and the person can correct it where it is marked.
+
+    Raises:
+        HTTPException: 422 when the file holds no patient record at all.
+    """
+    warnings: list[str] = []
+    fhir = _fhir()
+    if isinstance(payload, dict) and "resourceType" in payload:
+        if fhir is None:
+            raise _unprocessable(["body"], "this server cannot read FHIR resources")
+        if not fhir.is_fhir(payload):
+            raise _unprocessable(
+                ["body", "resourceType"], "a FHIR R4 Bundle (or Patient resource) was expected"
+            )
+        records, fhir_warnings = fhir.fhir_to_patient_records(payload)
+        warnings.extend(str(w) for w in fhir_warnings)
+    else:
+        records = _split_records(payload)
+    out: list[dict[str, Any]] = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("patient"), dict):
+            raise _unprocessable(
+                ["body", i] if len(records) > 1 else ["body"],
+                "not a patient record: expected an object with `patient`, `episode`, `labs` "
+                "and `regimens` (the scoring JSON), or a FHIR Bundle",
+            )
+        for episode_record in _per_episode(record):
+            try:
+                validate_record(episode_record)
+                problems: list[dict[str, Any]] = []
+            except RecordError as exc:
+                problems = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors]
+            out.append({"record": jsonable_encoder(episode_record), "problems": problems})
+    if not out:
+        raise _unprocessable(["body"], "the file holds no patient episode")
+    return {"records": out, "warnings": warnings}
+
+
+@router.post("/ui/parse-file", tags=["page"])
+async def parse_file(request: Request) -> dict[str, Any]:
+    """A patient file (scoring JSON or FHIR R4 Bundle) -> episode records to fill the form."""
+    try:
+        payload = await request.json()
+    except ValueError as exc:
+        raise _unprocessable(["body"], f"the file is not valid JSON ({exc})") from exc
+    result = parse_patient_file(payload)
+    logger.info("parsed a patient file into %d episode record(s)", len(result["records"]))
+    return result
