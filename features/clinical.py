@@ -1,0 +1,211 @@
+"""Clinical and demographic columns of patients and episodes, and extra static columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.timeline import NAT, NS_PER_DAY, Timeline, datetime_ns
+
+BOOLEAN_COLUMNS = (
+    "bone_mets",
+    "liver_mets",
+    "marrow_involvement",
+    "splenomegaly",
+    "prior_radiotherapy",
+)
+# Race values read as Asian ancestry: the word itself, common national groups, and the CDC race
+# code 2028-9 used by FHIR US Core.
+_ASIAN = {"asian", "chinese", "japanese", "korean", "east asian", "south asian", "2028-9"}
+_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
+_FALSE = {"false", "f", "no", "n", "0", "0.0"}
+_DAYS_PER_YEAR = 365.25
+
+StaticKind = str  # "numeric" | "boolean" | "categorical"
+
+
+def _rows(frame: pd.DataFrame | None, ids: np.ndarray, column: str) -> np.ndarray:
+    """Position of each id in `frame[column]` (-1 when absent)."""
+    if frame is None or len(frame) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    keys = frame[column].to_numpy(dtype=object)
+    if len(keys) == 1 and len(ids) == 1:
+        return np.array([0 if keys[0] == ids[0] else -1], dtype=np.int64)
+    index = pd.Index(keys)
+    if not index.is_unique:
+        dup = index[index.duplicated()][0]
+        raise ValueError(f"patients.{column}: {dup!r} appears more than once")
+    return index.get_indexer(ids).astype(np.int64)
+
+
+def _take(values: np.ndarray, rows: np.ndarray, fill: object) -> np.ndarray:
+    found = rows >= 0
+    if values.dtype.kind in "fiub":
+        out = np.full(len(rows), np.nan)
+    else:
+        out = np.full(len(rows), fill, dtype=object)
+    if found.any():
+        out[found] = values[rows[found]]
+    return out
+
+
+def numeric_column(frame: pd.DataFrame, table: str, column: str) -> np.ndarray:
+    """A normalised numeric (or boolean as 1.0/0.0) column as float64."""
+    values = frame[column].to_numpy()
+    if values.dtype.kind in "fiub":
+        return values.astype(np.float64)
+    converted = pd.to_numeric(frame[column], errors="coerce")
+    bad = converted.isna() & frame[column].notna()
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TypeError(
+            f"{table}: row {first}: {column}: expected a number, got {frame[column].iloc[first]!r}"
+        )
+    return converted.to_numpy(dtype=np.float64)
+
+
+def _is_asian(race: np.ndarray) -> np.ndarray:
+    out = np.full(len(race), np.nan)
+    for i, value in enumerate(race):
+        if isinstance(value, str) and value.strip():
+            text = " ".join(value.strip().lower().split())
+            out[i] = 1.0 if text in _ASIAN or "asian" in text.split() else 0.0
+    return out
+
+
+def clinical_features(
+    patients: pd.DataFrame | None, episodes: pd.DataFrame, timeline: Timeline
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(numeric features, categorical features as strings or None) from patients and episodes."""
+    n = timeline.n
+    rows = _rows(patients, timeline_patient_ids(episodes), "patient_id")
+    numeric: dict[str, np.ndarray] = {}
+
+    age = (
+        numeric_column(episodes, "episodes", "age_years")
+        if "age_years" in episodes.columns
+        else np.full(n, np.nan)
+    )
+    if np.isnan(age).any() and patients is not None and "birth_date" in patients.columns:
+        birth = _take(datetime_ns(patients, "patients", "birth_date"), rows, None)
+        known_birth = ~np.isnan(birth) & (birth != float(NAT))
+        from_birth = (timeline.index_ns - birth) / NS_PER_DAY / _DAYS_PER_YEAR
+        age = np.where(np.isnan(age) & known_birth, from_birth, age)
+    numeric["age_years"] = age
+
+    def patient_numeric(column: str) -> np.ndarray:
+        if patients is None or column not in patients.columns:
+            return np.full(n, np.nan)
+        return _take(numeric_column(patients, "patients", column), rows, np.nan)
+
+    numeric["ecog"] = patient_numeric("ecog")
+    for column in BOOLEAN_COLUMNS:
+        numeric[column] = patient_numeric(column)
+    if patients is not None and "race" in patients.columns:
+        race = _take(patients["race"].to_numpy(dtype=object), rows, None)
+        numeric["race_asian"] = _is_asian(race)
+    else:
+        numeric["race_asian"] = np.full(n, np.nan)
+    numeric["dose_mg"] = (
+        numeric_column(episodes, "episodes", "dose_mg")
+        if "dose_mg" in episodes.columns
+        else np.full(n, np.nan)
+    )
+
+    categorical: dict[str, np.ndarray] = {}
+    if patients is not None and "subtype" in patients.columns:
+        subtype = _take(patients["subtype"].to_numpy(dtype=object), rows, None)
+        categorical["subtype"] = clean_levels(subtype)
+    else:
+        categorical["subtype"] = np.full(n, None, dtype=object)
+    return numeric, categorical
+
+
+def timeline_patient_ids(episodes: pd.DataFrame) -> np.ndarray:
+    return episodes["patient_id"].to_numpy(dtype=object)
+
+
+def clean_levels(values: np.ndarray) -> np.ndarray:
+    """Category values as stripped strings, None for missing or blank."""
+    out = np.full(len(values), None, dtype=object)
+    for i, value in enumerate(values):
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            continue
+        text = str(value).strip()
+        if text:
+            out[i] = text
+    return out
+
+
+def static_kind(values: pd.Series) -> StaticKind:
+    """How an extra static column is encoded: numeric, boolean (0/1) or categorical (one-hot)."""
+    if values.dtype.kind in "fiub":
+        return "numeric"
+    present = [v for v in clean_levels(values.to_numpy(dtype=object)) if v is not None]
+    lowered = {v.lower() for v in present}
+    if lowered and lowered <= (_TRUE | _FALSE):
+        return "boolean"
+    if pd.to_numeric(pd.Series(present, dtype=object), errors="coerce").notna().all():
+        return "numeric"
+    return "categorical"
+
+
+def static_values(
+    values: np.ndarray, kind: StaticKind, name: str, episode_ids: np.ndarray, warnings: list[str]
+) -> np.ndarray:
+    """Encode an extra static column as `kind`; misfit values become NaN, with a warning."""
+    if kind == "categorical":
+        return clean_levels(values)
+    if values.dtype.kind in "fiub":
+        return values.astype(np.float64)
+    levels = clean_levels(values)
+    out = np.full(len(values), np.nan)
+    for i, value in enumerate(levels):
+        if value is None:
+            continue
+        if kind == "boolean":
+            low = value.lower()
+            parsed = 1.0 if low in _TRUE else 0.0 if low in _FALSE else None
+        else:
+            try:
+                parsed = float(value)
+            except ValueError:
+                parsed = None
+        if parsed is None:
+            warnings.append(
+                f"episode {episode_ids[i]}: {name}={value!r} is not {kind}; encoded as missing"
+            )
+        else:
+            out[i] = parsed
+    return out
+
+
+def extra_static(
+    patients: pd.DataFrame | None,
+    episodes: pd.DataFrame,
+    columns: tuple[str, ...],
+    kinds: dict[str, StaticKind] | None,
+    episode_ids: np.ndarray,
+    warnings: list[str],
+) -> tuple[dict[str, np.ndarray], dict[str, StaticKind]]:
+    """Extra static columns (episodes first, then patients), encoded by kind (learned when None)."""
+    rows = None
+    out: dict[str, np.ndarray] = {}
+    used: dict[str, StaticKind] = {}
+    for column in columns:
+        if column in episodes.columns:
+            series = episodes[column]
+            values = series.to_numpy()
+        elif patients is not None and column in patients.columns:
+            if rows is None:
+                rows = _rows(patients, timeline_patient_ids(episodes), "patient_id")
+            series = patients[column]
+            values = _take(series.to_numpy(), rows, None)
+        else:
+            raise ValueError(
+                f"extra_static: column {column!r} is in neither the episodes nor the patients table"
+            )
+        kind = static_kind(series) if kinds is None else kinds[column]
+        used[column] = kind
+        out[column] = static_values(values, kind, column, episode_ids, warnings)
+    return out, used

@@ -1,0 +1,192 @@
+"""Lab features: last value and its age per analyte, and the platelet history before the index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.registry import LAB_ANALYTES, PLT_COUNT_WINDOW, PLT_WINDOWS
+from features.timeline import (
+    NAT,
+    S_PER_DAY,
+    Timeline,
+    ceil_seconds,
+    datetime_ns,
+    day_of,
+    patient_codes,
+    range_reduce,
+    segments,
+    sorted_by_key,
+)
+
+LAB_COLUMNS = ("patient_id", "time", "test", "value")
+
+
+@dataclass(frozen=True)
+class LabRecords:
+    """Lab rows of the episodes' patients, as arrays; `seconds` and `day` of each measurement."""
+
+    patient_id: np.ndarray
+    seconds: np.ndarray
+    day: np.ndarray
+    test: np.ndarray
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class AnalyteSeries:
+    """One analyte's measurements sorted by key."""
+
+    key: np.ndarray
+    seconds: np.ndarray
+    day: np.ndarray
+    value: np.ndarray
+
+
+def read_labs(labs: pd.DataFrame | None) -> LabRecords | None:
+    """Dated, valued lab rows as arrays (rows without a time or a value are not measurements)."""
+    if labs is None or len(labs) == 0:
+        return None
+    for column in LAB_COLUMNS:
+        if column not in labs.columns:
+            raise ValueError(f"labs: missing required column {column!r}")
+    ns = datetime_ns(labs, "labs", "time")
+    value = labs["value"].to_numpy()
+    if value.dtype.kind not in "fiub":
+        raise TypeError(f"labs.value: expected numbers of a normalised cohort, got {value.dtype}")
+    value = value.astype(np.float64, copy=False)
+    keep = (ns != NAT) & ~np.isnan(value)
+    pids = labs["patient_id"].to_numpy(dtype=object)
+    test = labs["test"].to_numpy(dtype=object)
+    if not keep.all():
+        ns, value, pids, test = ns[keep], value[keep], pids[keep], test[keep]
+    return LabRecords(pids, ceil_seconds(ns), day_of(ns), test, value)
+
+
+def analyte_series(
+    records: LabRecords | None, timeline: Timeline, codes: list[str]
+) -> dict[str, AnalyteSeries]:
+    """Per requested test code (matched case-insensitively), its measurements sorted by key."""
+    if records is None:
+        empty = AnalyteSeries(*(np.empty(0, dtype=np.int64) for _ in range(3)), np.empty(0))
+        return {code: empty for code in codes}
+    pcode = patient_codes(timeline, records.patient_id)
+    key = timeline.key(pcode, records.seconds)
+    order = sorted_by_key(key)
+    own = pcode >= 0
+    if order is not None:
+        own = own[order]
+    small = len(key) <= 64
+    if small:
+        test = records.test if order is None else records.test[order]
+        test_codes, uniques = None, None
+    else:
+        test_codes, uniques = pd.factorize(records.test)
+        if order is not None:
+            test_codes = test_codes[order]
+    arrays = {"key": key, "seconds": records.seconds, "day": records.day, "value": records.value}
+    if order is not None:
+        arrays = {name: values[order] for name, values in arrays.items()}
+    wanted = {code.strip().lower(): code for code in codes}
+    out: dict[str, AnalyteSeries] = {}
+    if small:
+        lowered = np.array([str(t).strip().lower() for t in test], dtype=object)
+        for low, code in wanted.items():
+            mask = (lowered == low) & own
+            out[code] = AnalyteSeries(**{name: values[mask] for name, values in arrays.items()})
+        return out
+    lowered_uniques = np.array([str(u).strip().lower() for u in uniques], dtype=object)
+    for low, code in wanted.items():
+        matches = np.flatnonzero(lowered_uniques == low)
+        mask = np.isin(test_codes, matches) & own
+        out[code] = AnalyteSeries(**{name: values[mask] for name, values in arrays.items()})
+    return out
+
+
+def last_values(
+    series: AnalyteSeries, timeline: Timeline, upper_key: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(last value, calendar days from it to the index date) at or before `upper_key`."""
+    upper = timeline.cutoff_key if upper_key is None else upper_key
+    pos = np.searchsorted(series.key, upper, side="right") - 1
+    safe = np.maximum(pos, 0)
+    valid = pos >= 0
+    if len(series.key):
+        valid &= series.key[safe] >= timeline.patient_start_key
+    else:
+        valid[:] = False
+    value = np.full(timeline.n, np.nan)
+    days = np.full(timeline.n, np.nan)
+    if valid.any():
+        value[valid] = series.value[safe[valid]]
+        days[valid] = timeline.index_day[valid] - series.day[safe[valid]]
+    return value, days
+
+
+def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[str, np.ndarray]:
+    """`<analyte>_last` and `<analyte>_days_since` for every canonical analyte."""
+    out: dict[str, np.ndarray] = {}
+    for alias, (prefix, _, _) in LAB_ANALYTES.items():
+        value, days = last_values(series[alias], timeline)
+        out[f"{prefix}_last"] = value
+        out[f"{prefix}_days_since"] = days
+    return out
+
+
+def _window_stats(
+    plt: AnalyteSeries, timeline: Timeline, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(min, least-squares slope per day, count) of PLT from midnight `window` days before the
+    index day up to the cut-off."""
+    lo = np.searchsorted(plt.key, timeline.day_start_key(timeline.index_day - window), "left")
+    hi = np.searchsorted(plt.key, timeline.cutoff_key, "right")
+    counts = np.maximum(hi - lo, 0)
+    minimum = range_reduce(np.minimum, plt.value, lo, hi)
+    owner, index, _ = segments(lo, hi)
+    # Days relative to the index day keep the sums small and exact enough.
+    x = (plt.seconds[index] - timeline.index_day[owner] * S_PER_DAY) / S_PER_DAY
+    y = plt.value[index]
+    n = np.maximum(counts, 1)
+    x_mean = np.bincount(owner, weights=x, minlength=timeline.n) / n
+    y_mean = np.bincount(owner, weights=y, minlength=timeline.n) / n
+    xc = x - x_mean[owner]
+    sxx = np.bincount(owner, weights=xc * xc, minlength=timeline.n)
+    sxy = np.bincount(owner, weights=xc * (y - y_mean[owner]), minlength=timeline.n)
+    slope = np.full(timeline.n, np.nan)
+    defined = sxx > 0
+    slope[defined] = sxy[defined] / sxx[defined]
+    return minimum, slope, counts.astype(np.float64)
+
+
+def platelet_features(
+    plt: AnalyteSeries, timeline: Timeline, cycle_start_day: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Platelet history: window minima and slopes, measurement count, cycle nadir, pre-cycle PLT.
+
+    `cycle_start_day` is the calendar day of the current regimen/cycle start (on or before the
+    index date; -1 when there is none).
+    """
+    out: dict[str, np.ndarray] = {}
+    counts = {}
+    for window in PLT_WINDOWS:
+        minimum, slope, count = _window_stats(plt, timeline, window)
+        out[f"plt_min_{window}d"] = minimum
+        out[f"plt_slope_{window}d"] = slope
+        counts[window] = count
+    out[f"plt_n_{PLT_COUNT_WINDOW}d"] = counts[PLT_COUNT_WINDOW]
+    has_cycle = cycle_start_day >= 0
+    start_key = timeline.day_start_key(np.where(has_cycle, cycle_start_day, timeline.index_day))
+    cutoff = timeline.cutoff_key
+    lo = np.searchsorted(plt.key, start_key, "left")
+    hi = np.searchsorted(plt.key, cutoff, "right")
+    hi = np.where(has_cycle, hi, lo)
+    out["plt_nadir_cycle"] = range_reduce(np.minimum, plt.value, lo, hi)
+    # The start day is included (the pre-cycle count is drawn that morning), but never past the
+    # cut-off when the cycle starts on the index day itself.
+    end_of_start_day = timeline.day_start_key(cycle_start_day + 1) - 1
+    pre, _ = last_values(plt, timeline, np.minimum(end_of_start_day, cutoff))
+    pre[~has_cycle] = np.nan
+    out["plt_pre_cycle"] = pre
+    return out

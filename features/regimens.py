@@ -1,0 +1,183 @@
+"""Regimen-history features: lines, cycles, days since the last dose, drug-class exposure.
+
+A regimen row counts when its start is on or before the cut-off. The current regimen is the one
+with the latest such start (rows starting that same day together). Cycles in the current line:
+the highest recorded `cycle` among the line's rows started so far, or the number of those rows when
+no cycle number is recorded. When `line` is absent, rows of one regimen (by name, else by drugs)
+form a line and `n_lines` counts the distinct regimens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from data.drugs import DRUG_CLASSES, classes_of
+from features.timeline import (
+    NAT,
+    Timeline,
+    ceil_seconds,
+    datetime_ns,
+    day_of,
+    patient_codes,
+    range_reduce,
+    sorted_by_key,
+)
+
+_CLASS_INDEX = {cls: i for i, cls in enumerate(DRUG_CLASSES)}
+
+
+@dataclass(frozen=True)
+class RegimenRecords:
+    patient_id: np.ndarray
+    seconds: np.ndarray
+    day: np.ndarray
+    classes: np.ndarray  # (rows, 14) 0/1
+    line: np.ndarray
+    cycle: np.ndarray
+    regimen: np.ndarray  # identifier of the regimen: its name, else its drugs
+
+
+def _float_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        return np.full(len(frame), np.nan)
+    values = frame[column].to_numpy()
+    if values.dtype.kind not in "fiub":
+        try:
+            values = pd.to_numeric(frame[column], errors="raise").to_numpy()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"regimens.{column}: expected numbers, got {frame[column].dtype}"
+            ) from exc
+    return values.astype(np.float64)
+
+
+def _class_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """Rows x 14 class indicators, from `classes` (or, failing that, from `drugs`)."""
+    if "classes" in frame.columns:
+        source, split = frame["classes"], lambda text: text.split(";")
+    else:
+        source = frame["drugs"]
+
+        def split(text: str) -> list[str]:
+            return [c for drug in text.split(";") for c in classes_of(drug)]
+
+    codes, uniques = pd.factorize(source, use_na_sentinel=True)
+    table = np.zeros((len(uniques) + 1, len(DRUG_CLASSES)), dtype=np.int64)
+    for row, text in enumerate(uniques):
+        for cls in split(str(text)):
+            index = _CLASS_INDEX.get(cls.strip())
+            if index is not None:
+                table[row, index] = 1
+    return table[codes]  # the NA sentinel -1 picks the all-zero last row
+
+
+def read_regimens(regimens: pd.DataFrame | None) -> RegimenRecords | None:
+    """Dated regimen rows as arrays (an undated row cannot be placed before the index)."""
+    if regimens is None or len(regimens) == 0:
+        return None
+    for column in ("patient_id", "start_date", "drugs"):
+        if column not in regimens.columns:
+            raise ValueError(f"regimens: missing required column {column!r}")
+    ns = datetime_ns(regimens, "regimens", "start_date")
+    keep = ns != NAT
+    name = regimens["drugs"].to_numpy(dtype=object)
+    if "regimen" in regimens.columns:
+        given = regimens["regimen"].to_numpy(dtype=object)
+        named = pd.notna(given) & (given != "")
+        name = np.where(named, given, name)
+    records = RegimenRecords(
+        patient_id=regimens["patient_id"].to_numpy(dtype=object),
+        seconds=ceil_seconds(ns),
+        day=day_of(ns),
+        classes=_class_matrix(regimens),
+        line=_float_column(regimens, "line"),
+        cycle=_float_column(regimens, "cycle"),
+        regimen=name,
+    )
+    if keep.all():
+        return records
+    return RegimenRecords(**{k: v[keep] for k, v in records.__dict__.items()})
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    codes, _ = pd.factorize(values, use_na_sentinel=False)
+    return codes.astype(np.int64)
+
+
+def regimen_features(
+    records: RegimenRecords | None, timeline: Timeline
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(features, calendar day of the current regimen start or -1) for every episode."""
+    n = timeline.n
+    if records is None:
+        records = RegimenRecords(
+            *(np.empty(0, dtype=t) for t in (object, np.int64, np.int64)),
+            np.zeros((0, len(DRUG_CLASSES)), dtype=np.int64),
+            np.empty(0),
+            np.empty(0),
+            np.empty(0, dtype=object),
+        )
+    pcode = patient_codes(timeline, records.patient_id)
+    own = pcode >= 0
+    key = timeline.key(pcode, records.seconds)[own]
+    fields = {k: v[own] for k, v in records.__dict__.items() if k != "patient_id"}
+    pcode = pcode[own]
+    order = sorted_by_key(key)
+    if order is not None:
+        key, pcode = key[order], pcode[order]
+        fields = {k: v[order] for k, v in fields.items()}
+
+    lo = np.searchsorted(key, timeline.patient_start_key, "left")
+    hi = np.searchsorted(key, timeline.cutoff_key, "right")
+    has = hi > lo
+    last = np.maximum(hi - 1, 0)
+
+    cumulative = np.zeros((len(key) + 1, len(DRUG_CLASSES)), dtype=np.int64)
+    np.cumsum(fields["classes"], axis=0, out=cumulative[1:])
+    exposed = (cumulative[hi] - cumulative[lo]) > 0
+    tie_lo = np.searchsorted(key, key[last], "left") if len(key) else lo
+    current = ((cumulative[hi] - cumulative[np.where(has, tie_lo, hi)]) > 0) & has[:, None]
+
+    regimen_code = _codes(fields["regimen"]) if len(key) else np.empty(0, dtype=np.int64)
+    n_regimens = int(regimen_code.max()) + 1 if len(key) else 1
+    first = np.zeros(len(key) + 1, dtype=np.int64)
+    if len(key):
+        _, first_index = np.unique(pcode * n_regimens + regimen_code, return_index=True)
+        first[first_index + 1] = 1
+    distinct = np.cumsum(first)
+    max_line = range_reduce(np.fmax, fields["line"], lo, hi)
+    n_lines = np.where(np.isnan(max_line), (distinct[hi] - distinct[lo]), max_line)
+
+    cycles = np.full(n, np.nan)
+    if has.any():
+        line = fields["line"]
+        line_code = np.where(np.isnan(line), 0, _codes(np.where(np.isnan(line), -1.0, line)) + 1)
+        # A row without a line belongs to its regimen's own group (offset past every line code).
+        group_local = np.where(np.isnan(line), line_code.max() + 1 + regimen_code, line_code)
+        group = pcode * (int(group_local.max()) + 1) + group_local
+        by_group = np.lexsort((key, group))
+        position = np.empty_like(by_group)
+        position[by_group] = np.arange(len(by_group))
+        group_sorted = group[by_group]
+        start = np.searchsorted(group_sorted, group[last], "left")
+        stop = position[last] + 1
+        max_cycle = range_reduce(np.fmax, fields["cycle"][by_group], start, stop)
+        counted = np.where(np.isnan(max_cycle), stop - start, max_cycle)
+        cycles[has] = counted[has]
+
+    start_day = np.where(has, fields["day"][last] if len(key) else -1, -1)
+    days_since = np.where(has, timeline.index_day - start_day, np.nan)
+
+    out: dict[str, np.ndarray] = {
+        "n_lines": n_lines.astype(np.float64),
+        "cycles_current_line": cycles,
+        "days_since_last_dose": days_since.astype(np.float64),
+    }
+    for i, cls in enumerate(DRUG_CLASSES):
+        out[f"exposed_{cls}"] = exposed[:, i].astype(np.float64)
+    for i, cls in enumerate(DRUG_CLASSES):
+        out[f"current_{cls}"] = current[:, i].astype(np.float64)
+    return out, start_day.astype(np.int64)

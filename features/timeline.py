@@ -1,0 +1,181 @@
+"""The index-date cut-off and the sorted keys every feature family searches.
+
+Each record is located by one int64 key, `patient_code * span + seconds since origin`, so that
+"the records of this patient on or before this episode's cut-off" is one `searchsorted` over an
+array sorted by key: the same numpy code serves a cohort of one patient and of a million, with no
+per-episode Python loop and no groupby.
+
+The cut-off (leakage guard): an index date without a time of day (midnight) includes the whole
+index day; an index with a time includes records at or before that time. Record times are rounded
+up to the second and the cut-off down, so a sub-second timestamp can only ever be excluded, never
+leak in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_datetime64_any_dtype
+
+NS_PER_S = 1_000_000_000
+S_PER_DAY = 86_400
+NS_PER_DAY = NS_PER_S * S_PER_DAY
+NAT = np.iinfo(np.int64).min
+_KEY_LIMIT = 2**62
+
+
+def datetime_ns(frame: pd.DataFrame, table: str, column: str) -> np.ndarray:
+    """Int64 nanoseconds of a datetime column (NaT as the int64 minimum)."""
+    series = frame[column]
+    if isinstance(series.dtype, pd.DatetimeTZDtype) or not is_datetime64_any_dtype(series.dtype):
+        raise TypeError(
+            f"{table}.{column}: expected timezone-naive datetime64 values of a normalised cohort "
+            f"(data.cohort.load_cohort), got {series.dtype}"
+        )
+    values = series.to_numpy()
+    if values.dtype != np.dtype("datetime64[ns]"):
+        values = values.astype("datetime64[ns]")
+    return values.view(np.int64)
+
+
+def ceil_seconds(ns: np.ndarray) -> np.ndarray:
+    """Record times in whole seconds, rounded up (leakage-safe for sub-second times)."""
+    return -((-ns) // NS_PER_S)
+
+
+def day_of(ns: np.ndarray) -> np.ndarray:
+    """Calendar day number (days since 1970-01-01) of int64 nanosecond times."""
+    return ns // NS_PER_DAY
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Episodes, their patients and cut-offs, and the key space shared by all record tables."""
+
+    episode_ids: np.ndarray
+    patient_ids: np.ndarray  # sorted unique patient ids of the episodes
+    patient_code: np.ndarray  # per episode, position in patient_ids
+    index_ns: np.ndarray
+    index_day: np.ndarray  # calendar day number of the index date
+    cutoff_s: np.ndarray  # last included second
+    origin_s: int
+    span: int
+
+    @property
+    def n(self) -> int:
+        return len(self.episode_ids)
+
+    def key(self, codes: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        return codes * self.span + (seconds - self.origin_s)
+
+    @property
+    def patient_start_key(self) -> np.ndarray:
+        return self.patient_code * self.span
+
+    @property
+    def cutoff_key(self) -> np.ndarray:
+        return self.key(self.patient_code, self.cutoff_s)
+
+    def day_start_key(self, day: np.ndarray) -> np.ndarray:
+        """Key of midnight starting calendar `day`, clamped into the episode's patient range."""
+        seconds = np.maximum(day * S_PER_DAY, self.origin_s)
+        return self.key(self.patient_code, seconds)
+
+
+def episode_frame(episodes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(episode ids, patient ids, index times in ns) of the episodes table, checked."""
+    for column in ("episode_id", "patient_id", "index_date"):
+        if column not in episodes.columns:
+            raise ValueError(f"episodes: missing required column {column!r}")
+    ids = episodes["episode_id"].to_numpy(dtype=object)
+    pids = episodes["patient_id"].to_numpy(dtype=object)
+    index_ns = datetime_ns(episodes, "episodes", "index_date")
+    if len(ids) > 1 and not pd.Index(ids).is_unique:
+        dup = pd.Index(ids)[pd.Index(ids).duplicated()][0]
+        raise ValueError(f"episodes.episode_id: {dup!r} appears more than once")
+    missing = index_ns == NAT
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"episodes: row {first}: index_date is missing (episode {ids[first]!r})")
+    return ids, pids, index_ns
+
+
+def build_timeline(
+    ids: np.ndarray,
+    pids: np.ndarray,
+    index_ns: np.ndarray,
+    record_seconds: list[np.ndarray],
+    lookback_days: int,
+) -> Timeline:
+    """Timeline of the episodes, with a key space covering every record time given."""
+    if len(pids) == 1:
+        patient_ids, patient_code = pids, np.zeros(1, dtype=np.int64)
+    else:
+        patient_ids, patient_code = np.unique(pids, return_inverse=True)
+        patient_code = patient_code.astype(np.int64)
+    index_day = day_of(index_ns)
+    is_date = index_ns % NS_PER_DAY == 0
+    # A date-only index includes the whole index day; a time is an inclusive cut-off.
+    cutoff_ns = np.where(is_date, index_ns + (NS_PER_DAY - 1), index_ns)
+    cutoff_s = cutoff_ns // NS_PER_S
+    lows = [int(index_day.min()) * S_PER_DAY - (lookback_days + 1) * S_PER_DAY] if len(ids) else []
+    highs = [int(cutoff_s.max())] if len(ids) else []
+    for seconds in record_seconds:
+        if len(seconds):
+            lows.append(int(seconds.min()))
+            highs.append(int(seconds.max()))
+    origin = min(lows) if lows else 0
+    span = (max(highs) - origin + 2) if highs else 2
+    if span * max(len(patient_ids), 1) >= _KEY_LIMIT:
+        raise ValueError(
+            f"record times span {span / S_PER_DAY / 365.25:.0f} years over {len(patient_ids)} "
+            "patients: too wide for the feature index; check the dates in labs and regimens"
+        )
+    return Timeline(
+        episode_ids=ids,
+        patient_ids=patient_ids,
+        patient_code=patient_code,
+        index_ns=index_ns,
+        index_day=index_day,
+        cutoff_s=cutoff_s,
+        origin_s=origin,
+        span=span,
+    )
+
+
+def patient_codes(timeline: Timeline, pids: np.ndarray) -> np.ndarray:
+    """Code of each record's patient in the timeline (-1 for patients without an episode)."""
+    known = timeline.patient_ids
+    if len(known) == 1:
+        return np.where(pids == known[0], 0, -1).astype(np.int64)
+    return pd.Index(known).get_indexer(pids).astype(np.int64)
+
+
+def sorted_by_key(keys: np.ndarray) -> np.ndarray | None:
+    """A stable order that sorts `keys`, or None when they are already sorted."""
+    if len(keys) < 2 or bool(np.all(keys[1:] >= keys[:-1])):
+        return None
+    return np.argsort(keys, kind="stable")
+
+
+def segments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flatten the ranges [lo, hi) into (owner of each element, element index, range length)."""
+    counts = np.maximum(hi - lo, 0)
+    owner = np.repeat(np.arange(len(lo)), counts)
+    starts = np.cumsum(counts) - counts
+    index = np.arange(int(counts.sum())) - np.repeat(starts - lo, counts)
+    return owner, index, counts
+
+
+def range_reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """`ufunc.reduce(values[lo:hi])` for every range, NaN for empty ranges (ranges may overlap)."""
+    out = np.full(len(lo), np.nan)
+    nonempty = hi > lo
+    if not nonempty.any():
+        return out
+    padded = np.append(values.astype(np.float64, copy=False), np.nan)
+    bounds = np.column_stack((lo[nonempty], hi[nonempty])).ravel()
+    out[nonempty] = ufunc.reduceat(padded, bounds)[::2]
+    return out
