@@ -15,15 +15,16 @@ The page reaches `/v1/score` and `/v1/model` directly with relative URLs.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import importlib.util
 import logging
 from functools import cache, lru_cache
 from importlib import resources
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, Response
 
@@ -134,26 +135,42 @@ def _per_episode(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**base, "episode": episode} for episode in episodes]
 
 
-def parse_patient_file(payload: Any) -> dict[str, Any]:
+def _given(record: Any, loc: list[str | int]) -> str | None:
+    """The value a problem points at, as text, when it is a plain value (dates the form cannot hold
+    are then still shown to the person)."""
+    value = record
+    for part in loc:
+        in_list = isinstance(part, int) and isinstance(value, list) and 0 <= part < len(value)
+        in_dict = isinstance(part, str) and isinstance(value, dict) and part in value
+        if not (in_list or in_dict):
+            return None
+        value = value[part]
+    if isinstance(value, str | int | float | bool):
+        return str(value)
+    return None
+
+
+def parse_patient_file(payload: Any, index_date: dt.date | None = None) -> dict[str, Any]:
     """The episode records of a patient file, with the problems of each as `{loc, msg}`.
 
     Records are returned as given (after FHIR conversion), so that the form keeps every value, even
-    a wrong one, and the person can correct it where it is marked.
+    a wrong one, and the person can correct it where it is marked. `index_date` is the first
+    hetrombopag dose for FHIR input that holds no hetrombopag order (else the adapter uses today).
 
     Raises:
         HTTPException: 422 when the file holds no patient record at all.
     """
     warnings: list[str] = []
     fhir = _fhir()
-    if isinstance(payload, dict) and "resourceType" in payload:
-        if fhir is None:
-            raise _unprocessable(["body"], "this server cannot read FHIR resources")
-        if not fhir.is_fhir(payload):
-            raise _unprocessable(
-                ["body", "resourceType"], "a FHIR R4 Bundle (or Patient resource) was expected"
-            )
-        records, fhir_warnings = fhir.fhir_to_patient_records(payload)
+    looks_fhir = isinstance(payload, dict) and "resourceType" in payload
+    if fhir is not None and fhir.is_fhir(payload):
+        try:
+            records, fhir_warnings = fhir.fhir_to_patient_records(payload, index_date=index_date)
+        except fhir.FhirError as exc:
+            raise _unprocessable(["body"], str(exc)) from exc
         warnings.extend(str(w) for w in fhir_warnings)
+    elif looks_fhir:
+        raise _unprocessable(["body", "resourceType"], "this server cannot read FHIR resources")
     else:
         records = _split_records(payload)
     out: list[dict[str, Any]] = []
@@ -169,7 +186,10 @@ def parse_patient_file(payload: Any) -> dict[str, Any]:
                 validate_record(episode_record)
                 problems: list[dict[str, Any]] = []
             except RecordError as exc:
-                problems = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors]
+                problems = [
+                    {"loc": e["loc"], "msg": e["msg"], "given": _given(episode_record, e["loc"])}
+                    for e in exc.errors
+                ]
             out.append({"record": jsonable_encoder(episode_record), "problems": problems})
     if not out:
         raise _unprocessable(["body"], "the file holds no patient episode")
@@ -177,12 +197,18 @@ def parse_patient_file(payload: Any) -> dict[str, Any]:
 
 
 @router.post("/ui/parse-file", tags=["page"])
-async def parse_file(request: Request) -> dict[str, Any]:
+async def parse_file(
+    request: Request,
+    index_date: Annotated[
+        dt.date | None,
+        Query(description="First hetrombopag dose, for FHIR input without a hetrombopag order."),
+    ] = None,
+) -> dict[str, Any]:
     """A patient file (scoring JSON or FHIR R4 Bundle) -> episode records to fill the form."""
     try:
         payload = await request.json()
     except ValueError as exc:
         raise _unprocessable(["body"], f"the file is not valid JSON ({exc})") from exc
-    result = parse_patient_file(payload)
+    result = parse_patient_file(payload, index_date=index_date)
     logger.info("parsed a patient file into %d episode record(s)", len(result["records"]))
     return result

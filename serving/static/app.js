@@ -606,6 +606,7 @@
     (Array.isArray(detail) ? detail : [{ msg: String(detail) }]).forEach(function (d) {
       var input = inputForTarget(locToTarget(d.loc), sent);
       var message = cleanMessage(d.msg);
+      if (d.given !== undefined && d.given !== null) message += " (the file has “" + d.given + "”)";
       if (input) {
         setFieldError(input, message);
         items.push({ text: fieldName(input) + ": " + message, target: input });
@@ -698,7 +699,8 @@
         return null;
       }
       $("file-status").textContent = "Reading “" + file.name + "”…";
-      return fetchJson("ui/parse-file", {
+      var index = $("index_date").value;
+      return fetchJson("ui/parse-file" + (index ? "?index_date=" + encodeURIComponent(index) : ""), {
         method: "POST",
         headers: authHeaders({ "Content-Type": "application/json" }),
         body: JSON.stringify(parsed)
