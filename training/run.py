@@ -1,0 +1,416 @@
+"""Train one experiment end to end: labels, features, validation, evaluation, MLflow."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from data.cohort import Cohort, summarise
+from data.labels import attrition, derive_labels, get_definition
+from features.pipeline import FeatureConfig, FeaturePipeline, build_features
+from features.registry import spec_of
+from serving.model import Calibrator, DeployableModel, RiskBands
+from training import evaluation, plots, tables
+from training.config import ExperimentConfig, ExperimentError
+from training.crossval import CVOutput, cross_validate
+from training.result import TrainResult
+from training.sample_size import assess_sample_size
+from training.tracking import RunHandle, TrackingSettings, data_fingerprint, tracked_run
+from training.tuning import Observer, fit_final, monotone_vector
+from training.validation import (
+    Fold,
+    SplitError,
+    repeated_group_folds,
+    site_folds,
+    time_folds,
+)
+
+log = logging.getLogger(__name__)
+
+# progress(stage, completed, total): the CLI draws it as progress bars.
+Progress = Callable[[str, int, int], None]
+STAGES = ("features", "cross-validation", "final model", "evaluation", "tracking")
+
+
+class TrainingError(ValueError):
+    """The experiment cannot be trained on this cohort; the message says why."""
+
+
+def _noop(stage: str, completed: int, total: int) -> None:
+    return None
+
+
+def resolve_monotone(patterns: tuple[str, ...], columns: list[str]) -> dict[str, int]:
+    """Monotone constraints from the registry's expected directions for the named features."""
+    out: dict[str, int] = {}
+    for pattern in patterns:
+        matched = [c for c in columns if fnmatch.fnmatchcase(c, pattern)]
+        if not matched:
+            raise ExperimentError(f"model.monotone: {pattern!r} matches no model feature")
+        directed = {}
+        for column in matched:
+            try:
+                direction = spec_of(column).direction
+            except KeyError:
+                direction = None
+            if direction:
+                directed[column] = int(direction)
+        if not directed:
+            raise ExperimentError(
+                f"model.monotone: {pattern!r} matches {matched[:5]}, but features.registry gives "
+                "none of them an expected direction"
+            )
+        out.update(directed)
+    return out
+
+
+def make_folds(
+    config: ExperimentConfig,
+    y: pd.Series,
+    groups: pd.Series,
+    cohort: Cohort,
+) -> list[Fold]:
+    """The outer folds of the experiment's validation scheme."""
+    v = config.validation
+    y_arr, g_arr = y.to_numpy().astype(int), groups.astype(str).to_numpy()
+    try:
+        if v.scheme == "cv":
+            return repeated_group_folds(y_arr, g_arr, v.n_splits, v.n_repeats, v.seed)
+        if v.scheme == "site":
+            if "site" not in cohort.patients:
+                raise SplitError("validation by site needs a site column in patients")
+            sites = groups.map(cohort.patients.set_index("patient_id")["site"])
+            return site_folds(y_arr, g_arr, sites.to_numpy())
+        dates = cohort.episodes.set_index("episode_id").loc[y.index, "index_date"]
+        return time_folds(y_arr, g_arr, dates.to_numpy(), v.time_test_fraction)
+    except SplitError as error:
+        raise TrainingError(f"validation.scheme = {v.scheme!r}: {error}") from None
+
+
+def feature_reference(X: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per-feature training distribution: min, 1st/50th/99th centiles, max, missing share."""
+    out = {}
+    for column in X.columns:
+        values = X[column].astype(float)
+        present = values.dropna()
+        if present.empty:
+            stats = dict.fromkeys(("min", "p01", "p50", "p99", "max"), None)
+        else:
+            q = np.percentile(present, [1, 50, 99])
+            stats = {
+                "min": float(present.min()),
+                "p01": float(q[0]),
+                "p50": float(q[1]),
+                "p99": float(q[2]),
+                "max": float(present.max()),
+            }
+        out[column] = {**stats, "missing_share": float(values.isna().mean())}
+    return out
+
+
+def fit_experiment(
+    config: ExperimentConfig,
+    cohort: Cohort,
+    progress: Progress | None = None,
+    observer: Observer | None = None,
+) -> tuple[TrainResult, CVOutput]:
+    """Everything but tracking: returns the TrainResult (run_id and model_uri unset)."""
+    progress = progress or _noop
+    definition = get_definition(config.label.definition)
+    labels = derive_labels(cohort, definition)
+    feature_config = _feature_config(config)
+    progress("features", 0, 1)
+    raw = build_features(cohort, feature_config)
+    pipeline = FeaturePipeline(feature_config).fit(cohort)
+    X_all = pipeline.transform(cohort)
+    progress("features", 1, 1)
+
+    labelled = labels[labels["label"].notna()]
+    ids = pd.Index(labelled["episode_id"].astype(str), name="episode_id")
+    if len(ids) == 0:
+        raise TrainingError(f"no episode has a label under {definition.name!r}")
+    X = X_all.loc[ids].astype(np.float32)
+    y = pd.Series(labelled["label"].astype(int).to_numpy(), index=ids, name="y")
+    groups = (
+        cohort.episodes.set_index("episode_id")["patient_id"].astype(str).loc[ids].rename("groups")
+    )
+    monotone = resolve_monotone(config.model.monotone, list(X.columns))
+    folds = make_folds(config, y, groups, cohort)
+
+    def on_fold(done: int, total: int) -> None:
+        progress("cross-validation", done, total)
+
+    progress("cross-validation", 0, len(folds))
+    cv = cross_validate(
+        X,
+        y,
+        groups,
+        folds,
+        config.model,
+        config.calibration.method,
+        monotone,
+        config.validation.seed,
+        observer=observer,
+        on_fold=on_fold,
+    )
+
+    progress("final model", 0, 1)
+    if observer is not None:
+        observer("calibrator_final", _positions(ids, cv.oof["episode_id"]))
+    calibrator = Calibrator(method=config.calibration.method).fit(
+        cv.oof["p_xgb_raw"].to_numpy(), cv.oof["y"].to_numpy()
+    )
+    final = fit_final(
+        X.to_numpy(),
+        y.to_numpy(),
+        groups.to_numpy(),
+        config.model,
+        monotone_vector(list(X.columns), monotone) if monotone else None,
+        config.validation.seed,
+        observer=observer,
+    )
+    progress("final model", 1, 1)
+
+    progress("evaluation", 0, 3)
+    ev = config.evaluation
+    metrics = evaluation.overall_metrics(cv.oof, ev)
+    progress("evaluation", 1, 3)
+    members = evaluation.subgroup_frame(cohort, labels)
+    subgroups = evaluation.subgroup_metrics(cv.oof, members, ev)
+    curve = evaluation.decision_curve(cv.oof, ev)
+    progress("evaluation", 2, 3)
+    raw_labelled = raw.set_index("episode_id").loc[ids].reset_index()
+    table1 = tables.table_one(raw_labelled, y)
+    sample_size = assess_sample_size(
+        y.to_numpy(), groups.to_numpy(), X.shape[1], ev.anticipated_auroc
+    )
+    cohort_summary = summarise(cohort)
+    progress("evaluation", 3, 3)
+
+    trained_at = datetime.now(UTC).isoformat(timespec="seconds")
+    bands = RiskBands(
+        thresholds=tuple(ev.risk_bands),
+        labels=tuple(ev.band_labels),
+        operating_threshold=ev.operating_threshold,
+    )
+    reference = feature_reference(X)
+    model = DeployableModel(
+        pipeline=pipeline,
+        booster=final.booster,
+        calibrator=calibrator,
+        fold_boosters=cv.fold_boosters,
+        bands=bands,
+        reference=reference,
+        metadata={
+            "name": config.tracking.registered_model,
+            "version": "unregistered",
+            "label_definition": definition.name,
+            "label_description": definition.describe(),
+            "metrics": {k: {m: v["estimate"] for m, v in d.items()} for k, d in metrics.items()},
+            "trained_at": trained_at,
+            "experiment": config.name,
+            "n_training_episodes": int(len(y)),
+            "cohort_summary": cohort_summary,
+        },
+    )
+    validation = {
+        "scheme": config.validation.scheme,
+        "folds": [
+            {
+                "repeat": f.repeat,
+                "fold": f.fold,
+                "name": f.name,
+                "n_train": len(f.train),
+                "n_test": len(f.test),
+            }
+            for f in folds
+        ],
+        "calibration": config.calibration.method,
+        "oof_calibration": "each fold's calibrator is fitted on its inner-validation split",
+    }
+    result = TrainResult(
+        config=config.model_dump(mode="json"),
+        label_definition=definition.name,
+        model=model,
+        X=X,
+        raw_features=raw_labelled,
+        y=y,
+        groups=groups,
+        oof=cv.oof,
+        metrics=metrics,
+        subgroups=subgroups,
+        decision_curve=curve,
+        table1=table1,
+        attrition=attrition(labels),
+        sample_size=sample_size,
+        cohort_summary=cohort_summary,
+        fold_importance=cv.fold_importance,
+        monotone_constraints=monotone,
+        data_fingerprint=data_fingerprint(cohort),
+        validation=validation,
+        tuning={"folds": cv.tuning, "final": {**final.params, "n_rounds": final.n_rounds}},
+    )
+    return result, cv
+
+
+def _positions(ids: pd.Index, episode_ids: pd.Series) -> np.ndarray:
+    return ids.get_indexer(pd.Index(episode_ids.unique()))
+
+
+def _feature_config(config: ExperimentConfig) -> FeatureConfig:
+    f = config.features
+    kwargs: dict[str, Any] = {
+        "extra_analytes": tuple(f.extra_analytes),
+        "extra_static": tuple(f.extra_static),
+    }
+    if f.families is not None:
+        kwargs["families"] = tuple(f.families)
+    try:
+        return FeatureConfig(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ExperimentError(f"features: {error}") from None
+
+
+def train_experiment(
+    config: ExperimentConfig,
+    cohort: Cohort,
+    tracking: TrackingSettings | None = None,
+    progress: Progress | None = None,
+    observer: Observer | None = None,
+    experiment_text: str | None = None,
+) -> TrainResult:
+    """Train, evaluate and (when `tracking` is given) log to MLflow and register @candidate."""
+    if tracking is None:
+        result, _ = fit_experiment(config, cohort, progress, observer)
+        return result
+    progress = progress or _noop
+    with tracked_run(tracking) as run:
+        definition = get_definition(config.label.definition)
+        fingerprint = data_fingerprint(cohort)
+        run.log_setup(config.model_dump(mode="json"), experiment_text, definition, fingerprint)
+        result, _ = fit_experiment(config, cohort, progress, observer)
+        result.run_id = run.run_id
+        result.model.metadata["run_id"] = run.run_id
+        log_result(run, result, config, progress)
+    return result
+
+
+def log_result(
+    run: RunHandle, result: TrainResult, config: ExperimentConfig, progress: Progress
+) -> None:
+    """Log everything of the result to the active run, then register the model (last)."""
+    import mlflow
+
+    from serving.pyfunc import log_deployable_model
+
+    steps = 6
+    progress("tracking", 0, steps)
+    dataset = result.X.copy()
+    dataset["response"] = result.y.astype(int)
+    run.log_dataset(dataset, f"{config.name}-{result.label_definition}", result.data_fingerprint)
+    ss = result.sample_size
+    extra = {
+        "data.n_episodes": ss.get("n_episodes"),
+        "data.n_patients": ss.get("n_patients"),
+        "data.events": ss.get("events"),
+        "data.prevalence": ss.get("prevalence"),
+        "data.events_per_predictor": ss.get("events_per_predictor"),
+        "data.riley_minimum_n": ss.get("riley", {}).get("minimum_n"),
+    }
+    run.log_metrics(result.metrics, extra)
+    progress("tracking", 1, steps)
+    with tempfile.TemporaryDirectory(prefix="ctit-train-") as tmp:
+        tmp_path = Path(tmp)
+        _write_artifacts(result, tmp_path / "artifacts")
+        run.log_artifact_dir(tmp_path / "artifacts", "evaluation")
+        progress("tracking", 2, steps)
+        _write_plots(result, tmp_path / "plots")
+        run.log_artifact_dir(tmp_path / "plots", "plots")
+        progress("tracking", 3, steps)
+        info = log_deployable_model(result.model, "model", input_example=_input_example(result))
+        result.model_uri = info.model_uri
+        progress("tracking", 4, steps)
+        result.save(tmp_path / "train_result")
+        run.log_artifact_dir(tmp_path / "train_result", "train_result")
+        _log_report(result, tmp_path)
+        progress("tracking", 5, steps)
+    if run.settings.register:
+        version = run.register(
+            result.model_uri,
+            {
+                "data_fingerprint": result.data_fingerprint,
+                "label_definition": result.label_definition,
+                "experiment": config.name,
+            },
+        )
+        mlflow.set_tag("ctit.registered_version", f"{run.settings.registered_model}/{version}")
+    progress("tracking", steps, steps)
+
+
+def _input_example(result: TrainResult) -> Any:
+    from serving import pyfunc
+
+    maker = getattr(pyfunc, "input_example_from_cohort", None)
+    return None if maker is None else maker(result)
+
+
+def _write_artifacts(result: TrainResult, directory: Path) -> None:
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    result.table1.to_csv(directory / "table1.csv", index=False)
+    result.subgroups.to_csv(directory / "subgroups.csv", index=False)
+    result.decision_curve.to_csv(directory / "decision_curve.csv", index=False)
+    for name in ("attrition", "sample_size", "metrics", "monotone_constraints", "cohort_summary"):
+        (directory / f"{name}.json").write_text(
+            json.dumps(getattr(result, name), indent=2, default=str), encoding="utf-8"
+        )
+
+
+def _write_plots(result: TrainResult, directory: Path) -> None:
+    plots.roc_plot(result.oof, result.metrics, directory / "roc.png")
+    plots.calibration_plot(result.oof, result.metrics, directory / "calibration.png")
+    plots.decision_curve_plot(result.decision_curve, directory / "decision_curve.png")
+    n = min(len(result.X), result.config["evaluation"]["shap_sample"])
+    sample = result.X.sample(n=n, random_state=0) if n < len(result.X) else result.X
+    contribs = result.model.booster.predict(
+        xgb.DMatrix(sample.to_numpy(dtype=np.float32), nthread=1, missing=np.nan),
+        pred_contribs=True,
+    )
+    plots.shap_beeswarm(contribs, sample, directory / "shap_beeswarm.png")
+
+
+def _log_report(result: TrainResult, tmp_path: Path) -> None:
+    """Render the reviewer report when training.report provides it (owned by another module)."""
+    import importlib
+
+    import mlflow
+
+    try:
+        report = importlib.import_module("training.report")
+    except ImportError:
+        log.info("training.report is not available: no report.html")
+        return
+    render = getattr(report, "render_report", None)
+    if render is None:
+        log.info("training.report has no render_report: no report.html")
+        return
+    try:
+        html = render(result)
+    except Exception as error:  # noqa: BLE001
+        # The model and its evidence are logged already; a broken report must not lose them.
+        log.exception("render_report failed; the run is logged without report.html")
+        mlflow.set_tag("ctit.report_error", f"{type(error).__name__}: {error}"[:500])
+        return
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    mlflow.log_artifact(str(path))

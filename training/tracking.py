@@ -1,0 +1,220 @@
+"""MLflow tracking and registry: params, tags, dataset, metrics, artifacts, the model and its alias.
+
+Registration is the last step; when anything fails the version it created (and a registered model
+it created) is deleted and the run ends FAILED, so the registry never holds an orphan version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from training.config import flatten
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
+
+
+class TrackingError(RuntimeError):
+    """MLflow logging or registration failed; nothing was left registered."""
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Where and under which names a run is tracked (resolved at the CLI edge)."""
+
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    experiment_name: str = "ctit"
+    registered_model: str = "ctit-response"
+    run_name: str | None = None
+    artifact_location: str | None = None
+    register: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """For a SQLite store, keep artifacts in `mlartifacts/` beside the database file."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db_path = tracking_uri[len("sqlite:///") :]
+    if not db_path or db_path == ":memory:":
+        return None
+    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+
+
+def data_fingerprint(cohort: Any) -> str:
+    """SHA-256 over the cohort's normalised tables (column names and row hashes, in order)."""
+    digest = hashlib.sha256()
+    for name in ("patients", "episodes", "labs", "regimens", "outcomes"):
+        frame = getattr(cohort, name, None)
+        digest.update(name.encode())
+        if frame is None:
+            digest.update(b"<absent>")
+            continue
+        digest.update(json.dumps([str(c) for c in frame.columns]).encode())
+        hashes = pd.util.hash_pandas_object(frame.astype(object), index=False).to_numpy()
+        digest.update(hashes.tobytes())
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the checked-out code, or None outside a git work tree."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _ensure_experiment(settings: TrackingSettings) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = settings.artifact_location or default_artifact_location(settings.tracking_uri)
+    return client.create_experiment(settings.experiment_name, artifact_location=location)
+
+
+@contextmanager
+def tracked_run(settings: TrackingSettings) -> Iterator[RunHandle]:
+    """Open a run; on any exception, roll back registrations and end the run FAILED."""
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    experiment_id = _ensure_experiment(settings)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=settings.run_name)
+    handle = RunHandle(run.info.run_id, settings)
+    try:
+        yield handle
+    except BaseException:
+        handle.rollback()
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+class RunHandle:
+    """The active run, and what it registered (for rollback)."""
+
+    def __init__(self, run_id: str, settings: TrackingSettings) -> None:
+        self.run_id = run_id
+        self.settings = settings
+        self.created_versions: list[tuple[str, str]] = []
+        self.created_models: list[str] = []
+
+    def log_setup(
+        self,
+        config: dict[str, Any],
+        experiment_text: str | None,
+        label_definition: Any,
+        fingerprint: str,
+    ) -> None:
+        """Params (flattened experiment), tags and the experiment/label artifacts."""
+        params = flatten(config)
+        items = list(params.items())
+        for start in range(0, len(items), 100):
+            mlflow.log_params(dict(items[start : start + 100]))
+        label = asdict(label_definition) if is_dataclass(label_definition) else label_definition
+        tags = {
+            "ctit.git_commit": git_commit() or "unknown",
+            "ctit.data_fingerprint": fingerprint,
+            "ctit.label_definition": getattr(label_definition, "name", str(label_definition)),
+            "ctit.experiment": str(config.get("name", "")),
+            **self.settings.tags,
+        }
+        mlflow.set_tags(tags)
+        if experiment_text is not None:
+            mlflow.log_text(experiment_text, "experiment/experiment.toml")
+        mlflow.log_dict(config, "experiment/experiment.json")
+        mlflow.log_dict(_jsonable(label), "experiment/label_definition.json")
+
+    def log_dataset(self, frame: pd.DataFrame, name: str, fingerprint: str) -> None:
+        dataset = mlflow.data.from_pandas(
+            frame.reset_index(),
+            source=f"ctit-cohort:{fingerprint[:16]}",
+            targets="response",
+            name=name,
+        )
+        mlflow.log_input(dataset, context="training")
+
+    def log_metrics(self, metrics: dict[str, dict[str, dict[str, float]]], extra: dict) -> None:
+        flat: dict[str, float] = {}
+        for model, by_metric in metrics.items():
+            for metric, values in by_metric.items():
+                for kind, value in values.items():
+                    key = f"{model}.{metric}" if kind == "estimate" else f"{model}.{metric}.{kind}"
+                    if value is not None and value == value:
+                        flat[key] = float(value)
+        for key, value in extra.items():
+            if value is not None and value == value:
+                flat[key] = float(value)
+        mlflow.log_metrics(flat)
+
+    def log_artifact_dir(self, directory: Path, artifact_path: str) -> None:
+        mlflow.log_artifacts(str(directory), artifact_path)
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def register(self, model_uri: str, tags: dict[str, str]) -> str:
+        """Register the logged model under the configured name and point @candidate at it."""
+        client = MlflowClient()
+        name = self.settings.registered_model
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+            self.created_models.append(name)
+        version = client.create_model_version(name, model_uri, run_id=self.run_id, tags=tags)
+        self.created_versions.append((name, version.version))
+        client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
+        return version.version
+
+    def rollback(self) -> None:
+        """Delete what this run registered; never raises (the original error matters more)."""
+        client = MlflowClient()
+        for name, version in reversed(self.created_versions):
+            try:
+                client.delete_model_version(name, version)
+                log.warning("deleted model version %s/%s of the failed run", name, version)
+            except Exception:  # noqa: BLE001
+                log.exception("could not delete model version %s/%s", name, version)
+        for name in self.created_models:
+            try:
+                if not client.search_model_versions(f"name='{name}'"):
+                    client.delete_registered_model(name)
+            except Exception:  # noqa: BLE001
+                log.exception("could not delete registered model %s", name)
+        self.created_versions.clear()
+        self.created_models.clear()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="ctit-train-")
