@@ -1,0 +1,949 @@
+"""The reviewer report: SHAP explanations and the evidence behind a model (TRIPOD+AI).
+
+`render_report(result)` returns one self-contained HTML page: CSS inline, every figure an inline
+base64 PNG, no script and no font or other resource fetched from anywhere (a Content-Security-Policy
+forbids it). Section ids are stable: summary, performance, global-explanations, plausibility,
+stability, case-gallery, limitations, tripod.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+import shap
+from markupsafe import Markup, escape
+
+from data.labels import get_definition
+from features.registry import FeatureSpec, spec_of
+from training import report_plots as plots
+from training.explain import (
+    DirectionRule,
+    ProbabilityMap,
+    feature_importance,
+    group_importance,
+    plausibility_table,
+    probability_scale,
+    rank_stability,
+    select_cases,
+    sigmoid_then,
+    tree_shap,
+)
+from training.report_tripod import REPORT_COVERAGE, TRIPOD_AI_ITEMS
+
+if TYPE_CHECKING:
+    from training.result import TrainResult
+
+log = logging.getLogger(__name__)
+
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("summary", "Summary"),
+    ("performance", "Performance"),
+    ("global-explanations", "Global explanations"),
+    ("plausibility", "Plausibility"),
+    ("stability", "Stability"),
+    ("case-gallery", "Case gallery"),
+    ("limitations", "Limitations"),
+    ("tripod", "TRIPOD+AI"),
+)
+
+INTENDED_USE = (
+    "Decision support for clinicians treating adult patients with breast cancer who have "
+    "cancer-therapy-induced thrombocytopenia (CTIT) and are about to start hetrombopag: the model "
+    "estimates, before the first dose, the probability that this episode of CTIT responds, from "
+    "baseline laboratory values, platelet history, regimen history and clinical characteristics. "
+    "It supports, and does not replace, clinical judgement; it is not validated for other "
+    "cancers, other thrombopoietin-receptor agonists, children, or decisions after treatment "
+    "starts."
+)
+
+METRIC_LABELS = {
+    "auroc": "AUROC (C statistic)",
+    "auprc": "AUPRC",
+    "brier": "Brier score",
+    "scaled_brier": "Scaled Brier",
+    "calibration_intercept": "Calibration intercept (CITL)",
+    "calibration_slope": "Calibration slope",
+    "oe_ratio": "Observed:expected ratio",
+    "ece": "Expected calibration error",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "ppv": "PPV",
+    "npv": "NPV",
+}
+
+GROUP_LABELS = {
+    "labs": "Laboratory values",
+    "platelet_history": "Platelet history",
+    "regimen_history": "Regimen history",
+    "clinical": "Clinical characteristics",
+    "extra": "Extra (experiment-specific)",
+    "other": "Other",
+}
+
+DIRECTION_WORDS = {1: "higher → more response", -1: "higher → less response", 0: "≈ none"}
+
+
+class ReportError(ValueError):
+    """The training result cannot be rendered; the message names the field and the problem."""
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the report shows.
+
+    Attributes:
+        top_features: features in the importance bar chart and beeswarm.
+        n_dependence: dependence plots (the most important features).
+        stability_features: top features whose fold ranks are shown.
+        waterfall_features: features shown per waterfall (the rest are summed).
+        max_explained: episodes explained for the global plots (a seeded sample when there are
+            more); None takes the experiment's `evaluation.shap_sample`.
+        direction: how learned directions are read from the SHAP dependence.
+        seed: sampling seed.
+    """
+
+    top_features: int = 15
+    n_dependence: int = 4
+    stability_features: int = 10
+    waterfall_features: int = 10
+    max_explained: int | None = None
+    direction: DirectionRule = field(default_factory=DirectionRule)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("top_features", "n_dependence", "stability_features", "waterfall_features"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ReportSettings.{name} must be at least 1")
+        if self.max_explained is not None and self.max_explained < 10:
+            raise ValueError("ReportSettings.max_explained must be at least 10")
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return "—"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.{digits}g}"
+        if float(value).is_integer() and abs(value) >= 10:
+            return f"{int(value):,}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, list | tuple):
+        return "; ".join(_fmt(v, digits) for v in value) or "—"
+    return str(value)
+
+
+def _humanise(key: str) -> str:
+    text = str(key).replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    numeric: Iterable[int] = (),
+    flagged: Iterable[int] = (),
+    html_columns: Iterable[int] = (),
+) -> Markup:
+    """An escaped HTML table; `numeric` columns align right, `flagged` rows are highlighted."""
+    numeric, flagged, html_columns = set(numeric), set(flagged), set(html_columns)
+    head = "".join(
+        f"<th{' class=num' if i in numeric else ''}>{escape(h)}</th>" for i, h in enumerate(headers)
+    )
+    body = []
+    for r, row in enumerate(rows):
+        cells = []
+        for i, cell in enumerate(row):
+            content = cell if i in html_columns else escape(_fmt(cell))
+            cells.append(f"<td{' class=num' if i in numeric else ''}>{content}</td>")
+        cls = ' class="flagged"' if r in flagged else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    return Markup(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _frame_table(frame: pd.DataFrame) -> Markup:
+    if frame is None or frame.empty:
+        return Markup('<p class="muted">Not available in this run.</p>')
+    if not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index()
+    numeric = [i for i, c in enumerate(frame.columns) if pd.api.types.is_numeric_dtype(frame[c])]
+    return _table([_humanise(c) for c in frame.columns], frame.itertuples(index=False), numeric)
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        label = f"{prefix}{_humanise(key)}"
+        if isinstance(value, Mapping):
+            items.extend(_flatten(value, prefix=f"{label} / "))
+        else:
+            items.append((label, value))
+    return items
+
+
+def _mapping_table(mapping: Mapping[str, Any] | None, what: str) -> Markup:
+    if not mapping:
+        return Markup(f'<p class="muted">No {escape(what)} recorded in this run.</p>')
+    rows = _flatten(mapping)
+    return _table(["Item", "Value"], rows, numeric=[1])
+
+
+def _badge(text: str, kind: str) -> Markup:
+    return Markup(f'<span class="badge {escape(kind)}">{escape(text)}</span>')
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _check_result(result: TrainResult) -> None:
+    if result.model is None or getattr(result.model, "booster", None) is None:
+        raise ReportError("TrainResult.model: no deployable model with a booster to explain")
+    if result.X is None or result.X.empty:
+        raise ReportError("TrainResult.X: no labelled episodes to explain")
+    if len(result.y) != len(result.X):
+        raise ReportError(
+            f"TrainResult.y has {len(result.y)} rows but TrainResult.X has {len(result.X)}"
+        )
+    missing = {"y", "p_xgb"} - set(result.oof.columns)
+    if missing:
+        raise ReportError(f"TrainResult.oof lacks columns {sorted(missing)}")
+
+
+def _specs(columns: Iterable[str]) -> dict[str, FeatureSpec | None]:
+    specs: dict[str, FeatureSpec | None] = {}
+    for name in columns:
+        try:
+            specs[name] = spec_of(name)
+        except KeyError:
+            log.warning("report: feature %r is not declared in features.registry", name)
+            specs[name] = None
+    return specs
+
+
+def _group_of(result: TrainResult, specs: Mapping[str, FeatureSpec | None]) -> dict[str, str]:
+    pipeline = getattr(result.model, "pipeline", None)
+    groups = {}
+    for name, spec in specs.items():
+        group = None
+        if pipeline is not None and hasattr(pipeline, "group_of"):
+            try:
+                group = pipeline.group_of(name)
+            except (KeyError, ValueError):
+                group = None
+        if group is None and spec is not None:
+            group = spec.group
+        groups[name] = group or "other"
+    return groups
+
+
+def _config(result: TrainResult, *path: str, default: Any = None) -> Any:
+    node: Any = result.config or {}
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def _threshold(result: TrainResult) -> float:
+    bands = getattr(result.model, "bands", None)
+    value = getattr(bands, "operating_threshold", None)
+    if value is None:
+        value = _config(result, "evaluation", "operating_threshold", default=0.5)
+    return float(value)
+
+
+def _to_probability(result: TrainResult) -> ProbabilityMap:
+    calibrator = getattr(result.model, "calibrator", None)
+    if calibrator is not None and hasattr(calibrator, "transform_margin"):
+        return calibrator.transform_margin
+    return sigmoid_then(None if calibrator is None else calibrator.transform)
+
+
+def _sample(X: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    if len(X) <= limit:
+        return X
+    return X.sample(n=limit, random_state=seed).sort_index()
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+def _label_text(result: TrainResult) -> str:
+    name = result.label_definition
+    try:
+        definition = get_definition(name)
+    except ValueError as error:
+        raise ReportError(f"TrainResult.label_definition: {error}") from error
+    return (
+        f"{name}: an episode responds when {definition.describe()} (the index date is the first "
+        "hetrombopag dose). Baseline PLT is the last PLT in the 3 days up to and including the "
+        "index date. Episodes with no baseline PLT, or with no PLT in the horizon and no recorded "
+        "outcome, have no label and are excluded (see attrition). The label is derived from "
+        "laboratory values by code, so outcome assessment is objective and the same across sites "
+        "and patient groups."
+    )
+
+
+def _cohort_facts(result: TrainResult) -> list[tuple[str, str]]:
+    y = result.y.astype(int)
+    events = int(y.sum())
+    facts = [
+        ("Labelled episodes", _fmt(len(y))),
+        ("Patients", _fmt(int(result.groups.nunique()))),
+        ("Responders (events)", f"{events:,} ({100 * events / len(y):.1f}%)"),
+        ("Non-responders", _fmt(len(y) - events)),
+    ]
+    for key, value in _flatten(result.cohort_summary or {}):
+        facts.append((key, _fmt(value)))
+    return facts
+
+
+def _sample_size_html(sample_size: Mapping[str, Any]) -> Markup:
+    if not sample_size:
+        return Markup('<p class="muted">No sample-size assessment recorded in this run.</p>')
+    parts = []
+    riley = sample_size.get("riley")
+    n = sample_size.get("n_episodes")
+    if riley:
+        minimum = riley.get("minimum_n")
+        enough = n is not None and minimum is not None and n >= minimum
+        verdict = _badge("meets Riley's minimum", "ok") if enough else _badge("below", "flag")
+        parts.append(
+            Markup("<p>{} episodes against a minimum of {} (limited by {}). {}</p>").format(
+                _fmt(n), _fmt(minimum), _humanise(riley.get("limiting_criterion", "?")), verdict
+            )
+        )
+        criteria = riley.get("criteria", {})
+        explain = {
+            "overall_risk": "Overall risk within ±0.05",
+            "mape": "Mean absolute prediction error ≤ 0.05",
+            "shrinkage": "Expected shrinkage ≥ 0.9",
+            "optimism": "Optimism in Nagelkerke R² ≤ 0.05",
+        }
+        parts.append(
+            _table(
+                ["Criterion (Riley et al., BMJ 2020)", "Minimum episodes"],
+                [(explain.get(k, _humanise(k)), v) for k, v in criteria.items()],
+                numeric=[1],
+            )
+        )
+    for message in sample_size.get("warnings") or []:
+        parts.append(Markup('<div class="callout flag">{}</div>').format(message))
+    rest = {k: v for k, v in sample_size.items() if k not in {"riley", "warnings"}}
+    parts.append(_mapping_table(rest, "sample-size figures"))
+    return Markup("").join(parts)
+
+
+def _predictors_html(
+    columns: Sequence[str],
+    specs: Mapping[str, FeatureSpec | None],
+    groups: Mapping[str, str],
+    X: pd.DataFrame,
+    monotone: Mapping[str, int],
+) -> Markup:
+    rows = []
+    for name in columns:
+        spec = specs.get(name)
+        missing = float(X[name].isna().mean())
+        rows.append(
+            (
+                name,
+                GROUP_LABELS.get(groups[name], groups[name]),
+                spec.unit if spec else "—",
+                spec.description if spec else "not declared in the registry",
+                DIRECTION_WORDS.get(spec.direction, "—") if spec and spec.direction else "—",
+                DIRECTION_WORDS[monotone[name]] if name in monotone else "—",
+                f"{100 * missing:.1f}%",
+            )
+        )
+    return _table(
+        ["Feature", "Group", "Unit", "Definition", "Expected", "Constraint", "Missing"],
+        rows,
+        numeric=[6],
+    )
+
+
+def _booster_facts(booster: Any) -> list[tuple[str, str]]:
+    import json
+
+    facts = [("Trees (boosting rounds)", _fmt(int(booster.num_boosted_rounds())))]
+    try:
+        learner = json.loads(booster.save_config())["learner"]
+        params = learner["gradient_booster"]["tree_train_param"]
+        for key in (
+            "max_depth",
+            "eta",
+            "min_child_weight",
+            "subsample",
+            "colsample_bytree",
+            "lambda",
+            "alpha",
+        ):
+            if key in params:
+                facts.append((f"Final model {key}", params[key]))
+        objective = learner.get("objective", {}).get("name")
+        if objective:
+            facts.append(("Objective", objective))
+    except (KeyError, ValueError, TypeError):
+        log.warning("report: could not read the booster configuration")
+    return facts
+
+
+def _model_spec(result: TrainResult) -> list[tuple[str, str]]:
+    metadata = getattr(result.model, "metadata", {}) or {}
+    validation = _config(result, "validation", default={}) or {}
+    facts: list[tuple[str, str]] = [
+        ("Model type", "Gradient-boosted decision trees (XGBoost), binary logistic objective"),
+        ("Comparators", "Logistic regression; baseline-PLT rule (same folds)"),
+    ]
+    if validation:
+        facts.append(
+            (
+                "Internal validation",
+                f"patient-grouped, outcome-stratified {validation.get('scheme', 'cv')}: "
+                f"{validation.get('n_splits', '?')} folds × {validation.get('n_repeats', '?')} "
+                f"repeats (seed {validation.get('seed', '?')}); no patient in both training and "
+                "test folds",
+            )
+        )
+    model_cfg = _config(result, "model", default={}) or {}
+    if model_cfg:
+        facts.append(
+            (
+                "Tuning",
+                f"random search, {model_cfg.get('n_trials', '?')} trials inside the training "
+                f"folds; early stopping ({model_cfg.get('early_stopping_rounds', '?')} rounds) on "
+                "an "
+                f"inner validation split of {model_cfg.get('inner_valid_fraction', '?')} of the "
+                "training fold",
+            )
+        )
+        if model_cfg.get("params"):
+            facts.append(("Fixed parameters", _fmt(model_cfg["params"])))
+    facts += _booster_facts(result.model.booster)
+    facts.append(
+        ("Class imbalance", "no resampling; class weights only if listed in the parameters above")
+    )
+    facts.append(
+        (
+            "Calibration",
+            f"{_config(result, 'calibration', 'method', default='?')} on out-of-fold predictions",
+        )
+    )
+    bands = getattr(result.model, "bands", None)
+    if bands is not None:
+        facts.append(
+            (
+                "Output",
+                f"calibrated probability of response; bands {_fmt(getattr(bands, 'labels', ''))} "
+                f"at thresholds {_fmt(getattr(bands, 'thresholds', ''))}; operating threshold "
+                f"{_fmt(_threshold(result))}",
+            )
+        )
+    for key in ("name", "version", "trained_at", "experiment"):
+        if key in metadata:
+            facts.append((f"Model {key}", _fmt(metadata[key])))
+    facts.append(("MLflow run", result.run_id or "—"))
+    facts.append(("Model URI", result.model_uri or "—"))
+    if getattr(result, "data_fingerprint", ""):
+        facts.append(("Data fingerprint", result.data_fingerprint))
+    return facts
+
+
+def _metrics_html(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Markup:
+    models = [m for m in ("xgboost", "logreg", "plt_baseline") if m in metrics]
+    models += [m for m in metrics if m not in models]
+    names = [m for m in METRIC_LABELS if any(m in metrics[x] for x in models)]
+    names += sorted({k for x in models for k in metrics[x]} - set(names))
+    rows = []
+    for name in names:
+        row = [METRIC_LABELS.get(name, _humanise(name))]
+        for model in models:
+            cell = metrics[model].get(name)
+            if not cell:
+                row.append("—")
+                continue
+            row.append(
+                f"{_fmt(cell.get('estimate'))} ({_fmt(cell.get('low'))}–{_fmt(cell.get('high'))})"
+            )
+        rows.append(row)
+    headers = ["Metric"] + [plots.MODEL_LABELS.get(m, m) for m in models]
+    return _table(headers, rows, numeric=range(1, len(headers)))
+
+
+def _subgroups_html(subgroups: pd.DataFrame) -> Markup:
+    if subgroups is None or subgroups.empty:
+        return Markup('<p class="muted">No subgroup analysis in this run.</p>')
+    frame = subgroups.copy()
+    rows = []
+    for record in frame.to_dict("records"):
+        auroc = record.get("auroc")
+        cell = _fmt(auroc)
+        if "auroc_low" in record:
+            cell += f" ({_fmt(record.get('auroc_low'))}–{_fmt(record.get('auroc_high'))})"
+        rows.append(
+            [
+                plots.MODEL_LABELS.get(record.get("model"), record.get("model")),
+                _humanise(record.get("subgroup", "")),
+                record.get("level"),
+                record.get("n"),
+                record.get("events"),
+                cell,
+                record.get("brier"),
+                record.get("oe_ratio"),
+                record.get("sensitivity"),
+                record.get("specificity"),
+            ]
+        )
+    small = [i for i, r in enumerate(rows) if isinstance(r[3], int | np.integer) and r[3] < 30]
+    headers = [
+        "Model",
+        "Subgroup",
+        "Level",
+        "N",
+        "Events",
+        "AUROC (95% CI)",
+        "Brier",
+        "O:E",
+        "Sensitivity",
+        "Specificity",
+    ]
+    note = Markup(
+        '<p class="note">Highlighted rows have fewer than 30 episodes: their estimates are '
+        "imprecise.</p>"
+    )
+    return note + _table(headers, rows, numeric=range(3, 10), flagged=small)
+
+
+def _plausibility_html(table: pd.DataFrame) -> Markup:
+    if table.empty:
+        return Markup('<p class="muted">No feature of this model has an expected direction.</p>')
+    badge_kind = {
+        "agrees": "ok",
+        "contradicts": "flag",
+        "no clear direction": "warn",
+        "not assessable": "na",
+    }
+    rows = []
+    for record in table.to_dict("records"):
+        status = _badge(record["status"], badge_kind[record["status"]])
+        if record["flag"] and record["status"] != "contradicts":
+            status += " " + _badge("constraint opposes registry", "flag")
+        rows.append(
+            [
+                record["feature"],
+                DIRECTION_WORDS[record["expected"]],
+                "—"
+                if record["constraint"] is None or pd.isna(record["constraint"])
+                else DIRECTION_WORDS[int(record["constraint"])],
+                "—"
+                if record["learned"] is None or pd.isna(record["learned"])
+                else DIRECTION_WORDS[int(record["learned"])],
+                record["rho"],
+                record["n_observed"],
+                status,
+            ]
+        )
+    flagged = [i for i, flag in enumerate(table["flag"]) if flag]
+    return _table(
+        [
+            "Feature",
+            "Expected (registry)",
+            "Constraint",
+            "Learned (SHAP)",
+            "Spearman ρ",
+            "Observed rows",
+            "Status",
+        ],
+        rows,
+        numeric=[4, 5],
+        flagged=flagged,
+        html_columns=[6],
+    )
+
+
+def _gallery(
+    result: TrainResult,
+    explanation: shap.Explanation,
+    settings: ReportSettings,
+) -> list[dict[str, Any]]:
+    to_probability = _to_probability(result)
+    margin = explanation.base_values + explanation.values.sum(axis=1)
+    index = pd.Index(result.X.index.astype(str))
+    probability = pd.Series(to_probability(margin), index=index)
+    oof = result.oof.assign(episode_id=result.oof["episode_id"].astype(str))
+    oof_mean = oof.groupby("episode_id")["p_xgb"].mean()
+    y = pd.Series(result.y.to_numpy(), index=index)
+    titles = {
+        "high": "High predicted response",
+        "low": "Low predicted response",
+        "borderline": f"Borderline (near the operating threshold {_fmt(_threshold(result))})",
+    }
+    cases = []
+    for kind, episode in select_cases(probability, _threshold(result)).items():
+        i = index.get_loc(episode)
+        row = explanation[i]
+        prob_row = probability_scale(row, to_probability)
+        observed = "responded" if int(y[episode]) == 1 else "did not respond"
+        title = (
+            f"{titles[kind]}: episode {episode}, p = {probability[episode]:.2f} "
+            f"(out-of-fold {oof_mean.get(episode, math.nan):.2f}); observed: {observed}"
+        )
+        src = plots.waterfall_figure(
+            prob_row,
+            settings.waterfall_features,
+            "Probability of response (calibrated): probability-scale view",
+        )
+        order = np.argsort(-np.abs(row.values), kind="stable")[: settings.waterfall_features]
+        table_rows = [("Base value (bias)", "", float(row.base_values), "")]
+        for j in order:
+            table_rows.append(
+                (
+                    row.feature_names[j],
+                    row.data[j],
+                    float(row.values[j]),
+                    float(prob_row.values[j]),
+                )
+            )
+        rest = np.setdiff1d(np.arange(row.values.size), order)
+        if rest.size:
+            table_rows.append(
+                (
+                    f"{rest.size} other features",
+                    "",
+                    float(row.values[rest].sum()),
+                    float(prob_row.values[rest].sum()),
+                )
+            )
+        table_rows.append(("Margin (sum)", "", float(margin[i]), float(probability[episode])))
+        cases.append(
+            {
+                "kind": kind,
+                "episode": episode,
+                "title": title,
+                "src": src,
+                "table_html": _table(
+                    ["Feature", "Value", "Log-odds", "Probability step"],
+                    table_rows,
+                    numeric=[1, 2, 3],
+                ),
+            }
+        )
+    return cases
+
+
+def _limitations(
+    result: TrainResult,
+    plausibility: pd.DataFrame,
+    X: pd.DataFrame,
+    n_explained: int,
+) -> list[str]:
+    items = [
+        "Internal validation only (cross-validation in the development cohort): performance in "
+        "other hospitals, periods or populations is unknown until externally validated.",
+        "SHAP values describe how the model uses the features, not causal effects of changing "
+        "them; correlated features share credit in ways that depend on the trees.",
+        "Global explanations and the case gallery use the final model on its own training "
+        "episodes (in-sample); the performance section uses out-of-fold predictions.",
+        "The probability-scale waterfall depends on the order in which features are added; the "
+        "log-odds contributions beside it are exact and order-free.",
+    ]
+    if n_explained < len(X):
+        items.append(
+            f"Global SHAP plots use a seeded sample of {n_explained:,} of {len(X):,} episodes."
+        )
+    summary = result.cohort_summary or {}
+    if any("simulat" in str(v).lower() for v in _flatten_values(summary)) or _config(
+        result, "cohort", "simulate"
+    ):
+        items.append(
+            "The cohort is simulated (no patient-level CTIT data is public): figures show that the "
+            "software works, not how the model performs on real patients."
+        )
+    for message in (result.sample_size or {}).get("warnings") or []:
+        items.append(f"Sample size: {message}.")
+    contradicting = plausibility.loc[plausibility["status"] == "contradicts", "feature"].tolist()
+    if contradicting:
+        items.append(
+            "Learned direction contradicts clinical expectation for: "
+            + ", ".join(contradicting)
+            + " (see plausibility)."
+        )
+    high_missing = [c for c in X.columns if X[c].isna().mean() > 0.5]
+    if high_missing:
+        items.append(
+            "More than half missing (the model's behaviour for these rests on few values): "
+            + ", ".join(high_missing)
+            + "."
+        )
+    if result.subgroups is not None and not result.subgroups.empty and "n" in result.subgroups:
+        small = int((result.subgroups["n"] < 30).sum())
+        if small:
+            items.append(f"{small} subgroup estimates rest on fewer than 30 episodes.")
+    return items
+
+
+def _flatten_values(mapping: Mapping[str, Any]) -> list[Any]:
+    return [v for _, v in _flatten(mapping)]
+
+
+def _tripod_html(present: set[str]) -> tuple[Markup, Markup]:
+    filled, authors = [], []
+    for item in TRIPOD_AI_ITEMS:
+        coverage = REPORT_COVERAGE.get(item.item)
+        if coverage is not None and coverage.anchor in present:
+            link = Markup('<a href="#{0}">#{0}</a>').format(coverage.anchor)
+            extent = _badge(coverage.extent, "ok" if coverage.extent == "full" else "warn")
+            filled.append([item.item, item.topic, item.text, link, extent, coverage.note])
+        else:
+            why = "evaluation studies only" if item.applies == "E" else "authors"
+            authors.append([item.item, item.section, item.topic, item.applies, item.text, why])
+    filled_html = _table(
+        ["Item", "Topic", "Requirement (paraphrased)", "Where", "Extent", "What the report shows"],
+        filled,
+        html_columns=[3, 4],
+    )
+    authors_html = _table(
+        ["Item", "Section", "Topic", "Applies", "Requirement (paraphrased)", "Who"], authors
+    )
+    return filled_html, authors_html
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("training", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _package_version() -> str:
+    try:
+        return version("ctit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def render_report(result: TrainResult, settings: ReportSettings | None = None) -> str:
+    """Render the self-contained reviewer HTML of one training run.
+
+    Raises:
+        ReportError: the result lacks what the report needs (the message names the field).
+    """
+    settings = settings or ReportSettings()
+    _check_result(result)
+    booster = result.model.booster
+    columns = list(booster.feature_names or result.X.columns)
+    X_all = result.X[columns] if set(columns) <= set(result.X.columns) else result.X
+    specs = _specs(X_all.columns)
+    groups = _group_of(result, specs)
+    monotone = {k: int(v) for k, v in (result.monotone_constraints or {}).items()}
+
+    # Exact TreeSHAP on every labelled episode (cheap) for the case gallery; the global plots use
+    # a seeded sample when the cohort is large.
+    try:
+        explanation_all, gap = tree_shap(booster, X_all)
+    except ValueError as error:
+        raise ReportError(f"TrainResult.X: {error}") from error
+    limit = settings.max_explained or int(
+        _config(result, "evaluation", "shap_sample", default=1000)
+    )
+    X_global = _sample(X_all, limit, settings.seed)
+    positions = X_all.index.get_indexer(X_global.index)
+    explanation = explanation_all[positions]
+
+    importance = feature_importance(explanation)
+    group_table = group_importance(explanation, groups)
+    group_table["group"] = group_table["group"].map(lambda g: GROUP_LABELS.get(g, g))
+    expected = {name: (spec.direction if spec else None) for name, spec in specs.items()}
+    plausibility = plausibility_table(explanation, expected, monotone, settings.direction)
+    stability_features = importance["feature"].head(settings.stability_features).tolist()
+    fold_importance = result.fold_importance
+    has_folds = fold_importance is not None and not fold_importance.empty
+
+    figures = {
+        "roc": plots.roc_figure(result.oof, result.metrics or {}),
+        "calibration": plots.calibration_figure(result.oof),
+        "decision_curve": plots.decision_curve_figure(result.decision_curve),
+        "importance": plots.importance_figure(explanation, settings.top_features),
+        "groups": plots.group_figure(group_table),
+        "beeswarm": plots.beeswarm_figure(explanation, settings.top_features),
+        "stability": plots.stability_figure(fold_importance, stability_features)
+        if has_folds
+        else "",
+    }
+    dependence = []
+    for name in importance["feature"].head(settings.n_dependence):
+        spec = specs.get(name)
+        caption = f"{spec.description} ({spec.unit})" if spec else "not declared in the registry"
+        dependence.append(
+            {"feature": name, "src": plots.dependence_figure(explanation, name), "caption": caption}
+        )
+
+    importance_rows = [
+        (
+            r.rank,
+            r.feature,
+            GROUP_LABELS.get(groups[r.feature], groups[r.feature]),
+            r.mean_abs_shap,
+            100 * r.share,
+        )
+        for r in importance.head(max(settings.top_features, 25)).itertuples()
+    ]
+    stability = rank_stability(fold_importance, stability_features) if has_folds else pd.DataFrame()
+    n_models = (
+        int(fold_importance[["repeat", "fold"]].drop_duplicates().shape[0]) if has_folds else 0
+    )
+    monotone_html = (
+        _table(
+            ["Feature", "Constraint", "Expected (registry)"],
+            [
+                (
+                    name,
+                    DIRECTION_WORDS[sign],
+                    DIRECTION_WORDS.get(expected.get(name) or 0, "—")
+                    if expected.get(name)
+                    else "—",
+                )
+                for name, sign in sorted(monotone.items())
+            ],
+        )
+        if monotone
+        else Markup('<p class="muted">No monotone constraint was imposed.</p>')
+    )
+    tripod_filled, tripod_authors = _tripod_html(_present_anchors())
+    metadata = getattr(result.model, "metadata", {}) or {}
+    name = metadata.get("name", "ctit model")
+    version_label = metadata.get("version")
+    n_repeats = _config(result, "validation", "n_repeats", default="?")
+    n_splits = _config(result, "validation", "n_splits", default="?")
+    n_boot = _config(result, "evaluation", "n_bootstrap", default="?")
+
+    context = {
+        "title": f"Reviewer report: {name}" + (f" v{version_label}" if version_label else ""),
+        "subtitle": (
+            "Hetrombopag response in cancer-therapy-induced thrombocytopenia: SHAP explanations "
+            f"and the evidence behind the model (TRIPOD+AI). Label {result.label_definition}."
+        ),
+        "toc": SECTIONS,
+        "intended_use": INTENDED_USE,
+        "model_facts": [
+            ("Model", f"{name}" + (f", version {version_label}" if version_label else "")),
+            ("Intended users", "oncologists and haematologists; reviewers of the model"),
+            ("Prediction time", "the index date, before the first hetrombopag dose"),
+            ("Output", "calibrated probability that this CTIT episode responds, with a band"),
+        ],
+        "label_text": _label_text(result),
+        "cohort_facts": _cohort_facts(result),
+        "attrition_html": _mapping_table(result.attrition, "attrition"),
+        "table1_html": _frame_table(result.table1),
+        "sample_size_html": _sample_size_html(result.sample_size or {}),
+        "predictors_html": _predictors_html(list(X_all.columns), specs, groups, X_all, monotone),
+        "model_spec": _model_spec(result),
+        "performance_note": (
+            f"Out-of-fold predictions of patient-grouped, stratified {n_splits}-fold "
+            f"cross-validation repeated {n_repeats} times; metrics averaged over repeats; 95% "
+            f"confidence intervals from {n_boot} patient-level bootstrap resamples. XGBoost "
+            "probabilities are calibrated out of fold."
+        ),
+        "metrics_html": _metrics_html(result.metrics or {}),
+        "figures": figures,
+        "subgroups_html": _subgroups_html(result.subgroups),
+        "shap_note": (
+            f"Exact TreeSHAP from the final booster (Booster.predict with pred_contribs) on the "
+            f"raw features with missing values kept as missing, {len(X_global):,} episodes. "
+            "Values are log-odds of response; base values come from the bias column. "
+            f"Contributions plus base value reproduce the booster's margin within {gap:.1e}."
+        ),
+        "dependence": dependence,
+        "importance_html": _table(
+            ["Rank", "Feature", "Group", "Mean |SHAP| (log-odds)", "Share (%)"],
+            importance_rows,
+            numeric=[0, 3, 4],
+        ),
+        "plausibility_note": (
+            "For each feature the registry gives an expected direction (from the literature), the "
+            "learned direction is the sign of the Spearman correlation between the feature's value "
+            "and its SHAP value on episodes where it is observed; |ρ| below "
+            f"{settings.direction.tolerance} counts as no clear direction, and fewer than "
+            f"{settings.direction.min_rows} observed rows as not assessable."
+        ),
+        "n_contradictions": int(plausibility["flag"].sum()),
+        "plausibility_html": _plausibility_html(plausibility),
+        "monotone_html": monotone_html,
+        "stability_note": (
+            f"Mean |SHAP| ranks of the final model's top {len(stability_features)} features in "
+            f"each of the {n_models} cross-validation fold models. A feature that is important "
+            "in the final model but ranks erratically across folds is a weaker finding."
+            if has_folds
+            else "No fold-model importance recorded in this run."
+        ),
+        "stability_html": _frame_table(stability),
+        "gallery_note": (
+            "Example episodes of the training cohort at the 95th and 5th centiles of predicted "
+            "response and near the operating threshold. The waterfall is on the probability "
+            "scale (calibrated), labelled as such; the exact log-odds contributions are beside it."
+        ),
+        "cases": _gallery(result, explanation_all, settings),
+        "limitations": _limitations(result, plausibility, X_all, len(X_global)),
+        "tripod_filled_html": tripod_filled,
+        "tripod_authors_html": tripod_authors,
+        "footer": (
+            f"Generated by ctit {_package_version()} on "
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; MLflow run "
+            f"{result.run_id or '—'}; shap {shap.__version__}."
+        ),
+    }
+    if not figures["stability"]:
+        figures["stability"] = _placeholder_png()
+    return _environment().get_template("report.html").render(**context)
+
+
+def _present_anchors() -> set[str]:
+    """Element ids the template renders unconditionally (TRIPOD links point only to these)."""
+    source = _environment().loader.get_source(_environment(), "report.html")[0]
+    return set(re.findall(r'id="([a-z0-9-]+)"', source))
+
+
+def _placeholder_png() -> str:
+    return plots.message_figure("No fold-model importance recorded in this run.")
+
+
+def write_report(
+    result: TrainResult, path: str | Path, settings: ReportSettings | None = None
+) -> Path:
+    """Render the report and write it to `path` (UTF-8)."""
+    path = Path(path)
+    html = render_report(result, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path

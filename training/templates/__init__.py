@@ -1,0 +1,1 @@
+"""HTML templates of the reviewer report (package data)."""
