@@ -1,0 +1,634 @@
+"""The deployable model: fitted feature pipeline, booster, calibrator and training reference as one.
+
+Training builds a `DeployableModel` from its fitted parts; serving loads it and scores raw cohort
+records with it. Everything a score needs travels in this object, so serving never re-implements a
+feature. Explanations are the booster's own TreeSHAP (`pred_contribs`) in log-odds: with the bias
+column (`base_value`) they add up to the booster's margin. The uncertainty interval is the 10th-90th
+percentile of the cross-validation fold models' calibrated probabilities, widened to contain the
+final model's probability (with fewer than two fold models it is the point itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from data.drugs import known_drugs, normalise_drug
+from features.registry import GROUPS, LAB_ANALYTES, spec_of
+from serving.settings import ScoringOptions
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ctit-deployable"
+FORMAT_VERSION = 1
+INTERVAL_PERCENTILES = (10.0, 90.0)
+REQUIRED_METADATA = ("name", "version", "label_definition")
+_EPS = 1e-7
+_LAB_PREFIX = {prefix: (alias, name) for alias, (prefix, name, _unit) in LAB_ANALYTES.items()}
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be loaded: missing, not a ctit model, or corrupted. Names the URI or path."""
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+class Calibrator:
+    """Maps raw booster probabilities to calibrated ones (fitted on out-of-fold predictions).
+
+    `platt` fits a logistic regression on the logit of the raw probability; `isotonic` a monotone
+    step function (linear between knots, clipped outside); `none` is the identity.
+    """
+
+    METHODS = ("platt", "isotonic", "none")
+
+    def __init__(self, method: str = "platt") -> None:
+        self.method = method
+
+    def fit(self, p_raw: Sequence[float] | np.ndarray, y: Sequence[int] | np.ndarray) -> Calibrator:
+        if self.method not in self.METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}; one of {self.METHODS}")
+        p_raw = np.asarray(p_raw, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if p_raw.shape != y.shape or p_raw.ndim != 1:
+            raise ValueError("p_raw and y must be 1-D and of the same length")
+        if self.method == "platt":
+            from sklearn.linear_model import LogisticRegression
+
+            fitted = LogisticRegression(C=np.inf).fit(_logit(p_raw)[:, None], y.astype(int))
+            self.slope_ = float(fitted.coef_[0, 0])
+            self.intercept_ = float(fitted.intercept_[0])
+        elif self.method == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            fitted = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p_raw, y)
+            self.x_ = np.asarray(fitted.X_thresholds_, dtype=np.float64)
+            self.y_ = np.asarray(fitted.y_thresholds_, dtype=np.float64)
+        self.fitted_ = True
+        return self
+
+    def transform(self, p_raw: Sequence[float] | np.ndarray) -> np.ndarray:
+        return self.transform_margin(_logit(np.asarray(p_raw, dtype=np.float64)))
+
+    def transform_margin(self, margin: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities from booster margins (log-odds), without a logit round trip."""
+        if not getattr(self, "fitted_", False):
+            raise ValueError("Calibrator is not fitted; call fit() first")
+        margin = np.asarray(margin, dtype=np.float64)
+        if self.method == "platt":
+            return _sigmoid(self.slope_ * margin + self.intercept_)
+        if self.method == "isotonic":
+            return np.interp(_sigmoid(margin), self.x_, self.y_)
+        return _sigmoid(margin)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method}
+        if self.method == "platt":
+            out.update(slope=self.slope_, intercept=self.intercept_)
+        elif self.method == "isotonic":
+            out.update(x=self.x_.tolist(), y=self.y_.tolist())
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibrator:
+        calibrator = cls(str(data["method"]))
+        if calibrator.method == "platt":
+            calibrator.slope_ = float(data["slope"])
+            calibrator.intercept_ = float(data["intercept"])
+        elif calibrator.method == "isotonic":
+            calibrator.x_ = np.asarray(data["x"], dtype=np.float64)
+            calibrator.y_ = np.asarray(data["y"], dtype=np.float64)
+        elif calibrator.method != "none":
+            raise ValueError(f"unknown calibration method {calibrator.method!r}")
+        calibrator.fitted_ = True
+        return calibrator
+
+
+@dataclass(frozen=True)
+class RiskBands:
+    """Probability of response -> band label; `thresholds` are the experiment's cut points.
+
+    A probability equal to a threshold falls in the upper band.
+    """
+
+    thresholds: tuple[float, ...] = (0.5, 0.75)
+    labels: tuple[str, ...] = ("low", "intermediate", "high")
+    operating_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        thresholds = tuple(float(t) for t in self.thresholds)
+        object.__setattr__(self, "thresholds", thresholds)
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if len(self.labels) != len(thresholds) + 1:
+            raise ValueError("RiskBands needs one more label than thresholds")
+        if any(not 0 < t < 1 for t in thresholds) or list(thresholds) != sorted(set(thresholds)):
+            raise ValueError("RiskBands thresholds must be increasing and inside (0, 1)")
+        if not 0 < self.operating_threshold < 1:
+            raise ValueError("operating_threshold must be inside (0, 1)")
+
+    def band_of(self, probability: float) -> str:
+        return self.labels[int(np.searchsorted(self.thresholds, probability, side="right"))]
+
+    def bands(self, probabilities: np.ndarray) -> np.ndarray:
+        index = np.searchsorted(np.asarray(self.thresholds), probabilities, side="right")
+        return np.asarray(self.labels, dtype=object)[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": list(self.thresholds),
+            "labels": list(self.labels),
+            "operating_threshold": self.operating_threshold,
+        }
+
+
+def summarise_reference(
+    X: pd.DataFrame, cohort_summary: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The training distribution per feature (for out-of-range warnings) and the cohort summary."""
+    features: dict[str, dict[str, float | None]] = {}
+    for name in X.columns:
+        values = pd.to_numeric(X[name], errors="coerce").to_numpy(dtype=np.float64)
+        present = values[~np.isnan(values)]
+        if present.size:
+            q = np.quantile(present, [0.0, 0.01, 0.5, 0.99, 1.0])
+            stats = dict(zip(("min", "p01", "p50", "p99", "max"), map(float, q), strict=True))
+        else:
+            stats = dict.fromkeys(("min", "p01", "p50", "p99", "max"))
+        stats["missing_share"] = float(1 - present.size / max(len(values), 1))
+        features[str(name)] = stats
+    return {"features": features, "cohort_summary": dict(cohort_summary or {})}
+
+
+def _reference_features(reference: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    nested = reference.get("features")
+    if isinstance(nested, Mapping):
+        return dict(nested)
+    return {k: v for k, v in reference.items() if isinstance(v, Mapping) and "min" in v}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (pd.Timestamp,)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+@dataclass
+class _Prepared:
+    """Model features of some episodes as one float32 matrix."""
+
+    episode_ids: list[str]
+    X: np.ndarray
+
+
+@dataclass
+class DeployableModel:
+    """Everything a score needs: pipeline, booster, calibrator, fold models, bands and reference."""
+
+    pipeline: Any
+    booster: xgb.Booster
+    calibrator: Calibrator
+    fold_boosters: list[xgb.Booster] = field(default_factory=list)
+    bands: RiskBands = field(default_factory=RiskBands)
+    reference: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [key for key in REQUIRED_METADATA if key not in self.metadata]
+        if missing:
+            raise ValueError(f"DeployableModel metadata lacks {', '.join(missing)}")
+        self.feature_names: list[str] = [str(n) for n in self.pipeline.feature_names_]
+        for booster in (self.booster, *self.fold_boosters):
+            if booster.num_features() != len(self.feature_names):
+                raise ValueError(
+                    f"a booster expects {booster.num_features()} features but the pipeline "
+                    f"gives {len(self.feature_names)}"
+                )
+            names = booster.feature_names
+            if names is not None and list(names) != self.feature_names:
+                raise ValueError("booster feature names differ from the pipeline's feature_names_")
+            # One thread per call: a second core only spins for single rows (PERFORMANCE.md).
+            booster.set_param({"nthread": 1})
+        self.groups: list[str] = [str(self.pipeline.group_of(n)) for n in self.feature_names]
+        self._column = {name: j for j, name in enumerate(self.feature_names)}
+        reference = _reference_features(self.reference)
+        lows, highs = [], []
+        for name in self.feature_names:
+            stats = reference.get(name) or {}
+            lows.append(np.nan if stats.get("min") is None else float(stats["min"]))
+            highs.append(np.nan if stats.get("max") is None else float(stats["max"]))
+        self._low = np.asarray(lows)
+        self._high = np.asarray(highs)
+        self._labels = [self._label_of(name) for name in self.feature_names]
+        self._known_drugs = frozenset(known_drugs())
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> dict[str, str]:
+        """`name`, `version` and `label_definition`, as every answer carries them."""
+        return {key: str(self.metadata[key]) for key in REQUIRED_METADATA}
+
+    # -- features -------------------------------------------------------------------------------
+
+    def prepare(self, cohort: Any) -> _Prepared:
+        """The model features of every episode of the cohort, in the cohort's episode order."""
+        frame = self.pipeline.transform(cohort)
+        episode_ids = [str(e) for e in cohort.episodes["episode_id"]]
+        frame = frame.reindex(index=episode_ids, columns=self.feature_names)
+        X = np.ascontiguousarray(frame.to_numpy(dtype=np.float32, na_value=np.nan))
+        return _Prepared(episode_ids, X)
+
+    # -- predictions ----------------------------------------------------------------------------
+
+    def predict_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Margin, calibrated probability, interval and band of each row of a float32 matrix."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.shape[0] == 0:
+            empty = np.empty(0)
+            return {
+                "margin": empty,
+                "probability": empty,
+                "interval_low": empty,
+                "interval_high": empty,
+                "band": np.empty(0, dtype=object),
+            }
+        margin = self.booster.inplace_predict(X, predict_type="margin").astype(np.float64)
+        probability = self.calibrator.transform_margin(margin)
+        if len(self.fold_boosters) >= 2:
+            folds = np.vstack(
+                [
+                    self.calibrator.transform_margin(b.inplace_predict(X, predict_type="margin"))
+                    for b in self.fold_boosters
+                ]
+            )
+            low, high = np.percentile(folds, INTERVAL_PERCENTILES, axis=0)
+            low = np.minimum(low, probability)
+            high = np.maximum(high, probability)
+        else:
+            low = high = probability
+        return {
+            "margin": margin,
+            "probability": probability,
+            "interval_low": low,
+            "interval_high": high,
+            "band": self.bands.bands(probability),
+        }
+
+    def predict_proba(self, cohort: Any) -> pd.DataFrame:
+        """Fast scores without explanations, one row per episode (index `episode_id`)."""
+        prepared = self.prepare(cohort)
+        out = pd.DataFrame(self.predict_matrix(prepared.X), index=prepared.episode_ids)
+        out.index.name = "episode_id"
+        return out[["probability", "interval_low", "interval_high", "band", "margin"]]
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Exact TreeSHAP in log-odds, one column per feature plus the bias column last."""
+        matrix = xgb.DMatrix(np.ascontiguousarray(X, dtype=np.float32), missing=np.nan, nthread=1)
+        return self.booster.predict(matrix, pred_contribs=True, validate_features=False)
+
+    def score(
+        self,
+        cohort: Any,
+        explain: bool = True,
+        options: ScoringOptions | None = None,
+    ) -> list[dict[str, Any]]:
+        """The answer of DESIGN.md "One patient over HTTP" for every episode of the cohort."""
+        prepared = self.prepare(cohort)
+        return self.answers(prepared, cohort, explain, options or ScoringOptions())
+
+    def answers(
+        self, prepared: _Prepared, cohort: Any, explain: bool, options: ScoringOptions
+    ) -> list[dict[str, Any]]:
+        """Answers for already prepared features (`cohort` gives the regimens for drug checks)."""
+        X = prepared.X
+        pred = self.predict_matrix(X)
+        contribs = self.contributions(X) if explain and X.shape[0] else None
+        unknown = self._unknown_drugs(cohort) if explain else {}
+        model = self.info
+        out = []
+        for i, episode_id in enumerate(prepared.episode_ids):
+            answer: dict[str, Any] = {
+                "episode_id": episode_id,
+                "probability": float(pred["probability"][i]),
+                "interval": [float(pred["interval_low"][i]), float(pred["interval_high"][i])],
+                "band": str(pred["band"][i]),
+                "margin": float(pred["margin"][i]),
+                "base_value": None,
+                "contributions": None,
+                "group_contributions": None,
+                "top_factors": None,
+                "warnings": [],
+                "model": model,
+            }
+            if contribs is not None:
+                row = contribs[i]
+                answer["base_value"] = float(row[-1])
+                values = row[:-1].astype(np.float64)
+                answer["contributions"] = dict(
+                    zip(self.feature_names, values.tolist(), strict=True)
+                )
+                groups = dict.fromkeys(GROUPS, 0.0)
+                for group, value in zip(self.groups, values.tolist(), strict=True):
+                    groups[group] = groups.get(group, 0.0) + value
+                answer["group_contributions"] = groups
+                answer["top_factors"] = self._factors(X[i], values, options.top_factors)
+                answer["warnings"] = self._warnings(X[i], options) + unknown.get(episode_id, [])
+            out.append(answer)
+        return out
+
+    # -- explanations in words ------------------------------------------------------------------
+
+    def _label_of(self, name: str) -> tuple[str, str, str]:
+        """(short description, unit, group) of a feature, for plain-word factors and warnings."""
+        try:
+            spec = spec_of(name)
+            description, unit = spec.description, spec.unit
+        except KeyError:
+            description, unit = name.replace("_", " "), ""
+        prefix = name.removesuffix("_last")
+        if name.endswith("_last") and prefix in _LAB_PREFIX:
+            description = _LAB_PREFIX[prefix][1]
+        elif "=" in name:
+            column, level = name.split("=", 1)
+            description = f"{column.removeprefix('static_').replace('_', ' ')} {level}"
+        return description, unit, self.pipeline.group_of(name)
+
+    def _value_words(self, j: int, value: float, x: np.ndarray) -> str:
+        name = self.feature_names[j]
+        description, unit, _group = self._labels[j]
+        if math.isnan(value):
+            return f"{description}: not recorded"
+        if unit == "0/1":
+            return f"{description}: {'yes' if value >= 0.5 else 'no'}"
+        prefix = name.removesuffix("_days_since")
+        if name.endswith("_days_since") and prefix in _LAB_PREFIX:
+            return f"last {_LAB_PREFIX[prefix][1]} {_days_words(value)}"
+        text = f"{description} {_number(value)} {_unit_words(unit)}".rstrip()
+        if name.endswith("_last"):
+            age = self._column.get(name.removesuffix("_last") + "_days_since")
+            if age is not None and not math.isnan(float(x[age])):
+                text += f" {_days_words(float(x[age]))}"
+        return text
+
+    def _factors(self, x: np.ndarray, values: np.ndarray, k: int) -> list[dict[str, Any]]:
+        order = np.argsort(-np.abs(values), kind="stable")[:k]
+        factors = []
+        for j in order:
+            contribution = float(values[j])
+            if contribution == 0.0:
+                break
+            effect = "raises" if contribution > 0 else "lowers"
+            factors.append(
+                {
+                    "feature": self.feature_names[j],
+                    "group": self.groups[j],
+                    "value": _finite(float(x[j])),
+                    "contribution": contribution,
+                    "text": f"{self._value_words(int(j), float(x[j]), x)}: "
+                    f"{effect} the chance of response",
+                }
+            )
+        return factors
+
+    # -- warnings -------------------------------------------------------------------------------
+
+    def _warnings(self, x: np.ndarray, options: ScoringOptions) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for alias in options.key_labs:
+            if alias not in LAB_ANALYTES:
+                continue
+            prefix, name, _unit = LAB_ANALYTES[alias]
+            last = self._column.get(f"{prefix}_last")
+            age = self._column.get(f"{prefix}_days_since")
+            if last is None:
+                continue
+            if math.isnan(float(x[last])):
+                out.append(
+                    {
+                        "code": "missing_lab",
+                        "message": f"no {name} on or before the index date",
+                        "feature": f"{prefix}_last",
+                    }
+                )
+                continue
+            days = float(x[age]) if age is not None else math.nan
+            if alias == "PLT" and days > options.baseline_window_days:
+                out.append(
+                    {
+                        "code": "missing_baseline",
+                        "message": f"no platelet count in the {options.baseline_window_days} days "
+                        f"up to the index date (the last is {_number(days)} days old): the "
+                        "response label needs a baseline",
+                        "feature": "plt_days_since",
+                    }
+                )
+            elif days > options.stale_lab_days:
+                out.append(
+                    {
+                        "code": "stale_lab",
+                        "message": f"the last {name} is {_number(days)} days old "
+                        f"(more than {options.stale_lab_days})",
+                        "feature": f"{prefix}_days_since",
+                    }
+                )
+        with np.errstate(invalid="ignore"):
+            outside = np.flatnonzero((x < self._low) | (x > self._high))
+        for j in outside:
+            name = self.feature_names[j]
+            description, unit, _group = self._labels[j]
+            value = float(x[j])
+            side, bound = ("below the lowest", self._low[j])
+            if value > self._high[j]:
+                side, bound = ("above the highest", self._high[j])
+            out.append(
+                {
+                    "code": "out_of_range",
+                    "message": f"{description} {_number(value)} {_unit_words(unit)} is {side} "
+                    f"value seen in training ({_number(float(bound))}); the model extrapolates",
+                    "feature": name,
+                }
+            )
+        return out
+
+    def _unknown_drugs(self, cohort: Any) -> dict[str, list[dict[str, Any]]]:
+        """Unknown drug names given up to each episode's index date (their class is not counted)."""
+        regimens = cohort.regimens
+        if regimens is None or len(regimens) == 0:
+            return {}
+        names: dict[str, set[str]] = {}
+        for patient_id, drugs in zip(regimens["patient_id"], regimens["drugs"], strict=True):
+            if not isinstance(drugs, str):
+                continue
+            for drug in drugs.split(";"):
+                drug = drug.strip()
+                if drug and normalise_drug(drug) not in self._known_drugs:
+                    names.setdefault(str(patient_id), set()).add(drug)
+        if not names:
+            return {}
+        out: dict[str, list[dict[str, Any]]] = {}
+        episodes = cohort.episodes
+        for episode_id, patient_id in zip(
+            episodes["episode_id"], episodes["patient_id"], strict=True
+        ):
+            for drug in sorted(names.get(str(patient_id), ())):
+                out.setdefault(str(episode_id), []).append(
+                    {
+                        "code": "unknown_drug",
+                        "message": f"unknown drug {drug!r}: no drug class, so its exposure is "
+                        "not counted",
+                        "feature": None,
+                    }
+                )
+        return out
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model to a directory with a manifest of SHA-256 digests; returns the path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        blobs: dict[str, bytes] = {
+            "booster.ubj": bytes(self.booster.save_raw("ubj")),
+            "pipeline.pkl": pickle.dumps(self.pipeline, protocol=pickle.HIGHEST_PROTOCOL),
+            "calibrator.json": _dumps(self.calibrator.to_dict()),
+            "bands.json": _dumps(self.bands.to_dict()),
+            "reference.json": _dumps(self.reference),
+            "metadata.json": _dumps(self.metadata),
+        }
+        for k, booster in enumerate(self.fold_boosters):
+            blobs[f"fold_{k:02d}.ubj"] = bytes(booster.save_raw("ubj"))
+        for name, blob in blobs.items():
+            (directory / name).write_bytes(blob)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "n_folds": len(self.fold_boosters),
+            "files": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
+        }
+        (directory / "manifest.json").write_bytes(_dumps(manifest))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, uri: str | None = None) -> DeployableModel:
+        """Read a saved model, checking every file against the manifest.
+
+        Raises:
+            ModelLoadError: naming `uri` (or the directory) and what is wrong.
+        """
+        directory = Path(directory)
+        where = uri or str(directory)
+        manifest_path = directory / "manifest.json"
+        if not directory.is_dir():
+            raise ModelLoadError(f"model {where}: no such directory")
+        if not manifest_path.is_file():
+            raise ModelLoadError(f"model {where}: not a ctit deployable model (no manifest.json)")
+        try:
+            manifest = json.loads(manifest_path.read_bytes())
+        except ValueError as exc:
+            raise ModelLoadError(f"model {where}: manifest.json is corrupted ({exc})") from None
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelLoadError(
+                f"model {where}: unsupported format {manifest.get('format')!r} "
+                f"version {manifest.get('format_version')!r} (this code reads {FORMAT} "
+                f"version {FORMAT_VERSION})"
+            )
+        blobs: dict[str, bytes] = {}
+        for name, digest in manifest.get("files", {}).items():
+            path = directory / name
+            if not path.is_file():
+                raise ModelLoadError(f"model {where}: file {name} is missing")
+            blob = path.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != digest:
+                raise ModelLoadError(
+                    f"model {where}: file {name} is corrupted (SHA-256 differs from the manifest)"
+                )
+            blobs[name] = blob
+        try:
+            boosters = {}
+            for name, blob in blobs.items():
+                if name.endswith(".ubj"):
+                    booster = xgb.Booster()
+                    booster.load_model(bytearray(blob))
+                    boosters[name] = booster
+            # The pipeline pickle is trusted once its digest matches the manifest written with it.
+            pipeline = pickle.load(io.BytesIO(blobs["pipeline.pkl"]))
+            bands = json.loads(blobs["bands.json"])
+            return cls(
+                pipeline=pipeline,
+                booster=boosters["booster.ubj"],
+                calibrator=Calibrator.from_dict(json.loads(blobs["calibrator.json"])),
+                fold_boosters=[boosters[n] for n in sorted(boosters) if n.startswith("fold_")],
+                bands=RiskBands(
+                    thresholds=tuple(bands["thresholds"]),
+                    labels=tuple(bands["labels"]),
+                    operating_threshold=float(bands["operating_threshold"]),
+                ),
+                reference=json.loads(blobs["reference.json"]),
+                metadata=json.loads(blobs["metadata.json"]),
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # any failure to rebuild is a broken artifact, named as such
+            raise ModelLoadError(
+                f"model {where}: cannot be rebuilt ({type(exc).__name__}: {exc})"
+            ) from exc
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, indent=1, sort_keys=True, default=_json_default).encode("utf-8")
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NA"
+    if abs(value) >= 100 or float(value).is_integer():
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _unit_words(unit: str) -> str:
+    if unit in ("", "0/1", "count", "as recorded"):
+        return ""
+    return unit.replace("10*9/L", "x10^9/L").replace("10*3/uL", "x10^3/uL")
+
+
+_SMALL = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def _days_words(days: float) -> str:
+    if days <= 0:
+        return "on the index date"
+    n = int(round(days))
+    count = _SMALL[n] if n < len(_SMALL) else str(n)
+    return f"{count} day{'s' if n != 1 else ''} before the index date"

@@ -1,0 +1,239 @@
+"""The deployable model as an MLflow pyfunc, and loading it back from any MLflow URI.
+
+Input of the pyfunc (also what `mlflow models serve` accepts): a DataFrame with one string column
+`record` holding one patient record per row as JSON (DESIGN.md "One patient over HTTP"; a dict is
+accepted too when called in process). Output: one row per episode with `record_index`,
+`episode_id`, `probability` (calibrated probability of response), `interval_low`, `interval_high`
+and `band`. Probabilities, never labels.
+
+The logged model carries the code of `data`, `features` and `serving` (`code_paths`), so a scoring
+host needs no training code, and explicit `pip_requirements` (inferring them costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from serving.model import DeployableModel, ModelLoadError
+from serving.schemas import EXAMPLE_RECORD
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_KEY = "deployable"
+OUTPUT_COLUMNS = [
+    "record_index",
+    "episode_id",
+    "probability",
+    "interval_low",
+    "interval_high",
+    "band",
+]
+_REQUIREMENTS = (
+    "mlflow",
+    "xgboost",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "pyarrow",
+    "pydantic",
+)
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what scoring imports, as installed here."""
+    out = []
+    for package in _REQUIREMENTS:
+        try:
+            out.append(f"{package}=={importlib_metadata.version(package)}")
+        except importlib_metadata.PackageNotFoundError:
+            out.append(package)
+    return out
+
+
+class DeployablePyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow wrapper: patient records as JSON strings in, calibrated probabilities out."""
+
+    def load_context(self, context: Any) -> None:
+        from serving.scorer import Scorer
+
+        model = DeployableModel.load(context.artifacts[ARTIFACT_KEY])
+        self._scorer = Scorer(model)
+
+    # No type hints: MLflow would read them as a schema (the signature is given instead).
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        from serving.records import RecordError
+
+        records = records_from_frame(model_input)
+        try:
+            results = self._scorer.score_batch(records, explain=False)
+        except RecordError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        return results_to_frame(results)
+
+
+def records_from_frame(model_input: Any) -> list[Any]:
+    """Patient records from the pyfunc input (a DataFrame with a `record` column)."""
+    if isinstance(model_input, pd.DataFrame):
+        if "record" not in model_input.columns:
+            raise MlflowException(
+                "input needs one column `record` holding a patient record as JSON; got columns "
+                f"{list(model_input.columns)}",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        values = list(model_input["record"])
+    elif isinstance(model_input, Mapping):
+        values = [model_input]
+    else:
+        values = list(model_input)
+    records = []
+    for i, value in enumerate(values):
+        if isinstance(value, (str, bytes)):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise MlflowException(
+                    f"record {i}: not valid JSON ({exc})", error_code=INVALID_PARAMETER_VALUE
+                ) from None
+        records.append(value)
+    return records
+
+
+def results_to_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """The pyfunc output frame from scorer answers."""
+    rows = [
+        {
+            "record_index": int(r.get("record_index", 0)),
+            "episode_id": r["episode_id"],
+            "probability": r["probability"],
+            "interval_low": r["interval"][0],
+            "interval_high": r["interval"][1],
+            "band": r["band"],
+        }
+        for r in results
+    ]
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def _code_paths() -> list[str]:
+    import data
+    import features
+    import serving
+
+    return [str(Path(package.__file__).parent) for package in (data, features, serving)]
+
+
+def log_deployable_model(
+    model: DeployableModel,
+    artifact_path: str = "model",
+    registered_model_name: str | None = None,
+    input_example: dict[str, Any] | None = None,
+) -> Any:
+    """Log the model to the active MLflow run as a pyfunc; returns the `ModelInfo`.
+
+    `input_example` is one patient record (default: the documented example record); it is stored
+    as the pyfunc's input example and used to infer the signature.
+    """
+    from serving.scorer import Scorer
+
+    record = input_example if input_example is not None else EXAMPLE_RECORD
+    example = pd.DataFrame({"record": [json.dumps(record, default=str)]})
+    output = results_to_frame(Scorer(model).score_batch(records_from_frame(example), explain=False))
+    signature = infer_signature(example, output)
+    with tempfile.TemporaryDirectory(prefix="ctit-model-") as tmp:
+        saved = model.save(Path(tmp) / ARTIFACT_KEY)
+        return mlflow.pyfunc.log_model(
+            name=artifact_path,
+            python_model=DeployablePyfunc(),
+            artifacts={ARTIFACT_KEY: str(saved)},
+            code_paths=_code_paths(),
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            registered_model_name=registered_model_name,
+            metadata={"ctit": model.info},
+        )
+
+
+def _deployable_dir(local: Path, uri: str) -> Path:
+    """The saved DeployableModel inside a local copy of a model (pyfunc or bare)."""
+    if (local / "manifest.json").is_file():
+        return local
+    mlmodel = local / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelLoadError(
+            f"model {uri}: neither a ctit deployable model nor an MLflow model (no manifest.json "
+            "or MLmodel)"
+        )
+    try:
+        conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+        artifacts = conf["flavors"]["python_function"]["artifacts"]
+        relative = artifacts[ARTIFACT_KEY]["path"]
+    except (KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ModelLoadError(
+            f"model {uri}: MLmodel is not a ctit deployable pyfunc ({type(exc).__name__}: {exc})"
+        ) from None
+    return local / relative
+
+
+def _registry_identity(uri: str) -> dict[str, str] | None:
+    """(name, version) of a `models:/` URI, resolved against the registry."""
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri.removeprefix("models:/").strip("/")
+    client = mlflow.MlflowClient()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, number = rest.partition("/")
+        if not number.isdigit():
+            return None
+        version = client.get_model_version(name, number)
+    return {"name": name, "version": str(version.version)}
+
+
+def load_deployable_model(uri: str) -> DeployableModel:
+    """The DeployableModel at `models:/name@alias`, `models:/name/1`, `runs:/id/path` or a path.
+
+    Raises:
+        ModelLoadError: the model is missing, not a ctit model, or corrupted; names the URI.
+    """
+    path = Path(uri)
+    if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
+        if not path.exists():
+            raise ModelLoadError(f"model {uri}: no such file or directory")
+        return DeployableModel.load(_deployable_dir(path, uri), uri=uri)
+    try:
+        identity = _registry_identity(uri)
+        with tempfile.TemporaryDirectory(prefix="ctit-load-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            model = DeployableModel.load(_deployable_dir(local, uri), uri=uri)
+    except ModelLoadError:
+        raise
+    except MlflowException as exc:
+        raise ModelLoadError(f"model {uri}: cannot be fetched ({exc.message})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"model {uri}: cannot be fetched ({exc})") from None
+    if identity is not None:
+        model.metadata = {
+            **model.metadata,
+            "trained_version": model.metadata.get("version"),
+            "name": identity["name"],
+            "version": identity["version"],
+        }
+    model.metadata.setdefault("uri", uri)
+    return model

@@ -1,0 +1,212 @@
+"""Scoring from patient records or cohorts: the Python API behind the CLI and the HTTP service.
+
+    scorer = Scorer.load("models:/ctit-response@champion")   # or runs:/..., or a directory
+    scorer.score(record)            # one patient record with one episode -> one answer
+    scorer.score_batch(records)     # several records -> one answer per episode, in order
+    scorer.score_cohort(cohort)     # a loaded cohort (data.cohort.Cohort) -> one answer per episode
+
+A record goes through `data.cohort.cohort_from_tables`, the loader of training cohorts, then the
+fitted feature pipeline: the same code path for training, batch scoring and one HTTP request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data.cohort import cohort_from_tables
+from data.issues import CohortError
+from serving.model import DeployableModel
+from serving.pyfunc import load_deployable_model
+from serving.records import RecordBatch, RecordError, validate_record
+from serving.schemas import ScoreRequest
+from serving.settings import ScoringOptions
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+class Scorer:
+    """Scores patient records with one loaded `DeployableModel`."""
+
+    def __init__(
+        self,
+        model: DeployableModel,
+        uri: str | None = None,
+        options: ScoringOptions | None = None,
+    ) -> None:
+        self.model = model
+        self.uri = uri
+        self.options = options or ScoringOptions()
+
+    @classmethod
+    def load(cls, uri: str, options: ScoringOptions | None = None) -> Scorer:
+        """Load and check the model at `uri`; raises `ModelLoadError` naming the URI."""
+        model = load_deployable_model(uri)
+        log.info("loaded model %s version %s", model.info["name"], model.info["version"])
+        return cls(model, uri=uri, options=options)
+
+    # -- records --------------------------------------------------------------------------------
+
+    def score(self, record: dict[str, Any] | ScoreRequest, explain: bool = True) -> dict[str, Any]:
+        """The answer for a record with exactly one episode.
+
+        Raises:
+            RecordError: the record breaks the contract; each error names its path in the record.
+        """
+        request = validate_record(record)
+        if len(request.all_episodes()) != 1:
+            raise RecordError(
+                [
+                    {
+                        "loc": ["episodes"],
+                        "msg": "score() takes a record with one episode; use score_batch()",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        answer = self._score_requests([request], explain, batch=False)[0]
+        answer.pop("record_index", None)
+        return answer
+
+    def score_batch(
+        self,
+        records: Sequence[dict[str, Any] | ScoreRequest],
+        explain: bool = True,
+    ) -> list[dict[str, Any]]:
+        """One answer per episode of every record, in order; each carries `record_index`.
+
+        Every record is validated before any is scored; a `RecordError` lists all problems with
+        paths starting with the record's position.
+        """
+        requests: list[ScoreRequest] = []
+        errors: list[dict[str, Any]] = []
+        for i, record in enumerate(records):
+            try:
+                requests.append(validate_record(record, prefix=(i,)))
+            except RecordError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise RecordError(errors)
+        if not requests:
+            return []
+        return self._score_requests(requests, explain, batch=True)
+
+    def _score_requests(
+        self, requests: Sequence[ScoreRequest], explain: bool, batch: bool
+    ) -> list[dict[str, Any]]:
+        records = RecordBatch.from_requests(requests)
+        try:
+            cohort = cohort_from_tables(records.tables)
+        except CohortError as exc:
+            raise records.errors_of(exc, batch=batch) from None
+        if explain:
+            records.issue_warnings(
+                w for w in getattr(cohort, "warnings", ()) if w.column != "drugs"
+            )
+        answers = self.model.score(cohort, explain=explain, options=self.options)
+        by_id = {answer["episode_id"]: answer for answer in answers}
+        out = []
+        for ref in records.episodes:
+            answer = by_id[ref.internal_id]
+            answer["episode_id"] = ref.episode_id
+            answer["record_index"] = ref.record_index
+            if explain:
+                answer["warnings"] = records.warnings.get(ref.record_index, []) + answer["warnings"]
+            out.append(answer)
+        return out
+
+    # -- cohorts --------------------------------------------------------------------------------
+
+    def score_cohort(
+        self,
+        cohort: Any,
+        explain: bool = True,
+        chunk_size: int = 5000,
+        progress: Progress | None = None,
+    ) -> list[dict[str, Any]]:
+        """One answer per episode of a loaded cohort, in the cohort's episode order.
+
+        `progress(n)` is called after each chunk of `n` episodes.
+        """
+        out: list[dict[str, Any]] = []
+        for part in _chunks(cohort, chunk_size):
+            out.extend(self.model.score(part, explain=explain, options=self.options))
+            if progress is not None:
+                progress(len(part.episodes))
+        return out
+
+    def predict_cohort(self, cohort: Any) -> pd.DataFrame:
+        """Probabilities, intervals and bands of every episode, without explanations (fast)."""
+        return self.model.predict_proba(cohort)
+
+    # -- description ----------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /v1/model answers: identity, metrics, features, bands, training summary."""
+        from features.registry import spec_of
+
+        meta = self.model.metadata
+        features = []
+        for name, group in zip(self.model.feature_names, self.model.groups, strict=True):
+            try:
+                spec = spec_of(name)
+                unit, description, direction = spec.unit, spec.description, spec.direction
+            except KeyError:
+                unit, description, direction = "", name, None
+            features.append(
+                {
+                    "name": name,
+                    "group": group,
+                    "unit": unit,
+                    "description": description,
+                    "direction": direction,
+                }
+            )
+        return {
+            **self.model.info,
+            "uri": self.uri,
+            "trained_at": meta.get("trained_at"),
+            "experiment": meta.get("experiment"),
+            "metrics": meta.get("metrics", {}),
+            "bands": self.model.bands.to_dict(),
+            "interval": "10th-90th percentile of the CV fold models' calibrated probabilities "
+            f"({len(self.model.fold_boosters)} fold models), widened to contain the probability",
+            "calibration": self.model.calibrator.method,
+            "features": features,
+            "training_cohort": self.model.reference.get("cohort_summary", {}),
+        }
+
+
+def _chunks(cohort: Any, size: int) -> list[Any]:
+    """The cohort split into sub-cohorts of at most `size` episodes (whole patients together)."""
+    episodes = cohort.episodes
+    if len(episodes) <= size:
+        return [cohort]
+    parts = []
+    positions = np.arange(len(episodes))
+    for start in range(0, len(episodes), size):
+        part_episodes = episodes.iloc[positions[start : start + size]]
+        patients = set(part_episodes["patient_id"])
+        parts.append(
+            dataclasses.replace(
+                cohort,
+                episodes=part_episodes,
+                patients=_rows_of(cohort.patients, patients),
+                labs=_rows_of(cohort.labs, patients),
+                regimens=_rows_of(cohort.regimens, patients),
+            )
+        )
+    return parts
+
+
+def _rows_of(frame: pd.DataFrame | None, patients: set[str]) -> pd.DataFrame | None:
+    if frame is None:
+        return None
+    return frame[frame["patient_id"].isin(patients)]

@@ -1,0 +1,73 @@
+"""Typed settings of the scoring service, read from the environment at the CLI edge only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+MIB = 1024 * 1024
+
+#: Environment variables `ServingSettings.from_env` reads, and the field each one sets.
+ENVIRONMENT = {
+    "CTIT_API_TOKEN": "api_token",
+    "CTIT_AUDIT_DB": "audit_path",
+    "CTIT_AUDIT_SALT": "audit_salt",
+    "CTIT_MAX_BODY_BYTES": "max_body_bytes",
+    "CTIT_MAX_BATCH_BYTES": "max_batch_bytes",
+    "CTIT_MAX_BATCH_RECORDS": "max_batch_records",
+}
+
+
+class ScoringOptions(BaseModel):
+    """How answers are built: warnings thresholds and the size of the explanation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stale_lab_days: int = Field(
+        7, ge=1, description="A key lab older than this many days before the index date is warned."
+    )
+    baseline_window_days: int = Field(
+        3, ge=0, description="Baseline PLT is the last PLT in this many days up to the index date."
+    )
+    key_labs: tuple[str, ...] = Field(
+        ("PLT", "HGB", "ANC", "ALB"), description="Analytes whose absence is warned."
+    )
+    top_factors: int = Field(5, ge=0, le=50, description="Number of factors put in plain words.")
+
+
+class ServingSettings(BaseModel):
+    """Everything the HTTP service needs; built once by `ctit serve` and passed to `create_app`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_uri: str = Field(
+        description="models:/name@alias, models:/name/1, runs:/id/path or a path."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        None, description="When set, every route but /healthz and /readyz needs this bearer token."
+    )
+    audit_path: Path = Field(Path("ctit-audit.db"), description="SQLite file of the audit log.")
+    audit_salt: SecretStr | None = Field(
+        None,
+        description="Salt of the patient-id hashes; when unset a random salt is kept in the log.",
+    )
+    max_body_bytes: int = Field(MIB, ge=1024, description="Largest body of a single-patient call.")
+    max_batch_bytes: int = Field(32 * MIB, ge=1024, description="Largest body of a batch call.")
+    max_batch_records: int = Field(1000, ge=1, description="Most patient records in one batch.")
+    scoring: ScoringOptions = ScoringOptions()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **values: Any) -> ServingSettings:
+        """Settings from `values`, completed by the CTIT_* variables of `environ` (values win)."""
+        merged: dict[str, Any] = {}
+        for variable, field in ENVIRONMENT.items():
+            raw = environ.get(variable)
+            if raw not in (None, ""):
+                merged[field] = raw
+        merged.update({key: value for key, value in values.items() if value is not None})
+        return cls(**merged)
