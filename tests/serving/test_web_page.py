@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import socket
+import threading
+import time
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from data.drugs import known_drugs
 from data.units import ANALYTES
@@ -222,3 +234,193 @@ def test_parse_file_rejects_what_is_not_a_patient_file(client, content, loc, wor
     (error,) = response.json()["detail"]
     assert error["loc"] == loc
     assert words in error["msg"]
+
+
+# ------------------------------------------------------------------------------------ the browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).parents[2] / "test-artifacts" / "web"
+
+browser = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="headless Chromium and chromedriver are not installed at /usr/bin",
+)
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run `app` under a real uvicorn server on a free port of 127.0.0.1; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def chrome(tmp_path_factory) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--lang=en-US",
+        "--window-size=1400,1200",
+        f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(service=ChromeService(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def requested_urls(driver: webdriver.Chrome) -> list[str]:
+    """Every URL the browser asked for since the last call (Chrome performance log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def wait_for(driver: webdriver.Chrome, condition, timeout: float = 20):
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def open_page(driver: webdriver.Chrome, url: str) -> None:
+    driver.get(url)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#labs-body option[value=PLT]"))
+
+
+def screenshot(driver: webdriver.Chrome, name: str, element=None) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    if element is not None:
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    return path
+
+
+@pytest.fixture(scope="module")
+def router_url() -> Iterator[str]:
+    """The page's router alone under uvicorn (for the page's own logic)."""
+    app = FastAPI()
+    app.include_router(web.router)
+    with serve(app) as url:
+        yield url
+
+
+@browser
+@pytest.mark.browser
+def test_page_helpers_compute_the_waterfall_on_the_probability_scale(chrome, router_url):
+    open_page(chrome, router_url)
+    ln3 = math.log(3)
+    wf = chrome.execute_script(
+        "return window.ctit.waterfallSteps(0, {a: arguments[0], b: -arguments[0], c: 0.5}, 8)", ln3
+    )
+    assert wf["base"]["p"] == pytest.approx(0.5)
+    # Ordered by |log-odds|: a (ln 3 ~ 1.10), b (-1.10), c (0.5); ties broken by name.
+    assert [s["name"] for s in wf["steps"]] == ["a", "b", "c"]
+    a, b, c = wf["steps"]
+    assert (a["start"], a["end"]) == pytest.approx((0.5, 0.75))  # odds 1 -> 3
+    assert (b["start"], b["end"]) == pytest.approx((0.75, 0.5))  # odds 3 -> 1
+    assert c["end"] == pytest.approx(1 / (1 + math.exp(-0.5)))
+    assert wf["final"]["logodds"] == pytest.approx(0.5)
+    many = {f"f{i}": 0.1 * (i + 1) for i in range(10)}
+    pooled = chrome.execute_script("return window.ctit.waterfallSteps(-1, arguments[0], 8)", many)
+    assert len(pooled["steps"]) == 9
+    assert pooled["steps"][0]["name"] == "f9"
+    other = pooled["steps"][-1]
+    assert other["kind"] == "other" and other["count"] == 2
+    assert other["logodds"] == pytest.approx(0.1 + 0.2)
+    assert pooled["final"]["logodds"] == pytest.approx(-1 + sum(many.values()))
+    nine = {f"f{i}": 0.1 for i in range(9)}  # one more than the limit: shown, not pooled
+    assert (
+        len(
+            chrome.execute_script(
+                "return window.ctit.waterfallSteps(0, arguments[0], 8).steps", nine
+            )
+        )
+        == 9
+    )
+
+
+@browser
+@pytest.mark.browser
+def test_page_helpers_parse_numbers_and_error_locations(chrome, router_url):
+    open_page(chrome, router_url)
+    parse = "return window.ctit.parseNumber(arguments[0])"
+    assert chrome.execute_script(parse, " 42 ") == 42
+    assert chrome.execute_script(parse, "4.2") == 4.2
+    assert chrome.execute_script(parse, "1e3") == 1000
+    for text in ("4,2", "4x2", "", "--1", "1.2.3"):
+        assert chrome.execute_script(f"return isNaN({parse[7:]})", text), text
+    target = "return window.ctit.locToTarget(arguments[0])"
+    assert chrome.execute_script(target, ["body", "labs", 3, "unit"]) == {
+        "section": "labs",
+        "index": 3,
+        "field": "unit",
+    }
+    assert chrome.execute_script(target, ["body", "regimens", 0, "drugs", 1]) == {
+        "section": "regimens",
+        "index": 0,
+        "field": "drugs",
+        "sub": 1,
+    }
+    assert chrome.execute_script(target, ["body", "episodes", "index_date"]) == {
+        "section": "episode",
+        "field": "index_date",
+    }
+    assert chrome.execute_script(target, ["body"]) is None
+
+
+@browser
+@pytest.mark.browser
+def test_every_field_in_the_live_page_has_a_label_and_buttons_are_buttons(chrome, router_url):
+    open_page(chrome, router_url)
+    chrome.find_element(By.ID, "add-lab").click()
+    chrome.find_element(By.ID, "add-regimen").click()
+    unlabelled = chrome.execute_script(
+        """return Array.from(document.querySelectorAll('input, select, textarea'))
+             .filter(e => !e.closest('template') && e.type !== 'hidden')
+             .filter(e => !(e.labels && e.labels.length && e.labels[0].textContent.trim()))
+             .map(e => e.id || e.outerHTML)"""
+    )
+    assert unlabelled == []
+    labels = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('#labs-body label')).map(l => l.textContent)"
+    )
+    assert "Value, lab row 2" in labels
+    # Actions are <button>s: no click handlers on links without a target or on focusable divs.
+    fake = "[onclick], a:not([href]), div[tabindex]:not([tabindex='-1']), span[tabindex]"
+    assert chrome.execute_script(f'return document.querySelectorAll("{fake}").length') == 0
+    types = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('button')).map(b => b.type)"
+    )
+    assert types.count("submit") == 1
