@@ -1,6 +1,9 @@
 """The clinician web page served at `/`, its static assets, and two small JSON helpers for it.
 
 Routes (all under this router, included by `serving.app.create_app`):
+Access: the page, its assets and `/ui/options` hold no patient data and stay open; `/ui/parse-file`
+needs the service's bearer token when one is configured (`serving.app.require_token`).
+
 - `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
   from outside the server, so the page works offline and leaks nothing).
 - `GET /ui/static/{name}`: the page's script and style sheet (a fixed list, no path lookups).
@@ -24,9 +27,10 @@ from importlib import resources
 from types import ModuleType
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from data.drugs import known_drugs
 from data.units import ANALYTES
@@ -34,6 +38,20 @@ from features.registry import REGISTRY
 from serving.records import RecordError, validate_record
 
 logger = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
+
+
+async def require_token(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> None:
+    """The service's token check (`serving.app.require_token`) for routes that see patient data."""
+    # Imported on call: serving.app includes this router, so a module-level import would be a cycle.
+    from serving.app import require_token as service_check
+
+    await service_check(request, credentials)
+
 
 router = APIRouter()
 
@@ -196,7 +214,7 @@ def parse_patient_file(payload: Any, index_date: dt.date | None = None) -> dict[
     return {"records": out, "warnings": warnings}
 
 
-@router.post("/ui/parse-file", tags=["page"])
+@router.post("/ui/parse-file", tags=["page"], dependencies=[Depends(require_token)])
 async def parse_file(
     request: Request,
     index_date: Annotated[

@@ -28,6 +28,7 @@ from data.drugs import known_drugs
 from data.units import ANALYTES
 from serving import web
 from serving.schemas import PatientIn
+from serving.settings import ServingSettings
 
 FHIR_DIR = Path(__file__).parents[1] / "fixtures" / "fhir"
 STATIC = resources.files("serving").joinpath("static")
@@ -44,6 +45,7 @@ RECORD = {
 def client() -> TestClient:
     """The page's router alone: its routes need neither a model nor the rest of the service."""
     app = FastAPI()
+    app.state.settings = ServingSettings(model_uri="unused")  # no token required
     app.include_router(web.router)
     return TestClient(app)
 
@@ -217,6 +219,21 @@ def test_parse_file_uses_the_given_index_date_when_the_bundle_has_no_order(clien
     assert entry["record"]["episode"]["index_date"] == "2025-03-10"
 
 
+def test_parse_file_needs_the_token_when_the_service_has_one():
+    app = FastAPI()
+    app.state.settings = ServingSettings(model_uri="unused", api_token="s3cret")
+    app.include_router(web.router)
+    client = TestClient(app)
+    assert client.post("/ui/parse-file", json=RECORD).status_code == 401
+    wrong = client.post("/ui/parse-file", json=RECORD, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    right = client.post("/ui/parse-file", json=RECORD, headers={"Authorization": "Bearer s3cret"})
+    assert right.status_code == 200
+    # The page and its reference data hold no patient data: open, so the form can be shown.
+    assert client.get("/").status_code == 200
+    assert client.get("/ui/options").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("content", "loc", "words"),
     [
@@ -331,6 +348,7 @@ def screenshot(driver: webdriver.Chrome, name: str, element=None) -> Path:
 def router_url() -> Iterator[str]:
     """The page's router alone under uvicorn (for the page's own logic)."""
     app = FastAPI()
+    app.state.settings = ServingSettings(model_uri="unused")
     app.include_router(web.router)
     with serve(app) as url:
         yield url
