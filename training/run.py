@@ -18,7 +18,7 @@ from data.cohort import Cohort, summarise
 from data.labels import attrition, derive_labels, get_definition
 from features.pipeline import FeatureConfig, FeaturePipeline, build_features
 from features.registry import spec_of
-from serving.model import Calibrator, DeployableModel, RiskBands
+from serving.model import Calibrator, DeployableModel, RiskBands, summarise_reference
 from training import evaluation, plots, tables
 from training.config import ExperimentConfig, ExperimentError
 from training.crossval import CVOutput, cross_validate
@@ -94,27 +94,6 @@ def make_folds(
         return time_folds(y_arr, g_arr, dates.to_numpy(), v.time_test_fraction)
     except SplitError as error:
         raise TrainingError(f"validation.scheme = {v.scheme!r}: {error}") from None
-
-
-def feature_reference(X: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per-feature training distribution: min, 1st/50th/99th centiles, max, missing share."""
-    out = {}
-    for column in X.columns:
-        values = X[column].astype(float)
-        present = values.dropna()
-        if present.empty:
-            stats = dict.fromkeys(("min", "p01", "p50", "p99", "max"), None)
-        else:
-            q = np.percentile(present, [1, 50, 99])
-            stats = {
-                "min": float(present.min()),
-                "p01": float(q[0]),
-                "p50": float(q[1]),
-                "p99": float(q[2]),
-                "max": float(present.max()),
-            }
-        out[column] = {**stats, "missing_share": float(values.isna().mean())}
-    return out
 
 
 def fit_experiment(
@@ -202,7 +181,7 @@ def fit_experiment(
         labels=tuple(ev.band_labels),
         operating_threshold=ev.operating_threshold,
     )
-    reference = feature_reference(X)
+    reference = summarise_reference(X, cohort_summary)
     model = DeployableModel(
         pipeline=pipeline,
         booster=final.booster,
@@ -336,7 +315,7 @@ def log_result(
         _write_plots(result, tmp_path / "plots")
         run.log_artifact_dir(tmp_path / "plots", "plots")
         progress("tracking", 3, steps)
-        info = log_deployable_model(result.model, "model", input_example=_input_example(result))
+        info = log_deployable_model(result.model, "model")
         result.model_uri = info.model_uri
         progress("tracking", 4, steps)
         result.save(tmp_path / "train_result")
@@ -354,13 +333,6 @@ def log_result(
         )
         mlflow.set_tag("ctit.registered_version", f"{run.settings.registered_model}/{version}")
     progress("tracking", steps, steps)
-
-
-def _input_example(result: TrainResult) -> Any:
-    from serving import pyfunc
-
-    maker = getattr(pyfunc, "input_example_from_cohort", None)
-    return None if maker is None else maker(result)
 
 
 def _write_artifacts(result: TrainResult, directory: Path) -> None:

@@ -152,13 +152,11 @@ class RunHandle:
         mlflow.log_dict(_jsonable(label), "experiment/label_definition.json")
 
     def log_dataset(self, frame: pd.DataFrame, name: str, fingerprint: str) -> None:
+        """The labelled model features and response, as the run's training input."""
         dataset = mlflow.data.from_pandas(
-            frame.reset_index(),
-            source=f"ctit-cohort:{fingerprint[:16]}",
-            targets="response",
-            name=name,
+            frame.reset_index(), targets="response", name=name, digest=fingerprint[:16]
         )
-        mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training", tags={"ctit.data_fingerprint": fingerprint})
 
     def log_metrics(self, metrics: dict[str, dict[str, dict[str, float]]], extra: dict) -> None:
         flat: dict[str, float] = {}

@@ -1,0 +1,101 @@
+"""A fast, contract-valid cohort with a known signal, for training tests that must not wait for
+the simulator: response depends on baseline PLT, marrow involvement and gemcitabine/platinum."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REGIMENS = [
+    ("gemcitabine;carboplatin", "GCb"),
+    ("docetaxel;trastuzumab;pertuzumab", "THP"),
+    ("trastuzumab deruxtecan", "T-DXd"),
+    ("capecitabine", "X"),
+    ("palbociclib;letrozole", "palbo+AI"),
+]
+
+
+def _day(index: pd.Timestamp, offset: int) -> str:
+    return (index + pd.Timedelta(days=offset)).isoformat()
+
+
+def make_signal_tables(n_patients: int = 160, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Contract tables for `n_patients` (about 1.3 episodes each) with a logistic response."""
+    rng = np.random.default_rng(seed)
+    pid = np.array([f"S{seed}-{i:04d}" for i in range(n_patients)])
+    marrow = rng.random(n_patients) < 0.15
+    patients = pd.DataFrame(
+        {
+            "patient_id": pid,
+            "sex": "F",
+            "birth_date": [f"{y}-06-15" for y in rng.integers(1950, 1990, n_patients)],
+            "site": rng.choice(["north", "south", "east"], n_patients),
+            "ecog": rng.integers(0, 3, n_patients),
+            "subtype": rng.choice(["HR+/HER2-", "HER2+", "TNBC"], n_patients),
+            "bone_mets": rng.random(n_patients) < 0.5,
+            "liver_mets": rng.random(n_patients) < 0.3,
+            "marrow_involvement": marrow,
+            "splenomegaly": False,
+            "prior_radiotherapy": rng.random(n_patients) < 0.2,
+        }
+    )
+    episodes, labs, regimens = [], [], []
+    for i, p in enumerate(pid):
+        for k in range(1 + int(rng.random() < 0.3)):
+            index = pd.Timestamp("2022-01-01") + pd.Timedelta(
+                days=int(rng.integers(0, 700)) + 200 * k
+            )
+            eid = f"{p}-E{k}"
+            plt0 = float(rng.integers(12, 75))
+            r = int(rng.integers(0, len(REGIMENS)))
+            gp = r == 0
+            logit = -0.3 + 0.06 * (plt0 - 45) - 2.0 * marrow[i] - 1.0 * gp
+            responds = rng.random() < 1 / (1 + np.exp(-logit))
+            episodes.append(
+                {
+                    "episode_id": eid,
+                    "patient_id": p,
+                    "index_date": index.date().isoformat(),
+                    "dose_mg": 7.5,
+                }
+            )
+            start = index - pd.Timedelta(days=int(rng.integers(8, 20)))
+            drugs, name = REGIMENS[r]
+            regimens.append(
+                {
+                    "patient_id": p,
+                    "start_date": start.date().isoformat(),
+                    "end_date": "",
+                    "drugs": drugs,
+                    "regimen": name,
+                    "line": int(rng.integers(1, 4)),
+                    "cycle": int(rng.integers(1, 6)),
+                }
+            )
+            labs += [
+                (p, _day(index, -20), "PLT", float(rng.integers(120, 250)), "10*9/L"),
+                (p, _day(index, -7), "PLT", plt0 + float(rng.integers(5, 40)), "10*9/L"),
+                (p, _day(index, -1), "PLT", plt0, "10*9/L"),
+                (p, _day(index, -1), "HGB", float(rng.normal(100, 15)), "g/L"),
+                (p, _day(index, -1), "ALB", float(rng.normal(38, 4)), "g/L"),
+                (p, _day(index, 7), "PLT", 130.0 if responds else plt0 + 10, "10*9/L"),
+            ]
+    return {
+        "patients": patients,
+        "episodes": pd.DataFrame(episodes),
+        "labs": pd.DataFrame(labs, columns=["patient_id", "time", "test", "value", "unit"]),
+        "regimens": pd.DataFrame(regimens),
+    }
+
+
+@pytest.fixture
+def signal_cohort_dir(tmp_path: Path) -> Path:
+    return write_signal_cohort(tmp_path / "signal_cohort")
+
+
+def write_signal_cohort(directory: Path, n_patients: int = 160, seed: int = 0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in make_signal_tables(n_patients, seed).items():
+        frame.to_csv(directory / f"{name}.csv", index=False)
+    return directory

@@ -1,0 +1,198 @@
+"""Promotion: move @champion to @candidate only when the candidate passes the experiment's gates.
+
+Comparison with the current champion uses the out-of-fold metrics both runs logged, and only when
+both were evaluated on the same data (same cohort fingerprint and same label definition): the
+champion's booster was fitted on all of its cohort, so scoring it on the candidate's cohort would
+be in-sample and flatter it. When the data differ the comparison cannot be made and promotion is
+refused, unless the caller explicitly accepts a candidate on new data (`allow_new_data`), in which
+case only the candidate's own gates apply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from training.config import PromotionConfig
+from training.tracking import CANDIDATE_ALIAS, CHAMPION_ALIAS
+
+log = logging.getLogger(__name__)
+
+
+class PromotionError(RuntimeError):
+    """Promotion cannot be assessed (no candidate, run or metrics missing)."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class PromotionDecision:
+    name: str
+    candidate_version: str
+    champion_version: str | None
+    promoted: bool
+    gates: list[Gate] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def failed(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passed]
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    fingerprint: str | None
+    label: str | None
+
+
+def _alias(client: MlflowClient, name: str, alias: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _evaluated(client: MlflowClient, version: Any) -> _Evaluated:
+    if not version.run_id:
+        raise PromotionError(f"model version {version.name}/{version.version} has no run")
+    run = client.get_run(version.run_id)
+    return _Evaluated(
+        version=str(version.version),
+        run_id=version.run_id,
+        metrics=dict(run.data.metrics),
+        fingerprint=run.data.tags.get("ctit.data_fingerprint"),
+        label=run.data.tags.get("ctit.label_definition"),
+    )
+
+
+def _promotion_config(client: MlflowClient, run_id: str) -> PromotionConfig:
+    with tempfile.TemporaryDirectory(prefix="ctit-promote-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, "experiment/experiment.json", tmp)
+        except (MlflowException, OSError) as error:
+            raise PromotionError(
+                f"run {run_id} has no logged experiment (experiment/experiment.json): {error}"
+            ) from None
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    return PromotionConfig.model_validate(config.get("promotion", {}))
+
+
+def _metric(ev: _Evaluated, key: str) -> float:
+    if key not in ev.metrics:
+        raise PromotionError(f"run {ev.run_id} (version {ev.version}) did not log metric {key!r}")
+    return float(ev.metrics[key])
+
+
+def assess(
+    name: str, client: MlflowClient | None = None, allow_new_data: bool = False
+) -> PromotionDecision:
+    """Check the gates for the current @candidate of `name`, without changing anything."""
+    client = client or MlflowClient()
+    candidate_version = _alias(client, name, CANDIDATE_ALIAS)
+    if candidate_version is None:
+        raise PromotionError(f"registered model {name!r} has no @{CANDIDATE_ALIAS} version")
+    candidate = _evaluated(client, candidate_version)
+    gates_config = _promotion_config(client, candidate.run_id)
+    champion_version = _alias(client, name, CHAMPION_ALIAS)
+    decision = PromotionDecision(
+        name=name,
+        candidate_version=candidate.version,
+        champion_version=None if champion_version is None else str(champion_version.version),
+        promoted=False,
+    )
+    if champion_version is not None and str(champion_version.version) == candidate.version:
+        decision.note = f"version {candidate.version} is already @{CHAMPION_ALIAS}"
+        return decision
+
+    auroc_low = _metric(candidate, "xgboost.auroc.low")
+    decision.gates.append(
+        Gate(
+            "auroc_lower_bound",
+            auroc_low >= gates_config.min_auroc_low,
+            f"AUROC lower 95% bound {auroc_low:.3f} (minimum {gates_config.min_auroc_low:.3f})",
+        )
+    )
+    slope = _metric(candidate, "xgboost.calibration_slope")
+    low, high = gates_config.slope_band
+    decision.gates.append(
+        Gate(
+            "calibration_slope",
+            low <= slope <= high,
+            f"calibration slope {slope:.3f} (band {low:.2f}-{high:.2f})",
+        )
+    )
+    if champion_version is not None:
+        champion = _evaluated(client, champion_version)
+        same = (
+            candidate.fingerprint is not None
+            and candidate.fingerprint == champion.fingerprint
+            and candidate.label == champion.label
+        )
+        if same:
+            c_auc, k_auc = _metric(candidate, "xgboost.auroc"), _metric(champion, "xgboost.auroc")
+            decision.gates.append(
+                Gate(
+                    "not_worse_auroc",
+                    c_auc >= k_auc - gates_config.max_auroc_drop,
+                    f"AUROC {c_auc:.3f} vs champion v{champion.version} {k_auc:.3f} "
+                    f"(allowed drop {gates_config.max_auroc_drop:.3f})",
+                )
+            )
+            c_b, k_b = _metric(candidate, "xgboost.brier"), _metric(champion, "xgboost.brier")
+            decision.gates.append(
+                Gate(
+                    "not_worse_brier",
+                    c_b <= k_b + gates_config.max_brier_increase,
+                    f"Brier {c_b:.4f} vs champion v{champion.version} {k_b:.4f} "
+                    f"(allowed increase {gates_config.max_brier_increase:.4f})",
+                )
+            )
+        elif allow_new_data:
+            decision.note = (
+                f"champion v{champion.version} was evaluated on other data or another label; "
+                "not compared (--allow-new-data)"
+            )
+        else:
+            decision.gates.append(
+                Gate(
+                    "same_evaluation",
+                    False,
+                    f"champion v{champion.version} was evaluated on different data "
+                    f"(fingerprint {str(champion.fingerprint)[:12]} vs "
+                    f"{str(candidate.fingerprint)[:12]}, label {champion.label} vs "
+                    f"{candidate.label}); the two cannot be compared on the same evaluation",
+                )
+            )
+    return decision
+
+
+def promote(
+    name: str, client: MlflowClient | None = None, allow_new_data: bool = False
+) -> PromotionDecision:
+    """Assess the candidate and, when every gate passes, point @champion at it."""
+    client = client or MlflowClient()
+    decision = assess(name, client, allow_new_data=allow_new_data)
+    if decision.note.endswith(f"already @{CHAMPION_ALIAS}"):
+        return decision
+    if decision.failed:
+        log.warning("not promoted: %s", "; ".join(g.detail for g in decision.failed))
+        return decision
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, decision.candidate_version)
+    decision.promoted = True
+    log.info("promoted %s version %s to @%s", name, decision.candidate_version, CHAMPION_ALIAS)
+    return decision
