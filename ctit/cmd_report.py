@@ -1,0 +1,61 @@
+"""CLI command (report): the reviewer HTML of a training run or a registered model version."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def _fail(console: Console, message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ctit app."""
+
+    @app.command("report")
+    def report(
+        out: Annotated[Path, typer.Option("--out", help="Where to write the HTML report.")],
+        model: Annotated[
+            str | None,
+            typer.Option("--model", help="Registered model: models:/NAME@ALIAS or models:/NAME/N."),
+        ] = None,
+        run: Annotated[
+            str | None, typer.Option("--run", help="MLflow run id of a `ctit train` run.")
+        ] = None,
+        tracking_uri: Annotated[
+            str | None,
+            typer.Option(
+                "--tracking-uri",
+                help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db).",
+            ),
+        ] = None,
+    ) -> None:
+        """Write the self-contained reviewer report (SHAP, evidence, TRIPOD+AI map) of a model."""
+        from training.report import ReportError, write_report
+        from training.report_source import ReportSourceError, load_train_result, run_id_of_model
+
+        console = Console(stderr=True)
+        if (model is None) == (run is None):
+            raise _fail(console, "give exactly one of --model or --run", 2)
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        try:
+            run_id = run if run is not None else run_id_of_model(model, uri)
+            result = load_train_result(run_id, uri)
+        except ReportSourceError as error:
+            raise _fail(console, str(error), 2) from None
+        try:
+            path = write_report(result, out)
+        except ReportError as error:
+            raise _fail(console, f"run {run_id}: cannot render the report: {error}", 1) from None
+        except OSError as error:
+            raise _fail(console, f"cannot write {out}: {error.strerror}", 1) from None
+        console.print(f"report of run {run_id} written to {path}", highlight=False, markup=False)
