@@ -99,3 +99,29 @@ def write_signal_cohort(directory: Path, n_patients: int = 160, seed: int = 0) -
     for name, frame in make_signal_tables(n_patients, seed).items():
         frame.to_csv(directory / f"{name}.csv", index=False)
     return directory
+
+
+def signal_frame(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Model-ready features (with `plt_last`), response and patient ids; continuous and unique."""
+    rng = np.random.default_rng(seed)
+    n_episodes = rng.integers(1, 3, n_patients)
+    groups = np.repeat([f"P{i}" for i in range(n_patients)], n_episodes)
+    n = len(groups)
+    X = pd.DataFrame(
+        {
+            "plt_last": rng.uniform(5, 75, n),
+            "hgb_last": rng.normal(100, 15, n),
+            "marrow_involvement": (rng.random(n) < 0.15).astype(float),
+            "noise": rng.normal(size=n),
+        },
+        index=pd.Index([f"E{i}" for i in range(n)], name="episode_id"),
+    )
+    X.loc[rng.random(n) < 0.1, "hgb_last"] = np.nan
+    logit = -0.3 + 0.06 * (X["plt_last"] - 40) - 2.0 * X["marrow_involvement"]
+    y = pd.Series((rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int), index=X.index, name="y")
+    return X, y, pd.Series(groups, index=X.index, name="groups")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    return signal_frame(n_patients=120, seed=3)
