@@ -1,7 +1,244 @@
-"""CLI commands (serve)."""
+"""CLI commands (serving): `ctit score` and `ctit serve`."""
 
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import pandas as pd
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from data.cohort import load_cohort
+from data.issues import CohortError
+from serving import fhir
+from serving.model import ModelLoadError
+from serving.records import RecordError
+from serving.scorer import Scorer
+from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+#: Above this many episodes `ctit score` shows a progress bar.
+PROGRESS_FROM = 2000
+CHUNK = 1000
+
+ModelUri = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Model: models:/name@alias, models:/name/1, runs:/<id>/<path> or a local directory.",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ctit app."""
+    app.command("score")(score)
+    app.command("serve")(serve)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    Console(stderr=True).print(Text(message, style="bold red"))
+    raise typer.Exit(code)
+
+
+def _load(uri: str) -> Scorer:
+    try:
+        return Scorer.load(uri)
+    except ModelLoadError as exc:
+        _fail(str(exc), code=2)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _records_of(path: Path, index_date: str | None) -> tuple[list[Any], list[str]]:
+    """Patient records (and input warnings) from a JSON file: one, a list, or a FHIR Bundle."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"{path}: cannot read ({exc})")
+    except ValueError as exc:
+        _fail(f"{path}: not valid JSON ({exc})")
+    if hasattr(fhir, "is_fhir") and hasattr(fhir, "fhir_to_patient_records") and fhir.is_fhir(obj):
+        try:
+            return fhir.fhir_to_patient_records(obj, index_date=index_date)
+        except ValueError as exc:
+            _fail(f"{path}: {exc}")
+    if isinstance(obj, dict) and "records" in obj and "patient" not in obj:
+        obj = obj["records"]
+    if isinstance(obj, dict):
+        return [obj], []
+    if isinstance(obj, list) and obj:
+        return obj, []
+    _fail(f"{path}: expected a patient record, a list of them, or a FHIR Bundle")
+
+
+def _score_records(
+    scorer: Scorer, records: list[Any], explain: bool, console: Console
+) -> list[dict[str, Any]]:
+    try:
+        if len(records) < PROGRESS_FROM:
+            return scorer.score_batch(records, explain=explain)
+        out: list[dict[str, Any]] = []
+        with _progress(console) as progress:
+            task = progress.add_task("score", total=len(records))
+            for start in range(0, len(records), CHUNK):
+                part = scorer.score_batch(records[start : start + CHUNK], explain=explain)
+                for answer in part:
+                    answer["record_index"] += start
+                out.extend(part)
+                progress.advance(task, min(CHUNK, len(records) - start))
+        return out
+    except RecordError as exc:
+        lines = "\n".join(
+            f"  record {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors
+        )
+        _fail(f"the input breaks the scoring contract (nothing scored):\n{lines}")
+
+
+def _score_cohort(
+    scorer: Scorer, directory: Path, explain: bool, console: Console
+) -> list[dict[str, Any]]:
+    try:
+        cohort = load_cohort(directory)
+    except CohortError as exc:
+        _fail(f"{directory} is not a valid cohort:\n{exc}")
+    total = len(cohort.episodes)
+    if total < PROGRESS_FROM:
+        return scorer.score_cohort(cohort, explain=explain)
+    with _progress(console) as progress:
+        task = progress.add_task("score", total=total)
+        return scorer.score_cohort(
+            cohort, explain=explain, progress=lambda n: progress.advance(task, n)
+        )
+
+
+def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
+    """One CSV row per episode: scores, factors and warnings as text, contributions as columns."""
+    rows = []
+    for answer in answers:
+        row: dict[str, Any] = {
+            "record_index": answer.get("record_index"),
+            "episode_id": answer["episode_id"],
+            "probability": answer["probability"],
+            "interval_low": answer["interval"][0],
+            "interval_high": answer["interval"][1],
+            "band": answer["band"],
+            "margin": answer["margin"],
+            "base_value": answer.get("base_value"),
+            "top_factors": " | ".join(f["text"] for f in answer.get("top_factors") or []),
+            "warnings": " | ".join(w["message"] for w in answer.get("warnings") or []),
+            "model_name": answer["model"]["name"],
+            "model_version": answer["model"]["version"],
+            "label_definition": answer["model"]["label_definition"],
+        }
+        for name, value in (answer.get("contributions") or {}).items():
+            row[f"shap:{name}"] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame["record_index"].isna().all():
+        frame = frame.drop(columns="record_index")
+    return frame
+
+
+def score(
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            help="One patient record as JSON (or a JSON list of them), a FHIR R4 Bundle, or a "
+            "cohort directory.",
+            metavar="INPUT",
+        ),
+    ],
+    model: ModelUri,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the answers: .json or .csv.")],
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain/--no-explain", help="Add SHAP contributions, top factors and warnings."
+        ),
+    ] = True,
+    index_date: Annotated[
+        str | None,
+        typer.Option("--index-date", help="FHIR input only: the first hetrombopag dose date."),
+    ] = None,
+) -> None:
+    """Score patients from a file or a cohort directory with a logged model."""
+    suffix = out.suffix.lower()
+    if suffix not in (".json", ".csv"):
+        _fail(f"--out {out}: use a .json or .csv file name")
+    if not input_path.exists():
+        _fail(f"{input_path}: no such file or directory")
+    console = Console(stderr=True)
+    scorer = _load(model)
+    if input_path.is_dir():
+        answers = _score_cohort(scorer, input_path, explain, console)
+        notes: list[str] = []
+    else:
+        records, notes = _records_of(input_path, index_date)
+        answers = _score_records(scorer, records, explain, console)
+    for note in notes:
+        console.print(Text(f"warning: {note}", style="yellow"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".json":
+        out.write_text(json.dumps(answers, indent=1), encoding="utf-8")
+    else:
+        answers_frame(answers).to_csv(out, index=False)
+    info = scorer.model.info
+    console.print(
+        f"scored {len(answers)} episode{'s' if len(answers) != 1 else ''} with {info['name']} "
+        f"version {info['version']} -> {out}"
+    )
+
+
+def serve(
+    model: ModelUri,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    audit_db: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-db",
+            help="SQLite audit log (default: CTIT_AUDIT_DB, else ./ctit-audit.db).",
+        ),
+    ] = None,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log each request line.")
+    ] = True,
+) -> None:
+    """Serve the model over HTTP (FastAPI on uvicorn); CTIT_API_TOKEN turns on bearer tokens."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    try:
+        settings = ServingSettings.from_env(
+            os.environ, model_uri=model, host=host, port=port, audit_path=audit_db
+        )
+    except ValueError as exc:
+        _fail(f"invalid serving settings: {exc}")
+    try:
+        app = create_app(settings)
+    except ModelLoadError as exc:
+        _fail(str(exc), code=2)
+    info = app.state.scorer.model.info
+    Console(stderr=True).print(
+        f"serving {info['name']} version {info['version']} on http://{host}:{port} "
+        f"(docs at /docs; token {'required' if settings.api_token else 'not required'})"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)

@@ -207,6 +207,7 @@ class _Prepared:
 
     episode_ids: list[str]
     X: np.ndarray
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -261,11 +262,19 @@ class DeployableModel:
 
     def prepare(self, cohort: Any) -> _Prepared:
         """The model features of every episode of the cohort, in the cohort's episode order."""
-        frame = self.pipeline.transform(cohort)
+        frame, messages = self.pipeline.transform_with_warnings(cohort)
         episode_ids = [str(e) for e in cohort.episodes["episode_id"]]
         frame = frame.reindex(index=episode_ids, columns=self.feature_names)
         X = np.ascontiguousarray(frame.to_numpy(dtype=np.float32, na_value=np.nan))
-        return _Prepared(episode_ids, X)
+        notes: dict[str, list[str]] = {}
+        if messages:
+            known = set(episode_ids)
+            for message in messages:
+                head, _, rest = message.partition(": ")
+                episode_id = head.removeprefix("episode ")
+                if head.startswith("episode ") and episode_id in known:
+                    notes.setdefault(episode_id, []).append(rest)
+        return _Prepared(episode_ids, X, notes)
 
     # -- predictions ----------------------------------------------------------------------------
 
@@ -361,7 +370,14 @@ class DeployableModel:
                     groups[group] = groups.get(group, 0.0) + value
                 answer["group_contributions"] = groups
                 answer["top_factors"] = self._factors(X[i], values, options.top_factors)
-                answer["warnings"] = self._warnings(X[i], options) + unknown.get(episode_id, [])
+                answer["warnings"] = (
+                    [
+                        {"code": "unseen_category", "message": note, "feature": None}
+                        for note in prepared.notes.get(episode_id, [])
+                    ]
+                    + self._warnings(X[i], options)
+                    + unknown.get(episode_id, [])
+                )
             out.append(answer)
         return out
 
