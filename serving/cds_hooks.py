@@ -1,5 +1,600 @@
-"""CDS Hooks 2.0 service (patient-view, order-select)."""
+"""CDS Hooks 2.0 service: `patient-view` and `order-select` cards with the hetrombopag score.
 
-from fastapi import APIRouter
+Routes (included by `serving.app.create_app`):
 
-router = APIRouter()
+- `GET /cds-services`: discovery, two services with prefetch templates (`SERVICES`).
+- `POST /cds-services/{id}`: cards. Data come from `prefetch`; a template key that the client did
+  not send is fetched from `fhirServer` with `fhirAuthorization` (httpx); a required key that can
+  be neither read nor fetched gives 412 Precondition Failed. A prefetch value of `null` means the
+  client has no such data (CDS Hooks 2.0), never a fetch.
+- `POST /cds-services/{id}/feedback`: card outcomes, stored in the audit log with the version of
+  the model that made the card.
+
+When cards appear:
+- `order-select`: only when `context.draftOrders` holds a draft hetrombopag MedicationRequest; the
+  index date is that order's `authoredOn` (else today, with a warning on the card).
+- `patient-view`: when the patient has an active hetrombopag order, or the latest platelet count
+  up to today is below 100 x10^9/L (the CTIT threshold); otherwise no card, so the chart of a
+  patient without CTIT stays quiet.
+
+The scorer and audit log are reached through `request.app.state.scorer` and `.audit`. Optional
+`request.app.state.cds_settings` (`CdsSettings`) limits which FHIR servers may be called.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+import httpx
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from data.units import ANALYTES, canonical_test, convert
+from serving.fhir import (
+    ECOG_LOINC,
+    LOINC,
+    METASTASIS_CODES,
+    FhirError,
+    fhir_to_patient_records,
+    is_index_order,
+    resources_in,
+    risk_assessment,
+)
+from serving.records import RecordError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["CDS Hooks"])
+
+PATIENT_VIEW = "ctit-patient-view"
+ORDER_SELECT = "ctit-order-select"
+CTIT_PLT = 100.0
+SUMMARY_MAX = 139
+
+
+# --------------------------------------------------------------------------- settings and bodies
+
+
+class CdsSettings(BaseModel):
+    """Limits of the FHIR fetches made when prefetch data are missing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_fhir_servers: tuple[str, ...] = Field(
+        (),
+        description="URL prefixes of FHIR servers the service may call; empty allows any "
+        "http(s) server named by the CDS client.",
+    )
+    fetch_timeout_s: float = Field(5.0, gt=0, le=60)
+    max_pages: int = Field(5, ge=1, le=50, description="Search result pages followed per key.")
+    remembered_cards: int = Field(10000, ge=0, description="Cards remembered for feedback.")
+
+
+class FhirAuthorization(BaseModel):
+    """The OAuth 2.0 access token the CDS client grants for `fhirServer` (CDS Hooks 2.0)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    access_token: str = Field(min_length=1)
+    token_type: Literal["Bearer"]
+    expires_in: int
+    scope: str
+    subject: str
+    patient: str | None = None
+
+
+class CdsRequest(BaseModel):
+    """A CDS Hooks 2.0 service request."""
+
+    model_config = ConfigDict(extra="allow")
+
+    hook: str = Field(min_length=1)
+    hookInstance: str = Field(min_length=1)
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+
+
+class OverrideReason(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    reason: dict[str, Any] | None = None
+    userComment: str | None = None
+
+
+class FeedbackItem(BaseModel):
+    """One card outcome (CDS Hooks 2.0 feedback)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    card: str = Field(min_length=1)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[dict[str, Any]] | None = None
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: dt.datetime
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    feedback: list[FeedbackItem] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _lab_query() -> str:
+    codes = [code for analyte in ANALYTES.values() for code in analyte.loinc] + [ECOG_LOINC]
+    joined = ",".join(f"{LOINC}|{code}" for code in codes)
+    return f"Observation?patient={{{{context.patientId}}}}&code={joined}&_sort=-date&_count=500"
+
+
+def _condition_query() -> str:
+    joined = ",".join(f"{system}|{code}" for system, code in METASTASIS_CODES)
+    return f"Condition?patient={{{{context.patientId}}}}&code={joined}"
+
+
+def prefetch_templates() -> dict[str, str]:
+    """The prefetch templates of both services (keys are also the fetch plan)."""
+    return {
+        "patient": "Patient/{{context.patientId}}",
+        "labs": _lab_query(),
+        "medicationRequests": "MedicationRequest?patient={{context.patientId}}&_count=500",
+        "medicationAdministrations": (
+            "MedicationAdministration?patient={{context.patientId}}&_count=500"
+        ),
+        "medicationStatements": "MedicationStatement?patient={{context.patientId}}&_count=500",
+        "conditions": _condition_query(),
+    }
+
+
+#: Prefetch keys without which no score is made (412 when neither sent nor fetchable).
+REQUIRED_KEYS = ("patient", "labs", "medicationRequests")
+
+SERVICES: dict[str, dict[str, Any]] = {
+    PATIENT_VIEW: {
+        "hook": "patient-view",
+        "id": PATIENT_VIEW,
+        "title": "Hetrombopag response in CTIT",
+        "description": "Probability that a breast-cancer patient's cancer-therapy-induced "
+        "thrombocytopenia responds to hetrombopag, with the factors behind it. Shown when the "
+        "latest platelet count is below 100 x10^9/L or a hetrombopag order is active.",
+        "usageRequirements": "Needs read access to Patient, Observation (laboratory), "
+        "MedicationRequest, MedicationAdministration, MedicationStatement and Condition.",
+    },
+    ORDER_SELECT: {
+        "hook": "order-select",
+        "id": ORDER_SELECT,
+        "title": "Hetrombopag order: expected response",
+        "description": "When hetrombopag is being ordered for cancer-therapy-induced "
+        "thrombocytopenia, the probability of platelet response and the factors behind it.",
+        "usageRequirements": "Fires on a draft hetrombopag MedicationRequest; same data as the "
+        "patient-view service.",
+    },
+}
+
+
+@router.get("/cds-services")
+def discovery() -> dict[str, Any]:
+    """CDS Hooks discovery: the services this server offers."""
+    templates = prefetch_templates()
+    return {"services": [{**service, "prefetch": templates} for service in SERVICES.values()]}
+
+
+# --------------------------------------------------------------------------- data gathering
+
+
+class PreconditionFailed(Exception):
+    """Required data were neither prefetched nor fetchable."""
+
+
+def _settings(request: Request) -> CdsSettings:
+    settings = getattr(request.app.state, "cds_settings", None)
+    return settings if isinstance(settings, CdsSettings) else CdsSettings()
+
+
+def _render(template: str, context: Mapping[str, Any]) -> str:
+    out = template
+    for key, value in context.items():
+        if isinstance(value, str):
+            out = out.replace(f"{{{{context.{key}}}}}", quote(value, safe=""))
+    return out
+
+
+def _resources(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, dict) and isinstance(value.get("resourceType"), str):
+        return [value]
+    if isinstance(value, list):
+        return [r for r in value if isinstance(r, dict) and isinstance(r.get("resourceType"), str)]
+    return []
+
+
+async def _fetch(
+    client: httpx.AsyncClient, base: str, path: str, settings: CdsSettings
+) -> list[dict[str, Any]]:
+    """GET one read or search (following `next` links); raises ValueError with the reason."""
+    url: str | None = f"{base.rstrip('/')}/{path}"
+    out: list[dict[str, Any]] = []
+    for _ in range(settings.max_pages):
+        if url is None:
+            break
+        try:
+            response = await client.get(url)
+        except httpx.HTTPError as exc:
+            raise ValueError(f"{type(exc).__name__} calling the FHIR server") from None
+        if response.status_code >= 400:
+            raise ValueError(f"FHIR server answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise ValueError("FHIR server answered with something that is not JSON") from None
+        out.append(body)
+        url = None
+        if isinstance(body, dict) and body.get("resourceType") == "Bundle":
+            for link in body.get("link") or []:
+                if link.get("relation") == "next" and isinstance(link.get("url"), str):
+                    url = link["url"]
+                    if not _same_server(url, base):
+                        raise ValueError("a next link points away from the FHIR server")
+    return out
+
+
+def _same_server(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def _server_allowed(server: str, settings: CdsSettings) -> bool:
+    if urlsplit(server).scheme not in ("http", "https"):
+        return False
+    return not settings.allowed_fhir_servers or any(
+        server.startswith(prefix) for prefix in settings.allowed_fhir_servers
+    )
+
+
+async def gather(body: CdsRequest, settings: CdsSettings) -> tuple[list[dict], list[str]]:
+    """Every resource of the prefetch (fetched where missing) and notes about what is missing.
+
+    Raises:
+        PreconditionFailed: a required key was not sent and could not be fetched.
+    """
+    prefetch = body.prefetch or {}
+    templates = prefetch_templates()
+    missing = [key for key in templates if key not in prefetch]
+    resources: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for key in templates:
+        if key in prefetch:
+            resources += _resources(prefetch[key])
+    if not missing:
+        return resources, notes
+    reasons: dict[str, str] = {}
+    server, auth = body.fhirServer, body.fhirAuthorization
+    if server is None or auth is None:
+        reasons = {
+            key: "not prefetched and no fhirServer/fhirAuthorization given" for key in missing
+        }
+    elif not _server_allowed(server, settings):
+        reasons = {key: f"fhirServer {server!r} is not an allowed FHIR server" for key in missing}
+    else:
+        headers = {
+            "Authorization": f"Bearer {auth.access_token}",
+            "Accept": "application/fhir+json",
+        }
+        async with httpx.AsyncClient(
+            headers=headers, timeout=settings.fetch_timeout_s, follow_redirects=False
+        ) as client:
+            for key in missing:
+                path = _render(templates[key], body.context)
+                try:
+                    for page in await _fetch(client, server, path, settings):
+                        resources += _resources(page)
+                except ValueError as exc:
+                    reasons[key] = str(exc)
+    required = [key for key in REQUIRED_KEYS if key in reasons]
+    if required:
+        raise PreconditionFailed(
+            "required data missing: " + "; ".join(f"{key} ({reasons[key]})" for key in required)
+        )
+    notes += [
+        f"{key} not available ({reason}); scored without it" for key, reason in reasons.items()
+    ]
+    return resources, notes
+
+
+# --------------------------------------------------------------------------- cards
+
+
+class _CardLedger:
+    """Cards issued recently: uuid -> (patient id, episode id, model version), for feedback."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._cards: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, card_uuid: str, patient_id: str, episode_id: str, version: str) -> None:
+        with self._lock:
+            self._cards[card_uuid] = (patient_id, episode_id, version)
+            while len(self._cards) > self.size:
+                self._cards.popitem(last=False)
+
+    def get(self, card_uuid: str) -> tuple[str, str, str] | None:
+        with self._lock:
+            return self._cards.get(card_uuid)
+
+
+def _ledger(request: Request, settings: CdsSettings) -> _CardLedger:
+    ledger = getattr(request.app.state, "cds_cards", None)
+    if not isinstance(ledger, _CardLedger):
+        ledger = _CardLedger(settings.remembered_cards)
+        request.app.state.cds_cards = ledger
+    return ledger
+
+
+def _model_card_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/v1/model"
+
+
+def _text(item: Any) -> str:
+    if isinstance(item, Mapping):
+        for key in ("text", "message"):
+            if isinstance(item.get(key), str):
+                return item[key]
+    return str(item)
+
+
+def summary_of(answer: Mapping[str, Any]) -> str:
+    """The card summary: probability, band and model version, under 140 characters."""
+    model = answer.get("model") or {}
+    head = f"Hetrombopag response {float(answer['probability']):.0%} ({answer.get('band')})"
+    version = f"; model {model.get('name', 'ctit')} v{model.get('version', '?')}"
+    text = head + version
+    if len(text) > SUMMARY_MAX:
+        text = head + f"; model v{model.get('version', '?')}"
+    return text[:SUMMARY_MAX]
+
+
+def detail_of(answer: Mapping[str, Any], record: Mapping[str, Any], notes: list[str]) -> str:
+    """Markdown detail: the score, its interval, top factors and every warning."""
+    model = answer.get("model") or {}
+    interval = answer.get("interval") or (answer["probability"], answer["probability"])
+    lines = [
+        f"**Probability of platelet response to hetrombopag: {float(answer['probability']):.0%}** "
+        f"(interval {float(interval[0]):.0%}-{float(interval[1]):.0%}), band "
+        f"**{answer.get('band')}**.",
+        "",
+        f"Response definition: `{model.get('label_definition', '?')}`. Index date (first "
+        f"hetrombopag dose): {record['episode']['index_date']}.",
+    ]
+    factors = [_text(f) for f in answer.get("top_factors") or []]
+    if factors:
+        lines += ["", "**Top factors**", *[f"- {factor}" for factor in factors]]
+    warnings = notes + [_text(w) for w in answer.get("warnings") or []]
+    if warnings:
+        lines += ["", "**Warnings**", *[f"- {warning}" for warning in warnings]]
+    lines += [
+        "",
+        f"Model {model.get('name', '?')} version {model.get('version', '?')}. Decision support "
+        "only: the estimate does not replace clinical judgement.",
+    ]
+    return "\n".join(lines)
+
+
+def _source(request: Request, model: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "label": f"ctit {model.get('name', '')} v{model.get('version', '?')}".replace("  ", " "),
+        "url": _model_card_url(request),
+    }
+
+
+def _score_card(
+    request: Request,
+    answer: Mapping[str, Any],
+    record: Mapping[str, Any],
+    notes: list[str],
+    low_threshold: float | None,
+) -> dict[str, Any]:
+    probability = float(answer["probability"])
+    low = answer.get("band") == "low" or (low_threshold is not None and probability < low_threshold)
+    assessment = risk_assessment(answer, record)
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary_of(answer),
+        "detail": detail_of(answer, record, notes),
+        "indicator": "warning" if low else "info",
+        "source": _source(request, answer.get("model") or {}),
+        "suggestions": [
+            {
+                "label": "File this risk assessment in the chart",
+                "uuid": str(uuid.uuid4()),
+                "actions": [
+                    {
+                        "type": "create",
+                        "description": "RiskAssessment: probability of platelet response to "
+                        "hetrombopag",
+                        "resource": assessment,
+                    }
+                ],
+            }
+        ],
+        "selectionBehavior": "any",
+        "links": [{"label": "Model card", "url": _model_card_url(request), "type": "absolute"}],
+    }
+
+
+def _error_card(request: Request, model: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": "Hetrombopag response: no estimate (patient data incomplete or invalid)",
+        "detail": "ctit could not score this patient:\n\n"
+        + "\n".join(f"- {problem}" for problem in problems[:20]),
+        "indicator": "warning",
+        "source": _source(request, model),
+    }
+
+
+def _has_ctit(record: Mapping[str, Any]) -> bool:
+    """Whether the latest platelet count up to the index date is below 100 x10^9/L."""
+    index = str(record["episode"]["index_date"])
+    latest: tuple[str, float] | None = None
+    for row in record.get("labs") or []:
+        if canonical_test(row.get("test")) != "PLT" or str(row["time"])[:10] > index:
+            continue
+        try:
+            value = convert("PLT", float(row["value"]), str(row["unit"]))
+        except ValueError:
+            continue
+        if latest is None or str(row["time"]) >= latest[0]:
+            latest = (str(row["time"]), value)
+    return latest is not None and latest[1] < CTIT_PLT
+
+
+def _draft_index_date(drafts: list[dict[str, Any]], notes: list[str]) -> dt.date:
+    """The index date of an order-select call: the draft's authoredOn, else today."""
+    dates = sorted(
+        str(d["authoredOn"])[:10] for d in drafts if isinstance(d.get("authoredOn"), str)
+    )
+    if dates:
+        try:
+            return dt.date.fromisoformat(dates[-1])
+        except ValueError:
+            notes.append(f"draft hetrombopag order authoredOn {dates[-1]!r} is not a date")
+    today = dt.date.today()
+    notes.append(
+        f"the draft hetrombopag order has no authoredOn; index date = today ({today.isoformat()})"
+    )
+    return today
+
+
+def _model_of(scorer: Any) -> tuple[dict[str, Any], float | None]:
+    """(name/version/label of the loaded model, its operating threshold) as far as known."""
+    model = getattr(scorer, "model", None)
+    info = dict(getattr(model, "info", {}) or {})
+    threshold = getattr(getattr(model, "bands", None), "operating_threshold", None)
+    return info, threshold if isinstance(threshold, int | float) else None
+
+
+@router.post("/cds-services/{service_id}")
+async def call_service(service_id: str, body: CdsRequest, request: Request) -> dict[str, Any]:
+    """Cards for one hook call (see the module docstring for when cards appear)."""
+    service = SERVICES.get(service_id)
+    if service is None:
+        raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
+    if body.hook != service["hook"]:
+        raise HTTPException(
+            400, f"service {service_id!r} answers the {service['hook']!r} hook, not {body.hook!r}"
+        )
+    patient_id = body.context.get("patientId")
+    if not isinstance(patient_id, str) or not patient_id:
+        raise HTTPException(400, "context.patientId is required")
+    notes: list[str] = []
+    drafts: list[dict[str, Any]] = []
+    index_date: dt.date | None = None
+    if service_id == ORDER_SELECT:
+        orders = body.context.get("draftOrders")
+        try:
+            drafts = [r for r in resources_in(orders) if is_index_order(r, ("draft",))]
+        except FhirError as exc:
+            raise HTTPException(400, f"context.draftOrders: {exc}") from None
+        if not drafts:
+            return {"cards": []}
+        index_date = _draft_index_date(drafts, notes)
+    settings = _settings(request)
+    try:
+        resources, missing = await gather(body, settings)
+    except PreconditionFailed as exc:
+        raise HTTPException(412, str(exc)) from None
+    try:
+        records, warnings = fhir_to_patient_records(resources + drafts, index_date=index_date)
+    except FhirError as exc:
+        raise HTTPException(412, f"no usable data for Patient/{patient_id}: {exc}") from None
+    record = next((r for r in records if r["patient"]["patient_id"] == patient_id), None)
+    if record is None:
+        raise HTTPException(412, f"no data about Patient/{patient_id} in the prefetch or fetch")
+    if service_id == PATIENT_VIEW:
+        active = any(is_index_order(r, ("active",)) for r in resources)
+        if not (active or _has_ctit(record)):
+            return {"cards": []}
+    notes += missing + [w for w in warnings if _about(w, patient_id)]
+    scorer = request.app.state.scorer
+    model_info, threshold = _model_of(scorer)
+    try:
+        answer = await run_in_threadpool(scorer.score, record)
+    except RecordError as exc:
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors]
+        return {"cards": [_error_card(request, model_info, problems)]}
+    card = _score_card(request, answer, record, notes, threshold)
+    model = answer.get("model") or model_info
+    episode_id = str(record["episode"]["episode_id"])
+    _ledger(request, settings).add(card["uuid"], patient_id, episode_id, str(model["version"]))
+    audit = getattr(request.app.state, "audit", None)
+    if audit is not None:
+        await run_in_threadpool(
+            audit.record_score,
+            model=model,
+            patient_id=patient_id,
+            record=record,
+            answers=[{**answer, "cds_card_uuid": card["uuid"], "cds_hook": body.hook}],
+            endpoint=f"/cds-services/{service_id}",
+            caller=str(body.context.get("userId") or "cds-client"),
+        )
+    return {"cards": [card]}
+
+
+def _about(warning: str, patient_id: str) -> bool:
+    """Adapter warnings shown on the card: about this patient or about the input as a whole."""
+    return not warning.startswith("Patient/") or warning.startswith(f"Patient/{patient_id}:")
+
+
+@router.post("/cds-services/{service_id}/feedback")
+async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
+    """Store card outcomes in the audit log with the version of the model that made the card.
+
+    Free-text `overrideReason.userComment` is not stored (the audit log holds no free text that
+    may carry identifiers); the reason coding is.
+    """
+    if service_id not in SERVICES:
+        raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
+    audit = getattr(request.app.state, "audit", None)
+    if audit is None:
+        raise HTTPException(503, "the audit log is not available; feedback not stored")
+    ledger = _ledger(request, _settings(request))
+    scorer = getattr(request.app.state, "scorer", None)
+    current = dict(getattr(getattr(scorer, "model", None), "info", {}) or {})
+    for item in body.feedback:
+        known = ledger.get(item.card)
+        if known is None:
+            patient_id = episode_id = f"cds-card:{item.card}"
+            version = str(current.get("version", "unknown"))
+        else:
+            patient_id, episode_id, version = known
+        stored = {
+            "service": service_id,
+            "card": item.card,
+            "card_known": known is not None,
+            "outcome": item.outcome,
+            "outcomeTimestamp": item.outcomeTimestamp.isoformat(),
+            "acceptedSuggestions": [
+                s.get("id") for s in item.acceptedSuggestions or [] if isinstance(s, dict)
+            ],
+            "overrideReason": (item.overrideReason.reason if item.overrideReason else None),
+        }
+        await run_in_threadpool(
+            audit.record_feedback,
+            model_version=version,
+            patient_id=patient_id,
+            episode_id=episode_id,
+            feedback=stored,
+            caller="cds-client",
+        )
+    return {}

@@ -258,6 +258,30 @@ def _collect(obj: Any) -> list[_Item]:
     return unique
 
 
+def resources_in(obj: Any) -> list[dict[str, Any]]:
+    """Every resource of a Bundle (nested Bundles included) or list, each once.
+
+    Raises:
+        FhirError: the input is not FHIR.
+    """
+    return [item.resource for item in _collect(obj)]
+
+
+def is_index_order(
+    resource: Mapping[str, Any], statuses: Iterable[str] = ("draft", "active")
+) -> bool:
+    """Whether a resource is a hetrombopag MedicationRequest with one of `statuses`."""
+    if resource.get("resourceType") != "MedicationRequest" or resource.get("status") not in set(
+        statuses
+    ):
+        return False
+    concepts = [resource.get("medicationCodeableConcept") or {}]
+    concepts += [
+        c.get("code") or {} for c in resource.get("contained") or [] if isinstance(c, dict)
+    ]
+    return any(INDEX_DRUG in drugs_in_text(_concept_text(c)) for c in concepts)
+
+
 # --------------------------------------------------------------------------- per-patient state
 
 
@@ -850,6 +874,8 @@ __all__ = [
     "drugs_in_text",
     "fhir_to_patient_records",
     "is_fhir",
+    "is_index_order",
+    "resources_in",
     "risk_assessment",
     "rxnorm_table",
 ]
