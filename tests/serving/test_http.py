@@ -1,0 +1,260 @@
+"""The HTTP service on a real uvicorn server (127.0.0.1, a free port, in a thread)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from serving.app import create_app
+from serving.audit import AuditLog
+from serving.scorer import Scorer
+from serving.settings import ServingSettings
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class LiveServer:
+    """uvicorn serving an app in a background thread until `stop()`."""
+
+    def __init__(self, app) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def audit_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("audit") / "audit.db"
+
+
+@pytest.fixture(scope="module")
+def server(deployable_model, audit_path: Path) -> Iterator[LiveServer]:
+    settings = ServingSettings(
+        model_uri="in-memory",
+        api_token=TOKEN,
+        audit_path=audit_path,
+        audit_salt="pepper",
+        max_body_bytes=64 * 1024,
+        max_batch_bytes=512 * 1024,
+        max_batch_records=20,
+    )
+    app = create_app(settings, scorer=Scorer(deployable_model, uri="in-memory"))
+    live = LiveServer(app)
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def test_health_is_open_and_ready(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model"]["version"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/score"), ("POST", "/v1/score/batch"), ("GET", "/v1/model")],
+)
+def test_token_is_required_route_by_route(client: httpx.Client, method: str, path: str, record):
+    body = {"records": [record]} if path.endswith("batch") else record
+    kwargs = {"json": body} if method == "POST" else {}
+    missing = client.request(method, path, **kwargs)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = client.request(method, path, headers={"Authorization": "Bearer nope"}, **kwargs)
+    assert wrong.status_code == 401
+    basic = client.request(method, path, headers={"Authorization": f"Basic {TOKEN}"}, **kwargs)
+    assert basic.status_code == 401
+    assert client.request(method, path, headers=AUTH, **kwargs).status_code == 200
+
+
+def test_score_answers_the_design_shape(client: httpx.Client, scorer: Scorer, record) -> None:
+    response = client.post("/v1/score", json=record, headers=AUTH)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    for key in (
+        "episode_id",
+        "probability",
+        "interval",
+        "band",
+        "margin",
+        "base_value",
+        "contributions",
+        "group_contributions",
+        "top_factors",
+        "warnings",
+        "model",
+    ):
+        assert key in answer
+    assert answer["episode_id"] == record["episode"]["episode_id"]
+    assert answer["probability"] == pytest.approx(scorer.score(record)["probability"], abs=1e-12)
+    total = answer["base_value"] + sum(answer["contributions"].values())
+    assert total == pytest.approx(answer["margin"], abs=1e-4)
+    assert answer["model"] == {
+        "name": "ctit-response",
+        "version": "7",
+        "label_definition": "plt100_or_rise50_d14",
+    }
+
+
+def test_batch_answers_every_episode_in_order(client: httpx.Client, training_records) -> None:
+    records = training_records[0][:6]
+    response = client.post("/v1/score/batch", json={"records": records}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["episode_id"] for r in results] == [r["episode"]["episode_id"] for r in records]
+    single = client.post("/v1/score", json=records[2], headers=AUTH).json()
+    assert results[2]["probability"] == single["probability"]
+    fast = client.post(
+        "/v1/score/batch", json={"records": records, "explain": False}, headers=AUTH
+    ).json()["results"]
+    assert fast[2]["contributions"] is None
+    assert fast[2]["probability"] == single["probability"]
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        (lambda r: r["labs"][2].update(unit="mmol/L"), ["body", "labs", 2, "unit"]),
+        (lambda r: r["labs"][3].update(value=-4), ["body", "labs", 3, "value"]),
+        (lambda r: r["episode"].pop("index_date"), ["body", "episode", "index_date"]),
+        (lambda r: r["labs"][0].update(value="lots"), ["body", "labs", 0, "value"]),
+    ],
+)
+def test_bad_input_is_422_with_the_field_path(client: httpx.Client, record, change, loc) -> None:
+    change(record)
+    response = client.post("/v1/score", json=record, headers=AUTH)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert loc in [d["loc"] for d in detail], detail
+    assert all(d["msg"] for d in detail)
+
+
+def test_batch_422_paths_name_the_record(client: httpx.Client, training_records) -> None:
+    records = copy.deepcopy(training_records[0][:3])
+    records[1]["labs"][0]["unit"] = "furlongs"
+    response = client.post("/v1/score/batch", json={"records": records}, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "records", 1, "labs", 0, "unit"]
+
+
+def test_large_bodies_are_refused_with_413(client: httpx.Client, record, training_records) -> None:
+    big = copy.deepcopy(record)
+    big["patient"]["note"] = "x" * (70 * 1024)
+    declared = client.post("/v1/score", json=big, headers=AUTH)
+    assert declared.status_code == 413
+    assert "larger than 65536 bytes" in declared.json()["detail"]
+
+    payload = json.dumps(big).encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        for start in range(0, len(payload), 8192):
+            yield payload[start : start + 8192]
+
+    streamed = client.post(
+        "/v1/score", content=chunks(), headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert streamed.status_code == 413
+
+    many = {"records": training_records[0][:21]}
+    too_many = client.post("/v1/score/batch", json=many, headers=AUTH)
+    assert too_many.status_code == 413 and "at most 20" in too_many.json()["detail"]
+    # The batch route has its own, larger limit.
+    assert client.post("/v1/score/batch", json={"records": [big]}, headers=AUTH).status_code == 200
+
+
+def test_every_score_is_audited_without_identifiers(
+    client: httpx.Client, audit_path: Path, record
+) -> None:
+    record["patient"]["patient_id"] = "PATIENT-RAW-ID-123"
+    record["episode"]["episode_id"] = "EPISODE-RAW-ID-456"
+    before = len(AuditLog(audit_path, salt="pepper").rows())
+    response = client.post("/v1/score", json=record, headers={**AUTH, "X-Caller": "ward-7"})
+    assert response.status_code == 200
+    log = AuditLog(audit_path, salt="pepper")
+    rows = log.rows()
+    assert len(rows) == before + 1
+    row = rows[-1]
+    assert row["model_name"] == "ctit-response" and row["model_version"] == "7"
+    assert row["patient_hash"] == log.hash_id("PATIENT-RAW-ID-123")
+    assert row["episode_hash"] == log.hash_id("EPISODE-RAW-ID-456")
+    assert row["caller"] == "ward-7" and row["endpoint"] == "/v1/score"
+    assert json.loads(row["output"])["probability"] == response.json()["probability"]
+    assert row["input_hash"] == hashlib.sha256(response.request.content).hexdigest()
+    assert "PATIENT-RAW-ID-123" not in row["output"] and "EPISODE-RAW-ID-456" not in row["output"]
+    with sqlite3.connect(audit_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw = b"".join(p.read_bytes() for p in audit_path.parent.glob("audit.db*"))
+    assert b"PATIENT-RAW-ID-123" not in raw and b"EPISODE-RAW-ID-456" not in raw
+    log.close()
+
+
+def test_batch_scores_are_audited_per_episode(
+    client: httpx.Client, audit_path: Path, training_records
+) -> None:
+    log = AuditLog(audit_path, salt="pepper")
+    before = len(log.rows())
+    records = training_records[0][:4]
+    assert client.post("/v1/score/batch", json={"records": records}, headers=AUTH).is_success
+    rows = log.rows()[before:]
+    assert [r["episode_hash"] for r in rows] == [
+        log.hash_id(r["episode"]["episode_id"]) for r in records
+    ]
+    assert {r["endpoint"] for r in rows} == {"/v1/score/batch"}
+    log.close()
+
+
+def test_model_card(client: httpx.Client) -> None:
+    card = client.get("/v1/model", headers=AUTH).json()
+    assert card["name"] == "ctit-response" and card["version"] == "7"
+    assert card["label_definition"] == "plt100_or_rise50_d14"
+    assert card["metrics"]["auroc"]["estimate"] == 0.8
+    plt = next(f for f in card["features"] if f["name"] == "plt_last")
+    assert plt["group"] == "labs" and plt["unit"] == "10*9/L" and plt["direction"] == 1
+    assert card["training_cohort"]["episodes"] == 240
+    assert card["bands"]["thresholds"] == [0.5, 0.75]
+
+
+def test_openapi_documents_the_example(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/v1/score" in spec["paths"] and "/v1/score/batch" in spec["paths"]
+    schema = spec["components"]["schemas"]["ScoreRequest"]
+    example = schema["examples"][0]
+    assert example["episode"]["index_date"] and example["labs"][0]["unit"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_missing_model_stops_the_service_at_start(tmp_path: Path) -> None:
+    from serving.model import ModelLoadError
+
+    settings = ServingSettings(model_uri=str(tmp_path / "gone"), audit_path=tmp_path / "a.db")
+    with pytest.raises(ModelLoadError, match="gone: no such file"):
+        create_app(settings)
