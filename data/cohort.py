@@ -8,6 +8,7 @@ values (test codes, units, drug lists, booleans) or on the rows that are reporte
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import warnings
@@ -18,7 +19,9 @@ from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.api import types as ptypes
+from pyarrow import csv as pa_csv
 
 from data import drugs, units
 from data.issues import CohortError, Issue
@@ -326,33 +329,19 @@ def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
 
 def _read_csv(table: str, file: Path, issues: _Issues) -> _Source | None:
     try:
-        frame = pd.read_csv(
-            file,
-            dtype=dict.fromkeys(_TEXT_COLUMNS[table], str),
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-            skipinitialspace=True,
-            low_memory=False,
-            encoding="utf-8-sig",
-        )
-    except UnicodeDecodeError as exc:
-        issues.add(table, f"{file.name} is not UTF-8 text ({_decode_position(file, exc)})")
-        return None
-    except pd.errors.EmptyDataError:
-        issues.add(table, f"{file.name} is empty (expected a header line with the column names)")
-        return None
-    except (pd.errors.ParserError, ValueError) as exc:
-        line = _parser_error_line(str(exc))
-        issues.add(table, f"{file.name} cannot be parsed as CSV: {_first_line(exc)}", line=line)
-        return None
+        data = file.read_bytes()
     except OSError as exc:
         issues.add(table, f"{file.name} cannot be read ({exc.strerror or exc})")
         return None
+    frame = _read_csv_fast(table, data)
+    if frame is None:
+        frame = _read_csv_exact(table, file, data, issues)
+        if frame is None:
+            return None
     frame.columns = [str(c).strip() for c in frame.columns]
     lines = np.arange(len(frame)) + 2
-    if len(frame.columns):
-        # Blank lines are read as all-empty rows so that line numbers stay exact; drop them here.
+    if len(frame.columns) and len(frame):
+        # Rows with every field empty are not data; drop them, keeping each row's line number.
         blank = frame.isna().all(axis=1).to_numpy()
         if blank.any():
             frame = frame.loc[~blank].reset_index(drop=True)
@@ -360,14 +349,50 @@ def _read_csv(table: str, file: Path, issues: _Issues) -> _Source | None:
     return _Source(table, frame, lines, file.name, True)
 
 
-def _decode_position(file: Path, exc: UnicodeDecodeError) -> str:
+def _read_csv_fast(table: str, data: bytes) -> pd.DataFrame | None:
+    """pyarrow's multi-threaded reader; None when it cannot give exact line numbers or fails
+    (the exact reader then reports the problem with its line)."""
+    if b"\n\n" in data or b"\n\r\n" in data or data[:1] in (b"\n", b"\r"):
+        return None  # pyarrow skips blank lines, which would shift line numbers
     try:
-        with file.open("rb") as handle:
-            head = handle.read(exc.start)
-    except OSError:
-        return str(exc.reason)
-    line = head.count(b"\n") + 1
-    return f"invalid byte at line {line}, byte offset {exc.start}"
+        parsed = pa_csv.read_csv(
+            io.BytesIO(data),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(_TEXT_COLUMNS[table], pa.string()),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+        return parsed.to_pandas()
+    except Exception:  # any parse problem: the exact reader explains it
+        logger.debug("fast CSV reader declined %s", table, exc_info=True)
+        return None
+
+
+def _read_csv_exact(table: str, file: Path, data: bytes, issues: _Issues) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(
+            io.BytesIO(data),
+            dtype=dict.fromkeys(_TEXT_COLUMNS[table], str),
+            keep_default_na=False,
+            na_values=[""],
+            skip_blank_lines=False,
+            low_memory=False,
+            encoding="utf-8-sig",
+        )
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        issues.add(
+            table,
+            f"{file.name} is not UTF-8 text (invalid byte at line {line}, byte offset {exc.start})",
+        )
+    except pd.errors.EmptyDataError:
+        issues.add(table, f"{file.name} is empty (expected a header line with the column names)")
+    except (pd.errors.ParserError, ValueError) as exc:
+        line = _parser_error_line(str(exc))
+        issues.add(table, f"{file.name} cannot be parsed as CSV: {_first_line(exc)}", line=line)
+    return None
 
 
 def _parser_error_line(message: str) -> int | None:
@@ -898,15 +923,17 @@ def _labs(
 
 def _first_positions(codes: np.ndarray, n_uniques: int) -> np.ndarray:
     """Position of the first row of each factorised code (codes are numbered by appearance)."""
-    valid = np.flatnonzero(codes >= 0)
-    firsts = np.zeros(n_uniques, dtype=np.int64)
-    values, index = np.unique(codes[valid], return_index=True)
-    firsts[values] = valid[index]
-    return firsts
+    if not len(codes):
+        return np.zeros(n_uniques, dtype=np.int64)
+    running = np.maximum.accumulate(codes)
+    new = np.empty(len(codes), dtype=bool)
+    new[0] = codes[0] >= 0
+    new[1:] = running[1:] > running[:-1]
+    return np.flatnonzero(new)[:n_uniques]
 
 
 def _patient_time_order(pid: pd.Series, time: pd.Series) -> np.ndarray | None:
-    """Row order sorting by (patient_id, time); None when already sorted."""
+    """Row order sorting by (patient_id, time), stable; None when already sorted."""
     if len(pid) < 2:
         return None
     codes, uniques = pd.factorize(pid, use_na_sentinel=True)
@@ -914,10 +941,18 @@ def _patient_time_order(pid: pd.Series, time: pd.Series) -> np.ndarray | None:
     rank[:-1] = np.argsort(np.argsort(np.asarray(uniques, dtype=object).astype(str), kind="stable"))
     rank[-1] = len(uniques)
     key1 = rank[codes]
-    key2 = time.to_numpy().view("int64")
+    key2 = time.to_numpy().view("int64")  # NaT is the smallest int64
     d1 = np.diff(key1)
     if (d1 >= 0).all() and (np.diff(key2)[d1 == 0] >= 0).all():
         return None
+    valid = ~np.isnat(time.to_numpy())
+    seconds, remainder = np.divmod(key2, 10**9)
+    if valid.any() and not remainder[valid].any():
+        # Whole-second times (the usual case): one int64 key and numpy's radix sort.
+        low = seconds[valid].min()
+        span = np.where(valid, seconds - low + 1, 0)
+        if span.max() < 2**34 and len(rank) < 2**28:
+            return np.argsort(key1 * 2**34 + span, kind="stable")
     return np.lexsort((key2, key1))
 
 

@@ -509,3 +509,14 @@ def test_outcomes_are_read(cohort_tables, tmp_path: Path) -> None:
         cohort = load_cohort(_write(cohort_tables, tmp_path / fmt, fmt))
         assert str(cohort.outcomes["response"].dtype) == "Int64"
         assert cohort.outcomes.set_index("episode_id")["response"].to_dict() == {"E-1": 0, "E-3": 1}
+
+
+def test_both_csv_readers_give_the_same_cohort(cohort_dir: Path, tmp_path: Path) -> None:
+    # A blank line sends a file to the exact (line-preserving) reader; the result is the same.
+    fast = load_cohort(cohort_dir)
+    for name in ("patients", "episodes", "labs", "regimens"):
+        text = (cohort_dir / f"{name}.csv").read_text().splitlines()
+        (cohort_dir / f"{name}.csv").write_text("\n".join(text[:2] + [""] + text[2:]) + "\n")
+    exact = load_cohort(cohort_dir)
+    for name in ("patients", "episodes", "labs", "regimens"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(exact, name))
