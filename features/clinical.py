@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.timeline import NAT, NS_PER_DAY, Timeline, datetime_ns
+from features.timeline import NAT, NS_PER_DAY, Timeline, datetime_ns, lookup
 
 BOOLEAN_COLUMNS = (
     "bone_mets",
@@ -28,14 +28,7 @@ def _rows(frame: pd.DataFrame | None, ids: np.ndarray, column: str) -> np.ndarra
     """Position of each id in `frame[column]` (-1 when absent)."""
     if frame is None or len(frame) == 0:
         return np.full(len(ids), -1, dtype=np.int64)
-    keys = frame[column].to_numpy(dtype=object)
-    if len(keys) == 1 and len(ids) == 1:
-        return np.array([0 if keys[0] == ids[0] else -1], dtype=np.int64)
-    index = pd.Index(keys)
-    if not index.is_unique:
-        dup = index[index.duplicated()][0]
-        raise ValueError(f"patients.{column}: {dup!r} appears more than once")
-    return index.get_indexer(ids).astype(np.int64)
+    return lookup(frame[column].to_numpy(dtype=object), ids, f"patients.{column}")
 
 
 def _take(values: np.ndarray, rows: np.ndarray, fill: object) -> np.ndarray:

@@ -21,6 +21,7 @@ from features.timeline import (
     ceil_seconds,
     datetime_ns,
     day_of,
+    factorize,
     patient_codes,
     range_reduce,
     sorted_by_key,
@@ -64,14 +65,14 @@ def _class_matrix(frame: pd.DataFrame) -> np.ndarray:
         def split(text: str) -> list[str]:
             return [c for drug in text.split(";") for c in classes_of(drug)]
 
-    codes, uniques = pd.factorize(source, use_na_sentinel=True)
-    table = np.zeros((len(uniques) + 1, len(DRUG_CLASSES)), dtype=np.int64)
+    codes, uniques = factorize(source.to_numpy(dtype=object))
+    table = np.zeros((len(uniques), len(DRUG_CLASSES)), dtype=np.int64)
     for row, text in enumerate(uniques):
         for cls in split(str(text)):
             index = _CLASS_INDEX.get(cls.strip())
             if index is not None:
                 table[row, index] = 1
-    return table[codes]  # the NA sentinel -1 picks the all-zero last row
+    return table[codes]
 
 
 def read_regimens(regimens: pd.DataFrame | None) -> RegimenRecords | None:
@@ -103,8 +104,7 @@ def read_regimens(regimens: pd.DataFrame | None) -> RegimenRecords | None:
 
 
 def _codes(values: np.ndarray) -> np.ndarray:
-    codes, _ = pd.factorize(values, use_na_sentinel=False)
-    return codes.astype(np.int64)
+    return factorize(values)[0]
 
 
 def regimen_features(

@@ -62,6 +62,8 @@ class Timeline:
     cutoff_s: np.ndarray  # last included second
     origin_s: int
     span: int
+    patient_start_key: np.ndarray  # key of the first possible record of the episode's patient
+    cutoff_key: np.ndarray  # key of the episode's cut-off
 
     @property
     def n(self) -> int:
@@ -69,14 +71,6 @@ class Timeline:
 
     def key(self, codes: np.ndarray, seconds: np.ndarray) -> np.ndarray:
         return codes * self.span + (seconds - self.origin_s)
-
-    @property
-    def patient_start_key(self) -> np.ndarray:
-        return self.patient_code * self.span
-
-    @property
-    def cutoff_key(self) -> np.ndarray:
-        return self.key(self.patient_code, self.cutoff_s)
 
     def day_start_key(self, day: np.ndarray) -> np.ndarray:
         """Key of midnight starting calendar `day`, clamped into the episode's patient range."""
@@ -92,9 +86,8 @@ def episode_frame(episodes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
     ids = episodes["episode_id"].to_numpy(dtype=object)
     pids = episodes["patient_id"].to_numpy(dtype=object)
     index_ns = datetime_ns(episodes, "episodes", "index_date")
-    if len(ids) > 1 and not pd.Index(ids).is_unique:
-        dup = pd.Index(ids)[pd.Index(ids).duplicated()][0]
-        raise ValueError(f"episodes.episode_id: {dup!r} appears more than once")
+    if len(ids) > 1:
+        lookup(ids, ids[:0], "episodes.episode_id")  # raises on a duplicate id
     missing = index_ns == NAT
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
@@ -110,8 +103,9 @@ def build_timeline(
     lookback_days: int,
 ) -> Timeline:
     """Timeline of the episodes, with a key space covering every record time given."""
-    if len(pids) == 1:
-        patient_ids, patient_code = pids, np.zeros(1, dtype=np.int64)
+    if len(pids) <= SMALL:
+        patient_ids = np.array(sorted(set(pids.tolist())), dtype=object)
+        patient_code = lookup(patient_ids, pids, "patients")
     else:
         patient_ids, patient_code = np.unique(pids, return_inverse=True)
         patient_code = patient_code.astype(np.int64)
@@ -142,6 +136,8 @@ def build_timeline(
         cutoff_s=cutoff_s,
         origin_s=origin,
         span=span,
+        patient_start_key=patient_code * span,
+        cutoff_key=patient_code * span + (cutoff_s - origin),
     )
 
 
@@ -150,7 +146,7 @@ def patient_codes(timeline: Timeline, pids: np.ndarray) -> np.ndarray:
     known = timeline.patient_ids
     if len(known) == 1:
         return np.where(pids == known[0], 0, -1).astype(np.int64)
-    return pd.Index(known).get_indexer(pids).astype(np.int64)
+    return lookup(known, pids, "patients")
 
 
 def sorted_by_key(keys: np.ndarray) -> np.ndarray | None:
@@ -179,3 +175,37 @@ def range_reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.nda
     bounds = np.column_stack((lo[nonempty], hi[nonempty])).ravel()
     out[nonempty] = ufunc.reduceat(padded, bounds)[::2]
     return out
+
+
+# Below this many values, plain dict lookups beat pandas' hash tables (one patient's records);
+# both give the same codes, in order of first appearance.
+SMALL = 64
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes in order of first appearance, uniques) of hashable values without missing ones."""
+    if len(values) > SMALL:
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        return codes.astype(np.int64), np.asarray(uniques, dtype=values.dtype)
+    seen: dict[object, int] = {}
+    codes = np.fromiter(
+        (seen.setdefault(v, len(seen)) for v in values.tolist()), dtype=np.int64, count=len(values)
+    )
+    return codes, np.array(list(seen), dtype=values.dtype)
+
+
+def lookup(keys: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    """Position of each wanted value in `keys` (-1 when absent); `keys` must be unique."""
+    if len(keys) <= SMALL and len(wanted) <= SMALL:
+        table: dict[object, int] = {}
+        for i, key in enumerate(keys.tolist()):
+            if key in table:
+                raise ValueError(f"{what}: {key!r} appears more than once")
+            table[key] = i
+        return np.fromiter(
+            (table.get(w, -1) for w in wanted.tolist()), dtype=np.int64, count=len(wanted)
+        )
+    index = pd.Index(keys)
+    if not index.is_unique:
+        raise ValueError(f"{what}: {index[index.duplicated()][0]!r} appears more than once")
+    return index.get_indexer(wanted).astype(np.int64)
