@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    Console(stderr=True).print(Text(message, style="bold red"))
+    Console(stderr=True, soft_wrap=True).print(Text(message, style="bold red"))
     raise typer.Exit(code)
 
 
@@ -184,7 +184,7 @@ def score(
         _fail(f"--out {out}: use a .json or .csv file name")
     if not input_path.exists():
         _fail(f"{input_path}: no such file or directory")
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     scorer = _load(model)
     if input_path.is_dir():
         answers = _score_cohort(scorer, input_path, explain, console)
@@ -237,7 +237,7 @@ def serve(
     except ModelLoadError as exc:
         _fail(str(exc), code=2)
     info = app.state.scorer.model.info
-    Console(stderr=True).print(
+    Console(stderr=True, soft_wrap=True).print(
         f"serving {info['name']} version {info['version']} on http://{host}:{port} "
         f"(docs at /docs; token {'required' if settings.api_token else 'not required'})"
     )
