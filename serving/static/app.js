@@ -100,6 +100,14 @@
     return (100 * p).toFixed(digits === undefined ? 0 : digits) + "%";
   }
 
+  /** A probability for people: whole percent, never a bare 0% or 100%. */
+  function formatProbability(p) {
+    if (p === null || p === undefined || !isFinite(p)) return "–";
+    if (p < 0.005) return "<1%";
+    if (p >= 0.995) return ">99%";
+    return Math.round(100 * p) + "%";
+  }
+
   function formatLogodds(x) {
     var s = Math.abs(x).toFixed(2);
     return (x > 0 ? "+" : x < 0 ? "−" : "±") + s;
@@ -478,7 +486,6 @@
     var episode = Object.assign({}, state.extras.episode);
     patient.patient_id = val("patient_id") || "form-patient";
     episode.episode_id = val("episode_id") || "form-episode";
-    episode.patient_id = patient.patient_id;
 
     var index = val("index_date");
     if (!index) fail($("index_date"), "Enter the index date (the first hetrombopag dose).");
@@ -822,7 +829,7 @@
         g.appendChild(svg("line", { class: "connector", x1: x(r.end), x2: x(r.end), y1: y + rowH - 5, y2: y + rowH + 5 }));
       }
       if (r.total) {
-        g.appendChild(svg("text", { x: x(r.end) + 4, y: y + rowH / 2 + 4 }, formatPercent(r.end, 0)));
+        g.appendChild(svg("text", { x: x(r.end) + 4, y: y + rowH / 2 + 4 }, formatProbability(r.end)));
       }
       g.appendChild(svg("text", { x: left + plotW + right - 4, y: y + rowH / 2 + 4, "text-anchor": "end",
                                   class: "logodds" }, formatLogodds(r.logodds)));
@@ -872,14 +879,14 @@
     var model = answer.model || {};
     var interval = answer.interval || [];
     var headline = el("div", { className: "headline" }, [
-      el("span", { className: "probability", id: "result-probability", text: formatPercent(answer.probability) }),
+      el("span", { className: "probability", id: "result-probability", text: formatProbability(answer.probability) }),
       el("span", { className: "band band-" + String(answer.band || "").toLowerCase(), id: "result-band",
                    text: bandText(answer.band) })
     ]);
     box.appendChild(el("p", { className: "visually-hidden", text: "Result for episode " + answer.episode_id + "." }));
     box.appendChild(headline);
     box.appendChild(el("p", { className: "interval", id: "result-interval",
-      text: "Uncertainty interval " + formatPercent(interval[0]) + " to " + formatPercent(interval[1]) +
+      text: "Uncertainty interval " + formatProbability(interval[0]) + " to " + formatProbability(interval[1]) +
             " (spread of the cross-validation models). Episode " + answer.episode_id + "." }));
     box.appendChild(el("p", { text: "Calibrated probability that platelets respond to hetrombopag by the model's " +
       "definition: " + labelText(model.label_definition) + "." }));
@@ -1015,7 +1022,7 @@
   }
 
   window.ctit = {
-    sigmoid: sigmoid, parseNumber: parseNumber, waterfallSteps: waterfallSteps, locToTarget: locToTarget,
+    sigmoid: sigmoid, parseNumber: parseNumber, formatProbability: formatProbability, waterfallSteps: waterfallSteps, locToTarget: locToTarget,
     collectForm: collectForm
   };
 

@@ -15,19 +15,30 @@ from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 
+import httpx
+import numpy as np
+import pandas as pd
 import pytest
 import uvicorn
+import xgboost as xgb
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from scipy.special import expit
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from data.cohort import cohort_from_tables
 from data.drugs import known_drugs
 from data.units import ANALYTES
+from features.pipeline import FeatureConfig, FeaturePipeline
 from serving import web
+from serving.app import create_app
+from serving.model import Calibrator, DeployableModel, RiskBands
 from serving.schemas import PatientIn
+from serving.scorer import Scorer
 from serving.settings import ServingSettings
 
 FHIR_DIR = Path(__file__).parents[1] / "fixtures" / "fhir"
@@ -416,6 +427,15 @@ def test_page_helpers_parse_numbers_and_error_locations(chrome, router_url):
         "field": "index_date",
     }
     assert chrome.execute_script(target, ["body"]) is None
+    shown = "return arguments[0].map(window.ctit.formatProbability)"
+    assert chrome.execute_script(shown, [0.004, 0.005, 0.424, 0.5, 0.995, 0.996]) == [
+        "<1%",
+        "1%",
+        "42%",
+        "50%",
+        ">99%",
+        ">99%",
+    ]
 
 
 @browser
@@ -442,3 +462,293 @@ def test_every_field_in_the_live_page_has_a_label_and_buttons_are_buttons(chrome
         "return Array.from(document.querySelectorAll('button')).map(b => b.type)"
     )
     assert types.count("submit") == 1
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _small_model() -> DeployableModel:
+    """A small real model: the feature pipeline fitted on a synthetic cohort, boosters, Platt."""
+    rng = np.random.default_rng(7)
+    n = 60
+    ids = [f"P{i}" for i in range(n)]
+    plt_last = rng.uniform(10, 95, n)
+    patients = pd.DataFrame(
+        {
+            "patient_id": ids,
+            "sex": "F",
+            "birth_date": [f"{1950 + i % 30}-03-0{1 + i % 9}" for i in range(n)],
+            "subtype": rng.choice(["HR+/HER2-", "HER2+", "TNBC"], n),
+            "ecog": rng.integers(0, 3, n),
+            "bone_mets": rng.choice(["true", "false"], n),
+            "marrow_involvement": rng.choice(["true", "false"], n, p=[0.2, 0.8]),
+        }
+    )
+    episodes = pd.DataFrame(
+        {"episode_id": [f"E{i}" for i in range(n)], "patient_id": ids, "index_date": "2025-03-10"}
+    )
+    labs = []
+    for i, pid in enumerate(ids):
+        labs += [
+            (pid, "2025-03-09", "PLT", round(plt_last[i]), "10*9/L"),
+            (pid, "2025-02-25", "PLT", round(plt_last[i] * rng.uniform(1.1, 2.0)), "10*9/L"),
+            (pid, "2025-03-09", "HGB", round(rng.uniform(70, 130)), "g/L"),
+            (pid, "2025-03-09", "ALB", round(rng.uniform(28, 45)), "g/L"),
+        ]
+    regimens = pd.DataFrame(
+        {
+            "patient_id": ids,
+            "start_date": "2025-02-20",
+            "drugs": rng.choice(["gemcitabine;carboplatin", "docetaxel", "capecitabine"], n),
+            "line": rng.integers(1, 4, n),
+            "cycle": rng.integers(1, 6, n),
+        }
+    )
+    tables = {
+        "patients": patients,
+        "episodes": episodes,
+        "labs": pd.DataFrame(labs, columns=["patient_id", "time", "test", "value", "unit"]),
+        "regimens": regimens,
+    }
+    cohort = cohort_from_tables(tables)
+    pipeline = FeaturePipeline(FeatureConfig()).fit(cohort)
+    X = pipeline.transform(cohort)
+    y = (rng.random(n) < expit((plt_last - 50) / 15)).astype(int)
+    params = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "nthread": 1}
+    booster = xgb.train(params, xgb.DMatrix(X, label=y), 30)
+    folds = [xgb.train(params, xgb.DMatrix(X[k::3], label=y[k::3]), 20) for k in range(3)]
+    calibrator = Calibrator("platt").fit(booster.predict(xgb.DMatrix(X)), y)
+    metadata = {"name": "ctit-web-test", "version": "3", "label_definition": "plt75_d14"}
+    return DeployableModel(pipeline, booster, calibrator, folds, RiskBands(), {}, metadata)
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    return Scorer(_small_model())
+
+
+@contextmanager
+def service(scorer: Scorer, directory: Path, token: str | None = None) -> Iterator[str]:
+    settings = ServingSettings(
+        model_uri="in-memory", audit_path=directory / "audit.db", api_token=token
+    )
+    with serve(create_app(settings, scorer=scorer)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def service_url(scorer, tmp_path_factory) -> Iterator[str]:
+    """The real service (create_app) with a small trained model, under uvicorn on 127.0.0.1."""
+    with service(scorer, tmp_path_factory.mktemp("service")) as url:
+        yield url
+
+
+def _field(driver, row, name):
+    return row.find_element(By.CSS_SELECTOR, f'[data-field="{name}"]')
+
+
+def _lab_rows(driver):
+    return driver.find_elements(By.CSS_SELECTOR, "#labs-body tr.lab-row")
+
+
+def _fill_lab(driver, row, test, value, unit, date, clock=None):
+    Select(_field(driver, row, "test")).select_by_value(test)
+    Select(_field(driver, row, "unit")).select_by_value(unit)
+    _field(driver, row, "value").send_keys(value)
+    _field(driver, row, "date").send_keys(date)  # mm dd yyyy: the browser runs with --lang=en-US
+    if clock:
+        _field(driver, row, "clock").send_keys(clock)
+
+
+def _error_next_to(driver, element) -> str:
+    """The visible error message tied to a field (aria-describedby), in the same container."""
+    ids = (element.get_attribute("aria-describedby") or "").split()
+    assert element.get_attribute("aria-invalid") == "true"
+    for span_id in ids:
+        span = driver.find_element(By.ID, span_id)
+        if span.is_displayed() and span.text:
+            parent = element.find_element(By.XPATH, "..")
+            assert span.find_element(By.XPATH, "..") == parent  # next to the field
+            return span.text
+    raise AssertionError(f"no visible error next to {element.get_attribute('id')}")
+
+
+def _assert_local_only(driver, base_url: str) -> None:
+    urls = requested_urls(driver)
+    assert urls, "the performance log recorded the page's requests"
+    outside = [u for u in urls if not (u.startswith(base_url) or u.startswith(("data:", "blob:")))]
+    assert outside == []
+
+
+def percent(p: float) -> str:
+    """The page's rendering of a probability (whole percent; <1% and >99% at the ends)."""
+    return "<1%" if p < 0.005 else ">99%" if p >= 0.995 else f"{round(100 * p)}%"
+
+
+EXPECTED_BODY = {
+    "patient": {
+        "patient_id": "P-web",
+        "sex": "F",
+        "birth_date": "1970-01-02",
+        "race": "Asian",
+        "subtype": "HER2+",
+        "ecog": 1,
+        "bone_mets": True,
+        "marrow_involvement": False,
+    },
+    "episode": {
+        "episode_id": "form-episode",
+        "index_date": "2025-03-10",
+        "dose_mg": 7.5,
+    },
+    "labs": [
+        {"time": "2025-03-09T08:00:00", "test": "PLT", "value": 32, "unit": "10*9/L"},
+        {"time": "2025-03-09", "test": "HGB", "value": 9.8, "unit": "g/dL"},
+        {"time": "2025-02-27", "test": "PLT", "value": 61000, "unit": "/uL"},
+    ],
+    "regimens": [
+        {"drugs": ["gemcitabine", "carboplatin"], "start_date": "2025-03-01", "line": 2, "cycle": 3}
+    ],
+}
+
+
+@browser
+@pytest.mark.browser
+def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_url, scorer):
+    requested_urls(chrome)  # start the network record here
+    open_page(chrome, service_url)
+    wait_for(chrome, lambda d: "ctit-web-test" in d.find_element(By.ID, "model-line").text)
+    assert "version 3" in chrome.find_element(By.ID, "model-line").text
+    find = chrome.find_element
+    find(By.ID, "patient_id").send_keys("P-web")
+    find(By.ID, "index_date").send_keys("03102025")
+    find(By.ID, "dose_mg").send_keys("7.5")
+    find(By.ID, "birth_date").send_keys("01021970")
+    Select(find(By.ID, "sex")).select_by_value("F")
+    Select(find(By.ID, "ecog")).select_by_value("1")
+    Select(find(By.ID, "subtype")).select_by_value("HER2+")
+    Select(find(By.ID, "bone_mets")).select_by_value("true")
+    Select(find(By.ID, "marrow_involvement")).select_by_value("false")
+    find(By.ID, "race").send_keys("Asian")
+    # The unit list follows the test: accepted units of that analyte only, canonical first.
+    (row,) = _lab_rows(chrome)
+    units = [o.get_attribute("value") for o in Select(_field(chrome, row, "unit")).options]
+    assert units == ["10*9/L", "10*3/uL", "10^9/L", "10^3/uL", "K/uL", "/uL", "10*3/mm3"]
+    _fill_lab(chrome, row, "PLT", "32", "10*9/L", "03092025", "0800AM")
+    find(By.ID, "add-lab").click()
+    _fill_lab(chrome, _lab_rows(chrome)[1], "HGB", "9.8", "g/dL", "03092025")
+    hgb_units = Select(_field(chrome, _lab_rows(chrome)[1], "unit")).options
+    assert [o.get_attribute("value") for o in hgb_units] == ["g/L", "g/dL"]
+    find(By.ID, "add-lab").click()
+    _fill_lab(chrome, _lab_rows(chrome)[2], "PLT", "61000", "/uL", "02272025")
+    # Drug names come from the drug table (datalist autocomplete).
+    drug_list = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('#drug-options option')).map(o => o.value)"
+    )
+    assert drug_list == known_drugs()
+    regimen = find(By.CSS_SELECTOR, "#regimens-body .regimen-row")
+    assert _field(chrome, regimen, "drug").get_attribute("list") == "drug-options"
+    _field(chrome, regimen, "drug").send_keys("gemcitabine")
+    regimen.find_element(By.CSS_SELECTOR, '[data-action="add-drug"]').click()
+    chrome.switch_to.active_element.send_keys("carboplatin")  # focus moved to the new drug field
+    _field(chrome, regimen, "start_date").send_keys("03012025")
+    _field(chrome, regimen, "line").send_keys("2")
+    _field(chrome, regimen, "cycle").send_keys("3" + Keys.ENTER)  # Enter submits the form
+
+    wait_for(
+        chrome,
+        lambda d: (
+            d.find_elements(By.ID, "waterfall") or d.find_element(By.ID, "error-summary").text
+        ),
+    )
+    assert not find(By.ID, "error-summary").is_displayed(), find(By.ID, "error-summary").text
+    body = chrome.execute_script("return window.ctit.collectForm().body")
+    assert body == EXPECTED_BODY
+    answer = scorer.score(body)
+    assert find(By.ID, "result-probability").text == percent(answer["probability"])
+    low, high = answer["interval"]
+    interval = find(By.ID, "result-interval").text
+    assert f"{percent(low)} to {percent(high)}" in interval
+    assert answer["band"] in find(By.ID, "result-band").text.lower()
+    warnings = [li.text for li in find(By.ID, "result-warnings").find_elements(By.TAG_NAME, "li")]
+    assert warnings == [w["message"] for w in answer["warnings"]]
+    factors = [li.text for li in find(By.ID, "result-factors").find_elements(By.TAG_NAME, "li")]
+    assert factors == [f["text"] for f in answer["top_factors"]]
+    model_box = find(By.ID, "result-model").text
+    assert "ctit-web-test, version 3" in model_box and "plt75_d14" in model_box
+    link = find(By.ID, "result-model").find_element(By.TAG_NAME, "a")
+    assert link.get_attribute("href") == service_url + "v1/model"
+
+    # The waterfall: baseline, the 8 largest contributions, the rest pooled, the model output.
+    chart = find(By.ID, "waterfall")
+    assert "probability scale" in chart.text
+    rows = chart.find_elements(By.CSS_SELECTOR, "g.wf-row")
+    contributions = sorted(answer["contributions"].items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+    assert len(rows) == 1 + 8 + 1 + 1
+    shown = [r.find_element(By.CSS_SELECTOR, "text.logodds").text for r in rows]
+
+    def logodds(x: float) -> str:
+        return ("+" if x > 0 else "−" if x < 0 else "±") + f"{abs(x):.2f}"
+
+    assert shown[0] == logodds(answer["base_value"])
+    assert shown[1:9] == [logodds(v) for _, v in contributions[:8]]
+    assert shown[9] == logodds(sum(v for _, v in contributions[8:]))
+    assert shown[10] == logodds(answer["margin"])
+    output = rows[-1].find_elements(By.TAG_NAME, "text")[1].text
+    assert output == percent(1 / (1 + math.exp(-answer["margin"])))
+    for bar in chart.find_elements(By.CSS_SELECTOR, "g.wf-row[data-kind=raise] rect"):
+        assert "bar-raise" in bar.get_attribute("class")
+    assert find(By.ID, "result").get_attribute("aria-live") == "polite"
+    screenshot(chrome, "result", find(By.ID, "result-heading"))
+    screenshot(chrome, "result-chart", chart)
+    chrome.execute_script("window.scrollTo(0, 0)")
+    screenshot(chrome, "filled-form-top")
+    _assert_local_only(chrome, service_url)
+
+
+@browser
+@pytest.mark.browser
+def test_invalid_input_is_shown_by_the_field_and_nothing_typed_is_lost(chrome, service_url, scorer):
+    requested_urls(chrome)
+    open_page(chrome, service_url)
+    find = chrome.find_element
+    (row,) = _lab_rows(chrome)
+    _fill_lab(chrome, row, "PLT", "4x2", "10*9/L", "03092025")
+    find(By.ID, "dose_mg").send_keys("7.5")
+    find(By.ID, "submit").click()
+    # Client-side checks: the index date is required, the value must be a number.
+    summary = wait_for(chrome, lambda d: d.find_element(By.ID, "error-summary"))
+    assert summary.is_displayed() and summary.get_attribute("role") == "alert"
+    assert chrome.switch_to.active_element == summary
+    assert "Enter the index date" in _error_next_to(chrome, find(By.ID, "index_date"))
+    assert "Enter a number" in _error_next_to(chrome, _field(chrome, row, "value"))
+    assert find(By.ID, "result-placeholder").is_displayed()  # nothing was sent
+    screenshot(chrome, "client-side-errors", summary)
+
+    # The server's checks: a negative platelet count comes back as a 422 for labs[0].value.
+    find(By.ID, "index_date").send_keys("03102025")
+    value = _field(chrome, row, "value")
+    value.clear()
+    value.send_keys("-5")
+    find(By.ID, "submit").click()
+    wait_for(chrome, lambda d: value.get_attribute("aria-invalid") == "true")
+    body = chrome.execute_script("return window.ctit.collectForm().body")
+    answer = httpx.post(service_url + "v1/score", json=body)
+    assert answer.status_code == 422
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["body", "labs", 0, "value"]
+    assert _error_next_to(chrome, value) == error["msg"]
+    link = find(By.CSS_SELECTOR, "#error-list a")
+    assert link.get_attribute("href").endswith("#" + value.get_attribute("id"))
+    # Everything typed is still there.
+    assert value.get_attribute("value") == "-5"
+    assert find(By.ID, "index_date").get_attribute("value") == "2025-03-10"
+    assert find(By.ID, "dose_mg").get_attribute("value") == "7.5"
+    assert _field(chrome, row, "date").get_attribute("value") == "2025-03-09"
+    screenshot(chrome, "server-error-by-field", value)
+    link.click()
+    assert chrome.switch_to.active_element == value
+    # Editing the field clears its own mark.
+    value.send_keys(Keys.BACKSPACE * 2 + "40")
+    assert value.get_attribute("aria-invalid") is None
+    _assert_local_only(chrome, service_url)
