@@ -24,6 +24,7 @@ The scorer and audit log are reached through `request.app.state.scorer` and `.au
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import threading
 import uuid
@@ -220,8 +221,11 @@ def _resources(value: Any) -> list[dict[str, Any]]:
 
 async def _fetch(
     client: httpx.AsyncClient, base: str, path: str, settings: CdsSettings
-) -> list[dict[str, Any]]:
-    """GET one read or search (following `next` links); raises ValueError with the reason."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """GET one read or search, following `next` links up to `max_pages`.
+
+    Returns the pages and whether pages were left unread; raises ValueError with the reason.
+    """
     url: str | None = f"{base.rstrip('/')}/{path}"
     out: list[dict[str, Any]] = []
     for _ in range(settings.max_pages):
@@ -245,7 +249,7 @@ async def _fetch(
                     url = link["url"]
                     if not _same_server(url, base):
                         raise ValueError("a next link points away from the FHIR server")
-    return out
+    return out, url is not None
 
 
 def _same_server(url: str, base: str) -> bool:
@@ -296,10 +300,17 @@ async def gather(body: CdsRequest, settings: CdsSettings) -> tuple[list[dict], l
             for key in missing:
                 path = _render(templates[key], body.context)
                 try:
-                    for page in await _fetch(client, server, path, settings):
-                        resources += _resources(page)
+                    pages, truncated = await _fetch(client, server, path, settings)
                 except ValueError as exc:
                     reasons[key] = str(exc)
+                    continue
+                for page in pages:
+                    resources += _resources(page)
+                if truncated:
+                    notes.append(
+                        f"{key}: only the first {settings.max_pages} result pages were read "
+                        "(the most recent data first)"
+                    )
     required = [key for key in REQUIRED_KEYS if key in reasons]
     if required:
         raise PreconditionFailed(
@@ -543,7 +554,7 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
             audit.record_score,
             model=model,
             patient_id=patient_id,
-            record=record,
+            input_sha256=hashlib.sha256(await request.body()).hexdigest(),
             answers=[{**answer, "cds_card_uuid": card["uuid"], "cds_hook": body.hook}],
             endpoint=f"/cds-services/{service_id}",
             caller=str(body.context.get("userId") or "cds-client"),

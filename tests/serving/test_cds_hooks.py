@@ -1,0 +1,573 @@
+"""CDS Hooks 2.0 service: discovery, cards, prefetch or fetch from a loopback FHIR server, 412,
+feedback in the audit log. Bodies are checked against models of the 2.0 specification's shapes."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID, uuid4
+
+import jsonschema
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, model_validator
+
+from serving.app import create_app
+from serving.audit import AuditLog
+from serving.cds_hooks import ORDER_SELECT, PATIENT_VIEW, CdsSettings
+from serving.fhir import fhir_to_patient_records
+from serving.settings import ServingSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+MIXED = ROOT / "fixtures" / "fhir" / "handwritten" / "mixed-units.json"
+CAREBUNDLE = ROOT / "fixtures" / "fhir" / "carebundle" / "anaemia-7-0000.json"
+PATIENT = "pt-17"
+TOKEN = "secret-access-token"
+
+
+# --------------------------------------------------------------------------- CDS Hooks 2.0 shapes
+# Written from the specification (cds-hooks.hl7.org 2.0): Discovery, HTTP request, CDS Service
+# response (Card, Source, Suggestion, Action, Link) and Feedback. Unknown fields are refused, so
+# a field the service invents fails here.
+
+
+class Coding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+class SpecService(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hook: str
+    title: str | None = None
+    description: str
+    id: str
+    prefetch: dict[str, str] | None = None
+    usageRequirements: str | None = None
+
+
+class SpecDiscovery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    services: list[SpecService]
+
+
+class SpecAuthorization(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+    scope: str
+    subject: str
+    patient: str | None = None
+
+
+class SpecRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hook: str
+    hookInstance: UUID
+    fhirServer: AnyUrl | None = None
+    fhirAuthorization: SpecAuthorization | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _auth_needs_server(self) -> SpecRequest:
+        if self.fhirAuthorization is not None and self.fhirServer is None:
+            raise ValueError("fhirAuthorization without fhirServer")
+        return self
+
+
+class SpecSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    url: AnyUrl | None = None
+    icon: AnyUrl | None = None
+    topic: Coding | None = None
+
+
+class SpecAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: dict[str, Any] | None = None
+    resourceId: list[str] | None = None
+
+
+class SpecSuggestion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    uuid: UUID | None = None
+    isRecommended: bool | None = None
+    actions: list[SpecAction] | None = None
+
+
+class SpecLink(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    url: AnyUrl
+    type: Literal["absolute", "smart"]
+    appContext: str | None = None
+
+
+class SpecCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uuid: UUID | None = None
+    summary: str = Field(max_length=139)
+    detail: str | None = None
+    indicator: Literal["info", "warning", "critical"]
+    source: SpecSource
+    suggestions: list[SpecSuggestion] | None = None
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
+    overrideReasons: list[Coding] | None = None
+    links: list[SpecLink] | None = None
+
+    @model_validator(mode="after")
+    def _selection(self) -> SpecCard:
+        if self.suggestions and self.selectionBehavior is None:
+            raise ValueError("selectionBehavior is required when suggestions are given")
+        return self
+
+
+class SpecResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cards: list[SpecCard]
+    systemActions: list[SpecAction] | None = None
+
+
+class SpecFeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    card: str
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[dict[str, str]] | None = None
+    overrideReason: dict[str, Any] | None = None
+    outcomeTimestamp: dt.datetime
+
+
+class SpecFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback: list[SpecFeedbackItem]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _resources() -> list[dict[str, Any]]:
+    bundle = json.loads(MIXED.read_text(encoding="utf-8"))
+    return [e["resource"] for e in bundle["entry"]]
+
+
+def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
+
+
+def _prefetch(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The prefetch a CDS client would send for the mixed-units patient (no hetrombopag order)."""
+
+    def of(kind: str) -> list[dict[str, Any]]:
+        return [r for r in resources if r["resourceType"] == kind]
+
+    requests = [r for r in of("MedicationRequest") if r["id"] != "mr-hetrombopag"]
+    return {
+        "patient": of("Patient")[0],
+        "labs": _searchset(of("Observation")),
+        "medicationRequests": _searchset(requests),
+        "medicationAdministrations": _searchset(of("MedicationAdministration") + of("Medication")),
+        "medicationStatements": _searchset(of("MedicationStatement")),
+        "conditions": _searchset(of("Condition")),
+    }
+
+
+DRAFT = {
+    "resourceType": "MedicationRequest",
+    "id": "draft-1",
+    "status": "draft",
+    "intent": "order",
+    "medicationCodeableConcept": {"text": "Hetrombopag olamine 5 mg tablet"},
+    "subject": {"reference": f"Patient/{PATIENT}"},
+    "authoredOn": "2025-05-20",
+}
+
+
+def _request(hook: str, prefetch: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": "Practitioner/dr-1", "patientId": PATIENT}
+    if hook == "order-select":
+        context |= {
+            "selections": ["MedicationRequest/draft-1"],
+            "draftOrders": {"resourceType": "Bundle", "type": "collection",
+                            "entry": [{"resource": copy.deepcopy(DRAFT)}]},
+        }  # fmt: skip
+    body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid4()), "context": context}
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    body.update(extra)
+    SpecRequest.model_validate(body)
+    return body
+
+
+# --------------------------------------------------------------------------- a loopback FHIR server
+
+
+class FhirServer:
+    """A tiny FHIR server on 127.0.0.1: reads and patient searches (with `code` filters) over a
+    list of resources, three entries per page (to exercise `next` links); records every request
+    it receives."""
+
+    def __init__(self, resources: list[dict[str, Any]], fail: set[str] = frozenset()) -> None:
+        self.resources = resources
+        self.fail = set(fail)
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                server.requests.append((self.path, self.headers.get("Authorization")))
+                status, body = server.answer(self.path, self.headers.get("Authorization"))
+                data = json.dumps(body).encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_port}/fhir"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
+        if authorization != f"Bearer {TOKEN}":
+            return 401, {"resourceType": "OperationOutcome"}
+        parts = urlsplit(path)
+        kind = parts.path.removeprefix("/fhir/")
+        if kind.split("/")[0] in self.fail:
+            return 500, {"resourceType": "OperationOutcome"}
+        if "/" in kind:
+            kind, rid = kind.split("/", 1)
+            found = [r for r in self.resources if r["resourceType"] == kind and r["id"] == rid]
+            return (200, found[0]) if found else (404, {"resourceType": "OperationOutcome"})
+        query = parse_qs(parts.query)
+        patient = f"Patient/{query['patient'][0]}"
+        matches = [
+            r
+            for r in self.resources
+            if r["resourceType"] == kind
+            and (r.get("subject") or r.get("patient") or {}).get("reference") == patient
+        ]
+        if "code" in query:
+            wanted = set(query["code"][0].split(","))
+            matches = [
+                r
+                for r in matches
+                if {f"{c.get('system')}|{c.get('code')}" for c in r["code"]["coding"]} & wanted
+            ]
+        if kind == "MedicationAdministration":  # as _include=MedicationAdministration:medication
+            matches += [r for r in self.resources if r["resourceType"] == "Medication"]
+        page = int(query.get("page", ["1"])[0])
+        bundle = _searchset(matches[(page - 1) * 3 : page * 3])
+        if page * 3 < len(matches):
+            rest = "&".join(f"{k}={v[0]}" for k, v in query.items() if k != "page")
+            bundle["link"] = [
+                {"relation": "next", "url": f"{self.base}/{kind}?{rest}&page={page + 1}"}
+            ]
+        return 200, bundle
+
+    def __enter__(self) -> FhirServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> Iterator[AuditLog]:
+    log = AuditLog(tmp_path / "audit.db", salt="test-salt")
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def client(scorer, audit: AuditLog, tmp_path: Path) -> Iterator[TestClient]:
+    settings = ServingSettings(model_uri="test", audit_path=tmp_path / "audit.db")
+    app = create_app(settings, scorer=scorer, audit=audit)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def risk_validator() -> jsonschema.Draft6Validator:
+    schema = json.loads((ROOT / "fixtures" / "schemas" / "fhir.schema.json").read_text())
+    root = {"$ref": "#/definitions/RiskAssessment", "definitions": schema["definitions"]}
+    return jsonschema.Draft6Validator(root)
+
+
+def _expected(scorer, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    records, _ = fhir_to_patient_records(resources + [DRAFT], index_date="2025-05-20")
+    return scorer.score(records[0])
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def test_discovery_lists_both_services_with_prefetch_templates(client: TestClient) -> None:
+    response = client.get("/cds-services")
+    assert response.status_code == 200
+    discovery = SpecDiscovery.model_validate(response.json())
+    hooks = {service.id: service.hook for service in discovery.services}
+    assert hooks == {PATIENT_VIEW: "patient-view", ORDER_SELECT: "order-select"}
+    for service in discovery.services:
+        prefetch = service.prefetch or {}
+        assert prefetch["patient"] == "Patient/{{context.patientId}}"
+        assert "http://loinc.org|777-3" in prefetch["labs"]
+        assert prefetch["labs"].startswith("Observation?patient={{context.patientId}}&code=")
+        assert prefetch["medicationRequests"].startswith("MedicationRequest?patient=")
+        assert all("{{context.patientId}}" in template for template in prefetch.values())
+
+
+# --------------------------------------------------------------------------- cards
+
+
+def test_order_select_card_from_prefetch(client: TestClient, scorer, risk_validator) -> None:
+    resources = _resources()
+    response = client.post(
+        f"/cds-services/{ORDER_SELECT}", json=_request("order-select", _prefetch(resources))
+    )
+    assert response.status_code == 200, response.text
+    body = SpecResponse.model_validate(response.json())
+    assert len(body.cards) == 1
+    card = body.cards[0]
+    expected = _expected(scorer, [r for r in resources if r.get("id") != "mr-hetrombopag"])
+    assert f"{expected['probability']:.0%}" in card.summary
+    assert "v7" in card.summary and len(card.summary) < 140
+    assert card.indicator == ("warning" if expected["band"] == "low" else "info")
+    assert card.source.url is not None and str(card.source.url).endswith("/v1/model")
+    assert "**Top factors**" in card.detail
+    assert expected["top_factors"][0]["text"] in card.detail
+    assert "Observation/plt-bad-unit: unit 'mmol/L' is not accepted" in card.detail
+    assert "Index date (first hetrombopag dose): 2025-05-20" in card.detail
+    assessment = card.suggestions[0].actions[0].resource
+    assert not list(risk_validator.iter_errors(assessment))
+    assert assessment["prediction"][0]["probabilityDecimal"] == round(expected["probability"], 4)
+    assert assessment["subject"] == {"reference": f"Patient/{PATIENT}"}
+
+
+def test_order_select_without_a_hetrombopag_draft_gives_no_card(client: TestClient) -> None:
+    body = _request("order-select", None)
+    body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = {
+        "text": "gemcitabine 1000 mg/m2"
+    }
+    response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 200
+    assert response.json() == {"cards": []}
+
+
+def test_patient_view_card_only_for_ctit(client: TestClient, scorer) -> None:
+    resources = _resources()
+    prefetch = _prefetch(resources)
+    response = client.post(f"/cds-services/{PATIENT_VIEW}", json=_request("patient-view", prefetch))
+    assert response.status_code == 200
+    # no hetrombopag order in this prefetch: index date is today, and the latest PLT (34) < 100
+    cards = SpecResponse.model_validate(response.json()).cards
+    assert len(cards) == 1
+    assert "index date = today" in cards[0].detail
+    # a generator patient with a normal platelet count gets no card
+    bundle = json.loads(CAREBUNDLE.read_text(encoding="utf-8"))
+    others = [e["resource"] for e in bundle["entry"]]
+    patient = next(r for r in others if r["resourceType"] == "Patient")
+    patient["id"] = PATIENT
+    for resource in others:
+        if "subject" in resource:
+            resource["subject"] = {"reference": f"Patient/{PATIENT}"}
+    quiet = _prefetch(others + [{"resourceType": "Medication", "id": "unused"}])
+    response = client.post(f"/cds-services/{PATIENT_VIEW}", json=_request("patient-view", quiet))
+    assert response.status_code == 200
+    assert response.json() == {"cards": []}
+
+
+def test_missing_prefetch_without_fhir_server_is_412(client: TestClient) -> None:
+    prefetch = _prefetch(_resources())
+    del prefetch["labs"], prefetch["conditions"]
+    response = client.post(f"/cds-services/{ORDER_SELECT}", json=_request("order-select", prefetch))
+    assert response.status_code == 412
+    detail = response.json()["detail"]
+    assert "labs" in detail and "no fhirServer" in detail
+    assert "conditions" not in detail  # optional: would only be a note on the card
+
+
+def test_null_prefetch_means_no_data_not_a_fetch(client: TestClient) -> None:
+    prefetch = _prefetch(_resources()) | {"conditions": None, "medicationStatements": None}
+    response = client.post(f"/cds-services/{ORDER_SELECT}", json=_request("order-select", prefetch))
+    assert response.status_code == 200
+    detail = response.json()["cards"][0]["detail"]
+    assert "no coded condition for bone_mets, liver_mets, marrow_involvement" in detail
+
+
+def test_missing_prefetch_is_fetched_from_the_fhir_server(client: TestClient, scorer) -> None:
+    resources = [r for r in _resources() if r.get("id") != "mr-hetrombopag"]
+    with FhirServer(resources) as server:
+        auth = {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds-service",
+        }
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 200, response.text
+    card = SpecResponse.model_validate(response.json()).cards[0]
+    expected = _expected(scorer, resources)
+    assessment = card.suggestions[0].actions[0].resource
+    assert assessment["prediction"][0]["probabilityDecimal"] == round(expected["probability"], 4)
+    paths = [path for path, _ in server.requests]
+    assert f"/fhir/Patient/{PATIENT}" in paths
+    assert any(p.startswith(f"/fhir/Observation?patient={PATIENT}&code=") for p in paths)
+    assert any("page=2" in p for p in paths)  # followed the next link
+    assert {auth_header for _, auth_header in server.requests} == {f"Bearer {TOKEN}"}
+    # every lab reached the score: same as the prefetch path
+    assert re.search(r"Observation/plt-3", json.dumps(assessment["basis"]))
+
+
+def test_pages_left_unread_are_noted_on_the_card(client: TestClient) -> None:
+    client.app.state.cds_settings = CdsSettings(max_pages=1)
+    with FhirServer(_resources()) as server:
+        auth = {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds-service",
+        }
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 200
+    assert "labs: only the first 1 result pages were read" in response.json()["cards"][0]["detail"]
+
+
+def test_unreachable_required_data_is_412_and_optional_data_a_note(client: TestClient) -> None:
+    auth = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds-service",
+    }
+    resources = _resources()
+    with FhirServer(resources, fail={"Observation"}) as server:
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 412
+    assert "labs (FHIR server answered HTTP 500)" in response.json()["detail"]
+    with FhirServer(resources, fail={"Condition"}) as server:
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 200
+    assert (
+        "conditions not available (FHIR server answered HTTP 500)"
+        in (response.json()["cards"][0]["detail"])
+    )
+
+
+def test_fhir_server_outside_the_allowed_list_is_not_called(client: TestClient) -> None:
+    client.app.state.cds_settings = CdsSettings(allowed_fhir_servers=("https://ehr.example/",))
+    with FhirServer(_resources()) as server:
+        auth = {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds-service",
+        }
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 412
+    assert "not an allowed FHIR server" in response.json()["detail"]
+    assert server.requests == []
+
+
+def test_wrong_hook_and_unknown_service(client: TestClient) -> None:
+    prefetch = _prefetch(_resources())
+    response = client.post(f"/cds-services/{ORDER_SELECT}", json=_request("patient-view", prefetch))
+    assert response.status_code == 400
+    assert "answers the 'order-select' hook" in response.json()["detail"]
+    response = client.post("/cds-services/nope", json=_request("patient-view", prefetch))
+    assert response.status_code == 404
+
+
+# --------------------------------------------------------------------------- audit and feedback
+
+
+def test_card_is_audited_and_feedback_stored_with_model_version(
+    client: TestClient, audit: AuditLog
+) -> None:
+    prefetch = _prefetch(_resources())
+    response = client.post(f"/cds-services/{ORDER_SELECT}", json=_request("order-select", prefetch))
+    card = response.json()["cards"][0]
+    scores = audit.rows("scores")
+    assert len(scores) == 1
+    assert scores[0]["endpoint"] == f"/cds-services/{ORDER_SELECT}"
+    assert scores[0]["model_version"] == "7"
+    assert json.loads(scores[0]["output"])["cds_card_uuid"] == card["uuid"]
+    assert PATIENT not in json.dumps(scores[0])
+
+    now = dt.datetime(2025, 5, 20, 10, 30, tzinfo=dt.UTC).isoformat()
+    feedback = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "accepted",
+                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+                "outcomeTimestamp": now,
+            },
+            {
+                "card": "6b3a9f55-0000-4000-8000-000000000000",
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {"code": "not-relevant", "system": "http://example.org/reasons"},
+                    "userComment": "patient Jane Doe declined",
+                },
+                "outcomeTimestamp": now,
+            },
+        ]
+    }
+    SpecFeedback.model_validate(feedback)
+    response = client.post(f"/cds-services/{ORDER_SELECT}/feedback", json=feedback)
+    assert response.status_code == 200
+    rows = audit.rows("feedback")
+    assert [row["model_version"] for row in rows] == ["7", "7"]
+    assert rows[0]["patient_hash"] == audit.hash_id(PATIENT)
+    assert rows[0]["episode_hash"] == audit.hash_id(f"{PATIENT}-20250520")
+    first, second = (json.loads(row["feedback"]) for row in rows)
+    assert first["outcome"] == "accepted" and first["card_known"] is True
+    assert first["acceptedSuggestions"] == [card["suggestions"][0]["uuid"]]
+    assert second["card_known"] is False and second["overrideReason"]["code"] == "not-relevant"
+    assert "Jane Doe" not in rows[1]["feedback"]
+
+
+def test_malformed_feedback_is_refused(client: TestClient, audit: AuditLog) -> None:
+    bad = {"feedback": [{"card": "x", "outcome": "ignored", "outcomeTimestamp": "2025-05-20"}]}
+    response = client.post(f"/cds-services/{ORDER_SELECT}/feedback", json=bad)
+    assert response.status_code == 422
+    assert audit.rows("feedback") == []
