@@ -4,7 +4,7 @@ import logging
 
 import typer
 
-from ctit import cmd_data, cmd_features, cmd_serve, cmd_simulate, cmd_train
+from ctit import cmd_data, cmd_features, cmd_report, cmd_serve, cmd_simulate, cmd_train
 
 app = typer.Typer(
     name="ctit",
@@ -26,5 +26,5 @@ def main(
     )
 
 
-for module in (cmd_data, cmd_simulate, cmd_features, cmd_train, cmd_serve):
+for module in (cmd_data, cmd_simulate, cmd_features, cmd_train, cmd_report, cmd_serve):
     module.register(app)
