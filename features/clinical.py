@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
-from features.timeline import NAT, NS_PER_DAY, Timeline, datetime_ns, lookup
+from features.timeline import NAT, NS_PER_DAY, Timeline, datetime_ns, factorize, lookup
 
 BOOLEAN_COLUMNS = (
     "bone_mets",
@@ -57,13 +59,27 @@ def numeric_column(frame: pd.DataFrame, table: str, column: str) -> np.ndarray:
     return converted.to_numpy(dtype=np.float64)
 
 
+def _by_distinct(values: np.ndarray, encode: Callable[[object], object]) -> np.ndarray:
+    """`encode` applied once per distinct value (missing values mapped to None first)."""
+    missing = pd.isna(values)
+    if missing.any():
+        values = np.where(missing, None, values)
+    codes, uniques = factorize(values.astype(object))
+    encoded = [encode(u) for u in uniques.tolist()]
+    table = np.empty(len(encoded), dtype=object)
+    table[:] = encoded
+    return table[codes]
+
+
+def _asian(value: object) -> float:
+    if not isinstance(value, str) or not value.strip():
+        return np.nan
+    text = " ".join(value.strip().lower().split())
+    return 1.0 if text in _ASIAN or "asian" in text.split() else 0.0
+
+
 def _is_asian(race: np.ndarray) -> np.ndarray:
-    out = np.full(len(race), np.nan)
-    for i, value in enumerate(race):
-        if isinstance(value, str) and value.strip():
-            text = " ".join(value.strip().lower().split())
-            out[i] = 1.0 if text in _ASIAN or "asian" in text.split() else 0.0
-    return out
+    return _by_distinct(race, _asian).astype(np.float64)
 
 
 def clinical_features(
@@ -118,15 +134,17 @@ def timeline_patient_ids(episodes: pd.DataFrame) -> np.ndarray:
     return episodes["patient_id"].to_numpy(dtype=object)
 
 
+def _level(value: object) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
 def clean_levels(values: np.ndarray) -> np.ndarray:
     """Category values as stripped strings, None for missing or blank."""
-    out = np.full(len(values), None, dtype=object)
-    for i, value in enumerate(values):
-        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-            continue
-        text = str(value).strip()
-        if text:
-            out[i] = text
+    out = np.empty(len(values), dtype=object)
+    out[:] = _by_distinct(np.asarray(values, dtype=object), _level) if len(values) else []
     return out
 
 

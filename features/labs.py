@@ -15,6 +15,7 @@ from features.timeline import (
     ceil_seconds,
     datetime_ns,
     day_of,
+    factorize,
     patient_codes,
     range_reduce,
     segments,
@@ -74,34 +75,29 @@ def analyte_series(
         return {code: empty for code in codes}
     pcode = patient_codes(timeline, records.patient_id)
     key = timeline.key(pcode, records.seconds)
-    order = sorted_by_key(key)
-    own = pcode >= 0
-    if order is not None:
-        own = own[order]
-    small = len(key) <= 64
-    if small:
-        test = records.test if order is None else records.test[order]
-        test_codes, uniques = None, None
+    test_codes, uniques = factorize(records.test)
+    # Slot of each requested code among the distinct tests (matched case-insensitively).
+    slot_of: dict[str, int] = {code.strip().lower(): i for i, code in enumerate(codes)}
+    unique_slot = np.fromiter(
+        (slot_of.get(str(u).strip().lower(), len(codes)) for u in uniques.tolist()),
+        dtype=np.int64,
+        count=len(uniques),
+    )
+    slot = unique_slot[test_codes] if len(uniques) else np.empty(0, dtype=np.int64)
+    slot[pcode < 0] = len(codes)  # patients without an episode
+    # One stable sort by (slot, key): each analyte becomes a contiguous, key-sorted block.
+    by_key = sorted_by_key(key)
+    if by_key is None:
+        order = np.argsort(slot.astype(np.int16), kind="stable")
     else:
-        test_codes, uniques = pd.factorize(records.test)
-        if order is not None:
-            test_codes = test_codes[order]
-    arrays = {"key": key, "seconds": records.seconds, "day": records.day, "value": records.value}
-    if order is not None:
-        arrays = {name: values[order] for name, values in arrays.items()}
-    wanted = {code.strip().lower(): code for code in codes}
+        order = by_key[np.argsort(slot[by_key].astype(np.int16), kind="stable")]
+    bounds = np.searchsorted(slot[order], np.arange(len(codes) + 1), "left")
+    key, seconds = key[order], records.seconds[order]
+    day, value = records.day[order], records.value[order]
     out: dict[str, AnalyteSeries] = {}
-    if small:
-        lowered = np.array([str(t).strip().lower() for t in test], dtype=object)
-        for low, code in wanted.items():
-            mask = (lowered == low) & own
-            out[code] = AnalyteSeries(**{name: values[mask] for name, values in arrays.items()})
-        return out
-    lowered_uniques = np.array([str(u).strip().lower() for u in uniques], dtype=object)
-    for low, code in wanted.items():
-        matches = np.flatnonzero(lowered_uniques == low)
-        mask = np.isin(test_codes, matches) & own
-        out[code] = AnalyteSeries(**{name: values[mask] for name, values in arrays.items()})
+    for i, code in enumerate(codes):
+        block = slice(bounds[i], bounds[i + 1])
+        out[code] = AnalyteSeries(key[block], seconds[block], day[block], value[block])
     return out
 
 
