@@ -1,0 +1,641 @@
+"""Literature-grounded simulator of a breast-cancer CTIT cohort treated with hetrombopag.
+
+Writes the cohort contract of DESIGN.md (patients, episodes, labs, regimens as CSV, no outcomes:
+labels are derived from the simulated counts by the same code as for real data) plus `oracle.csv`,
+each episode's exact probability of response given its pre-index state. The model, every parameter
+and its source are documented in `data/SIMULATOR.md`.
+
+Vectorised over patients: one loop over days (two integration steps per day); events (blood draws,
+cycle starts, hetrombopag starts) are handled for the patients they concern with numpy masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data.simulator_dynamics import (
+    PlateletParams,
+    PlateletState,
+    advance,
+    episode_envelope,
+    hetrombopag_emax,
+    steady_state,
+)
+from data.simulator_oracle import oracle_probabilities
+from data.simulator_params import (
+    ASIAN_SENSITIVE_DRUGS,
+    DRUG_EFFECTS,
+    GEM_PLATINUM_REGIMENS,
+    INTERNATIONAL_SITES,
+    LINE_WEIGHTS,
+    REGIMENS,
+    SITE_CODES,
+    SITE_SIZE_WEIGHTS,
+    SUBTYPES,
+    ModelParameters,
+)
+from data.simulator_tables import CohortRecords, write_cohort
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+MAX_CYCLE_DAYS = 42
+_NO_CYCLE = -(10**6)
+_REG_CODES = [r.code for r in REGIMENS]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What to simulate.
+
+    Attributes:
+        n_patients: patients written (each has at least one CTIT episode).
+        seed: seed of every random draw; the same config writes byte-identical files.
+        start_year: calendar year of the earliest treatment start.
+        n_years: years over which patients start treatment.
+        n_sites: hospitals (1-10), each with its own laboratory coding and units.
+        oracle_draws: Gauss-Hermite nodes over the episode's hetrombopag-sensitivity effect; the
+            oracle's error is estimated against a rule with half as many nodes.
+        parameters: the model's parameters (defaults documented in SIMULATOR.md).
+    """
+
+    n_patients: int = 2000
+    seed: int = 2024
+    start_year: int = 2019
+    n_years: int = 6
+    n_sites: int = 6
+    oracle_draws: int = 64
+    parameters: ModelParameters = field(default_factory=ModelParameters)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.n_patients <= 5_000_000:
+            problems.append(f"n_patients must be between 1 and 5,000,000, got {self.n_patients}")
+        if not 0 <= self.seed < 2**63:
+            problems.append(f"seed must be a non-negative integer below 2**63, got {self.seed}")
+        if not 1990 <= self.start_year <= 2100:
+            problems.append(f"start_year must be between 1990 and 2100, got {self.start_year}")
+        if not 1 <= self.n_years <= 30:
+            problems.append(f"n_years must be between 1 and 30, got {self.n_years}")
+        if not 1 <= self.n_sites <= 10:
+            problems.append(f"n_sites must be between 1 and 10, got {self.n_sites}")
+        if not 4 <= self.oracle_draws <= 1000:
+            problems.append(f"oracle_draws must be between 4 and 1000, got {self.oracle_draws}")
+        if problems:
+            raise ValueError("invalid simulation config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    """What was written, with the oracle's own figures."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    n_patients: int
+    n_episodes: int
+    n_lab_rows: int
+    n_regimen_rows: int
+    n_candidates: int
+    multi_episode_share: float
+    asian_share: float
+    oracle_mean: float
+    oracle_max_error: float
+    seconds: float
+
+
+class _Streams:
+    """Independent random streams, so adding draws to one concern leaves the others unchanged."""
+
+    def __init__(self, seed: int, batch: int) -> None:
+        children = np.random.SeedSequence([seed, batch]).spawn(4)
+        self.patients, self.events, self.noise, self.labs = (
+            np.random.default_rng(c) for c in children
+        )
+
+
+def _hazard_tables(params: ModelParameters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hazard[asian, regimen, cycle day], reserve loss per cycle, gem+platinum flag) per regimen."""
+    hazard = np.zeros((2, len(REGIMENS), MAX_CYCLE_DAYS))
+    reserve = np.zeros(len(REGIMENS))
+    for r, regimen in enumerate(REGIMENS):
+        for drug in regimen.drugs:
+            effect = DRUG_EFFECTS.get(drug)
+            if effect is None:
+                continue
+            h = -np.log1p(-effect.inhibition)
+            asian = getattr(params.platelets, ASIAN_SENSITIVE_DRUGS.get(drug, ""), 1.0)
+            for day in effect.days:
+                lo, hi = day - 1, min(day - 1 + effect.active_days, MAX_CYCLE_DAYS)
+                hazard[0, r, lo:hi] += h
+                hazard[1, r, lo:hi] += h * asian
+            reserve[r] += effect.reserve_loss
+    hazard *= params.platelets.potency_scale
+    reserve *= params.platelets.reserve_loss_scale
+    gem_plat = np.array([r.code in GEM_PLATINUM_REGIMENS for r in REGIMENS])
+    return hazard, reserve, gem_plat
+
+
+def _line_weight_table() -> np.ndarray:
+    """weights[subtype, line bucket (1, 2, 3, 4+), regimen]."""
+    table = np.zeros((len(SUBTYPES), 4, len(REGIMENS)))
+    for s, subtype in enumerate(SUBTYPES):
+        for b, weights in enumerate(LINE_WEIGHTS[subtype]):
+            for code, w in weights.items():
+                table[s, b, _REG_CODES.index(code)] = w
+    return table
+
+
+def _choice(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of `probs` (rows need not be normalised)."""
+    cum = np.cumsum(probs, axis=1)
+    u = rng.random(probs.shape[0]) * cum[:, -1]
+    return np.minimum((cum <= u[:, None]).sum(axis=1), probs.shape[1] - 1)
+
+
+class _Batch:
+    """Candidates of one batch: static covariates, latent parameters and treatment plans."""
+
+    def __init__(self, n: int, config: SimulationConfig, streams: _Streams) -> None:
+        prm = config.parameters
+        pp, pl = prm.patients, prm.platelets
+        rng = streams.patients
+        self.n = n
+        site_w = np.asarray(SITE_SIZE_WEIGHTS[: config.n_sites])
+        self.site = rng.choice(config.n_sites, size=n, p=site_w / site_w.sum())
+        intl = np.isin(np.asarray(SITE_CODES)[self.site], list(INTERNATIONAL_SITES))
+        self.asian = rng.random(n) < np.where(
+            intl, pp.asian_share_international_site, pp.asian_share_domestic_site
+        )
+        self.race_other = rng.choice(3, size=n, p=np.asarray(pp.non_asian_race_shares))
+        self.male = rng.random(n) < pp.male_share
+        self.age = np.clip(
+            rng.normal(pp.age_mean_years, pp.age_sd_years, n), pp.age_min_years, pp.age_max_years
+        )
+        self.subtype = rng.choice(3, size=n, p=np.asarray(pp.subtype_shares))
+        self.ecog = rng.choice(4, size=n, p=np.asarray(pp.ecog_shares))
+        self.bone = rng.random(n) < pp.bone_mets
+        self.liver = rng.random(n) < pp.liver_mets
+        self.marrow = rng.random(n) < np.where(
+            self.bone, pp.marrow_if_bone_mets, pp.marrow_if_no_bone_mets
+        )
+        self.spleen = rng.random(n) < (
+            pp.splenomegaly + pp.splenomegaly_extra_if_liver_mets * self.liver
+        )
+        self.radiotherapy = rng.random(n) < np.where(
+            self.bone, pp.radiotherapy_if_bone_mets, pp.radiotherapy_if_no_bone_mets
+        )
+        shares = np.asarray(pp.first_observed_line_shares)
+        self.first_line = 1 + rng.choice(shares.shape[0], size=n, p=shares / shares.sum())
+        span = max(config.n_years * 365 - 365, 30)
+        self.start_offset = rng.integers(0, span, n)
+        self.birth_jitter = rng.integers(0, 365, n)
+
+        # latent platelet parameters (log-normal between-patient variability)
+        z = rng.standard_normal((5, n))
+        circ0 = pl.circ0_median * np.exp(pl.circ0_omega * z[0])
+        self.circ0 = circ0 * np.where(self.spleen, pl.circ0_factor_splenomegaly, 1.0)
+        self.reserve0 = (
+            np.exp(-pl.reserve_loss_per_unobserved_line * (self.first_line - 1))
+            * np.where(self.marrow, pl.reserve_factor_marrow, 1.0)
+            * np.where(self.radiotherapy, pl.reserve_factor_radiotherapy, 1.0)
+        )
+        mtt = pl.mtt_days_median * np.exp(pl.mtt_omega * z[1])
+        self.ktr = (pl.n_transit + 1) / mtt
+        # Friberg et al. 2002: circulating cells leave at the transit rate
+        self.kcirc = self.ktr.copy()
+        self.gamma = pl.gamma_median * np.exp(pl.gamma_omega * z[3])
+        self.psi = np.exp(pl.drug_sensitivity_omega * z[4])
+
+        # treatment plan: one regimen per observed line, no regimen repeated
+        k = pp.observed_lines_max
+        weights = _line_weight_table()
+        used = np.zeros((n, len(REGIMENS)), dtype=bool)
+        self.plan = np.empty((n, k), dtype=np.int64)
+        self.plan_cycles = np.empty((n, k), dtype=np.int64)
+        medians = np.array([r.median_cycles for r in REGIMENS])
+        for j in range(k):
+            bucket = np.minimum(self.first_line - 1 + j, 3)
+            w = weights[self.subtype, bucket] * ~used
+            empty = w.sum(axis=1) == 0
+            w[empty] = weights[self.subtype[empty], bucket[empty]]
+            reg = _choice(rng, w)
+            used[np.arange(n), reg] = True
+            self.plan[:, j] = reg
+            cyc = np.round(medians[reg] * np.exp(0.45 * rng.standard_normal(n)))
+            self.plan_cycles[:, j] = np.clip(cyc, 2, 24).astype(np.int64)
+        self.line_gap = rng.integers(
+            prm.care.line_gap_days_range[0], prm.care.line_gap_days_range[1] + 1, (n, k)
+        )
+
+
+@dataclass
+class _Episodes:
+    """Episode records collected in the day loop (candidate index, timing, state at index)."""
+
+    rows: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def add(self, **arrays: np.ndarray) -> None:
+        self.rows.append(arrays)
+
+    def concat(self) -> dict[str, np.ndarray]:
+        if not self.rows:
+            return {}
+        return {k: np.concatenate([r[k] for r in self.rows]) for k in self.rows[0]}
+
+
+def _run_batch(
+    batch: _Batch,
+    config: SimulationConfig,
+    streams: _Streams,
+    tick: Callable[[int], None] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Simulate every candidate of the batch day by day; return visits, cycles and episodes."""
+    prm = config.parameters
+    pl, hp, care, lm = prm.platelets, prm.hetrombopag, prm.care, prm.labs
+    ev, noise = streams.events, streams.noise
+    hazard, reserve_loss, gem_plat = _hazard_tables(prm)
+    cycle_days = np.array([r.cycle_days for r in REGIMENS])
+    dt = pl.dt_days
+    steps = round(1.0 / dt)
+    n = batch.n
+
+    cand = np.arange(n)
+
+    def fb_max(reserve: np.ndarray) -> np.ndarray:
+        return 1.0 + (pl.feedback_max - 1.0) * reserve**pl.feedback_max_reserve_exponent
+
+    params = PlateletParams(
+        batch.ktr,
+        batch.kcirc,
+        batch.gamma,
+        np.log(batch.circ0 * batch.reserve0),
+        fb_max(batch.reserve0),
+    )
+    state = steady_state(batch.circ0 * batch.reserve0, params, pl.n_transit)
+    reserve = batch.reserve0.copy()
+    s: dict[str, np.ndarray] = {
+        "line_idx": np.zeros(n, dtype=np.int64),
+        "cycle_no": np.zeros(n, dtype=np.int64),
+        "new_line": np.zeros(n, dtype=bool),
+        "cur_reg": batch.plan[:, 0].copy(),
+        "cycle_start": np.full(n, _NO_CYCLE, dtype=np.int64),
+        "next_due": np.zeros(n, dtype=np.int64),
+        "mid_day": np.full(n, -1, dtype=np.int64),
+        "pending": np.full(n, -1, dtype=np.int64),
+        "base": np.zeros(n),
+        "in_ep": np.zeros(n, dtype=bool),
+        "ep_index": np.full(n, np.nan),
+        "ep_next": np.full(n, -1, dtype=np.int64),
+        "ep_k": np.ones(n, dtype=np.int64),
+        "ep_end": np.full(n, -1, dtype=np.int64),
+        "ep_lost": np.zeros(n, dtype=bool),
+        "emax": np.zeros(n),
+        "prod": np.zeros(n),
+        "n_ep": np.zeros(n, dtype=np.int64),
+        "dose_factor": np.ones(n),
+        "obs_end": np.full(n, care.horizon_days + 1, dtype=np.int64),
+        "active": np.ones(n, dtype=bool),
+        "max_ep": 1 + (ev.random(n) < care.repeat_course_share).astype(np.int64),
+    }
+    visits: list[dict[str, np.ndarray]] = []
+    cycles: list[dict[str, np.ndarray]] = []
+    episodes = _Episodes()
+    plan, plan_cycles, line_gap = batch.plan, batch.plan_cycles, batch.line_gap
+    rows = np.arange(n)
+
+    def measure(sel: np.ndarray) -> np.ndarray:
+        z = noise.standard_normal(sel.shape[0])
+        return np.round(state.circ[sel] * np.exp(lm.plt_noise_sd_log * z))
+
+    def record_visit(sel: np.ndarray, day: int, plt: np.ndarray, kind: int, chem: float) -> None:
+        p_ss = params.kcirc[sel] * np.exp(params.log_circ0[sel]) / params.ktr[sel]
+        visits.append(
+            {
+                "cand": cand[sel],
+                "day": np.full(sel.shape[0], day, dtype=np.int64),
+                "plt": plt,
+                "prolif_ratio": state.prolif[sel] / p_ss,
+                "kind": np.full(sel.shape[0], kind, dtype=np.int8),
+                "chem": ev.random(sel.shape[0]) < chem,
+                "reg": s["cur_reg"][sel],
+                "line": batch.first_line[cand[sel]] + s["line_idx"][sel],
+            }
+        )
+
+    def trigger(sel: np.ndarray, day: int, plt: np.ndarray) -> None:
+        s["cycle_start"][sel] = _NO_CYCLE
+        s["mid_day"][sel] = -1
+        lag = (ev.random(sel.shape[0]) >= care.index_lag_shares[0]).astype(np.int64)
+        s["pending"][sel] = day + lag
+        s["base"][sel] = plt
+
+    def start_episodes(sel: np.ndarray, day: int) -> None:
+        m = sel.shape[0]
+        c = cand[sel]
+        dose = np.where(
+            ev.random(m) < hp.dose_mg_shares[0], hp.dose_mg_levels[0], hp.dose_mg_levels[1]
+        )
+        line = batch.first_line[c] + s["line_idx"][sel]
+        base = s["base"][sel]
+        reg = s["cur_reg"][sel]
+        log_s = (
+            hp.beta_marrow * batch.marrow[c]
+            + hp.beta_radiotherapy * batch.radiotherapy[c]
+            + hp.beta_per_prior_line * (line - 1)
+            + hp.beta_gem_platinum * gem_plat[reg]
+            + hp.beta_ecog_ge2 * (batch.ecog[c] >= 2)
+            + hp.beta_very_low_baseline
+            * np.clip((hp.very_low_baseline_plt - base) / hp.very_low_baseline_plt, 0.0, 1.0)
+        )
+        logit_fixed = (
+            hp.logit_intercept + hp.beta_log_dose * np.log(dose / hp.reference_dose_mg) + log_s
+        )
+        eta = ev.standard_normal(m)
+        low_share = np.clip((hp.very_low_baseline_plt - base) / hp.very_low_baseline_plt, 0.0, 1.0)
+        prod_fixed = hp.production_very_low_baseline * low_share
+        low = base < care.episode_interval_low_below_plt
+        shares = np.where(
+            low[:, None],
+            np.asarray(care.episode_interval_shares_low),
+            np.asarray(care.episode_interval_shares_high),
+        )
+        k = np.asarray(care.episode_interval_days)[_choice(ev, shares)]
+        offset = 1 + (ev.random(m) * k).astype(np.int64)
+        f_lo, f_hi = care.episode_follow_up_days_range
+        follow = ev.integers(f_lo, f_hi + 1, m)
+        s["in_ep"][sel] = True
+        s["pending"][sel] = -1
+        s["ep_index"][sel] = day
+        s["ep_next"][sel] = day + offset
+        s["ep_k"][sel] = k
+        s["ep_end"][sel] = day + follow
+        s["ep_lost"][sel] = ev.random(m) < care.episode_lost_to_follow_up
+        emax_cap = hp.emax_max * reserve[sel] ** hp.emax_reserve_exponent
+        s["emax"][sel] = hetrombopag_emax(logit_fixed, eta, emax_cap, hp.eta_omega)
+        s["prod"][sel] = prod_fixed + hp.production_kappa * eta
+        first = s["n_ep"][sel] == 0
+        s["n_ep"][sel] += 1
+        s["dose_factor"][sel] = np.maximum(
+            s["dose_factor"][sel] * pl.dose_reduction_after_episode, pl.dose_factor_min
+        )
+        s["next_due"][sel] = np.maximum(s["next_due"][sel], day + follow + 1)
+        lo, hi = care.observation_after_first_episode_days
+        extra = ev.integers(lo, hi + 1, m)
+        s["obs_end"][sel] = np.where(first, day + follow + extra, s["obs_end"][sel])
+        episodes.add(
+            cand=c,
+            day=np.full(m, day, dtype=np.int64),
+            number=s["n_ep"][sel].copy(),
+            dose=dose,
+            line=line,
+            reg=reg,
+            base=base,
+            low=low,
+            logit_fixed=logit_fixed,
+            emax_cap=emax_cap,
+            prod_fixed=prod_fixed,
+            eta=eta,
+            lost=s["ep_lost"][sel].copy(),
+            prolif=state.prolif[sel].copy(),
+            t1=state.transit[0][sel].copy(),
+            t2=state.transit[1][sel].copy(),
+            t3=state.transit[2][sel].copy(),
+            circ=state.circ[sel].copy(),
+            ktr=params.ktr[sel].copy(),
+            kcirc=params.kcirc[sel].copy(),
+            gamma=params.gamma[sel].copy(),
+            log_circ0=params.log_circ0[sel].copy(),
+            feedback_max=params.feedback_max[sel].copy(),
+            reserve=reserve[sel].copy(),
+            psi=batch.psi[c],
+        )
+
+    for day in range(care.horizon_days):
+        if tick is not None:
+            tick(day)
+        if day % 32 == 0 and day > 0:
+            keep = np.flatnonzero(s["active"])
+            if keep.shape[0] == 0:
+                break
+            if keep.shape[0] < 0.85 * cand.shape[0]:
+                cand = cand[keep]
+                state = state.take(keep)
+                params = params.take(keep)
+                reserve = reserve[keep]
+                s = {key: v[keep] for key, v in s.items()}
+                rows = np.arange(keep.shape[0])
+        active = s["active"]
+
+        # hetrombopag monitoring visits
+        sel = np.flatnonzero(active & s["in_ep"] & (s["ep_next"] == day))
+        if sel.size:
+            plt = measure(sel)
+            seen = (ev.random(sel.shape[0]) >= care.episode_visit_missed) & ~s["ep_lost"][sel]
+            if seen.any():
+                record_visit(sel[seen], day, plt[seen], 2, lm.chemistry_share_other)
+            s["ep_next"][sel] += s["ep_k"][sel]
+        done = active & s["in_ep"] & (day >= s["ep_end"])
+        s["in_ep"][done] = False
+
+        free = active & ~s["in_ep"] & (s["pending"] < 0)
+        # pre-cycle blood count and decision
+        sel = np.flatnonzero(free & (s["next_due"] == day))
+        if sel.size:
+            plt = measure(sel)
+            record_visit(sel, day, plt, 0, lm.chemistry_share_pre_cycle)
+            eligible = (s["n_ep"][sel] < s["max_ep"][sel]) & (day < s["obs_end"][sel])
+            share = care.treat_share_pre_cycle
+            treat = (plt < care.trigger_plt) & eligible & (ev.random(sel.shape[0]) < share)
+            go = (plt >= care.cycle_start_min_plt) & ~treat
+            delay = ~treat & ~go
+            s["next_due"][sel[delay]] = day + care.delay_days
+            if treat.any():
+                trigger(sel[treat], day, plt[treat])
+            g = sel[go]
+            if g.size:
+                nl = s["new_line"][g]
+                s["line_idx"][g] += nl
+                s["cycle_no"][g] = np.where(nl, 0, s["cycle_no"][g])
+                s["new_line"][g] = False
+                over = s["line_idx"][g] >= plan.shape[1]
+                s["active"][g[over]] = False
+                g = g[~over]
+                c = cand[g]
+                li = s["line_idx"][g]
+                reg = plan[c, li]
+                s["cur_reg"][g] = reg
+                s["cycle_no"][g] += 1
+                s["cycle_start"][g] = day
+                reserve[g] *= np.exp(-reserve_loss[reg] * s["dose_factor"][g])
+                params.log_circ0[g] = np.log(batch.circ0[c] * reserve[g])
+                params.feedback_max[g] = fb_max(reserve[g])
+                last = s["cycle_no"][g] >= plan_cycles[c, li]
+                s["new_line"][g] = last
+                s["next_due"][g] = day + cycle_days[reg] + np.where(last, line_gap[c, li], 0)
+                lo, hi = care.mid_cycle_day_range
+                mid = ev.random(g.shape[0]) < care.mid_cycle_check_share
+                mid_day = day + ev.integers(lo, hi + 1, g.shape[0]) - 1
+                s["mid_day"][g] = np.where(mid, mid_day, -1)
+                cycles.append(
+                    {
+                        "cand": c,
+                        "day": np.full(g.shape[0], day, dtype=np.int64),
+                        "reg": reg,
+                        "line": batch.first_line[c] + li,
+                        "cycle": s["cycle_no"][g].copy(),
+                    }
+                )
+        # mid-cycle (nadir) blood count
+        free = s["active"] & ~s["in_ep"] & (s["pending"] < 0)
+        sel = np.flatnonzero(free & (s["mid_day"] == day))
+        if sel.size:
+            plt = measure(sel)
+            record_visit(sel, day, plt, 1, lm.chemistry_share_other)
+            s["mid_day"][sel] = -1
+            eligible = (s["n_ep"][sel] < s["max_ep"][sel]) & (day < s["obs_end"][sel])
+            share = care.treat_share_mid_cycle
+            treat = (plt < care.trigger_plt) & eligible & (ev.random(sel.shape[0]) < share)
+            if treat.any():
+                trigger(sel[treat], day, plt[treat])
+        # hetrombopag starts (index date)
+        sel = np.flatnonzero(s["active"] & (s["pending"] == day))
+        if sel.size:
+            start_episodes(sel, day)
+        # end of observation
+        ended = s["active"] & ~s["in_ep"] & (s["pending"] < 0) & (day >= s["obs_end"])
+        s["active"][ended] = False
+
+        # drug exposure of the day, then integrate
+        cd = day - s["cycle_start"]
+        on = (cd >= 0) & (cd < MAX_CYCLE_DAYS) & s["active"]
+        h = np.zeros(rows.shape[0])
+        if on.any():
+            idx = np.flatnonzero(on)
+            c = cand[idx]
+            h[idx] = (
+                hazard[batch.asian[c].astype(np.int64), s["cur_reg"][idx], cd[idx]]
+                * batch.psi[c]
+                * s["dose_factor"][idx]
+            )
+        inhibition = -np.expm1(-h)
+        for sub in range(steps):
+            envelope = episode_envelope(
+                day + sub * dt - s["ep_index"],
+                hp.duration_days,
+                hp.onset_tau_days,
+                hp.offset_tau_days,
+            )
+            state = advance(
+                state,
+                params,
+                inhibition,
+                s["emax"] * envelope,
+                s["prod"] * envelope,
+                dt,
+                pl.stimulation_ceiling,
+            )
+
+    def cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+    return cat(visits), cat(cycles), episodes.concat()
+
+
+def simulate_cohort(
+    config: SimulationConfig, out_dir: Path | str, progress: Progress | None = None
+) -> SimulationSummary:
+    """Simulate the cohort of `config` and write it (CSV tables and `oracle.csv`) into `out_dir`.
+
+    Args:
+        progress: called as `progress(advance, total)` as the work proceeds.
+    """
+    began = time.perf_counter()
+    out = Path(out_dir)
+    prm = config.parameters
+    horizon = prm.care.horizon_days
+    total = horizon + 100 + 20
+    done = [0]
+
+    def advance_to(units: int) -> None:
+        if progress is not None and units > done[0]:
+            progress(units - done[0], total)
+            done[0] = units
+
+    kept_parts: list[tuple[_Batch, dict, dict, dict, np.ndarray]] = []
+    n_kept = 0
+    n_candidates = 0
+    yield_rate = 0.5
+    batch_no = 0
+    while n_kept < config.n_patients:
+        need = config.n_patients - n_kept
+        size = int(np.ceil(need / yield_rate * 1.1)) + 20
+        streams = _Streams(config.seed, batch_no)
+        batch = _Batch(size, config, streams)
+        tick = (lambda d: advance_to(d)) if batch_no == 0 else None
+        visits, cycles, episodes = _run_batch(batch, config, streams, tick)
+        n_candidates += size
+        has_ep = np.zeros(size, dtype=bool)
+        if episodes:
+            has_ep[episodes["cand"]] = True
+        chosen = np.flatnonzero(has_ep)[:need]
+        yield_rate = max(has_ep.mean(), 0.05)
+        kept_parts.append((batch, visits, cycles, episodes, chosen))
+        n_kept += chosen.shape[0]
+        batch_no += 1
+        logger.info("batch %d: %d candidates, %d kept", batch_no, size, chosen.shape[0])
+        if batch_no > 50:
+            raise RuntimeError("the simulator kept too few patients; check the parameters")
+    advance_to(horizon)
+
+    records = CohortRecords.from_batches(kept_parts, config, streams=_Streams(config.seed, 10_000))
+    ep = records.episodes
+    n_ep = ep["cand"].shape[0]
+    state = PlateletState(ep["prolif"], [ep["t1"], ep["t2"], ep["t3"]], ep["circ"])
+    params = PlateletParams(
+        ep["ktr"], ep["kcirc"], ep["gamma"], ep["log_circ0"], ep["feedback_max"]
+    )
+    oracle_done = [0]
+
+    def oracle_tick(k: int) -> None:
+        oracle_done[0] += k
+        advance_to(horizon + int(100 * oracle_done[0] / max(n_ep, 1)))
+
+    p, err = oracle_probabilities(
+        state,
+        params,
+        ep["logit_fixed"],
+        ep["emax_cap"],
+        ep["prod_fixed"],
+        ep["base"],
+        ep["low"],
+        prm.hetrombopag,
+        prm.care,
+        prm.labs,
+        prm.platelets,
+        config.oracle_draws,
+        progress=oracle_tick,
+    )
+    files = write_cohort(records, p, err, out, config)
+    advance_to(total)
+    summary = SimulationSummary(
+        out_dir=out,
+        files=files,
+        n_patients=records.n_patients,
+        n_episodes=n_ep,
+        n_lab_rows=records.n_lab_rows,
+        n_regimen_rows=records.n_regimen_rows,
+        n_candidates=n_candidates,
+        multi_episode_share=records.multi_episode_share,
+        asian_share=records.asian_share,
+        oracle_mean=float(p.mean()) if n_ep else float("nan"),
+        oracle_max_error=float(err.max()) if n_ep else float("nan"),
+        seconds=time.perf_counter() - began,
+    )
+    logger.info("simulated %d patients, %d episodes", summary.n_patients, summary.n_episodes)
+    return summary

@@ -1,0 +1,417 @@
+"""Turn the simulator's records into contract tables (ids, dates, lab coding and units) and write them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from data.simulator_dynamics import hetrombopag_emax
+from data.simulator_params import (
+    ANALYTE_ORDER,
+    INTERNATIONAL_SITES,
+    LAB_PROFILES,
+    LOINC,
+    RACES_NON_ASIAN,
+    REGIMENS,
+    SITE_CODES,
+    SUBTYPES,
+    LabModel,
+)
+
+if TYPE_CHECKING:
+    from data.simulator import SimulationConfig, _Batch, _Streams
+
+_MASK48 = np.uint64((1 << 48) - 1)
+# Share of missing static clinical entries (prior): the EHR does not always record them.
+STATIC_MISSING = {"ecog": 0.06, "bone_mets": 0.02, "liver_mets": 0.02, "splenomegaly": 0.05}
+# Site with a laboratory-system migration: profile before and after 1 January of year 4.
+MIGRATING_SITE = 1
+MIGRATION_PROFILES = (1, 2)
+
+
+def opaque_ids(prefix: str, index: np.ndarray, seed: int, salt: int) -> list[str]:
+    """Unique, opaque ids: a seeded bijection of the 48-bit index space, written in hex."""
+    key = np.random.SeedSequence([seed, salt]).generate_state(2, dtype=np.uint64)
+    x = (index.astype(np.uint64) + key[0]) & _MASK48
+    with np.errstate(over="ignore"):
+        x = (x * np.uint64(0x9E3779B97F4B)) & _MASK48
+        x ^= x >> np.uint64(21)
+        x = (x * np.uint64(0xBF58476D1CE5)) & _MASK48
+        x ^= x >> np.uint64(17)
+        x ^= key[1] & _MASK48
+    return [f"{prefix}{v:012x}" for v in x.tolist()]
+
+
+@dataclass
+class CohortRecords:
+    """Kept patients, their episodes, cycles and blood draws, indexed by global patient number."""
+
+    patients: dict[str, np.ndarray]
+    episodes: dict[str, np.ndarray]
+    cycles: dict[str, np.ndarray]
+    visits: dict[str, np.ndarray]
+
+    @property
+    def n_patients(self) -> int:
+        return int(self.patients["site"].shape[0])
+
+    @property
+    def n_regimen_rows(self) -> int:
+        return int(self.cycles["cand"].shape[0])
+
+    @property
+    def n_lab_rows(self) -> int:
+        return int(self.visits.get("n_rows", np.zeros(1, dtype=np.int64)).sum())
+
+    @property
+    def multi_episode_share(self) -> float:
+        counts = np.bincount(self.episodes["cand"], minlength=self.n_patients)
+        return float((counts > 1).mean()) if self.n_patients else 0.0
+
+    @property
+    def asian_share(self) -> float:
+        return float(self.patients["asian"].mean()) if self.n_patients else 0.0
+
+    @classmethod
+    def from_batches(
+        cls,
+        parts: list[tuple[_Batch, dict, dict, dict, np.ndarray]],
+        config: SimulationConfig,
+        streams: _Streams,
+    ) -> CohortRecords:
+        """Keep the chosen candidates of each batch and renumber them 0..n-1 in batch order."""
+        static = (
+            "site",
+            "asian",
+            "race_other",
+            "male",
+            "age",
+            "subtype",
+            "ecog",
+            "bone",
+            "liver",
+            "marrow",
+            "spleen",
+            "radiotherapy",
+            "first_line",
+            "start_offset",
+            "birth_jitter",
+            "circ0",
+            "psi",
+        )
+        pat: dict[str, list[np.ndarray]] = {k: [] for k in static}
+        eps: list[dict[str, np.ndarray]] = []
+        cyc: list[dict[str, np.ndarray]] = []
+        vis: list[dict[str, np.ndarray]] = []
+        offset = 0
+        for batch, visits, cycles, episodes, chosen in parts:
+            remap = np.full(batch.n, -1, dtype=np.int64)
+            remap[chosen] = offset + np.arange(chosen.shape[0])
+            for k in static:
+                pat[k].append(getattr(batch, k)[chosen])
+            for table, out in ((episodes, eps), (cycles, cyc), (visits, vis)):
+                if not table:
+                    continue
+                keep = remap[table["cand"]] >= 0
+                sub = {k: v[keep] for k, v in table.items()}
+                sub["cand"] = remap[sub["cand"]]
+                out.append(sub)
+            offset += chosen.shape[0]
+
+        def cat(parts_: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([p[k] for p in parts_]) for k in parts_[0]}
+
+        patients = {k: np.concatenate(v) for k, v in pat.items()}
+        records = cls(patients, cat(eps), cat(cyc), cat(vis))
+        records._add_lab_values(config, streams)
+        return records
+
+    def _add_lab_values(self, config: SimulationConfig, streams: _Streams) -> None:
+        """Draw the other analytes of each blood draw from patient effects and the latent state."""
+        lm: LabModel = config.parameters.labs
+        rng = streams.labs
+        p, v = self.patients, self.visits
+        n, m = self.n_patients, v["cand"].shape[0]
+        z = rng.standard_normal((7, n))
+        anc_i = lm.anc_median * np.exp(lm.anc_omega * z[0])
+        lymph_i = lm.lymph_median * np.exp(0.3 * z[1])
+        hgb_i = lm.hgb_mean + lm.hgb_sd * z[2]
+        alt_i = lm.alt_median * np.exp(lm.alt_omega * z[3])
+        tbil_i = lm.tbil_median * np.exp(lm.tbil_omega * z[4])
+        crea_i = lm.crea_median * np.exp(lm.crea_omega * z[5])
+        alb_i = lm.alb_mean + lm.alb_sd * z[6]
+        c = v["cand"]
+        ratio = np.clip(v["prolif_ratio"], 0.05, 1.3)
+        prior_lines = v["line"] - 1
+        e = rng.standard_normal((8, m))
+        codes = np.array([r.code for r in REGIMENS])
+        reg = codes[v["reg"]]
+        anc = anc_i[c] * ratio**lm.anc_prolif_exponent * np.exp(lm.anc_noise_sd_log * e[0])
+        wbc = anc + lymph_i[c] * np.exp(0.2 * e[1]) + 0.4
+        hgb = (
+            hgb_i[c]
+            + lm.hgb_per_prior_line * prior_lines
+            + lm.hgb_marrow * p["marrow"][c]
+            + lm.hgb_prolif * (np.minimum(ratio, 1.2) - 1.0)
+            + lm.hgb_noise_sd * e[2]
+        )
+        alt = (
+            alt_i[c]
+            * np.where(p["liver"][c], lm.alt_liver_mets_factor, 1.0)
+            * np.where(reg == "T-DM1", lm.alt_tdm1_factor, 1.0)
+            * np.exp(lm.lab_noise_sd_log * e[3])
+        )
+        ast = alt * lm.ast_to_alt * np.exp(lm.lab_noise_sd_log * e[4])
+        tbil = (
+            tbil_i[c]
+            * np.where(p["liver"][c], lm.tbil_liver_mets_factor, 1.0)
+            * np.exp(lm.lab_noise_sd_log * e[5])
+        )
+        crea = (
+            crea_i[c]
+            * (1.0 + lm.crea_per_year_over_50 * (p["age"][c] - 50.0))
+            * np.where(reg == "GP", lm.crea_cisplatin_factor, 1.0)
+            * np.exp(lm.crea_noise_sd_log * e[6])
+        )
+        alb = (
+            alb_i[c]
+            + lm.alb_per_ecog * p["ecog"][c]
+            + lm.alb_liver_mets * p["liver"][c]
+            + lm.alb_marrow * p["marrow"][c]
+            + lm.alb_per_prior_line * prior_lines
+            + lm.alb_noise_sd * e[7]
+        )
+        u = rng.random((4, m))
+        chem = v["chem"]
+        v["values"] = {
+            "PLT": v["plt"],
+            "HGB": np.clip(hgb, 50.0, 170.0),
+            "WBC": np.maximum(wbc, 0.1),
+            "ANC": np.maximum(anc, 0.02),
+            "ALT": np.maximum(alt, 4.0),
+            "AST": np.maximum(ast, 5.0),
+            "TBIL": np.maximum(tbil, 2.0),
+            "CREA": np.maximum(crea, 25.0),
+            "ALB": np.clip(alb, 18.0, 52.0),
+        }
+        v["present"] = {
+            "PLT": np.ones(m, dtype=bool),
+            "HGB": np.ones(m, dtype=bool),
+            "WBC": np.ones(m, dtype=bool),
+            "ANC": u[0] >= lm.anc_missing,
+            "ALT": chem,
+            "AST": chem,
+            "TBIL": chem & (u[1] >= lm.tbil_missing),
+            "CREA": chem,
+            "ALB": chem & (u[2] >= lm.alb_missing),
+        }
+        v["minute"] = (7 * 60 + u[3] * 240).astype(np.int64)
+        v["n_rows"] = np.sum([v["present"][a] for a in ANALYTE_ORDER], axis=0)
+        self.static_missing = {
+            k: rng.random(n) < share for k, share in sorted(STATIC_MISSING.items())
+        }
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="needed"))
+
+
+def _dates(epoch: np.datetime64, days: np.ndarray) -> pa.Array:
+    return pa.array((epoch + days.astype("timedelta64[D]")).astype("datetime64[D]"))
+
+
+def _bool_column(values: np.ndarray, missing: np.ndarray | None = None) -> pa.Array:
+    out = np.where(values, "true", "false").astype(object)
+    if missing is not None:
+        out[missing] = None
+    return pa.array(out, type=pa.string())
+
+
+def write_cohort(
+    records: CohortRecords,
+    p_response: np.ndarray,
+    p_error: np.ndarray,
+    out_dir: Path,
+    config: SimulationConfig,
+) -> dict[str, Path]:
+    """Write patients, episodes, labs, regimens and oracle as CSV; return the paths by table name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p, ep, cy, v = records.patients, records.episodes, records.cycles, records.visits
+    n = records.n_patients
+    epoch = np.datetime64(f"{config.start_year}-01-01")
+    start = p["start_offset"]
+    pid = np.array(opaque_ids("PT", np.arange(n), config.seed, 1), dtype=object)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(pid, kind="stable")] = np.arange(n)
+    miss = records.static_missing
+
+    race_other = np.asarray(RACES_NON_ASIAN)[p["race_other"]]
+    race = np.where(p["asian"], "Asian", race_other)
+    birth_days = start - np.round(p["age"] * 365.25).astype(np.int64) - p["birth_jitter"]
+    ecog = pa.array(np.where(miss["ecog"], np.nan, p["ecog"].astype(float)), from_pandas=True)
+    patients = pa.table(
+        {
+            "patient_id": pa.array(pid, type=pa.string()),
+            "sex": pa.array(np.where(p["male"], "M", "F")),
+            "birth_date": _dates(epoch, birth_days),
+            "race": pa.array(race),
+            "site": pa.array(np.asarray(SITE_CODES)[p["site"]]),
+            "ecog": pc.cast(ecog, pa.int64()),
+            "subtype": pa.array(np.asarray(SUBTYPES)[p["subtype"]]),
+            "bone_mets": _bool_column(p["bone"], miss["bone_mets"]),
+            "liver_mets": _bool_column(p["liver"], miss["liver_mets"]),
+            "marrow_involvement": _bool_column(p["marrow"]),
+            "splenomegaly": _bool_column(p["spleen"], miss["splenomegaly"]),
+            "prior_radiotherapy": _bool_column(p["radiotherapy"]),
+        }
+    )
+    order = np.argsort(pid, kind="stable")
+    _write(patients.take(order), out_dir / "patients.csv")
+
+    n_ep = ep["cand"].shape[0]
+    eid = np.array(opaque_ids("EP", np.arange(n_ep), config.seed, 2), dtype=object)
+    ep_order = np.lexsort((ep["day"], rank[ep["cand"]]))
+    episodes = pa.table(
+        {
+            "episode_id": pa.array(eid, type=pa.string()),
+            "patient_id": pa.array(pid[ep["cand"]], type=pa.string()),
+            "index_date": _dates(epoch, start[ep["cand"]] + ep["day"]),
+            "dose_mg": pa.array(ep["dose"]),
+        }
+    )
+    _write(episodes.take(ep_order), out_dir / "episodes.csv")
+
+    mtt = 4.0 / ep["ktr"]
+    oracle = pa.table(
+        {
+            "episode_id": pa.array(eid, type=pa.string()),
+            "p_response": np.round(p_response, 6),
+            "p_response_se": np.round(p_error, 8),
+            "eta_sensitivity": np.round(ep["eta"], 6),
+            "hetrombopag_emax": np.round(
+                hetrombopag_emax(
+                    ep["logit_fixed"],
+                    ep["eta"],
+                    ep["emax_cap"],
+                    config.parameters.hetrombopag.eta_omega,
+                ),
+                6,
+            ),
+            "sensitivity_logit_fixed": np.round(ep["logit_fixed"], 6),
+            "production_log_multiplier": np.round(
+                ep["prod_fixed"] + config.parameters.hetrombopag.production_kappa * ep["eta"], 6
+            ),
+            "plt_true_at_index": np.round(ep["circ"], 4),
+            "prolif_ratio_at_index": np.round(
+                ep["prolif"] * ep["ktr"] / (ep["kcirc"] * np.exp(ep["log_circ0"])), 6
+            ),
+            "plt_setpoint": np.round(np.exp(ep["log_circ0"]), 4),
+            "plt_setpoint_untreated": np.round(p["circ0"][ep["cand"]], 4),
+            "marrow_reserve": np.round(ep["reserve"], 6),
+            "feedback_max": np.round(ep["feedback_max"], 6),
+            "mtt_days": np.round(mtt, 6),
+            "feedback_gamma": np.round(ep["gamma"], 6),
+            "drug_sensitivity": np.round(ep["psi"], 6),
+            "lost_to_follow_up": _bool_column(ep["lost"]),
+        }
+    )
+    _write(oracle.take(ep_order), out_dir / "oracle.csv")
+
+    reg_codes = np.array([r.code for r in REGIMENS], dtype=object)
+    reg_drugs = np.array([";".join(r.drugs) for r in REGIMENS], dtype=object)
+    reg_len = np.array([r.cycle_days for r in REGIMENS])
+    cy_start = start[cy["cand"]] + cy["day"]
+    regimens = pa.table(
+        {
+            "patient_id": pa.array(pid[cy["cand"]], type=pa.string()),
+            "start_date": _dates(epoch, cy_start),
+            "end_date": _dates(epoch, cy_start + reg_len[cy["reg"]] - 1),
+            "drugs": pa.array(reg_drugs[cy["reg"]], type=pa.string()),
+            "regimen": pa.array(reg_codes[cy["reg"]], type=pa.string()),
+            "line": pa.array(cy["line"]),
+            "cycle": pa.array(cy["cycle"]),
+        }
+    )
+    cy_order = np.lexsort((cy["day"], rank[cy["cand"]]))
+    _write(regimens.take(cy_order), out_dir / "regimens.csv")
+
+    _write(_lab_table(records, pid, rank, epoch, config), out_dir / "labs.csv")
+    return {
+        name: out_dir / f"{name}.csv"
+        for name in ("patients", "episodes", "labs", "regimens", "oracle")
+    }
+
+
+def _site_profiles(site: np.ndarray, day: np.ndarray, config: SimulationConfig) -> np.ndarray:
+    """Laboratory coding profile of each draw: by site, with one site migrating its system."""
+    profile = site % len(LAB_PROFILES)
+    migration_day = 3 * 365
+    migrating = site == MIGRATING_SITE
+    before, after = MIGRATION_PROFILES
+    return np.where(migrating, np.where(day < migration_day, before, after), profile)
+
+
+def _lab_table(
+    records: CohortRecords,
+    pid: np.ndarray,
+    rank: np.ndarray,
+    epoch: np.datetime64,
+    config: SimulationConfig,
+) -> pa.Table:
+    v, p = records.visits, records.patients
+    cand = v["cand"]
+    abs_day = p["start_offset"][cand] + v["day"]
+    profile = _site_profiles(p["site"][cand], abs_day, config)
+    columns: dict[str, list[Any]] = {k: [] for k in ("row", "order", "test", "value", "unit")}
+    n_vis = cand.shape[0]
+    row = np.arange(n_vis)
+    for a_i, analyte in enumerate(ANALYTE_ORDER):
+        present = v["present"][analyte]
+        idx = row[present]
+        prof = profile[idx]
+        value = v["values"][analyte][idx]
+        test = np.empty(idx.shape[0], dtype=object)
+        unit = np.empty(idx.shape[0], dtype=object)
+        out = np.empty(idx.shape[0])
+        for k, spec in enumerate(LAB_PROFILES):
+            use_loinc, u, factor, decimals = spec[analyte]
+            sel = prof == k
+            test[sel] = LOINC[analyte] if use_loinc else analyte
+            unit[sel] = u
+            if analyte == "PLT":
+                out[sel] = np.round(value[sel]) * factor
+            else:
+                out[sel] = np.round(value[sel] * factor, decimals)
+        columns["row"].append(idx)
+        columns["order"].append(np.full(idx.shape[0], a_i))
+        columns["test"].append(test)
+        columns["unit"].append(unit)
+        columns["value"].append(out)
+    rows = np.concatenate(columns["row"])
+    order_a = np.concatenate(columns["order"])
+    test = np.concatenate(columns["test"])
+    unit = np.concatenate(columns["unit"])
+    value = np.concatenate(columns["value"])
+    seconds = (abs_day * 86400 + v["minute"] * 60)[rows]
+    patient_rank = rank[cand][rows]
+    order = np.lexsort((order_a, seconds, patient_rank))
+    patient = pid[cand][rows]
+    times = pa.array((epoch.astype("datetime64[s]") + seconds[order].astype("timedelta64[s]")))
+    return pa.table(
+        {
+            "patient_id": pa.array(patient[order], type=pa.string()),
+            "time": pc.strftime(times, format="%Y-%m-%dT%H:%M:%S"),
+            "test": pa.array(test[order], type=pa.string()),
+            "value": pa.array(value[order]),
+            "unit": pa.array(unit[order], type=pa.string()),
+        }
+    )
+
+
+__all__ = ["CohortRecords", "INTERNATIONAL_SITES", "opaque_ids", "write_cohort"]
