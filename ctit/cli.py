@@ -4,7 +4,15 @@ import logging
 
 import typer
 
-from ctit import cmd_data, cmd_features, cmd_report, cmd_serve, cmd_simulate, cmd_train
+from ctit import (
+    cmd_data,
+    cmd_demo,
+    cmd_features,
+    cmd_report,
+    cmd_serve,
+    cmd_simulate,
+    cmd_train,
+)
 
 app = typer.Typer(
     name="ctit",
@@ -26,5 +34,5 @@ def main(
     )
 
 
-for module in (cmd_data, cmd_simulate, cmd_features, cmd_train, cmd_report, cmd_serve):
+for module in (cmd_data, cmd_simulate, cmd_features, cmd_train, cmd_report, cmd_serve, cmd_demo):
     module.register(app)
