@@ -76,6 +76,8 @@ _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 _TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$")
 _SUBTYPE_KEYS = {s.lower(): s for s in SUBTYPES}
 _SECONDS_PER_YEAR = 365.25 * 86400.0
+# Inputs up to this many rows take per-value fast paths (one patient over HTTP).
+_SMALL = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,7 +194,7 @@ def validate_cohort(path: str | Path) -> ValidationReport:
     issues = _Issues()
     directory = Path(path)
     sources = _read_directory(directory, issues)
-    _, summary = _build(sources, issues)
+    _, summary = _build(sources, issues, with_summary=True)
     summary = {"directory": str(directory), **summary}
     return ValidationReport(not issues.errors, issues.errors, issues.warnings, summary)
 
@@ -410,18 +412,23 @@ def _first_line(exc: Exception) -> str:
 
 
 def _missing_token(values: pd.Series) -> np.ndarray:
-    """Rows holding NaN/None or a missing-value token ("", "NA", "null", ...)."""
-    missing = values.isna().to_numpy()
-    if values.dtype == object:
-        candidates = ~missing
-        if candidates.any():
-            sub = values[candidates]
-            is_str = sub.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
-            if is_str.any():
-                tokens = sub[is_str].str.strip().str.lower().isin(_MISSING_TOKENS).to_numpy()
-                idx = np.flatnonzero(candidates)[is_str]
-                missing[idx[tokens]] = True
-    return missing
+    """Rows holding NaN/None or a missing-value token ("", "NA", "null", ...).
+
+    Called only on the rows a parser could not read, so a Python pass over them is cheap.
+    """
+    if values.dtype != object:
+        return values.isna().to_numpy()
+    return np.fromiter(
+        (
+            v is None
+            or v is pd.NA
+            or (isinstance(v, float) and v != v)
+            or (isinstance(v, str) and v.strip().lower() in _MISSING_TOKENS)
+            for v in values.to_numpy()
+        ),
+        dtype=bool,
+        count=len(values),
+    )
 
 
 def _text(values: pd.Series, from_text: bool) -> tuple[pd.Series, np.ndarray]:
@@ -456,6 +463,10 @@ def _dates(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, bool]:
         out = values.astype("datetime64[ns]")
         missing = out.isna().to_numpy()
         return out, missing, np.zeros(len(out), dtype=bool), False
+    if len(values) <= _SMALL and values.dtype == object:
+        quick = _dates_small(values)
+        if quick is not None:
+            return quick
     had_offsets = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -474,6 +485,22 @@ def _dates(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, bool]:
     if nat.any():
         missing[nat] = _missing_token(values[nat])
     return parsed, missing, nat & ~missing, had_offsets
+
+
+def _dates_small(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, bool] | None:
+    """numpy's ISO 8601 parser for a few values (the one-patient HTTP path); None when any value
+    needs pandas' more tolerant parser."""
+    items = values.tolist()
+    if not all(v is None or (isinstance(v, str) and v) for v in items):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            parsed = np.array(items, dtype="datetime64[ns]")
+    except (ValueError, TypeError, DeprecationWarning, UserWarning):
+        return None
+    missing = np.isnat(parsed)
+    return pd.Series(parsed), missing, np.zeros(len(parsed), dtype=bool), False
 
 
 def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
@@ -536,7 +563,9 @@ class _Parsed:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _build(sources: Mapping[str, _Source], issues: _Issues) -> tuple[Cohort | None, dict]:
+def _build(
+    sources: Mapping[str, _Source], issues: _Issues, with_summary: bool = False
+) -> tuple[Cohort | None, dict]:
     parsed = _Parsed()
     ok = {name: _has_columns(src, issues) for name, src in sources.items()}
     patient_ids: pd.Index | None = None
@@ -558,8 +587,10 @@ def _build(sources: Mapping[str, _Source], issues: _Issues) -> tuple[Cohort | No
     for name in ("patients", "episodes"):
         if ok.get(name) and len(parsed.frames[name]) == 0:
             issues.add(name, f"table {name!r} has no rows")
-    summary = _summary_of(parsed.frames, parsed.conversions, sources)
-    summary.update(parsed.extra)
+    summary: dict[str, object] = {}
+    if with_summary:
+        summary = _summary_of(parsed.frames, parsed.conversions, sources)
+        summary.update(parsed.extra)
     required_ok = all(ok.get(name) for name in REQUIRED_TABLES)
     if issues.errors or not required_ok:
         return None, summary
@@ -769,17 +800,24 @@ def _episodes(
         else pd.Series(np.full(len(frame), np.nan))
     )
     if patients is not None and "birth_date" in patients and age.isna().any():
-        births = patients.drop_duplicates("patient_id").set_index("patient_id")["birth_date"]
-        birth = pid.map(births)
-        derived = (index_date - birth).dt.total_seconds().to_numpy() / _SECONDS_PER_YEAR
-        negative = (derived < 0) & ~index_bad
+        known = patients.drop_duplicates("patient_id")
+        position = pd.Index(known["patient_id"]).get_indexer(pid.to_numpy())
+        births = np.append(known["birth_date"].to_numpy(), np.datetime64("NaT", "ns"))
+        birth = births[position]  # -1 (unknown patient) picks the trailing NaT
+        span = index_date.to_numpy() - birth
+        derived = np.where(
+            np.isnat(span),
+            np.nan,
+            span.astype("timedelta64[s]").astype(np.int64) / _SECONDS_PER_YEAR,
+        )
+        negative = (derived < 0) & ~index_bad & age.isna().to_numpy()
         issues.rows(
             src,
             negative,
             "index_date",
             lambda p: (
                 f"index_date {index_date.iloc[p].date()} is before the patient's "
-                f"birth_date {birth.iloc[p].date()}"
+                f"birth_date {pd.Timestamp(birth[p]).date()}"
             ),
         )
         age = age.where(age.notna(), pd.Series(derived, index=age.index))

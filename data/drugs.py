@@ -11,7 +11,7 @@ import csv
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 
 DRUG_CLASSES: tuple[str, ...] = (
@@ -31,6 +31,7 @@ DRUG_CLASSES: tuple[str, ...] = (
     "immunotherapy",
 )
 
+DRUG_TABLE = Path(__file__).with_name("drug_classes.csv")
 _DASHES = re.compile(r"[\u2010-\u2015\u2212]")
 
 
@@ -45,7 +46,7 @@ class DrugTableError(ValueError):
 @lru_cache(maxsize=1)
 def _table() -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, str]]:
     """(generic name -> classes, any name or alias -> generic name), read once on first use."""
-    text = resources.files("data").joinpath("drug_classes.csv").read_text(encoding="utf-8")
+    text = DRUG_TABLE.read_text(encoding="utf-8")
     classes: dict[str, tuple[str, ...]] = {}
     names: dict[str, str] = {}
     for lineno, row in enumerate(csv.DictReader(text.splitlines()), start=2):

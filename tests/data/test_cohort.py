@@ -520,3 +520,21 @@ def test_both_csv_readers_give_the_same_cohort(cohort_dir: Path, tmp_path: Path)
     exact = load_cohort(cohort_dir)
     for name in ("patients", "episodes", "labs", "regimens"):
         pd.testing.assert_frame_equal(getattr(fast, name), getattr(exact, name))
+
+
+def test_age_given_or_derived_and_checked(cohort_tables, tmp_path: Path) -> None:
+    cohort_tables["episodes"]["age_years"] = [50.0, None, 38.0, 56.0, 130.0]
+    cohort_tables["patients"].loc[3, "birth_date"] = "2026-01-01"  # after E-4's index date
+    errors = _errors(cohort_tables, tmp_path)
+    assert Issue("episodes", 6, "age_years", "age_years 130 is not an age in years 0-120") in errors
+    assert len(errors) == 1  # E-4 has its age given, so its birth date is not used
+    cohort_tables["episodes"].loc[3, "age_years"] = None
+    cohort_tables["episodes"].loc[4, "age_years"] = 51.0
+    errors = _errors(cohort_tables, tmp_path / "again")
+    assert _where(errors) == {("episodes", 5, "index_date")}
+    cohort_tables["patients"].loc[3, "birth_date"] = "1968-07-07"
+    ages = cohort_from_tables(cohort_tables).episodes.set_index("episode_id")["age_years"]
+    assert ages["E-1"] == 50.0  # given
+    assert ages["E-2"] == pytest.approx(
+        (pd.Timestamp("2024-06-01") - pd.Timestamp("1960-01-15")).days / 365.25
+    )
