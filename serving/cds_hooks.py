@@ -17,6 +17,7 @@ When cards appear:
   up to today is below 100 x10^9/L (the CTIT threshold); otherwise no card, so the chart of a
   patient without CTIT stays quiet.
 
+This router also carries `serving.fhir_api.router` (FHIR Bundle in, RiskAssessments out).
 The scorer and audit log are reached through `request.app.state.scorer` and `.audit`. Optional
 `request.app.state.cds_settings` (`CdsSettings`) limits which FHIR servers may be called.
 """
@@ -39,6 +40,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from data.units import ANALYTES, canonical_test, convert
+from serving import fhir_api
 from serving.fhir import (
     ECOG_LOINC,
     LOINC,
@@ -54,6 +56,7 @@ from serving.records import RecordError
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["CDS Hooks"])
+router.include_router(fhir_api.router)  # POST /fhir/RiskAssessment/$score, same access rules
 
 PATIENT_VIEW = "ctit-patient-view"
 ORDER_SELECT = "ctit-order-select"
