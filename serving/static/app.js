@@ -236,7 +236,7 @@
   // ---------------------------------------------------------------- rows
 
   function analyteLabel(a) {
-    return a.name ? a.name + " (" + a.alias + ")" : a.alias;
+    return a.name ? a.alias + " · " + a.name : a.alias;
   }
 
   function fillTestSelect(select, value) {
@@ -764,7 +764,8 @@
       .replace(/ (on or before|before|to) the index date$/, "")
       .replace(/ on or before the index date/, "");
     text = text.charAt(0).toUpperCase() + text.slice(1);
-    if (value !== undefined && value !== null && isFinite(value)) {
+    if (value === null) return text + ": not recorded";
+    if (value !== undefined && isFinite(value)) {
       var info = state.featureInfo[name] || {};
       var unit = info.unit || "";
       if (unit === "0/1") text += ": " + (Number(value) >= 0.5 ? "yes" : "no");
@@ -976,6 +977,11 @@
 
   // ---------------------------------------------------------------- start
 
+  function showTokenState() {
+    $("access-summary").textContent = "Server access token" +
+      ($("token").value.trim() ? " (set for this browser tab)" : "");
+  }
+
   function start() {
     document.querySelectorAll("select.tristate").forEach(function (s) {
       s.appendChild(option("", "Not recorded"));
@@ -985,9 +991,11 @@
     var saved = null;
     try { saved = window.sessionStorage.getItem(TOKEN_KEY); } catch (e) { saved = null; }
     if (saved) $("token").value = saved;
+    showTokenState();
     $("token-save").addEventListener("click", function () {
       clearFieldError($("token"));
       try { window.sessionStorage.setItem(TOKEN_KEY, $("token").value.trim()); } catch (e) { /* private mode */ }
+      showTokenState();
       $("file-status").textContent = "";
       loadOptions();
       loadModelInfo();
@@ -995,6 +1003,7 @@
     $("token-clear").addEventListener("click", function () {
       $("token").value = "";
       try { window.sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* private mode */ }
+      showTokenState();
     });
     $("add-lab").addEventListener("click", function () {
       addLabRow({}).querySelector("select").focus();

@@ -752,3 +752,120 @@ def test_invalid_input_is_shown_by_the_field_and_nothing_typed_is_lost(chrome, s
     value.send_keys(Keys.BACKSPACE * 2 + "40")
     assert value.get_attribute("aria-invalid") is None
     _assert_local_only(chrome, service_url)
+
+
+def _load_file(driver, path: Path) -> str:
+    driver.find_element(By.ID, "patient-file").send_keys(str(path))
+    status = wait_for(
+        driver, lambda d: d.find_element(By.ID, "file-status").text.startswith("Loaded")
+    )
+    assert status
+    return driver.find_element(By.ID, "file-status").text
+
+
+@browser
+@pytest.mark.browser
+def test_patient_file_fills_the_form_and_an_unknown_unit_is_marked_by_its_field(
+    chrome, service_url, tmp_path
+):
+    record = {
+        "patient": {**RECORD["patient"], "site": "north"},
+        "episode": RECORD["episode"],
+        "labs": [
+            {"time": "2025-03-09T08:00:00", "test": "777-3", "value": 42, "unit": "10*3/uL"},
+            {"time": "2025-03-09", "test": "PLT", "value": 38, "unit": "mmol/L"},
+        ],
+        "regimens": [{"start_date": "2025-03-01", "drugs": "gemcitabine;carboplatin", "line": 2}],
+    }
+    path = tmp_path / "patient.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    requested_urls(chrome)
+    open_page(chrome, service_url)
+    assert "P-web" in _load_file(chrome, path)
+    find = chrome.find_element
+    assert find(By.ID, "patient_id").get_attribute("value") == "P-web"
+    assert find(By.ID, "index_date").get_attribute("value") == "2025-03-10"
+    assert find(By.ID, "subtype").get_attribute("value") == "TNBC"
+    first, second = _lab_rows(chrome)
+    assert _field(chrome, first, "test").get_attribute("value") == "PLT"  # LOINC 777-3
+    assert _field(chrome, first, "unit").get_attribute("value") == "10*3/uL"
+    assert _field(chrome, first, "clock").get_attribute("value") == "08:00"
+    unit = _field(chrome, second, "unit")
+    assert unit.get_attribute("value") == "mmol/L"  # kept, and flagged in the list
+    assert "not an accepted unit" in Select(unit).first_selected_option.text
+    drugs = find(By.CSS_SELECTOR, "#regimens-body").find_elements(By.CSS_SELECTOR, "[list]")
+    assert [d.get_attribute("value") for d in drugs] == ["gemcitabine", "carboplatin"]
+
+    find(By.ID, "submit").click()
+    wait_for(chrome, lambda d: unit.get_attribute("aria-invalid") == "true")
+    body = chrome.execute_script("return window.ctit.collectForm().body")
+    assert body["patient"]["site"] == "north"  # fields the form has no input for are kept
+    (error,) = httpx.post(service_url + "v1/score", json=body).json()["detail"]
+    assert error["loc"] == ["body", "labs", 1, "unit"]
+    assert _error_next_to(chrome, unit) == error["msg"]
+    assert "mmol/L" in error["msg"]
+    screenshot(chrome, "file-unknown-unit", unit)
+    Select(unit).select_by_value("10*9/L")
+    find(By.ID, "submit").click()
+    wait_for(chrome, lambda d: d.find_elements(By.ID, "waterfall"))
+    assert not find(By.ID, "error-summary").is_displayed()
+    _assert_local_only(chrome, service_url)
+
+
+@browser
+@pytest.mark.browser
+def test_fhir_bundle_is_read_by_the_server_and_scored(chrome, service_url, scorer):
+    bundle = FHIR_DIR / "augmented" / "anaemia-7-0001-ctit.json"
+    open_page(chrome, service_url)
+    status = _load_file(chrome, bundle)
+    assert "80401638" in status and "kept under their own code" in status
+    find = chrome.find_element
+    assert find(By.ID, "index_date").get_attribute("value") == "2025-03-10"
+    assert find(By.ID, "dose_mg").get_attribute("value") == "7.5"
+    assert find(By.ID, "bone_mets").get_attribute("value") == "true"
+    assert find(By.ID, "birth_date").get_attribute("value") == "1958-06-01"
+    assert len(_lab_rows(chrome)) == 22
+    regimens = find(By.ID, "regimens-body").find_elements(By.CSS_SELECTOR, ".regimen-row")
+    assert len(regimens) == 3
+    find(By.ID, "submit").click()
+    wait_for(
+        chrome, lambda d: d.find_elements(By.ID, "waterfall") or find(By.ID, "error-list").text
+    )
+    assert not find(By.ID, "error-summary").is_displayed(), find(By.ID, "error-list").text
+    answer = scorer.score(chrome.execute_script("return window.ctit.collectForm().body"))
+    assert find(By.ID, "result-probability").text == percent(answer["probability"])
+    screenshot(chrome, "fhir-result", find(By.ID, "result-heading"))
+
+
+@browser
+@pytest.mark.browser
+def test_bearer_token_is_asked_for_kept_in_the_session_and_sent(chrome, scorer, tmp_path):
+    with service(scorer, tmp_path, token="s3cret-token") as url:
+        open_page(chrome, url)  # the page and its lists need no token
+        find = chrome.find_element
+        assert "HTTP 401" in find(By.ID, "model-line").text
+        find(By.ID, "index_date").send_keys("03102025")
+        (row,) = _lab_rows(chrome)
+        _fill_lab(chrome, row, "PLT", "30", "10*9/L", "03092025")
+        find(By.ID, "submit").click()
+        token = find(By.ID, "token")
+        wait_for(chrome, lambda d: token.get_attribute("aria-invalid") == "true")
+        assert token.is_displayed()  # the access panel was opened
+        assert "bearer token" in find(By.ID, "error-list").text
+        assert find(By.ID, "result-placeholder").is_displayed()
+        token.send_keys("s3cret-token")
+        find(By.ID, "token-save").click()
+        wait_for(chrome, lambda d: "ctit-web-test" in find(By.ID, "model-line").text)
+        stored = chrome.execute_script("return sessionStorage.getItem('ctit.bearerToken')")
+        assert stored == "s3cret-token"
+        find(By.ID, "submit").click()
+        wait_for(chrome, lambda d: d.find_elements(By.ID, "waterfall"))
+        chrome.refresh()
+        open_page(chrome, url)
+        assert find(By.ID, "token").get_attribute("value") == "s3cret-token"
+        wait_for(chrome, lambda d: "ctit-web-test" in find(By.ID, "model-line").text)
+        summary = find(By.ID, "access-summary")
+        assert summary.text == "Server access token (set for this browser tab)"
+        summary.click()
+        find(By.ID, "token-clear").click()
+        assert chrome.execute_script("return sessionStorage.getItem('ctit.bearerToken')") is None
