@@ -44,6 +44,9 @@ class AnalyteSeries:
     seconds: np.ndarray
     day: np.ndarray
     value: np.ndarray
+    # The block's place in the arrays shared by every analyte (for one search over all of them).
+    start: int = 0
+    shared: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def read_labs(labs: pd.DataFrame | None) -> LabRecords | None:
@@ -97,7 +100,9 @@ def analyte_series(
     out: dict[str, AnalyteSeries] = {}
     for i, code in enumerate(codes):
         block = slice(bounds[i], bounds[i + 1])
-        out[code] = AnalyteSeries(key[block], seconds[block], day[block], value[block])
+        out[code] = AnalyteSeries(
+            key[block], seconds[block], day[block], value[block], int(bounds[i]), (key, day, value)
+        )
     return out
 
 
@@ -123,11 +128,29 @@ def last_values(
 
 def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[str, np.ndarray]:
     """`<analyte>_last` and `<analyte>_days_since` for every canonical analyte."""
+    blocks = [series[alias] for alias in LAB_ANALYTES]
+    shared = blocks[0].shared
+    if shared is None or len(shared[0]) == 0:
+        empty = np.full(timeline.n, np.nan)
+        return {
+            f"{prefix}_{what}": empty.copy()
+            for prefix, _, _ in LAB_ANALYTES.values()
+            for what in ("last", "days_since")
+        }
+    key, day, value = shared
+    # One search per analyte block, then every analyte at once (same result as `last_values`).
+    pos = np.stack(
+        [np.searchsorted(b.key, timeline.cutoff_key, "right") - 1 + b.start for b in blocks]
+    )
+    starts = np.array([b.start for b in blocks])[:, None]
+    safe = np.clip(pos, 0, len(key) - 1)
+    valid = (pos >= starts) & (key[safe] >= timeline.patient_start_key[None, :])
+    last = np.where(valid, value[safe], np.nan)
+    days = np.where(valid, timeline.index_day[None, :] - day[safe], np.nan)
     out: dict[str, np.ndarray] = {}
-    for alias, (prefix, _, _) in LAB_ANALYTES.items():
-        value, days = last_values(series[alias], timeline)
-        out[f"{prefix}_last"] = value
-        out[f"{prefix}_days_since"] = days
+    for i, (prefix, _, _) in enumerate(LAB_ANALYTES.values()):
+        out[f"{prefix}_last"] = last[i]
+        out[f"{prefix}_days_since"] = days[i]
     return out
 
 

@@ -251,3 +251,18 @@ def test_names_are_valid_for_xgboost(cohort_tables):
     model.fit(X, np.array([1, 0, 1, 0, 1]))
     assert list(model.get_booster().feature_names) == list(X.columns)
     assert model.predict_proba(X).shape == (5, 2)
+
+
+def test_batched_last_values_equal_the_one_analyte_search(cohort):
+    from features.labs import LAB_ANALYTES, analyte_series, lab_features, last_values, read_labs
+    from features.timeline import build_timeline, episode_frame
+
+    ids, pids, index_ns = episode_frame(cohort.episodes)
+    records = read_labs(cohort.labs)
+    timeline = build_timeline(ids, pids, index_ns, [records.seconds], lookback_days=28)
+    series = analyte_series(records, timeline, list(LAB_ANALYTES))
+    batched = lab_features(series, timeline)
+    for alias, (prefix, _, _) in LAB_ANALYTES.items():
+        value, days = last_values(series[alias], timeline)
+        np.testing.assert_array_equal(batched[f"{prefix}_last"], value)
+        np.testing.assert_array_equal(batched[f"{prefix}_days_since"], days)
