@@ -149,7 +149,8 @@ def plausibility_table(
     Returns:
         One row per feature with an expected direction: `feature`, `expected`, `constraint`,
         `learned`, `rho`, `n_observed`, `status` (`agrees`, `contradicts`, `no clear direction`,
-        `not assessable`) and `flag` (True where the reviewer must look).
+        `not used by the model`, `not assessable` (constant or too few observed values)) and
+        `flag` (True where the reviewer must look).
     """
     rows = []
     names = list(explanation.feature_names)
@@ -158,7 +159,9 @@ def plausibility_table(
         if want is None:
             continue
         got, rho, n = learned_direction(explanation.data[:, j], explanation.values[:, j], rule)
-        if got is None:
+        if got is None and np.allclose(explanation.values[:, j], 0.0):
+            status = "not used by the model"
+        elif got is None:
             status = "not assessable"
         elif got == 0:
             status = "no clear direction"
@@ -191,7 +194,13 @@ def plausibility_table(
         "flag",
     ]
     table = pd.DataFrame(rows, columns=columns)
-    order = {"contradicts": 0, "no clear direction": 1, "not assessable": 2, "agrees": 3}
+    order = {
+        "contradicts": 0,
+        "no clear direction": 1,
+        "not used by the model": 2,
+        "not assessable": 3,
+        "agrees": 4,
+    }
     return table.sort_values(
         ["flag", "status", "feature"],
         key=lambda col: col.map(order) if col.name == "status" else col,

@@ -91,6 +91,13 @@ GROUP_LABELS = {
     "other": "Other",
 }
 
+RILEY_CRITERIA = {
+    "overall_risk": "Overall risk within ±0.05",
+    "mape": "Mean absolute prediction error ≤ 0.05",
+    "shrinkage": "Expected shrinkage ≥ 0.9",
+    "optimism": "Optimism in Nagelkerke R² ≤ 0.05",
+}
+
 DIRECTION_WORDS = {1: "higher → more response", -1: "higher → less response", 0: "≈ none"}
 
 
@@ -297,6 +304,11 @@ def _label_text(result: TrainResult) -> str:
         definition = get_definition(name)
     except ValueError as error:
         raise ReportError(f"TrainResult.label_definition: {error}") from error
+    if definition.given_only:
+        return (
+            f"{name}: {definition.describe()}; the software did not derive these labels, so the "
+            "authors must state how and by whom response was assessed, and whether blinded."
+        )
     return (
         f"{name}: an episode responds when {definition.describe()} (the index date is the first "
         "hetrombopag dose). Baseline PLT is the last PLT in the 3 days up to and including the "
@@ -316,8 +328,21 @@ def _cohort_facts(result: TrainResult) -> list[tuple[str, str]]:
         ("Responders (events)", f"{events:,} ({100 * events / len(y):.1f}%)"),
         ("Non-responders", _fmt(len(y) - events)),
     ]
-    for key, value in _flatten(result.cohort_summary or {}):
-        facts.append((key, _fmt(value)))
+    summary = result.cohort_summary or {}
+    dates = [(k, v) for k, v in _flatten(summary) if "date" in k.lower()]
+    if dates:
+        facts += [(k, _fmt(v)) for k, v in dates]
+    else:
+        facts.append(("Index dates", "not recorded in this run's cohort summary"))
+    subgroups = result.subgroups
+    if subgroups is not None and not subgroups.empty and "subgroup" in subgroups:
+        sites = sorted(subgroups.loc[subgroups["subgroup"] == "site", "level"].astype(str).unique())
+        if sites:
+            facts.append(("Sites", f"{len(sites)}: {', '.join(sites)}"))
+    skip = {"tables", "conversions", "outcomes"}
+    for key, value in _flatten({k: v for k, v in summary.items() if k not in skip}):
+        if "date" not in key.lower():
+            facts.append((key, _fmt(value)))
     return facts
 
 
@@ -333,20 +358,17 @@ def _sample_size_html(sample_size: Mapping[str, Any]) -> Markup:
         verdict = _badge("meets Riley's minimum", "ok") if enough else _badge("below", "flag")
         parts.append(
             Markup("<p>{} episodes against a minimum of {} (limited by {}). {}</p>").format(
-                _fmt(n), _fmt(minimum), _humanise(riley.get("limiting_criterion", "?")), verdict
+                _fmt(n),
+                _fmt(minimum),
+                RILEY_CRITERIA.get(riley.get("limiting_criterion"), "?").lower(),
+                verdict,
             )
         )
         criteria = riley.get("criteria", {})
-        explain = {
-            "overall_risk": "Overall risk within ±0.05",
-            "mape": "Mean absolute prediction error ≤ 0.05",
-            "shrinkage": "Expected shrinkage ≥ 0.9",
-            "optimism": "Optimism in Nagelkerke R² ≤ 0.05",
-        }
         parts.append(
             _table(
                 ["Criterion (Riley et al., BMJ 2020)", "Minimum episodes"],
-                [(explain.get(k, _humanise(k)), v) for k, v in criteria.items()],
+                [(RILEY_CRITERIA.get(k, _humanise(k)), v) for k, v in criteria.items()],
                 numeric=[1],
             )
         )
@@ -434,7 +456,7 @@ def _model_spec(result: TrainResult) -> list[tuple[str, str]]:
         facts.append(
             (
                 "Tuning",
-                f"random search, {model_cfg.get('n_trials', '?')} trials inside the training "
+                f"random search, {model_cfg.get('n_trials', '?')} trial(s) inside the training "
                 f"folds; early stopping ({model_cfg.get('early_stopping_rounds', '?')} rounds) on "
                 "an "
                 f"inner validation split of {model_cfg.get('inner_valid_fraction', '?')} of the "
@@ -443,7 +465,17 @@ def _model_spec(result: TrainResult) -> list[tuple[str, str]]:
         )
         if model_cfg.get("params"):
             facts.append(("Fixed parameters", _fmt(model_cfg["params"])))
-    facts += _booster_facts(result.model.booster)
+    final = (getattr(result, "tuning", None) or {}).get("final") or {}
+    if final:
+        shown = {k: v for k, v in final.items() if k not in {"nthread", "seed", "objective"}}
+        facts.append(
+            ("Final model parameters", ", ".join(f"{k}={_fmt(v, 3)}" for k, v in shown.items()))
+        )
+        facts.append(
+            ("Trees (boosting rounds)", _fmt(int(result.model.booster.num_boosted_rounds())))
+        )
+    else:
+        facts += _booster_facts(result.model.booster)
     facts.append(
         ("Class imbalance", "no resampling; class weights only if listed in the parameters above")
     )
@@ -497,7 +529,9 @@ def _metrics_html(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> M
 def _subgroups_html(subgroups: pd.DataFrame) -> Markup:
     if subgroups is None or subgroups.empty:
         return Markup('<p class="muted">No subgroup analysis in this run.</p>')
-    frame = subgroups.copy()
+    model_order = {"xgboost": 0, "logreg": 1, "plt_baseline": 2}
+    frame = subgroups.assign(_m=subgroups["model"].map(model_order).fillna(9))
+    frame = frame.sort_values(["subgroup", "level", "_m"], kind="stable").drop(columns="_m")
     rows = []
     for record in frame.to_dict("records"):
         auroc = record.get("auroc")
@@ -538,6 +572,24 @@ def _subgroups_html(subgroups: pd.DataFrame) -> Markup:
     return note + _table(headers, rows, numeric=range(3, 10), flagged=small)
 
 
+def _stability_html(stability: pd.DataFrame, k: int) -> Markup:
+    if stability.empty:
+        return Markup('<p class="muted">No fold-model importance recorded in this run.</p>')
+    rows = [
+        (
+            r.feature,
+            r.n_models,
+            f"{r.median_rank:g}",
+            f"{r.best_rank:g}",
+            f"{r.worst_rank:g}",
+            f"{100 * r.top_k_share:.0f}%",
+        )
+        for r in stability.itertuples()
+    ]
+    headers = ["Feature", "Fold models", "Median rank", "Best", "Worst", f"In top {k}"]
+    return _table(headers, rows, numeric=range(1, 6))
+
+
 def _plausibility_html(table: pd.DataFrame) -> Markup:
     if table.empty:
         return Markup('<p class="muted">No feature of this model has an expected direction.</p>')
@@ -545,6 +597,7 @@ def _plausibility_html(table: pd.DataFrame) -> Markup:
         "agrees": "ok",
         "contradicts": "flag",
         "no clear direction": "warn",
+        "not used by the model": "warn",
         "not assessable": "na",
     }
     rows = []
@@ -761,6 +814,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
     """
     settings = settings or ReportSettings()
     _check_result(result)
+    label_text = _label_text(result)
     booster = result.model.booster
     columns = list(booster.feature_names or result.X.columns)
     X_all = result.X[columns] if set(columns) <= set(result.X.columns) else result.X
@@ -815,10 +869,12 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
             r.feature,
             GROUP_LABELS.get(groups[r.feature], groups[r.feature]),
             r.mean_abs_shap,
-            100 * r.share,
+            f"{100 * r.share:.1f}",
         )
-        for r in importance.head(max(settings.top_features, 25)).itertuples()
+        for r in importance.itertuples()
+        if r.mean_abs_shap > 0
     ]
+    n_unused = int((importance["mean_abs_shap"] == 0).sum())
     stability = rank_stability(fold_importance, stability_features) if has_folds else pd.DataFrame()
     n_models = (
         int(fold_importance[["repeat", "fold"]].drop_duplicates().shape[0]) if has_folds else 0
@@ -862,7 +918,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
             ("Prediction time", "the index date, before the first hetrombopag dose"),
             ("Output", "calibrated probability that this CTIT episode responds, with a band"),
         ],
-        "label_text": _label_text(result),
+        "label_text": label_text,
         "cohort_facts": _cohort_facts(result),
         "attrition_html": _mapping_table(result.attrition, "attrition"),
         "table1_html": _frame_table(result.table1),
@@ -889,6 +945,14 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
             ["Rank", "Feature", "Group", "Mean |SHAP| (log-odds)", "Share (%)"],
             importance_rows,
             numeric=[0, 3, 4],
+        )
+        + (
+            Markup(
+                '<p class="note">{} features are never used by the final model (SHAP 0 for '
+                "every episode).</p>"
+            ).format(n_unused)
+            if n_unused
+            else Markup("")
         ),
         "plausibility_note": (
             "For each feature the registry gives an expected direction (from the literature), the "
@@ -907,7 +971,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
             if has_folds
             else "No fold-model importance recorded in this run."
         ),
-        "stability_html": _frame_table(stability),
+        "stability_html": _stability_html(stability, len(stability_features)),
         "gallery_note": (
             "Example episodes of the training cohort at the 95th and 5th centiles of predicted "
             "response and near the operating threshold. The waterfall is on the probability "

@@ -1,4 +1,5 @@
-"""The reviewer report: content, plausibility flags, a self-contained page in headless Chromium."""
+"""The reviewer report of a tiny real training run: content, plausibility flags, `ctit report`,
+and a self-contained page in headless Chromium (screenshots under test-artifacts/)."""
 
 import base64
 import json
@@ -6,233 +7,88 @@ import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-import xgboost as xgb
+import typer
 from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from typer.testing import CliRunner
 
-from serving.model import Calibrator, RiskBands
-from training.explain import tree_shap
+from ctit import cmd_report
+from data.cohort import cohort_from_tables
+from training.config import parse_experiment
 from training.report import SECTIONS, ReportError, ReportSettings, render_report
+from training.report_source import ReportSourceError, load_train_result, run_id_of_model
 from training.result import TrainResult
-from training.sample_size import assess_sample_size
+from training.run import fit_experiment, train_experiment
+from training.tracking import TrackingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-FEATURES = [
-    "plt_last",
-    "hgb_last",
-    "anc_last",
-    "n_lines",
-    "marrow_involvement",
-    "current_gemcitabine",
-    "age_years",
-]
-PARAMS = {"objective": "binary:logistic", "max_depth": 3, "eta": 0.15, "nthread": 1, "seed": 0}
-SETTINGS = ReportSettings(top_features=7, n_dependence=2, stability_features=5)
+# roc, calibration, decision curve, 2 importance, beeswarm, 4 dependence, stability, 3 cases
+N_IMAGES = 14
+EXPERIMENT = {
+    "model": {"n_trials": 1, "max_rounds": 40, "early_stopping_rounds": 10},
+    "validation": {"n_splits": 3, "n_repeats": 1},
+    "evaluation": {"n_bootstrap": 50, "n_bootstrap_subgroup": 50},
+}
 
 
-def _cohort(n: int, plt_effect: float, seed: int) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+def contract_tables(n: int, seed: int, plt_effect: float = 0.06) -> dict[str, pd.DataFrame]:
+    """A schema-valid cohort in which response changes with baseline PLT by `plt_effect` per
+    10^9/L and falls with marrow involvement and gemcitabine; labelled from post-index PLT."""
     rng = np.random.default_rng(seed)
-    index = pd.Index([f"E{i:04d}" for i in range(n)], name="episode_id")
-    X = pd.DataFrame(
+    ids = [f"P{i:03d}" for i in range(n)]
+    marrow = rng.random(n) < 0.15
+    gem = rng.random(n) < 0.4
+    baseline = rng.uniform(8, 74, n).round()
+    respond = rng.random(n) < expit(0.6 + plt_effect * (baseline - 40) - 1.5 * marrow - 0.8 * gem)
+    index = pd.Timestamp("2023-01-01") + pd.to_timedelta(np.arange(n) * 3, unit="D")
+    patients = pd.DataFrame(
         {
-            "plt_last": rng.uniform(5, 75, n),
-            "hgb_last": np.where(rng.random(n) < 0.25, np.nan, rng.normal(100, 15, n)),
-            "anc_last": rng.lognormal(0.9, 0.4, n),
-            "n_lines": rng.integers(0, 5, n).astype(float),
-            "marrow_involvement": (rng.random(n) < 0.12).astype(float),
-            "current_gemcitabine": (rng.random(n) < 0.3).astype(float),
-            "age_years": rng.normal(52, 9, n),
-        },
-        index=index,
-    )
-    logit = (
-        1.0
-        + plt_effect * 0.07 * (X["plt_last"] - 40)
-        - 0.5 * X["n_lines"]
-        - 1.5 * X["marrow_involvement"]
-        - 0.8 * X["current_gemcitabine"]
-        + 0.02 * (X["hgb_last"].fillna(100) - 100)
-    )
-    y = pd.Series((rng.random(n) < expit(logit)).astype(int), index=index, name="y")
-    groups = pd.Series([f"P{i // 2:04d}" for i in range(n)], index=index, name="patient_id")
-    return X, y, groups
-
-
-def _train(X: pd.DataFrame, y: pd.Series, rounds: int = 40) -> xgb.Booster:
-    return xgb.train(PARAMS, xgb.DMatrix(X, label=y, nthread=1), num_boost_round=rounds)
-
-
-def _interval(value: float) -> dict[str, float]:
-    return {"estimate": value, "low": value - 0.05, "high": value + 0.05}
-
-
-def make_result(n: int = 240, plt_effect: float = 1.0, seed: int = 0) -> TrainResult:
-    """A TrainResult with every documented field, from a small booster on synthetic data."""
-    X, y, groups = _cohort(n, plt_effect, seed)
-    patients = groups.unique()
-    rng = np.random.default_rng(seed + 1)
-    oof_rows, fold_rows, fold_boosters = [], [], []
-    for repeat in range(2):
-        fold_of_patient = dict(zip(patients, rng.permutation(len(patients)) % 3, strict=True))
-        fold = groups.map(fold_of_patient)
-        for k in range(3):
-            test = fold == k
-            booster = _train(X[~test], y[~test], rounds=25)
-            fold_boosters.append(booster)
-            p = booster.predict(xgb.DMatrix(X[test], nthread=1))
-            logreg = LogisticRegression(max_iter=500).fit(X[~test].fillna(100), y[~test])
-            oof_rows.append(
-                pd.DataFrame(
-                    {
-                        "episode_id": X.index[test],
-                        "patient_id": groups[test].to_numpy(),
-                        "y": y[test].to_numpy(),
-                        "repeat": repeat,
-                        "fold": k,
-                        "p_xgb_raw": p,
-                        "p_logreg": logreg.predict_proba(X[test].fillna(100))[:, 1],
-                        "p_plt": X.loc[test, "plt_last"].to_numpy() / 75,
-                    }
-                )
-            )
-            expl, _ = tree_shap(booster, X[test])
-            mean_abs = np.abs(expl.values).mean(axis=0)
-            ranks = (-mean_abs).argsort().argsort() + 1
-            for name, value, rank in zip(FEATURES, mean_abs, ranks, strict=True):
-                fold_rows.append(
-                    {
-                        "repeat": repeat,
-                        "fold": k,
-                        "feature": name,
-                        "mean_abs_shap": value,
-                        "rank": int(rank),
-                    }
-                )
-    oof = pd.concat(oof_rows, ignore_index=True)
-    calibrator = Calibrator("platt").fit(oof["p_xgb_raw"], oof["y"])
-    oof["p_xgb"] = calibrator.transform(oof["p_xgb_raw"])
-    metrics = {}
-    for model, column in {
-        "xgboost": "p_xgb",
-        "logreg": "p_logreg",
-        "plt_baseline": "p_plt",
-    }.items():
-        metrics[model] = {
-            "auroc": _interval(roc_auc_score(oof["y"], oof[column])),
-            "brier": _interval(brier_score_loss(oof["y"], oof[column].clip(0, 1))),
-            "calibration_slope": _interval(1.0),
+            "patient_id": ids,
+            "sex": "F",
+            "birth_date": [f"{1950 + i % 35}-0{1 + i % 9}-15" for i in range(n)],
+            "site": np.where(np.arange(n) % 2 == 0, "north", "south"),
+            "ecog": rng.integers(0, 3, n),
+            "subtype": rng.choice(["HR+/HER2-", "HER2+", "TNBC"], n),
+            "bone_mets": rng.random(n) < 0.5,
+            "marrow_involvement": marrow,
+            "prior_radiotherapy": rng.random(n) < 0.2,
         }
-    thresholds = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    prevalence = y.mean()
-    curve = []
-    for t in thresholds:
-        for model, column in {"xgboost": "p_xgb", "logreg": "p_logreg"}.items():
-            treat = oof[column] >= t
-            tp = ((oof["y"] == 1) & treat).mean()
-            fp = ((oof["y"] == 0) & treat).mean()
-            curve.append({"threshold": t, "model": model, "net_benefit": tp - fp * t / (1 - t)})
-        curve.append(
-            {
-                "threshold": t,
-                "model": "treat_all",
-                "net_benefit": prevalence - (1 - prevalence) * t / (1 - t),
-            }
-        )
-        curve.append({"threshold": t, "model": "treat_none", "net_benefit": 0.0})
-    subgroups = pd.DataFrame(
-        [
-            {
-                "model": "xgboost",
-                "subgroup": "marrow_involvement",
-                "level": level,
-                "n": int(n_),
-                "events": int(e),
-                "auroc": 0.7,
-                "auroc_low": 0.6,
-                "auroc_high": 0.8,
-                "brier": 0.2,
-                "oe_ratio": 1.0,
-                "sensitivity": 0.8,
-                "specificity": 0.5,
-                "ppv": 0.7,
-                "npv": 0.6,
-            }
-            for level, n_, e in [
-                (
-                    "yes",
-                    (X["marrow_involvement"] == 1).sum(),
-                    y[X["marrow_involvement"] == 1].sum(),
-                ),
-                ("no", (X["marrow_involvement"] == 0).sum(), y[X["marrow_involvement"] == 0].sum()),
-            ]
+    )
+    episodes = pd.DataFrame(
+        {
+            "episode_id": [f"E{i:03d}" for i in range(n)],
+            "patient_id": ids,
+            "index_date": index.strftime("%Y-%m-%d"),
+            "dose_mg": 7.5,
+        }
+    )
+    day = pd.Timedelta(days=1)
+    rows = []
+    for i, pid in enumerate(ids):
+        t0 = index[i]
+        after = baseline[i] + (rng.uniform(55, 90) if respond[i] else rng.uniform(0, 20))
+        rows += [
+            (pid, (t0 - 12 * day).isoformat(), "PLT", baseline[i] + rng.uniform(30, 90), "10*9/L"),
+            (pid, (t0 - day).isoformat(), "PLT", baseline[i], "10*9/L"),
+            (pid, (t0 - day).isoformat(), "HGB", rng.normal(100, 12), "g/L"),
+            (pid, (t0 - day).isoformat(), "ANC", rng.lognormal(0.9, 0.3), "10*9/L"),
+            (pid, (t0 + 7 * day).isoformat(), "PLT", round(after), "10*9/L"),
         ]
-    )
-    table1 = pd.DataFrame(
+    labs = pd.DataFrame(rows, columns=["patient_id", "time", "test", "value", "unit"])
+    regimens = pd.DataFrame(
         {
-            "variable": ["episodes", "plt_last", "hgb_last"],
-            "level": ["", "", ""],
-            "overall": [str(n), "40 [22, 58]", "100 [90, 110]"],
-            "responders": ["", "", ""],
-            "non_responders": ["", "", ""],
-            "missing": ["", "0 (0.0%)", f"{X['hgb_last'].isna().sum()} (25%)"],
+            "patient_id": ids,
+            "start_date": (index - 21 * day).strftime("%Y-%m-%d"),
+            "drugs": np.where(gem, "gemcitabine;carboplatin", "paclitaxel"),
+            "line": rng.integers(1, 4, n),
+            "cycle": rng.integers(1, 6, n),
         }
     )
-    model = SimpleNamespace(
-        booster=_train(X, y),
-        fold_boosters=fold_boosters,
-        calibrator=calibrator,
-        bands=RiskBands(thresholds=(0.5, 0.75), operating_threshold=0.5),
-        pipeline=None,
-        metadata={
-            "name": "ctit-response",
-            "version": "3",
-            "label_definition": "plt75_d14",
-            "trained_at": "2025-01-01T00:00:00Z",
-            "experiment": "test",
-        },
-    )
-    return TrainResult(
-        config={
-            "validation": {"scheme": "cv", "n_splits": 3, "n_repeats": 2, "seed": 7},
-            "model": {"n_trials": 2, "early_stopping_rounds": 10, "inner_valid_fraction": 0.25},
-            "calibration": {"method": "platt"},
-            "evaluation": {"operating_threshold": 0.5, "n_bootstrap": 100, "shap_sample": 1000},
-        },
-        label_definition="plt75_d14",
-        model=model,
-        X=X,
-        raw_features=X.reset_index(),
-        y=y,
-        groups=groups,
-        oof=oof,
-        metrics=metrics,
-        subgroups=subgroups,
-        decision_curve=pd.DataFrame(curve),
-        table1=table1,
-        attrition={
-            "episodes_in": n + 9,
-            "excluded_by_reason": {"no baseline PLT": 9},
-            "labelled": n,
-            "responders": int(y.sum()),
-        },
-        sample_size=assess_sample_size(y.to_numpy(), groups.to_numpy(), len(FEATURES), 0.75),
-        cohort_summary={
-            "source": "synthetic test data",
-            "first_index_date": "2023-01-02",
-            "last_index_date": "2024-12-30",
-            "sites": 2,
-        },
-        fold_importance=pd.DataFrame(fold_rows),
-        monotone_constraints={"n_lines": -1},
-        run_id="0123456789abcdef",
-    )
+    return {"patients": patients, "episodes": episodes, "labs": labs, "regimens": regimens}
 
 
 class _Elements(HTMLParser):
@@ -258,28 +114,52 @@ class _Elements(HTMLParser):
                 self.links.append((tag, attributes[name]))
 
 
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Train once (plt_last constrained), tracked in a fresh SQLite store: (tracking URI, run)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    config = parse_experiment(
+        {
+            **EXPERIMENT,
+            "name": "report-slice",
+            "model": {**EXPERIMENT["model"], "monotone": ["plt_last"]},
+        }
+    )
+    settings = TrackingSettings(
+        tracking_uri=uri,
+        experiment_name="report-test",
+        registered_model="ctit-report-test",
+        artifact_location=(root / "artifacts").as_uri(),
+    )
+    result = train_experiment(config, cohort_from_tables(contract_tables(150, seed=4)), settings)
+    return uri, result.run_id
+
+
+@pytest.fixture(scope="module")
+def report_html(tracked: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The report written by `ctit report --run`."""
+    uri, run_id = tracked
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    outcome = CliRunner().invoke(
+        _app(), ["report", "--run", run_id, "--out", str(out), "--tracking-uri", uri]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    return out.read_text(encoding="utf-8")
+
+
 def _plausibility_row(html: str, feature: str) -> str:
     section = html[html.index('<section id="plausibility">') :]
     section = section[: section.index("</section>")]
     rows = re.findall(r"<tr[^>]*>.*?</tr>", section, flags=re.S)
-    matching = [row for row in rows if f"<td>{feature}</td>" in row]
+    matching = [row for row in rows if f"<td>{feature}</td>" in row and "badge" in row]
     assert len(matching) == 1, f"expected one plausibility row for {feature}"
     return matching[0]
 
 
-@pytest.fixture(scope="module")
-def result() -> TrainResult:
-    return make_result()
-
-
-@pytest.fixture(scope="module")
-def html(result: TrainResult) -> str:
-    return render_report(result, SETTINGS)
-
-
-def test_report_has_every_section_and_inline_images_only(html: str) -> None:
+def test_report_has_every_section_and_inline_images_only(report_html: str) -> None:
     page = _Elements()
-    page.feed(html)
+    page.feed(report_html)
     assert {anchor for anchor, _ in SECTIONS} <= page.ids
     assert {
         "intended-use",
@@ -299,8 +179,7 @@ def test_report_has_every_section_and_inline_images_only(html: str) -> None:
         "case-low",
         "case-borderline",
     } <= page.ids
-    # roc, calibration, decision curve, 2 importance, beeswarm, 2 dependence, stability, 3 cases
-    assert len(page.images) == 12
+    assert len(page.images) == N_IMAGES
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -308,27 +187,38 @@ def test_report_has_every_section_and_inline_images_only(html: str) -> None:
     outside = [(tag, url) for tag, url in page.links if re.match(r"(?i)\s*(https?:)?//", url)]
     # plain reference links (<a>) only; nothing the browser would fetch
     assert outside and all(tag == "a" for tag, _ in outside)
-    assert "@import" not in html and "url(" not in html and "@font-face" not in html
+    assert "@import" not in report_html and "url(" not in report_html
+    assert "@font-face" not in report_html
 
 
-def test_report_states_the_evidence(result: TrainResult, html: str) -> None:
-    assert "PLT &gt;= 75 x10^9/L on any day 1-14" in html  # the label definition, in words
+def test_report_states_the_evidence(tracked: tuple[str, str], report_html: str) -> None:
+    uri, run_id = tracked
+    result = load_train_result(run_id, uri)
+    html = report_html
+    assert "PLT &gt;= 100 or PLT - baseline &gt;= 50 x10^9/L on any day 1-14" in html
     assert "adult patients with breast cancer" in html
-    assert f"{int(result.y.sum()):,} (" in html  # events with their percentage
-    assert "Observed:expected" not in html or "O:E" in html
-    auroc = result.metrics["xgboost"]["auroc"]["estimate"]
-    assert f"{auroc:.3f} ({auroc - 0.05:.3f}–{auroc + 0.05:.3f})" in html
-    assert "Riley" in html and "minimum" in html
-    assert "first_index_date" not in html and "First index date" in html
-    # probability-scale view labelled as such, log-odds beside it
-    assert html.count("Probability-scale view") >= 3
-    assert "Log-odds contributions" in html
+    events = int(result.y.sum())
+    assert f"{events:,} ({100 * events / len(result.y):.1f}%)" in html
+    auroc = result.metrics["xgboost"]["auroc"]
+    cell = f"{auroc['estimate']:.3f} ({auroc['low']:.3f}–{auroc['high']:.3f})"
+    assert cell in html
+    assert "Riley" in html and "Mean absolute prediction error" in html
+    assert "Sites</dt><dd>2: north, south" in html
+    assert run_id in html
+    # probability-scale view labelled as such, with the log-odds beside it
+    assert html.count("Probability-scale view") == 3
+    assert html.count("Log-odds contributions") == 3
+    # the experiment's monotone constraint is shown next to the registry's direction
+    constraints = html[html.index('id="monotone-constraints"') :]
+    assert "<td>plt_last</td><td>higher → more response</td>" in constraints
+    row = _plausibility_row(html, "plt_last")
+    assert "agrees" in row and "flagged" not in row
 
 
-def test_tripod_map_links_resolve_and_lists_items_for_the_authors(html: str) -> None:
+def test_tripod_map_links_resolve_and_lists_items_for_the_authors(report_html: str) -> None:
     page = _Elements()
-    page.feed(html)
-    tripod = html[html.index('<section id="tripod">') :]
+    page.feed(report_html)
+    tripod = report_html[report_html.index('<section id="tripod">') :]
     anchors = re.findall(r'href="#([a-z0-9-]+)"', tripod)
     assert len(anchors) >= 20
     assert set(anchors) <= page.ids
@@ -338,37 +228,91 @@ def test_tripod_map_links_resolve_and_lists_items_for_the_authors(html: str) -> 
     assert "<td>10</td>" not in authors  # sample size is documented by the report
 
 
-def test_plausibility_agrees_when_the_model_follows_the_registry(html: str) -> None:
-    row = _plausibility_row(html, "plt_last")
-    assert "agrees" in row and "flagged" not in row
-
-
 def test_plausibility_flags_a_learned_direction_that_contradicts_the_registry() -> None:
     # Higher baseline PLT lowers response here, against the registry's +1 for plt_last.
-    contrary = make_result(n=240, plt_effect=-1.0, seed=3)
-    html = render_report(contrary, SETTINGS)
+    cohort = cohort_from_tables(contract_tables(150, seed=9, plt_effect=-0.06))
+    result, _ = fit_experiment(parse_experiment({**EXPERIMENT, "name": "contrary"}), cohort)
+    html = render_report(result, ReportSettings(n_dependence=1))
     row = _plausibility_row(html, "plt_last")
     assert 'class="flagged"' in row
-    assert "contradicts" in row
+    assert "contradicts" in row and "higher → less response" in row
     assert "feature(s) flagged" in html
-    assert "Learned direction contradicts clinical expectation for: plt_last" in html
+    assert re.search(r"Learned direction contradicts clinical expectation for: [^<]*plt_last", html)
 
 
-def test_report_refuses_a_result_without_a_model(result: TrainResult) -> None:
-    broken = TrainResult(**{**result.__dict__, "model": None})
+def test_report_refuses_a_result_it_cannot_explain(tracked: tuple[str, str]) -> None:
+    result = load_train_result(tracked[1], tracked[0])
     with pytest.raises(ReportError, match="TrainResult.model"):
-        render_report(broken, SETTINGS)
-
-
-def test_report_refuses_an_unknown_label_definition(result: TrainResult) -> None:
-    broken = TrainResult(**{**result.__dict__, "label_definition": "plt999"})
+        render_report(TrainResult(**{**result.__dict__, "model": None}))
     with pytest.raises(ReportError, match="label_definition.*plt999"):
-        render_report(broken, SETTINGS)
+        render_report(TrainResult(**{**result.__dict__, "label_definition": "plt999"}))
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    cmd_report.register(app)
+    return app
+
+
+def test_report_of_a_registered_model_version(tracked: tuple[str, str], tmp_path: Path) -> None:
+    uri, run_id = tracked
+    assert run_id_of_model("models:/ctit-report-test@candidate", uri) == run_id
+    by_model = tmp_path / "model.html"
+    outcome = CliRunner().invoke(
+        _app(),
+        [
+            "report",
+            "--model",
+            "models:/ctit-report-test/1",
+            "--out",
+            str(by_model),
+            "--tracking-uri",
+            uri,
+        ],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert f"report of run {run_id} written to" in outcome.output
+    assert f"MLflow run</dt><dd>{run_id}" in by_model.read_text(encoding="utf-8")
+
+
+def test_training_logs_the_report_to_the_run(tracked: tuple[str, str], tmp_path: Path) -> None:
+    import mlflow
+
+    uri, run_id = tracked
+    assert "ctit.report_error" not in mlflow.MlflowClient(uri).get_run(run_id).data.tags
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="report.html", dst_path=str(tmp_path), tracking_uri=uri
+    )
+    assert '<section id="case-gallery">' in Path(local).read_text(encoding="utf-8")
+    result = load_train_result(run_id, uri)
+    assert result.run_id == run_id and len(result.X) == len(result.y)
+
+
+def test_report_errors_name_what_is_wrong(tracked: tuple[str, str], tmp_path: Path) -> None:
+    uri, run_id = tracked
+    runner = CliRunner()
+    out = str(tmp_path / "x.html")
+    both = runner.invoke(
+        _app(),
+        ["report", "--run", run_id, "--model", "models:/m/1", "--out", out, "--tracking-uri", uri],
+    )
+    assert both.exit_code == 2 and "exactly one of --model or --run" in both.output
+    missing = runner.invoke(
+        _app(), ["report", "--run", "f" * 32, "--out", out, "--tracking-uri", uri]
+    )
+    assert missing.exit_code == 2 and "not found" in missing.output
+    assert "Traceback" not in missing.output
+    with pytest.raises(ReportSourceError, match="expected models:/NAME@ALIAS"):
+        run_id_of_model("runs:/abc/model", uri)
+    with pytest.raises(ReportSourceError, match="ctit-report-test@nope"):
+        run_id_of_model("models:/ctit-report-test@nope", uri)
+    assert not Path(out).exists()
 
 
 @pytest.mark.browser
 @pytest.mark.timeout(120)
-def test_report_in_headless_chromium(html: str, tmp_path: Path) -> None:
+def test_report_in_headless_chromium(report_html: str, tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -376,7 +320,7 @@ def test_report_in_headless_chromium(html: str, tmp_path: Path) -> None:
     if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
         pytest.skip("headless Chromium is not installed at /usr/bin")
     page = tmp_path / "report.html"
-    page.write_text(html, encoding="utf-8")
+    page.write_text(report_html, encoding="utf-8")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for argument in (
@@ -401,7 +345,7 @@ def test_report_in_headless_chromium(html: str, tmp_path: Path) -> None:
         widths = driver.execute_script(
             "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0);"
         )
-        assert len(widths) == 12 and all(w > 0 for w in widths), widths
+        assert len(widths) == N_IMAGES and all(w > 0 for w in widths), widths
         requests = [
             json.loads(entry["message"])["message"] for entry in driver.get_log("performance")
         ]

@@ -71,13 +71,17 @@ def _explanation(values: np.ndarray, data: np.ndarray, names: list[str]) -> shap
 
 
 def test_plausibility_table_flags_contradictions_and_opposing_constraints() -> None:
-    x = np.tile(np.arange(10.0), (3, 1)).T
-    values = np.column_stack([x[:, 0], -x[:, 1], x[:, 2]])
-    expl = _explanation(values, x, ["plt_last", "n_lines", "ecog"])
-    table = plausibility_table(
-        expl, {"plt_last": -1, "n_lines": -1, "ecog": None}, {"n_lines": 1}, RULE
-    ).set_index("feature")
-    assert list(table.index) == ["plt_last", "n_lines"]  # ecog has no expectation
+    x = np.tile(np.arange(10.0), (5, 1)).T
+    x[:, 4] = 1.0
+    values = np.column_stack([x[:, 0], -x[:, 1], x[:, 2], np.zeros(10), x[:, 0]])
+    expl = _explanation(values, x, ["plt_last", "n_lines", "ecog", "marrow", "dose"])
+    expected = {"plt_last": -1, "n_lines": -1, "ecog": None, "marrow": -1, "dose": 1}
+    table = plausibility_table(expl, expected, {"n_lines": 1}, RULE).set_index("feature")
+    # ecog has no expectation; flagged rows first, then by status
+    assert list(table.index) == ["plt_last", "n_lines", "marrow", "dose"]
+    assert table.loc["marrow", "status"] == "not used by the model"
+    assert table.loc["dose", "status"] == "not assessable"  # constant value
+    assert not table.loc[["marrow", "dose"], "flag"].any()
     assert table.loc["plt_last", "status"] == "contradicts"
     assert bool(table.loc["plt_last", "flag"])
     assert table.loc["n_lines", "status"] == "agrees"
