@@ -16,29 +16,21 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 import uvicorn
-import xgboost as xgb
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from scipy.special import expit
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from data.cohort import cohort_from_tables
 from data.drugs import known_drugs
 from data.units import ANALYTES
-from features.pipeline import FeatureConfig, FeaturePipeline
 from serving import web
 from serving.app import create_app
-from serving.model import Calibrator, DeployableModel, RiskBands
 from serving.schemas import PatientIn
-from serving.scorer import Scorer
 from serving.settings import ServingSettings
 
 FHIR_DIR = Path(__file__).parents[1] / "fixtures" / "fhir"
@@ -467,79 +459,20 @@ def test_every_field_in_the_live_page_has_a_label_and_buttons_are_buttons(chrome
 # ------------------------------------------------------------------------------ end to end
 
 
-def _small_model() -> DeployableModel:
-    """A small real model: the feature pipeline fitted on a synthetic cohort, boosters, Platt."""
-    rng = np.random.default_rng(7)
-    n = 60
-    ids = [f"P{i}" for i in range(n)]
-    plt_last = rng.uniform(10, 95, n)
-    patients = pd.DataFrame(
-        {
-            "patient_id": ids,
-            "sex": "F",
-            "birth_date": [f"{1950 + i % 30}-03-0{1 + i % 9}" for i in range(n)],
-            "subtype": rng.choice(["HR+/HER2-", "HER2+", "TNBC"], n),
-            "ecog": rng.integers(0, 3, n),
-            "bone_mets": rng.choice(["true", "false"], n),
-            "marrow_involvement": rng.choice(["true", "false"], n, p=[0.2, 0.8]),
-        }
-    )
-    episodes = pd.DataFrame(
-        {"episode_id": [f"E{i}" for i in range(n)], "patient_id": ids, "index_date": "2025-03-10"}
-    )
-    labs = []
-    for i, pid in enumerate(ids):
-        labs += [
-            (pid, "2025-03-09", "PLT", round(plt_last[i]), "10*9/L"),
-            (pid, "2025-02-25", "PLT", round(plt_last[i] * rng.uniform(1.1, 2.0)), "10*9/L"),
-            (pid, "2025-03-09", "HGB", round(rng.uniform(70, 130)), "g/L"),
-            (pid, "2025-03-09", "ALB", round(rng.uniform(28, 45)), "g/L"),
-        ]
-    regimens = pd.DataFrame(
-        {
-            "patient_id": ids,
-            "start_date": "2025-02-20",
-            "drugs": rng.choice(["gemcitabine;carboplatin", "docetaxel", "capecitabine"], n),
-            "line": rng.integers(1, 4, n),
-            "cycle": rng.integers(1, 6, n),
-        }
-    )
-    tables = {
-        "patients": patients,
-        "episodes": episodes,
-        "labs": pd.DataFrame(labs, columns=["patient_id", "time", "test", "value", "unit"]),
-        "regimens": regimens,
-    }
-    cohort = cohort_from_tables(tables)
-    pipeline = FeaturePipeline(FeatureConfig()).fit(cohort)
-    X = pipeline.transform(cohort)
-    y = (rng.random(n) < expit((plt_last - 50) / 15)).astype(int)
-    params = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "nthread": 1}
-    booster = xgb.train(params, xgb.DMatrix(X, label=y), 30)
-    folds = [xgb.train(params, xgb.DMatrix(X[k::3], label=y[k::3]), 20) for k in range(3)]
-    calibrator = Calibrator("platt").fit(booster.predict(xgb.DMatrix(X)), y)
-    metadata = {"name": "ctit-web-test", "version": "3", "label_definition": "plt75_d14"}
-    return DeployableModel(pipeline, booster, calibrator, folds, RiskBands(), {}, metadata)
-
-
-@pytest.fixture(scope="module")
-def scorer() -> Scorer:
-    return Scorer(_small_model())
-
-
 @contextmanager
-def service(scorer: Scorer, directory: Path, token: str | None = None) -> Iterator[str]:
+def service(model_dir: Path, directory: Path, token: str | None = None) -> Iterator[str]:
+    """The real service: `create_app` loading the saved model, under uvicorn on 127.0.0.1."""
     settings = ServingSettings(
-        model_uri="in-memory", audit_path=directory / "audit.db", api_token=token
+        model_uri=str(model_dir), audit_path=directory / "audit.db", api_token=token
     )
-    with serve(create_app(settings, scorer=scorer)) as url:
+    with serve(create_app(settings)) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def service_url(scorer, tmp_path_factory) -> Iterator[str]:
-    """The real service (create_app) with a small trained model, under uvicorn on 127.0.0.1."""
-    with service(scorer, tmp_path_factory.mktemp("service")) as url:
+def service_url(model_dir, tmp_path_factory) -> Iterator[str]:
+    """The service with the small model of tests/serving/conftest.py (`model_dir`, `scorer`)."""
+    with service(model_dir, tmp_path_factory.mktemp("service")) as url:
         yield url
 
 
@@ -617,8 +550,10 @@ EXPECTED_BODY = {
 def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_url, scorer):
     requested_urls(chrome)  # start the network record here
     open_page(chrome, service_url)
-    wait_for(chrome, lambda d: "ctit-web-test" in d.find_element(By.ID, "model-line").text)
-    assert "version 3" in chrome.find_element(By.ID, "model-line").text
+    info = scorer.model.info
+    model_line = chrome.find_element(By.ID, "model-line")
+    wait_for(chrome, lambda d: info["name"] in model_line.text)
+    assert f"version {info['version']}" in model_line.text
     find = chrome.find_element
     find(By.ID, "patient_id").send_keys("P-web")
     find(By.ID, "index_date").send_keys("03102025")
@@ -671,11 +606,12 @@ def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_
     assert f"{percent(low)} to {percent(high)}" in interval
     assert answer["band"] in find(By.ID, "result-band").text.lower()
     warnings = [li.text for li in find(By.ID, "result-warnings").find_elements(By.TAG_NAME, "li")]
-    assert warnings == [w["message"] for w in answer["warnings"]]
+    assert warnings == [" ".join(w["message"].split()) for w in answer["warnings"]]
     factors = [li.text for li in find(By.ID, "result-factors").find_elements(By.TAG_NAME, "li")]
-    assert factors == [f["text"] for f in answer["top_factors"]]
+    assert factors == [" ".join(f["text"].split()) for f in answer["top_factors"]]
     model_box = find(By.ID, "result-model").text
-    assert "ctit-web-test, version 3" in model_box and "plt75_d14" in model_box
+    assert f"{info['name']}, version {info['version']}" in model_box
+    assert info["label_definition"] in model_box
     link = find(By.ID, "result-model").find_element(By.TAG_NAME, "a")
     assert link.get_attribute("href") == service_url + "v1/model"
 
@@ -839,8 +775,8 @@ def test_fhir_bundle_is_read_by_the_server_and_scored(chrome, service_url, score
 
 @browser
 @pytest.mark.browser
-def test_bearer_token_is_asked_for_kept_in_the_session_and_sent(chrome, scorer, tmp_path):
-    with service(scorer, tmp_path, token="s3cret-token") as url:
+def test_bearer_token_is_asked_for_kept_in_the_session_and_sent(chrome, model_dir, tmp_path):
+    with service(model_dir, tmp_path, token="s3cret-token") as url:
         open_page(chrome, url)  # the page and its lists need no token
         find = chrome.find_element
         assert "HTTP 401" in find(By.ID, "model-line").text
@@ -855,7 +791,7 @@ def test_bearer_token_is_asked_for_kept_in_the_session_and_sent(chrome, scorer, 
         assert find(By.ID, "result-placeholder").is_displayed()
         token.send_keys("s3cret-token")
         find(By.ID, "token-save").click()
-        wait_for(chrome, lambda d: "ctit-web-test" in find(By.ID, "model-line").text)
+        wait_for(chrome, lambda d: "version" in find(By.ID, "model-line").text)
         stored = chrome.execute_script("return sessionStorage.getItem('ctit.bearerToken')")
         assert stored == "s3cret-token"
         find(By.ID, "submit").click()
@@ -863,7 +799,7 @@ def test_bearer_token_is_asked_for_kept_in_the_session_and_sent(chrome, scorer, 
         chrome.refresh()
         open_page(chrome, url)
         assert find(By.ID, "token").get_attribute("value") == "s3cret-token"
-        wait_for(chrome, lambda d: "ctit-web-test" in find(By.ID, "model-line").text)
+        wait_for(chrome, lambda d: "version" in find(By.ID, "model-line").text)
         summary = find(By.ID, "access-summary")
         assert summary.text == "Server access token (set for this browser tab)"
         summary.click()
