@@ -278,8 +278,12 @@ class DeployableModel:
 
     # -- predictions ----------------------------------------------------------------------------
 
-    def predict_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Margin, calibrated probability, interval and band of each row of a float32 matrix."""
+    def predict_matrix(self, X: np.ndarray, interval: bool = True) -> dict[str, np.ndarray]:
+        """Margin, calibrated probability, interval and band of each row of a float32 matrix.
+
+        The interval costs one prediction per fold model; without it (`interval=False`) the
+        interval columns are NaN.
+        """
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.shape[0] == 0:
             empty = np.empty(0)
@@ -292,7 +296,9 @@ class DeployableModel:
             }
         margin = self.booster.inplace_predict(X, predict_type="margin").astype(np.float64)
         probability = self.calibrator.transform_margin(margin)
-        if len(self.fold_boosters) >= 2:
+        if not interval:
+            low = high = np.full_like(probability, np.nan)
+        elif len(self.fold_boosters) >= 2:
             folds = np.vstack(
                 [
                     self.calibrator.transform_margin(b.inplace_predict(X, predict_type="margin"))
@@ -312,10 +318,10 @@ class DeployableModel:
             "band": self.bands.bands(probability),
         }
 
-    def predict_proba(self, cohort: Any) -> pd.DataFrame:
+    def predict_proba(self, cohort: Any, interval: bool = True) -> pd.DataFrame:
         """Fast scores without explanations, one row per episode (index `episode_id`)."""
         prepared = self.prepare(cohort)
-        out = pd.DataFrame(self.predict_matrix(prepared.X), index=prepared.episode_ids)
+        out = pd.DataFrame(self.predict_matrix(prepared.X, interval), index=prepared.episode_ids)
         out.index.name = "episode_id"
         return out[["probability", "interval_low", "interval_high", "band", "margin"]]
 

@@ -1,0 +1,333 @@
+"""Serving speed: in-process latency, batch throughput, HTTP latency, and `mlflow models serve`.
+
+Run by hand, not by the tests:
+    .venv/bin/python benchmarks/bench_serving.py [--requests 500] [--trees 200] [--skip-mlflow]
+
+Trains a reference-sized model (200 trees, depth 6, 5 fold models, one thread) on synthetic patient
+records, then measures, in one run:
+- in-process `Scorer.score(record)` (score + exact TreeSHAP + warnings) p50/p99, with the time split
+  into record checks, `cohort_from_tables`, the feature pipeline and the model/explanations;
+- batch throughput without explanations: the model alone on a float32 matrix (100k episodes) and
+  end to end from a loaded cohort (`Scorer.score_cohort(explain=False)`);
+- HTTP over keep-alive against `ctit serve` (real uvicorn on 127.0.0.1, a subprocess):
+  POST /v1/score (with explanations) and POST /v1/score/batch with one record and
+  `explain: false`, p50/p99 and requests/s (sequential, and with 4 client threads);
+- the same model behind `mlflow models serve --env-manager local` (.venv/bin on PATH), p50/p99,
+  reported as a ratio to ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import xgboost as xgb
+
+from data.cohort import cohort_from_tables, summarise
+from features.pipeline import FeatureConfig, FeaturePipeline
+from serving.model import Calibrator, DeployableModel, RiskBands, summarise_reference
+from serving.records import RecordBatch, validate_record
+from serving.scorer import Scorer
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def _fixtures():
+    """The synthetic record generator shared with the serving tests."""
+    spec = importlib.util.spec_from_file_location(
+        "serving_fixtures", ROOT / "tests" / "serving" / "conftest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_model(records: list[dict], y: np.ndarray, trees: int, depth: int) -> DeployableModel:
+    batch = RecordBatch.from_requests([validate_record(r) for r in records], keep_ids=True)
+    cohort = cohort_from_tables(batch.tables)
+    pipeline = FeaturePipeline(FeatureConfig()).fit(cohort)
+    X = pipeline.transform(cohort)
+    names = list(pipeline.feature_names_)
+    params = {
+        "objective": "binary:logistic",
+        "max_depth": depth,
+        "eta": 0.05,
+        "nthread": 1,
+        "seed": 0,
+        "tree_method": "hist",
+    }
+    data = X.to_numpy(np.float32)
+
+    def fit(rows: np.ndarray) -> xgb.Booster:
+        matrix = xgb.DMatrix(data[rows], label=y[rows], feature_names=names, nthread=1)
+        return xgb.train(params, matrix, num_boost_round=trees)
+
+    everything = np.arange(len(y))
+    folds, oof = [], np.zeros(len(y))
+    for k in range(5):
+        held = everything[k::5]
+        booster = fit(np.setdiff1d(everything, held))
+        oof[held] = booster.inplace_predict(data[held])
+        folds.append(booster)
+    return DeployableModel(
+        pipeline=pipeline,
+        booster=fit(everything),
+        calibrator=Calibrator("platt").fit(oof, y),
+        fold_boosters=folds,
+        bands=RiskBands(),
+        reference=summarise_reference(X, summarise(cohort)),
+        metadata={
+            "name": "ctit-bench",
+            "version": "1",
+            "label_definition": "plt100_or_rise50_d14",
+            "metrics": {},
+        },
+    )
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def in_process(scorer: Scorer, record: dict, n: int) -> dict[str, object]:
+    model = scorer.model
+    request = validate_record(record)
+    batch = RecordBatch.from_requests([request])
+    cohort = cohort_from_tables(batch.tables)
+    prepared = model.prepare(cohort)
+    stages = {
+        "record checks": time_calls(
+            lambda: RecordBatch.from_requests([validate_record(record)]), n
+        ),
+        "cohort_from_tables": time_calls(lambda: cohort_from_tables(batch.tables), n),
+        "feature pipeline": time_calls(lambda: model.prepare(cohort), n),
+        "model + TreeSHAP + words": time_calls(
+            lambda: model.answers(prepared, cohort, True, scorer.options), n
+        ),
+        "model only (1 row)": time_calls(lambda: model.predict_matrix(prepared.X), n),
+    }
+    total = time_calls(lambda: scorer.score(record), n)
+    return {
+        "score+explain": percentiles(total),
+        "stages_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in stages.items()},
+    }
+
+
+def batch_throughput(scorer: Scorer, records: list[dict]) -> dict[str, float]:
+    model = scorer.model
+    batch = RecordBatch.from_requests([validate_record(r) for r in records])
+    cohort = cohort_from_tables(batch.tables)
+    X = model.prepare(cohort).X
+    big = np.ascontiguousarray(np.tile(X, (100_000 // len(X) + 1, 1))[:100_000])
+    start = time.perf_counter()
+    model.predict_matrix(big)
+    model_only = len(big) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    model.predict_matrix(big, interval=False)
+    no_interval = len(big) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    scorer.predict_cohort(cohort, interval=False)
+    cohort_no_interval = len(cohort.episodes) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    scorer.score_cohort(cohort, explain=False)
+    end_to_end = len(cohort.episodes) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    scorer.score_cohort(cohort, explain=True)
+    explained = len(cohort.episodes) / (time.perf_counter() - start)
+    return {
+        "model_only_episodes_per_s": model_only,
+        "model_only_no_interval_episodes_per_s": no_interval,
+        "cohort_probability_only_episodes_per_s": cohort_no_interval,
+        "cohort_no_explain_episodes_per_s": end_to_end,
+        "cohort_explain_episodes_per_s": explained,
+        "cohort_episodes": len(cohort.episodes),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def subprocess_server(argv: list[str], env: dict[str, str], probe: str) -> Iterator[None]:
+    """Start a server in its own process group; stop that group (and only it) at the end."""
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited: {proc.stderr.read().decode()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(probe, timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[0]} did not become ready")
+            time.sleep(0.2)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def http_latency(url: str, body: dict | str, n: int, content_type: str = "application/json"):
+    payload = body if isinstance(body, str) else json.dumps(body)
+    headers = {"Content-Type": content_type}
+    with httpx.Client(timeout=30) as client:
+
+        def call() -> None:
+            response = client.post(url, content=payload, headers=headers)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+
+        samples = time_calls(call, n)
+    out = percentiles(samples)
+    out["sequential_req_per_s"] = n / sum(samples)
+    return out
+
+
+def http_concurrent(url: str, body: dict, seconds: float, threads: int = 4) -> float:
+    payload = json.dumps(body)
+    counts = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < stop:
+                client.post(url, content=payload, headers={"Content-Type": "application/json"})
+                counts[i] += 1
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(counts) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--patients", type=int, default=2000)
+    parser.add_argument("--trees", type=int, default=200)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--json", type=Path, help="Also write the figures as JSON here.")
+    args = parser.parse_args()
+
+    fixtures = _fixtures()
+    records, y = fixtures.synthetic_records(args.patients, seed=1)
+    start = time.perf_counter()
+    model = train_model(records, y, args.trees, args.depth)
+    print(f"trained {args.trees} trees x 6 models in {time.perf_counter() - start:.1f} s")
+    scorer = Scorer(model)
+    record = records[0]
+    results: dict[str, object] = {}
+
+    results["in_process"] = in_process(scorer, record, args.requests)
+    print("in-process:", json.dumps(results["in_process"], indent=1))
+    results["batch"] = batch_throughput(scorer, records)
+    print("batch:", json.dumps(results["batch"], indent=1))
+
+    with tempfile.TemporaryDirectory(prefix="ctit-bench-") as tmp:
+        tmp_path = Path(tmp)
+        model_dir = model.save(tmp_path / "model")
+        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+        env["CTIT_AUDIT_DB"] = str(tmp_path / "audit.db")
+        env.pop("CTIT_API_TOKEN", None)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        serve = [str(VENV_BIN / "ctit"), "serve", "--model", str(model_dir), "--port", str(port),
+                 "--no-access-log"]  # fmt: skip
+        with subprocess_server(serve, env, f"{base}/readyz"):
+            single = http_latency(f"{base}/v1/score", record, args.requests)
+            light = http_latency(
+                f"{base}/v1/score/batch", {"records": [record], "explain": False}, args.requests
+            )
+            concurrent = http_concurrent(f"{base}/v1/score", record, seconds=3.0)
+        results["http"] = {
+            "score_explain": single,
+            "score_no_explain": light,
+            "score_explain_4_threads_req_per_s": concurrent,
+        }
+        print("http (ctit serve):", json.dumps(results["http"], indent=1))
+
+        if not args.skip_mlflow:
+            results["mlflow"] = mlflow_serve(model, record, tmp_path, env, args.requests)
+            ratio = results["mlflow"]["p50_ms"] / light["p50_ms"]
+            results["mlflow"]["p50_ratio_vs_ctit_no_explain"] = ratio
+            results["mlflow"]["p50_ratio_vs_ctit_explain"] = (
+                results["mlflow"]["p50_ms"] / single["p50_ms"]
+            )
+            print("mlflow models serve:", json.dumps(results["mlflow"], indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+def mlflow_serve(
+    model: DeployableModel, record: dict, tmp_path: Path, env: dict[str, str], n: int
+) -> dict[str, float]:
+    import mlflow
+
+    from serving.pyfunc import log_deployable_model
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("bench", artifact_location=str(tmp_path / "artifacts"))
+    start = time.perf_counter()
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_deployable_model(model, "model", input_example=record)
+    log_seconds = time.perf_counter() - start
+    port = free_port()
+    argv = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", info.model_uri, "--env-manager",
+            "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    body = json.dumps({"dataframe_split": {"columns": ["record"], "data": [[json.dumps(record)]]}})
+    with subprocess_server(
+        argv, {**env, "MLFLOW_TRACKING_URI": uri}, f"http://127.0.0.1:{port}/ping"
+    ):
+        out = http_latency(f"http://127.0.0.1:{port}/invocations", body, n)
+    out["log_model_s"] = log_seconds
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
