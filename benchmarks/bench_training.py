@@ -1,0 +1,119 @@
+"""Benchmark `ctit train experiments/baseline.toml` and score its model on a fresh cohort.
+
+Measures the wall time of the command as a user runs it (simulating the default 3,000-patient
+cohort, cross-validating, fitting, logging and registering), then simulates a fresh cohort with
+another seed and reports the registered model's AUROC against the oracle AUROC (the best
+achievable from observable data; target >= 0.95 x oracle) and its calibration slope (target
+0.85-1.15).
+
+    .venv/bin/python benchmarks/bench_training.py [--patients 3000] [--seed 99] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default=str(ROOT / "experiments" / "baseline.toml"))
+    parser.add_argument("--patients", type=int, default=3000, help="fresh test cohort size")
+    parser.add_argument("--seed", type=int, default=99, help="seed of the fresh test cohort")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    args = parser.parse_args()
+
+    import mlflow
+
+    from data.cohort import load_cohort
+    from data.labels import derive_labels
+    from data.simulator import SimulationConfig, simulate_cohort
+    from serving.pyfunc import load_deployable_model
+    from training import metrics
+    from training.config import load_experiment
+
+    config = load_experiment(args.experiment)
+    with tempfile.TemporaryDirectory(prefix="ctit-bench-") as tmp:
+        tmp_path = Path(tmp)
+        uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+        command = [
+            str(ROOT / ".venv" / "bin" / "ctit"),
+            "train",
+            args.experiment,
+            "--tracking-uri",
+            uri,
+            "--registered-model",
+            "ctit-bench",
+        ]
+        began = time.perf_counter()
+        done = subprocess.run(
+            command,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "160"},
+        )
+        seconds = time.perf_counter() - began
+        if done.returncode != 0:
+            print(done.stdout, done.stderr[-4000:], sep="\n", file=sys.stderr)
+            return 1
+        print(done.stdout)
+        run_id = re.search(r"MLflow run id: (\w+)", done.stdout).group(1)
+
+        fresh = tmp_path / "fresh"
+        simulate_cohort(SimulationConfig(n_patients=args.patients, seed=args.seed), fresh)
+        cohort = load_cohort(fresh)
+        labels = derive_labels(cohort, config.label.definition).set_index("episode_id")
+        labelled = labels[labels["label"].notna()]
+        mlflow.set_tracking_uri(uri)
+        model = load_deployable_model("models:/ctit-bench@candidate")
+        scores = model.predict_proba(cohort).set_index("episode_id").loc[labelled.index]
+        import pandas as pd
+
+        oracle = (
+            pd.read_csv(fresh / "oracle.csv", dtype={"episode_id": str})
+            .set_index("episode_id")["p_response"]
+            .loc[labelled.index]
+        )
+        y = labelled["label"].astype(int).to_numpy()
+        p = scores["probability"].to_numpy(dtype=float)
+        auroc = float(metrics.auroc(y, p)[0])
+        oracle_auroc = float(metrics.auroc(y, oracle.to_numpy(dtype=float))[0])
+        figures = {
+            "train_seconds": round(seconds, 1),
+            "train_under_5_minutes": seconds < 300,
+            "run_id": run_id,
+            "cores": os.cpu_count(),
+            "fresh_patients": args.patients,
+            "fresh_seed": args.seed,
+            "fresh_labelled_episodes": int(len(y)),
+            "fresh_prevalence": round(float(y.mean()), 3),
+            "auroc": round(auroc, 4),
+            "oracle_auroc": round(oracle_auroc, 4),
+            "auroc_over_oracle": round(auroc / oracle_auroc, 4),
+            "auroc_target_met": auroc >= 0.95 * oracle_auroc,
+            "calibration_slope": round(float(metrics.calibration_slope(y, p)[0]), 3),
+            "calibration_intercept": round(float(metrics.calibration_intercept(y, p)[0]), 3),
+            "brier": round(float(metrics.brier(y, p)[0]), 4),
+            "oracle_brier": round(float(metrics.brier(y, oracle.to_numpy(dtype=float))[0]), 4),
+        }
+        figures["slope_target_met"] = 0.85 <= figures["calibration_slope"] <= 1.15
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 0 if figures["auroc_target_met"] and figures["slope_target_met"] else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
