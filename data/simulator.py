@@ -12,9 +12,12 @@ cycle starts, hetrombopag starts) are handled for the patients they concern with
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +43,7 @@ from data.simulator_params import (
     SUBTYPES,
     ModelParameters,
 )
-from data.simulator_tables import CohortRecords, write_cohort
+from data.simulator_tables import CohortRecords, write_cohort, write_oracle
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class SimulationConfig:
         n_sites: hospitals (1-10), each with its own laboratory coding and units.
         oracle_draws: Gauss-Hermite nodes over the episode's hetrombopag-sensitivity effect; the
             oracle's error is estimated against a rule with half as many nodes.
+        workers: processes used (1 = in this process); the files do not depend on it.
         parameters: the model's parameters (defaults documented in SIMULATOR.md).
     """
 
@@ -71,6 +75,7 @@ class SimulationConfig:
     n_years: int = 6
     n_sites: int = 6
     oracle_draws: int = 64
+    workers: int = 2
     parameters: ModelParameters = field(default_factory=ModelParameters)
 
     def __post_init__(self) -> None:
@@ -87,6 +92,8 @@ class SimulationConfig:
             problems.append(f"n_sites must be between 1 and 10, got {self.n_sites}")
         if not 4 <= self.oracle_draws <= 1000:
             problems.append(f"oracle_draws must be between 4 and 1000, got {self.oracle_draws}")
+        if not 1 <= self.workers <= 64:
+            problems.append(f"workers must be between 1 and 64, got {self.workers}")
         if problems:
             raise ValueError("invalid simulation config: " + "; ".join(problems))
 
@@ -120,7 +127,7 @@ class _Streams:
 
 
 def _hazard_tables(params: ModelParameters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hazard[asian, regimen, cycle day], reserve loss per cycle, gem+platinum flag) per regimen."""
+    """(hazard[asian, regimen, cycle day], reserve loss per cycle, gem+platinum flag)."""
     hazard = np.zeros((2, len(REGIMENS), MAX_CYCLE_DAYS))
     reserve = np.zeros(len(REGIMENS))
     for r, regimen in enumerate(REGIMENS):
@@ -274,10 +281,11 @@ def _run_batch(
         batch.ktr,
         batch.kcirc,
         batch.gamma,
-        np.log(batch.circ0 * batch.reserve0),
+        batch.circ0 * batch.reserve0,
         fb_max(batch.reserve0),
+        dt,
     )
-    state = steady_state(batch.circ0 * batch.reserve0, params, pl.n_transit)
+    state = steady_state(params, pl.n_transit)
     reserve = batch.reserve0.copy()
     s: dict[str, np.ndarray] = {
         "line_idx": np.zeros(n, dtype=np.int64),
@@ -290,7 +298,7 @@ def _run_batch(
         "pending": np.full(n, -1, dtype=np.int64),
         "base": np.zeros(n),
         "in_ep": np.zeros(n, dtype=bool),
-        "ep_index": np.full(n, np.nan),
+        "ep_index": np.full(n, -1e9),
         "ep_next": np.full(n, -1, dtype=np.int64),
         "ep_k": np.ones(n, dtype=np.int64),
         "ep_end": np.full(n, -1, dtype=np.int64),
@@ -314,7 +322,7 @@ def _run_batch(
         return np.round(state.circ[sel] * np.exp(lm.plt_noise_sd_log * z))
 
     def record_visit(sel: np.ndarray, day: int, plt: np.ndarray, kind: int, chem: float) -> None:
-        p_ss = params.kcirc[sel] * np.exp(params.log_circ0[sel]) / params.ktr[sel]
+        p_ss = params.kcirc[sel] * params.circ0[sel] / params.ktr[sel]
         visits.append(
             {
                 "cand": cand[sel],
@@ -410,7 +418,7 @@ def _run_batch(
             ktr=params.ktr[sel].copy(),
             kcirc=params.kcirc[sel].copy(),
             gamma=params.gamma[sel].copy(),
-            log_circ0=params.log_circ0[sel].copy(),
+            circ0=params.circ0[sel].copy(),
             feedback_max=params.feedback_max[sel].copy(),
             reserve=reserve[sel].copy(),
             psi=batch.psi[c],
@@ -473,8 +481,7 @@ def _run_batch(
                 s["cycle_no"][g] += 1
                 s["cycle_start"][g] = day
                 reserve[g] *= np.exp(-reserve_loss[reg] * s["dose_factor"][g])
-                params.log_circ0[g] = np.log(batch.circ0[c] * reserve[g])
-                params.feedback_max[g] = fb_max(reserve[g])
+                params.set_point(g, batch.circ0[c] * reserve[g], fb_max(reserve[g]))
                 last = s["cycle_no"][g] >= plan_cycles[c, li]
                 s["new_line"][g] = last
                 s["next_due"][g] = day + cycle_days[reg] + np.where(last, line_gap[c, li], 0)
@@ -524,21 +531,30 @@ def _run_batch(
                 * s["dose_factor"][idx]
             )
         inhibition = -np.expm1(-h)
+        tail = hp.duration_days + 8.0 * hp.offset_tau_days
+        since = day - s["ep_index"]
+        near = np.flatnonzero((since >= 0.0) & (since < tail))
         for sub in range(steps):
-            envelope = episode_envelope(
-                day + sub * dt - s["ep_index"],
-                hp.duration_days,
-                hp.onset_tau_days,
-                hp.offset_tau_days,
-            )
+            stim = gain = None
+            if near.size:
+                envelope = episode_envelope(
+                    since[near] + sub * dt,
+                    hp.duration_days,
+                    hp.onset_tau_days,
+                    hp.offset_tau_days,
+                )
+                stim = np.zeros(rows.shape[0])
+                stim[near] = s["emax"][near] * envelope
+                gain = np.ones(rows.shape[0])
+                gain[near] = np.exp(s["prod"][near] * envelope)
             state = advance(
                 state,
                 params,
                 inhibition,
-                s["emax"] * envelope,
-                s["prod"] * envelope,
-                dt,
+                stim,
+                1.0 if gain is None else gain,
                 pl.stimulation_ceiling,
+                pl.pool_max,
             )
 
     def cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -547,66 +563,69 @@ def _run_batch(
     return cat(visits), cat(cycles), episodes.concat()
 
 
-def simulate_cohort(
-    config: SimulationConfig, out_dir: Path | str, progress: Progress | None = None
-) -> SimulationSummary:
-    """Simulate the cohort of `config` and write it (CSV tables and `oracle.csv`) into `out_dir`.
+_SHARD = 10_000
+_ORACLE_CHUNK = 4_000
 
-    Args:
-        progress: called as `progress(advance, total)` as the work proceeds.
+
+def _simulate_shard(config: SimulationConfig, shard: int, size: int) -> tuple:
+    """Simulate `size` candidates with the random streams of shard number `shard`."""
+    streams = _Streams(config.seed, shard)
+    batch = _Batch(size, config, streams)
+    visits, cycles, episodes = _run_batch(batch, config, streams, None)
+    return batch, visits, cycles, episodes
+
+
+def _simulate_patients(
+    config: SimulationConfig, pool: ProcessPoolExecutor | None, advance_to: Callable[[int], None]
+) -> tuple[list[tuple[_Batch, dict, dict, dict, np.ndarray]], int]:
+    """Simulate candidates shard by shard until enough of them had a CTIT episode.
+
+    Shards have a fixed size and their own random streams, so the cohort does not depend on how
+    many processes ran them.
     """
-    began = time.perf_counter()
-    out = Path(out_dir)
-    prm = config.parameters
-    horizon = prm.care.horizon_days
-    total = horizon + 100 + 20
-    done = [0]
-
-    def advance_to(units: int) -> None:
-        if progress is not None and units > done[0]:
-            progress(units - done[0], total)
-            done[0] = units
-
-    kept_parts: list[tuple[_Batch, dict, dict, dict, np.ndarray]] = []
-    n_kept = 0
-    n_candidates = 0
-    yield_rate = 0.5
-    batch_no = 0
+    kept: list[tuple[_Batch, dict, dict, dict, np.ndarray]] = []
+    n_kept = n_candidates = shard = 0
+    yield_rate = 0.4
+    first_round = None
     while n_kept < config.n_patients:
         need = config.n_patients - n_kept
         size = int(np.ceil(need / yield_rate * 1.1)) + 20
-        streams = _Streams(config.seed, batch_no)
-        batch = _Batch(size, config, streams)
-        tick = (lambda d: advance_to(d)) if batch_no == 0 else None
-        visits, cycles, episodes = _run_batch(batch, config, streams, tick)
+        sizes = [min(_SHARD, size - a) for a in range(0, size, _SHARD)]
+        first_round = first_round or len(sizes)
+        args = [(config, shard + i, m) for i, m in enumerate(sizes)]
+        if pool is not None:
+            futures = [pool.submit(_simulate_shard, *a) for a in args]
+            results = (f.result() for f in futures)
+        else:
+            results = (_simulate_shard(*a) for a in args)
+        with_episode = 0
+        for i, (batch, visits, cycles, episodes) in enumerate(results):
+            has_ep = np.zeros(batch.n, dtype=bool)
+            if episodes:
+                has_ep[episodes["cand"]] = True
+            with_episode += int(has_ep.sum())
+            chosen = np.flatnonzero(has_ep)[: config.n_patients - n_kept]
+            n_kept += chosen.shape[0]
+            kept.append((batch, visits, cycles, episodes, chosen))
+            advance_to(min(70 * (shard + i + 1) // first_round, 70))
+        shard += len(sizes)
         n_candidates += size
-        has_ep = np.zeros(size, dtype=bool)
-        if episodes:
-            has_ep[episodes["cand"]] = True
-        chosen = np.flatnonzero(has_ep)[:need]
-        yield_rate = max(has_ep.mean(), 0.05)
-        kept_parts.append((batch, visits, cycles, episodes, chosen))
-        n_kept += chosen.shape[0]
-        batch_no += 1
-        logger.info("batch %d: %d candidates, %d kept", batch_no, size, chosen.shape[0])
-        if batch_no > 50:
+        yield_rate = max(with_episode / size, 0.05)
+        logger.info("%d candidates simulated, %d patients kept", n_candidates, n_kept)
+        if shard > 1000:
             raise RuntimeError("the simulator kept too few patients; check the parameters")
-    advance_to(horizon)
+    return kept, n_candidates
 
-    records = CohortRecords.from_batches(kept_parts, config, streams=_Streams(config.seed, 10_000))
-    ep = records.episodes
-    n_ep = ep["cand"].shape[0]
+
+def _oracle_chunk(job: tuple[SimulationConfig, dict[str, np.ndarray]]) -> tuple:
+    """Oracle probabilities and errors of one chunk of episodes."""
+    config, ep = job
+    prm = config.parameters
     state = PlateletState(ep["prolif"], [ep["t1"], ep["t2"], ep["t3"]], ep["circ"])
     params = PlateletParams(
-        ep["ktr"], ep["kcirc"], ep["gamma"], ep["log_circ0"], ep["feedback_max"]
+        ep["ktr"], ep["kcirc"], ep["gamma"], ep["circ0"], ep["feedback_max"], prm.platelets.dt_days
     )
-    oracle_done = [0]
-
-    def oracle_tick(k: int) -> None:
-        oracle_done[0] += k
-        advance_to(horizon + int(100 * oracle_done[0] / max(n_ep, 1)))
-
-    p, err = oracle_probabilities(
+    return oracle_probabilities(
         state,
         params,
         ep["logit_fixed"],
@@ -619,9 +638,59 @@ def simulate_cohort(
         prm.labs,
         prm.platelets,
         config.oracle_draws,
-        progress=oracle_tick,
     )
-    files = write_cohort(records, p, err, out, config)
+
+
+def simulate_cohort(
+    config: SimulationConfig, out_dir: Path | str, progress: Progress | None = None
+) -> SimulationSummary:
+    """Simulate the cohort of `config` and write it (CSV tables and `oracle.csv`) into `out_dir`.
+
+    Args:
+        progress: called as `progress(advance, total)` as the work proceeds.
+    """
+    began = time.perf_counter()
+    out = Path(out_dir)
+    total = 100
+    done = [0]
+
+    def advance_to(units: int) -> None:
+        if progress is not None and units > done[0]:
+            progress(units - done[0], total)
+            done[0] = units
+
+    workers = min(config.workers, os.cpu_count() or 1)
+    pool = (
+        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"))
+        if workers > 1
+        else None
+    )
+    try:
+        kept_parts, n_candidates = _simulate_patients(config, pool, advance_to)
+        records = CohortRecords.from_batches(kept_parts, config, _Streams(config.seed, 10**6))
+        ep = records.episodes
+        n_ep = ep["cand"].shape[0]
+        chunks = [np.arange(a, min(a + _ORACLE_CHUNK, n_ep)) for a in range(0, n_ep, _ORACLE_CHUNK)]
+        jobs = [(config, {k: v[c] for k, v in ep.items()}) for c in chunks]
+        if pool is not None:
+            futures = [pool.submit(_oracle_chunk, job) for job in jobs]
+            files = write_cohort(records, out, config)
+            results = []
+            for i, future in enumerate(futures):
+                results.append(future.result())
+                advance_to(70 + (25 * (i + 1)) // len(futures))
+        else:
+            results = []
+            for i, job in enumerate(jobs):
+                results.append(_oracle_chunk(job))
+                advance_to(70 + (25 * (i + 1)) // len(jobs))
+            files = write_cohort(records, out, config)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    p = np.concatenate([r[0] for r in results]) if results else np.zeros(0)
+    err = np.concatenate([r[1] for r in results]) if results else np.zeros(0)
+    files["oracle"] = write_oracle(records, p, err, out, config)
     advance_to(total)
     summary = SimulationSummary(
         out_dir=out,

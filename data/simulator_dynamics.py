@@ -25,68 +25,87 @@ class PlateletState:
 
 @dataclass
 class PlateletParams:
-    """Per-patient rate constants; `log_circ0` is the log of the current homeostatic set point."""
+    """Per-patient rate constants and the current homeostatic set point `circ0`.
+
+    `decay_tr` and `decay_circ` are exp(-k * dt) for the integration step, computed once.
+    """
 
     ktr: np.ndarray
     kcirc: np.ndarray
     gamma: np.ndarray
-    log_circ0: np.ndarray
+    circ0: np.ndarray
     feedback_max: np.ndarray
+    dt: float
+
+    def __post_init__(self) -> None:
+        self.log_circ0 = np.log(self.circ0)
+        self.decay_tr = np.exp(-self.ktr * self.dt)
+        self.decay_circ = np.exp(-self.kcirc * self.dt)
 
     def take(self, index: np.ndarray) -> PlateletParams:
         return PlateletParams(
             self.ktr[index],
             self.kcirc[index],
             self.gamma[index],
-            self.log_circ0[index],
+            self.circ0[index],
             self.feedback_max[index],
+            self.dt,
         )
 
+    def set_point(self, index: np.ndarray, circ0: np.ndarray, feedback_max: np.ndarray) -> None:
+        """Change the set point and feedback ceiling of some patients (after a cycle)."""
+        self.circ0[index] = circ0
+        self.log_circ0[index] = np.log(circ0)
+        self.feedback_max[index] = feedback_max
 
-def steady_state(circ0: np.ndarray, params: PlateletParams, n_transit: int) -> PlateletState:
-    """The homeostatic state at set point `circ0` (before any therapy)."""
-    pool = params.kcirc * circ0 / params.ktr
-    return PlateletState(pool.copy(), [pool.copy() for _ in range(n_transit)], circ0.copy())
+
+def steady_state(params: PlateletParams, n_transit: int) -> PlateletState:
+    """The homeostatic state at the set point (before any therapy)."""
+    pool = params.kcirc * params.circ0 / params.ktr
+    return PlateletState(pool.copy(), [pool.copy() for _ in range(n_transit)], params.circ0.copy())
 
 
 def advance(
     state: PlateletState,
     params: PlateletParams,
     inhibition: np.ndarray | float,
-    stimulation: np.ndarray | float,
-    production: np.ndarray | float,
-    dt: float,
+    stimulation: np.ndarray | None,
+    gain: np.ndarray | float,
     ceiling: float,
+    pool_max: float,
 ) -> PlateletState:
-    """One exponential-Euler step (stable for any step; rates frozen over the step).
+    """One exponential-Euler step of `params.dt` days (stable; rates frozen over the step).
 
     The feedback (Circ0/Circ)^gamma saturates at the patient's `feedback_max` (a depleted marrow
     cannot amplify); the stimulation (hetrombopag binds the receptor apart from thrombopoietin, so
-    it adds to the feedback) fades linearly to zero as the count approaches `ceiling` x Circ0.
-    `production` is a log-multiplier of proliferation (the episode's marrow responsiveness).
+    it adds to the feedback) and the episode's own marrow responsiveness `gain` together boost
+    proliferation by (1 + stimulation) * gain; a boost above 1 fades linearly to nothing as the
+    count approaches `ceiling` x Circ0, so counts stay bounded. `gain` applies only with a
+    stimulation (during and after an episode).
     """
-    log_ratio = params.log_circ0 - np.log(state.circ)
-    feedback = np.minimum(np.exp(params.gamma * log_ratio), params.feedback_max)
-    fade = np.clip(1.0 - np.exp(-log_ratio) / ceiling, 0.0, 1.0)
-    drive = (1.0 - inhibition) * (1.0 + stimulation * fade) * feedback * np.exp(production)
+    feedback = np.minimum(
+        np.exp(params.gamma * (params.log_circ0 - np.log(state.circ))), params.feedback_max
+    )
+    if stimulation is None:
+        drive = feedback * (1.0 - inhibition) * gain
+    else:
+        boost = (1.0 + stimulation) * gain - 1.0
+        fade = np.clip(1.0 - state.circ / (ceiling * params.circ0), 0.0, 1.0)
+        drive = feedback * (1.0 - inhibition) * (1.0 + np.where(boost > 0.0, boost * fade, boost))
     growth = params.ktr * (drive - 1.0)
-    decay_tr = np.exp(-params.ktr * dt)
+    if stimulation is not None:
+        # the progenitor niche is finite: the pool never exceeds pool_max x its steady state
+        pool_cap = pool_max * params.kcirc * params.circ0 / params.ktr
+        growth = np.minimum(growth, np.log(pool_cap / state.prolif) / params.dt)
     new_transit = []
     upstream = state.prolif
     for compartment in state.transit:
-        new_transit.append(upstream + (compartment - upstream) * decay_tr)
+        new_transit.append(upstream + (compartment - upstream) * params.decay_tr)
         upstream = compartment
     target = params.ktr * upstream / params.kcirc
-    circ = target + (state.circ - target) * np.exp(-params.kcirc * dt)
-    prolif = state.prolif * np.exp(growth * dt)
+    circ = target + (state.circ - target) * params.decay_circ
+    prolif = state.prolif * np.exp(growth * params.dt)
     return PlateletState(prolif, new_transit, np.maximum(circ, 0.5))
-
-
-def hetrombopag_emax(
-    logit_fixed: np.ndarray, eta: np.ndarray, emax_max: np.ndarray | float, omega: float
-) -> np.ndarray:
-    """Maximal relative increase of proliferation: bounded, logistic in sensitivity + omega * eta."""
-    return emax_max / (1.0 + np.exp(-(logit_fixed + omega * eta)))
 
 
 def episode_envelope(
@@ -97,9 +116,16 @@ def episode_envelope(
 ) -> np.ndarray:
     """Time course (0..1) of the episode's effects: rises with `onset_tau`, decays after the course.
 
-    Zero before the index date (negative or NaN `days_since_index`).
+    Zero before the index date (negative `days_since_index`).
     """
-    tau = np.nan_to_num(days_since_index, nan=-1.0)
+    tau = days_since_index
     during = 1.0 - np.exp(-np.clip(tau, 0.0, duration_days) / onset_tau)
     after = np.exp(-np.clip(tau - duration_days, 0.0, None) / offset_tau)
     return np.where(tau >= 0.0, during * after, 0.0)
+
+
+def hetrombopag_emax(
+    logit_fixed: np.ndarray, eta: np.ndarray, emax_max: np.ndarray | float, omega: float
+) -> np.ndarray:
+    """Maximal relative increase of proliferation: logistic in sensitivity + omega * eta."""
+    return emax_max / (1.0 + np.exp(-(logit_fixed + omega * eta)))

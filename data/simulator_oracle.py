@@ -64,9 +64,8 @@ def _daily_counts(
     out = np.empty((state.circ.shape[0], HORIZON_DAYS))
     for day in range(HORIZON_DAYS):
         for sub in range(steps):
-            tau = np.full(state.circ.shape, day + sub * dt)
             envelope = episode_envelope(
-                tau,
+                np.asarray(day + sub * dt),
                 hetrombopag.duration_days,
                 hetrombopag.onset_tau_days,
                 hetrombopag.offset_tau_days,
@@ -76,9 +75,9 @@ def _daily_counts(
                 params,
                 0.0,
                 emax * envelope,
-                production * envelope,
-                dt,
+                np.exp(production * envelope),
                 platelets.stimulation_ceiling,
+                platelets.pool_max,
             )
         out[:, day] = state.circ
     return out
@@ -117,6 +116,9 @@ def oracle_probabilities(
     w_full = w_full / w_full.sum()
     w_half = w_half / w_half.sum()
     schedules = _schedules(care)
+    visit_matrix = np.stack([mask for _, _, mask in schedules], axis=1).astype(float)
+    interval_index = np.array([j for j, _, _ in schedules])
+    interval_days = np.array([k for _, k, _ in schedules], dtype=float)
     miss = care.episode_visit_missed
     n_ep = state.circ.shape[0]
     p_full = np.empty(n_ep)
@@ -134,18 +136,17 @@ def oracle_probabilities(
         counts = counts.reshape(idx.shape[0], n_nodes, HORIZON_DAYS)
         threshold = np.minimum(99.5, baseline_plt[idx] + 49.5)[:, None, None]
         below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
-        not_seen = miss + (1.0 - miss) * below
+        log_not_seen = np.log(miss + (1.0 - miss) * below)
+        # P(no responding count | eta, schedule) for every schedule at once
+        no_response = np.exp(log_not_seen @ visit_matrix)
         shares = np.where(
             low_interval[idx, None],
             np.asarray(care.episode_interval_shares_low),
             np.asarray(care.episode_interval_shares_high),
         )
-        respond = np.zeros((idx.shape[0], n_nodes))
-        labelled = np.zeros(idx.shape[0])
-        for j, k, mask in schedules:
-            weight = shares[:, j] / k
-            respond += weight[:, None] * (1.0 - np.prod(not_seen[:, :, mask], axis=2))
-            labelled += weight * (1.0 - miss ** int(mask.sum()))
+        weight = shares[:, interval_index] / interval_days
+        respond = np.einsum("es,eqs->eq", weight, 1.0 - no_response)
+        labelled = weight @ (1.0 - miss ** visit_matrix.sum(axis=0))
         nf = x_full.shape[0]
         p_full[idx] = respond[:, :nf] @ w_full / labelled
         p_half[idx] = respond[:, nf:] @ w_half / labelled

@@ -1,4 +1,4 @@
-"""Parameters of the cohort simulator: priors, platelet model, hetrombopag effect, care pattern, labs.
+"""Parameters of the cohort simulator: priors, platelets, hetrombopag, care pattern, labs.
 
 Every number here is listed in `data/SIMULATOR.md` with its source or the word "prior" (an
 assumption where no publication gave a figure). Change a value here and in that table together.
@@ -40,7 +40,7 @@ class PatientPriors:
 
 @dataclass(frozen=True)
 class PlateletModel:
-    """Friberg-type myelosuppression model (days, x10^9/L) with log-normal between-patient effects."""
+    """Friberg-type myelosuppression model (days, x10^9/L), log-normal between-patient effects."""
 
     circ0_median: float = 250.0
     circ0_omega: float = 0.25
@@ -52,6 +52,7 @@ class PlateletModel:
     feedback_max: float = 4.0
     feedback_max_reserve_exponent: float = 2.0
     stimulation_ceiling: float = 2.5
+    pool_max: float = 4.0
     drug_sensitivity_omega: float = 0.35
     potency_scale: float = 0.55
     reserve_loss_scale: float = 6.0
@@ -81,9 +82,9 @@ class HetrombopagModel:
     offset_tau_days: float = 3.0
     duration_days: int = 14
     beta_marrow: float = -1.3
-    beta_radiotherapy: float = -0.7
+    beta_radiotherapy: float = -1.0
     beta_per_prior_line: float = -0.18
-    beta_gem_platinum: float = -1.0
+    beta_gem_platinum: float = -1.8
     beta_ecog_ge2: float = -0.3
     beta_very_low_baseline: float = -2.0
     very_low_baseline_plt: float = 30.0
@@ -174,7 +175,7 @@ class ModelParameters:
 
 @dataclass(frozen=True)
 class DrugEffect:
-    """Marrow toxicity of one drug: days given in the cycle, days active, inhibition, reserve loss."""
+    """Marrow toxicity of a drug: days given in the cycle, days active, inhibition, reserve loss."""
 
     days: tuple[int, ...]
     active_days: int

@@ -1,10 +1,10 @@
-"""Turn the simulator's records into contract tables (ids, dates, lab coding and units) and write them."""
+"""Turn the simulator's records into contract tables (ids, dates, lab coding, units); write them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -233,22 +233,77 @@ def _bool_column(values: np.ndarray, missing: np.ndarray | None = None) -> pa.Ar
     return pa.array(out, type=pa.string())
 
 
-def write_cohort(
+def _ids(records: CohortRecords, config: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Patient ids and the rank of each patient in id order (the sort order of every table)."""
+    n = records.n_patients
+    pid = np.array(opaque_ids("PT", np.arange(n), config.seed, 1), dtype=object)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(pid, kind="stable")] = np.arange(n)
+    return pid, rank
+
+
+def write_oracle(
     records: CohortRecords,
     p_response: np.ndarray,
     p_error: np.ndarray,
     out_dir: Path,
     config: SimulationConfig,
+) -> Path:
+    """Write `oracle.csv`: p_response, its numerical error and the latent parameters per episode."""
+    ep, p = records.episodes, records.patients
+    pid, rank = _ids(records, config)
+    eid = np.array(opaque_ids("EP", np.arange(ep["cand"].shape[0]), config.seed, 2), dtype=object)
+    ep_order = np.lexsort((ep["day"], rank[ep["cand"]]))
+    mtt = 4.0 / ep["ktr"]
+    oracle = pa.table(
+        {
+            "episode_id": pa.array(eid, type=pa.string()),
+            "p_response": np.round(p_response, 6),
+            "p_response_se": np.round(p_error, 8),
+            "eta_sensitivity": np.round(ep["eta"], 6),
+            "hetrombopag_emax": np.round(
+                hetrombopag_emax(
+                    ep["logit_fixed"],
+                    ep["eta"],
+                    ep["emax_cap"],
+                    config.parameters.hetrombopag.eta_omega,
+                ),
+                6,
+            ),
+            "sensitivity_logit_fixed": np.round(ep["logit_fixed"], 6),
+            "production_log_multiplier": np.round(
+                ep["prod_fixed"] + config.parameters.hetrombopag.production_kappa * ep["eta"], 6
+            ),
+            "plt_true_at_index": np.round(ep["circ"], 4),
+            "prolif_ratio_at_index": np.round(
+                ep["prolif"] * ep["ktr"] / (ep["kcirc"] * ep["circ0"]), 6
+            ),
+            "plt_setpoint": np.round(ep["circ0"], 4),
+            "plt_setpoint_untreated": np.round(p["circ0"][ep["cand"]], 4),
+            "marrow_reserve": np.round(ep["reserve"], 6),
+            "feedback_max": np.round(ep["feedback_max"], 6),
+            "mtt_days": np.round(mtt, 6),
+            "feedback_gamma": np.round(ep["gamma"], 6),
+            "drug_sensitivity": np.round(ep["psi"], 6),
+            "lost_to_follow_up": _bool_column(ep["lost"]),
+        }
+    )
+    path = out_dir / "oracle.csv"
+    _write(oracle.take(ep_order), path)
+    return path
+
+
+def write_cohort(
+    records: CohortRecords,
+    out_dir: Path,
+    config: SimulationConfig,
 ) -> dict[str, Path]:
-    """Write patients, episodes, labs, regimens and oracle as CSV; return the paths by table name."""
+    """Write patients, episodes, labs and regimens as CSV; return the paths by table name."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    p, ep, cy, v = records.patients, records.episodes, records.cycles, records.visits
-    n = records.n_patients
+    p, ep, cy = records.patients, records.episodes, records.cycles
     epoch = np.datetime64(f"{config.start_year}-01-01")
     start = p["start_offset"]
-    pid = np.array(opaque_ids("PT", np.arange(n), config.seed, 1), dtype=object)
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.argsort(pid, kind="stable")] = np.arange(n)
+    pid, rank = _ids(records, config)
     miss = records.static_missing
 
     race_other = np.asarray(RACES_NON_ASIAN)[p["race_other"]]
@@ -287,42 +342,6 @@ def write_cohort(
     )
     _write(episodes.take(ep_order), out_dir / "episodes.csv")
 
-    mtt = 4.0 / ep["ktr"]
-    oracle = pa.table(
-        {
-            "episode_id": pa.array(eid, type=pa.string()),
-            "p_response": np.round(p_response, 6),
-            "p_response_se": np.round(p_error, 8),
-            "eta_sensitivity": np.round(ep["eta"], 6),
-            "hetrombopag_emax": np.round(
-                hetrombopag_emax(
-                    ep["logit_fixed"],
-                    ep["eta"],
-                    ep["emax_cap"],
-                    config.parameters.hetrombopag.eta_omega,
-                ),
-                6,
-            ),
-            "sensitivity_logit_fixed": np.round(ep["logit_fixed"], 6),
-            "production_log_multiplier": np.round(
-                ep["prod_fixed"] + config.parameters.hetrombopag.production_kappa * ep["eta"], 6
-            ),
-            "plt_true_at_index": np.round(ep["circ"], 4),
-            "prolif_ratio_at_index": np.round(
-                ep["prolif"] * ep["ktr"] / (ep["kcirc"] * np.exp(ep["log_circ0"])), 6
-            ),
-            "plt_setpoint": np.round(np.exp(ep["log_circ0"]), 4),
-            "plt_setpoint_untreated": np.round(p["circ0"][ep["cand"]], 4),
-            "marrow_reserve": np.round(ep["reserve"], 6),
-            "feedback_max": np.round(ep["feedback_max"], 6),
-            "mtt_days": np.round(mtt, 6),
-            "feedback_gamma": np.round(ep["gamma"], 6),
-            "drug_sensitivity": np.round(ep["psi"], 6),
-            "lost_to_follow_up": _bool_column(ep["lost"]),
-        }
-    )
-    _write(oracle.take(ep_order), out_dir / "oracle.csv")
-
     reg_codes = np.array([r.code for r in REGIMENS], dtype=object)
     reg_drugs = np.array([";".join(r.drugs) for r in REGIMENS], dtype=object)
     reg_len = np.array([r.cycle_days for r in REGIMENS])
@@ -342,10 +361,7 @@ def write_cohort(
     _write(regimens.take(cy_order), out_dir / "regimens.csv")
 
     _write(_lab_table(records, pid, rank, epoch, config), out_dir / "labs.csv")
-    return {
-        name: out_dir / f"{name}.csv"
-        for name in ("patients", "episodes", "labs", "regimens", "oracle")
-    }
+    return {name: out_dir / f"{name}.csv" for name in ("patients", "episodes", "labs", "regimens")}
 
 
 def _site_profiles(site: np.ndarray, day: np.ndarray, config: SimulationConfig) -> np.ndarray:
@@ -368,22 +384,24 @@ def _lab_table(
     cand = v["cand"]
     abs_day = p["start_offset"][cand] + v["day"]
     profile = _site_profiles(p["site"][cand], abs_day, config)
-    columns: dict[str, list[Any]] = {k: [] for k in ("row", "order", "test", "value", "unit")}
-    n_vis = cand.shape[0]
-    row = np.arange(n_vis)
+    tests = sorted({LOINC[a] for a in ANALYTE_ORDER} | set(ANALYTE_ORDER))
+    units = sorted({spec[a][1] for spec in LAB_PROFILES for a in ANALYTE_ORDER})
+    columns: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("row", "order", "test", "value", "unit")
+    }
+    row = np.arange(cand.shape[0])
     for a_i, analyte in enumerate(ANALYTE_ORDER):
-        present = v["present"][analyte]
-        idx = row[present]
+        idx = row[v["present"][analyte]]
         prof = profile[idx]
         value = v["values"][analyte][idx]
-        test = np.empty(idx.shape[0], dtype=object)
-        unit = np.empty(idx.shape[0], dtype=object)
+        test = np.empty(idx.shape[0], dtype=np.int64)
+        unit = np.empty(idx.shape[0], dtype=np.int64)
         out = np.empty(idx.shape[0])
         for k, spec in enumerate(LAB_PROFILES):
             use_loinc, u, factor, decimals = spec[analyte]
             sel = prof == k
-            test[sel] = LOINC[analyte] if use_loinc else analyte
-            unit[sel] = u
+            test[sel] = tests.index(LOINC[analyte] if use_loinc else analyte)
+            unit[sel] = units.index(u)
             if analyte == "PLT":
                 out[sel] = np.round(value[sel]) * factor
             else:
@@ -398,20 +416,29 @@ def _lab_table(
     test = np.concatenate(columns["test"])
     unit = np.concatenate(columns["unit"])
     value = np.concatenate(columns["value"])
-    seconds = (abs_day * 86400 + v["minute"] * 60)[rows]
+    minute = v["minute"][rows]
+    day = abs_day[rows]
     patient_rank = rank[cand][rows]
-    order = np.lexsort((order_a, seconds, patient_rank))
-    patient = pid[cand][rows]
-    times = pa.array((epoch.astype("datetime64[s]") + seconds[order].astype("timedelta64[s]")))
+    order = np.lexsort((order_a, minute, day, patient_rank))
+    patient = cand[rows]
+    # ISO 8601 strings built from the few distinct dates and minutes (fast for millions of rows)
+    first, last = int(day.min()), int(day.max())
+    date_text = (epoch + np.arange(first, last + 1).astype("timedelta64[D]")).astype(str)
+    minute_text = np.array([f"T{m // 60:02d}:{m % 60:02d}:00" for m in range(24 * 60)])
+    times = pc.binary_join_element_wise(
+        pa.array(date_text).take(pa.array(day[order] - first)),
+        pa.array(minute_text).take(pa.array(minute[order])),
+        "",
+    )
     return pa.table(
         {
-            "patient_id": pa.array(patient[order], type=pa.string()),
-            "time": pc.strftime(times, format="%Y-%m-%dT%H:%M:%S"),
-            "test": pa.array(test[order], type=pa.string()),
+            "patient_id": pa.array(pid, type=pa.string()).take(pa.array(patient[order])),
+            "time": times,
+            "test": pa.array(tests).take(pa.array(test[order])),
             "value": pa.array(value[order]),
-            "unit": pa.array(unit[order], type=pa.string()),
+            "unit": pa.array(units).take(pa.array(unit[order])),
         }
     )
 
 
-__all__ = ["CohortRecords", "INTERNATIONAL_SITES", "opaque_ids", "write_cohort"]
+__all__ = ["CohortRecords", "INTERNATIONAL_SITES", "opaque_ids", "write_cohort", "write_oracle"]
