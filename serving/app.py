@@ -155,6 +155,12 @@ def _record_error(exc: RecordError, prefix: list[str | int]) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+def _internal_error(route: str, exc: Exception) -> JSONResponse:
+    # Only the exception type is logged: messages and tracebacks may quote patient data.
+    log.error("%s: scoring failed with %s", route, type(exc).__name__)
+    return JSONResponse({"detail": "internal error while scoring; see the server log"}, 500)
+
+
 def _router() -> APIRouter:
     router = APIRouter()
     secured = [Depends(require_token)]
@@ -187,6 +193,8 @@ def _router() -> APIRouter:
             answer = scorer.score(body)
         except RecordError as exc:
             return _record_error(exc, ["body"])
+        except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
+            return _internal_error("/v1/score", exc)
         raw = await request.body()
         request.app.state.audit.record_score(
             model=answer["model"],
@@ -222,6 +230,8 @@ def _router() -> APIRouter:
             answers = await asyncio.to_thread(scorer.score_batch, body.records, body.explain)
         except RecordError as exc:
             return _record_error(exc, ["body", "records"])
+        except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
+            return _internal_error(BATCH_PATH, exc)
         per_record: dict[int, list[dict[str, Any]]] = {}
         for answer in answers:
             per_record.setdefault(answer["record_index"], []).append(answer)

@@ -29,6 +29,7 @@ class LiveServer:
 
     def __init__(self, app) -> None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.app = app
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -258,3 +259,22 @@ def test_missing_model_stops_the_service_at_start(tmp_path: Path) -> None:
     settings = ServingSettings(model_uri=str(tmp_path / "gone"), audit_path=tmp_path / "a.db")
     with pytest.raises(ModelLoadError, match="gone: no such file"):
         create_app(settings)
+
+
+def test_an_internal_failure_is_500_without_patient_data_in_the_log(
+    server: LiveServer, client: httpx.Client, record, monkeypatch, caplog
+) -> None:
+    class Broken:
+        model = server.app.state.scorer.model
+
+        def score(self, body):
+            raise KeyError(body.patient.patient_id)
+
+    record["patient"]["patient_id"] = "SECRET-ID-789"
+    monkeypatch.setattr(server.app.state, "scorer", Broken())
+    with caplog.at_level("DEBUG"):
+        response = client.post("/v1/score", json=record, headers=AUTH)
+    assert response.status_code == 500
+    assert "SECRET-ID-789" not in response.text
+    assert "scoring failed with KeyError" in caplog.text
+    assert "SECRET-ID-789" not in caplog.text

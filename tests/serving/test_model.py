@@ -304,3 +304,66 @@ def test_pyfunc_logs_registers_and_predicts_probabilities(
 def test_unknown_registry_model_fails_naming_the_uri(tracking: str) -> None:
     with pytest.raises(ModelLoadError, match="model models:/no-such-model@champion: cannot be"):
         Scorer.load("models:/no-such-model@champion")
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_returns_probabilities(
+    tracking: str, deployable_model: DeployableModel, training_records
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    records, _ = training_records
+    with mlflow.start_run(experiment_id=tracking):
+        info = log_deployable_model(deployable_model, "served", input_example=records[0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+    }
+    argv = [str(bin_dir / "mlflow"), "models", "serve", "-m", info.model_uri, "--env-manager",
+            "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not start"
+            time.sleep(0.25)
+        body = {
+            "dataframe_split": {
+                "columns": ["record"],
+                "data": [[json.dumps(r)] for r in records[:3]],
+            }
+        }
+        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        expected = Scorer(deployable_model).score_batch(records[:3], explain=False)
+        assert [p["episode_id"] for p in predictions] == [e["episode_id"] for e in expected]
+        np.testing.assert_allclose(
+            [p["probability"] for p in predictions], [e["probability"] for e in expected]
+        )
+        bad = {"dataframe_split": {"columns": ["record"], "data": [['{"patient": {}}']]}}
+        refused = httpx.post(f"http://127.0.0.1:{port}/invocations", json=bad, timeout=60)
+        assert refused.status_code == 400 and "patient_id" in refused.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
