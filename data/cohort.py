@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 from pandas.api import types as ptypes
 from pyarrow import csv as pa_csv
+from pyarrow import parquet as pa_parquet
 
 from data import drugs, units
 from data.issues import CohortError, Issue
@@ -68,6 +69,15 @@ _TEXT_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "labs": ("patient_id", "time", "test", "unit"),
         "regimens": ("patient_id", "start_date", "end_date", "drugs", "regimen"),
         "outcomes": ("episode_id",),
+    }
+)
+_DATE_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "patients": ("birth_date",),
+        "episodes": ("index_date",),
+        "labs": ("time",),
+        "regimens": ("start_date", "end_date"),
+        "outcomes": (),
     }
 )
 _MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "nat", "<na>"})
@@ -318,7 +328,11 @@ def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
     if file.suffix.lower() == ".csv":
         return _read_csv(table, file, issues)
     try:
-        frame = pd.read_parquet(file)
+        schema = pa_parquet.read_schema(file)
+        text = [
+            f.name for f in schema if f.name in _TEXT_COLUMNS[table] and pa.types.is_string(f.type)
+        ]
+        frame = pa_parquet.read_table(file, read_dictionary=text).to_pandas()
     except Exception as exc:  # pyarrow raises several types for corrupt files
         issues.add(table, f"{file.name} is not a readable Parquet file ({_first_line(exc)})")
         return None
@@ -357,10 +371,13 @@ def _read_csv_fast(table: str, data: bytes) -> pd.DataFrame | None:
     if b"\n\n" in data or b"\n\r\n" in data or data[:1] in (b"\n", b"\r"):
         return None  # pyarrow skips blank lines, which would shift line numbers
     try:
+        # Dictionary-encoded text becomes pandas categoricals: no Python string per row.
+        types = dict.fromkeys(_TEXT_COLUMNS[table], pa.dictionary(pa.int32(), pa.string()))
+        types.update(dict.fromkeys(_DATE_COLUMNS[table], pa.timestamp("ns")))
         parsed = pa_csv.read_csv(
             io.BytesIO(data),
             convert_options=pa_csv.ConvertOptions(
-                column_types=dict.fromkeys(_TEXT_COLUMNS[table], pa.string()),
+                column_types=types,
                 null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=True,
@@ -416,6 +433,8 @@ def _missing_token(values: pd.Series) -> np.ndarray:
 
     Called only on the rows a parser could not read, so a Python pass over them is cheap.
     """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
     if values.dtype != object:
         return values.isna().to_numpy()
     return np.fromiter(
@@ -433,6 +452,12 @@ def _missing_token(values: pd.Series) -> np.ndarray:
 
 def _text(values: pd.Series, from_text: bool) -> tuple[pd.Series, np.ndarray]:
     """Text column as object dtype (str or None); missing rows masked."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        categories = [_clean_text(c) for c in values.cat.categories] + [None]
+        cleaned = np.array(categories, dtype=object)
+        codes = values.cat.codes.to_numpy()
+        missing = np.array([c is None for c in categories], dtype=bool)[codes]
+        return pd.Series(cleaned[codes], dtype=object), missing
     if from_text and values.dtype == object:
         # read_csv: already str or NaN; empty fields are NaN; only whitespace-only is left to catch.
         missing = values.isna().to_numpy()
