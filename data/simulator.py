@@ -366,7 +366,9 @@ def _run_batch(
         )
         eta = ev.standard_normal(m)
         low_share = np.clip((hp.very_low_baseline_plt - base) / hp.very_low_baseline_plt, 0.0, 1.0)
-        prod_fixed = hp.production_very_low_baseline * low_share
+        prod_fixed = (
+            hp.production_very_low_baseline * low_share + hp.production_gem_platinum * gem_plat[reg]
+        )
         low = base < care.episode_interval_low_below_plt
         shares = np.where(
             low[:, None],

@@ -56,9 +56,9 @@ class PlateletModel:
     drug_sensitivity_omega: float = 0.35
     potency_scale: float = 0.55
     reserve_loss_scale: float = 6.0
-    reserve_factor_marrow: float = 0.55
+    reserve_factor_marrow: float = 0.45
     circ0_factor_splenomegaly: float = 0.70
-    reserve_factor_radiotherapy: float = 0.80
+    reserve_factor_radiotherapy: float = 0.70
     reserve_loss_per_unobserved_line: float = 0.12
     asian_factor_tdm1: float = 1.8
     asian_factor_tdxd: float = 1.5
@@ -81,16 +81,17 @@ class HetrombopagModel:
     onset_tau_days: float = 2.0
     offset_tau_days: float = 3.0
     duration_days: int = 14
-    beta_marrow: float = -1.3
-    beta_radiotherapy: float = -1.0
+    beta_marrow: float = -2.0
+    beta_radiotherapy: float = -1.5
     beta_per_prior_line: float = -0.18
     beta_gem_platinum: float = -1.8
     beta_ecog_ge2: float = -0.3
     beta_very_low_baseline: float = -2.0
     very_low_baseline_plt: float = 30.0
     eta_omega: float = 1.0
-    production_kappa: float = 1.0
+    production_kappa: float = 1.2
     production_very_low_baseline: float = -0.4
+    production_gem_platinum: float = -0.3
 
 
 @dataclass(frozen=True)
