@@ -196,11 +196,9 @@ def _router() -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
             return _internal_error("/v1/score", exc)
         raw = await request.body()
-        request.app.state.audit.record_score(
+        await request.app.state.audit.arecord_scores(
             model=answer["model"],
-            patient_id=body.patient.patient_id,
-            input_sha256=hashlib.sha256(raw).hexdigest(),
-            answers=[answer],
+            items=[(body.patient.patient_id, hashlib.sha256(raw).hexdigest(), [answer])],
             endpoint="/v1/score",
             caller=caller_of(request),
         )
@@ -241,7 +239,7 @@ def _router() -> APIRouter:
                 record.model_dump_json(exclude_none=True).encode("utf-8")
             ).hexdigest()
             items.append((record.patient.patient_id, digest, per_record.get(i, [])))
-        request.app.state.audit.record_scores(
+        await request.app.state.audit.arecord_scores(
             model=scorer.model.info, items=items, endpoint=BATCH_PATH, caller=caller_of(request)
         )
         return JSONResponse({"results": answers})
@@ -269,7 +267,7 @@ def create_app(
     own_audit = audit is None
     if audit is None:
         salt = settings.audit_salt.get_secret_value() if settings.audit_salt else None
-        audit = AuditLog(settings.audit_path, salt=salt)
+        audit = AuditLog(settings.audit_path, salt=salt, synchronous=settings.audit_synchronous)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -15,6 +15,7 @@ ENVIRONMENT = {
     "CTIT_API_TOKEN": "api_token",
     "CTIT_AUDIT_DB": "audit_path",
     "CTIT_AUDIT_SALT": "audit_salt",
+    "CTIT_AUDIT_SYNCHRONOUS": "audit_synchronous",
     "CTIT_MAX_BODY_BYTES": "max_body_bytes",
     "CTIT_MAX_BATCH_BYTES": "max_batch_bytes",
     "CTIT_MAX_BATCH_RECORDS": "max_batch_records",
@@ -55,6 +56,11 @@ class ServingSettings(BaseModel):
     audit_salt: SecretStr | None = Field(
         None,
         description="Salt of the patient-id hashes; when unset a random salt is kept in the log.",
+    )
+    audit_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite sync of the audit log: FULL survives power loss (default); NORMAL "
+        "survives a crash of the service only, and is faster.",
     )
     max_body_bytes: int = Field(MIB, ge=1024, description="Largest body of a single-patient call.")
     max_batch_bytes: int = Field(32 * MIB, ge=1024, description="Largest body of a batch call.")

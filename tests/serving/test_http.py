@@ -278,3 +278,71 @@ def test_an_internal_failure_is_500_without_patient_data_in_the_log(
     assert "SECRET-ID-789" not in response.text
     assert "scoring failed with KeyError" in caplog.text
     assert "SECRET-ID-789" not in caplog.text
+
+
+# -- audit log and settings (units) ----------------------------------------------------------------
+
+
+def test_audit_log_group_commits_concurrent_writers(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.db", salt="pepper")
+    assert log._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    answer = {"episode_id": "E", "probability": 0.5}
+
+    def write(i: int) -> None:
+        log.record_score(
+            model={"name": "m", "version": "1"},
+            patient_id=f"P{i}",
+            input_sha256="h",
+            answers=[dict(answer, episode_id=f"E{i}")],
+            endpoint="/v1/score",
+            caller="t",
+        )
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = log.rows()
+    assert sorted(r["patient_hash"] for r in rows) == sorted(
+        log.hash_id(f"P{i}") for i in range(40)
+    )
+    assert log.hash_id("P1") == hashlib.sha256(b"pepperP1").hexdigest()
+    log.close()
+    assert not log.check()
+    with pytest.raises(RuntimeError, match="is closed"):
+        write(99)
+
+
+def test_audit_salt_is_kept_when_not_configured(tmp_path: Path) -> None:
+    first = AuditLog(tmp_path / "a.db")
+    digest = first.hash_id("P1")
+    first.record_feedback(
+        model_version="3", patient_id="P1", episode_id="E1", feedback={"useful": True}, caller="c"
+    )
+    first.close()
+    again = AuditLog(tmp_path / "a.db", synchronous="NORMAL")
+    assert again.hash_id("P1") == digest != hashlib.sha256(b"P1").hexdigest()
+    (row,) = again.rows("feedback")
+    assert row["patient_hash"] == digest and json.loads(row["feedback"]) == {"useful": True}
+    assert again._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    again.close()
+
+
+def test_settings_read_the_environment_and_cli_values_win(tmp_path: Path) -> None:
+    env = {
+        "CTIT_API_TOKEN": "tok-SECRET-1",
+        "CTIT_AUDIT_DB": str(tmp_path / "x.db"),
+        "CTIT_MAX_BATCH_RECORDS": "7",
+        "CTIT_AUDIT_SYNCHRONOUS": "NORMAL",
+        "UNRELATED": "ignored",
+    }
+    settings = ServingSettings.from_env(env, model_uri="m", port=9001, audit_path=None)
+    assert settings.api_token.get_secret_value() == "tok-SECRET-1"
+    assert "SECRET" not in repr(settings)
+    assert settings.audit_path == tmp_path / "x.db" and settings.max_batch_records == 7
+    assert settings.port == 9001 and settings.audit_synchronous == "NORMAL"
+    override = ServingSettings.from_env(env, model_uri="m", audit_path=tmp_path / "cli.db")
+    assert override.audit_path == tmp_path / "cli.db"
+    with pytest.raises(ValueError, match="max_batch_records"):
+        ServingSettings.from_env({"CTIT_MAX_BATCH_RECORDS": "none"}, model_uri="m")
