@@ -329,10 +329,14 @@ def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
         return _read_csv(table, file, issues)
     try:
         schema = pa_parquet.read_schema(file)
+        dates = _DATE_COLUMNS[table]
         text = [
-            f.name for f in schema if f.name in _TEXT_COLUMNS[table] and pa.types.is_string(f.type)
+            f.name
+            for f in schema
+            if f.name in _TEXT_COLUMNS[table] and f.name not in dates and pa.types.is_string(f.type)
         ]
-        frame = pa_parquet.read_table(file, read_dictionary=text).to_pandas()
+        arrow = pa_parquet.read_table(file, read_dictionary=text)
+        frame = _dates_in_arrow(arrow, table).to_pandas()
     except Exception as exc:  # pyarrow raises several types for corrupt files
         issues.add(table, f"{file.name} is not a readable Parquet file ({_first_line(exc)})")
         return None
@@ -341,6 +345,21 @@ def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
     frame = frame.reset_index(drop=True) if frame.index.start != 0 else frame
     frame.columns = [str(c).strip() for c in frame.columns]
     return _Source(table, frame, np.arange(len(frame)), file.name, False)
+
+
+def _dates_in_arrow(arrow: pa.Table, table: str) -> pa.Table:
+    """Parse ISO 8601 text date columns in arrow (fast); a column that does not parse whole is
+    left as text for the pandas parser, which reports each bad value."""
+    for name in _DATE_COLUMNS[table]:
+        index = arrow.schema.get_field_index(name)
+        if index < 0 or not pa.types.is_string(arrow.schema.field(index).type):
+            continue
+        try:
+            parsed = arrow.column(index).cast(pa.timestamp("ns"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        arrow = arrow.set_column(index, name, parsed)
+    return arrow
 
 
 def _read_csv(table: str, file: Path, issues: _Issues) -> _Source | None:
