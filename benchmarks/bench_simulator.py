@@ -1,0 +1,47 @@
+"""Simulator throughput: patients per second and peak memory at 1k, 10k and 100k patients.
+
+Run by hand: `.venv/bin/python benchmarks/bench_simulator.py [sizes...]`. Each size runs in a fresh
+process so the peak resident memory (ru_maxrss of the process and its workers) is its own.
+"""
+
+import json
+import subprocess
+import sys
+import tempfile
+
+CHILD = """
+import json, resource, sys, time
+from data.simulator import SimulationConfig, simulate_cohort
+n, out = int(sys.argv[1]), sys.argv[2]
+t0 = time.perf_counter()
+s = simulate_cohort(SimulationConfig(n_patients=n, seed=1, workers=2), out)
+dt = time.perf_counter() - t0
+peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+print(json.dumps({"n": n, "seconds": dt, "episodes": s.n_episodes, "lab_rows": s.n_lab_rows,
+                  "peak_mb": peak}))
+"""
+
+
+def main(sizes: list[int]) -> None:
+    print(
+        f"{'patients':>9} {'seconds':>8} {'patients/s':>11} {'episodes':>9} {'lab rows':>11} "
+        f"{'peak MB':>8}"
+    )
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as out:
+            res = subprocess.run(
+                [sys.executable, "-c", CHILD, str(n), out],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(
+            f"{n:>9,} {r['seconds']:>8.1f} {n / r['seconds']:>11,.0f} {r['episodes']:>9,} "
+            f"{r['lab_rows']:>11,} {r['peak_mb']:>8,.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [1_000, 10_000, 100_000])
