@@ -39,6 +39,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from data.drugs import drug_aliases, normalise_drug
 from data.units import accepted_units, canonical_test, unit_factor
 
@@ -189,6 +191,152 @@ def _ref(resource: Mapping[str, Any], full_url: str | None) -> str:
     return full_url or f"{resource['resourceType']}/(no id)"
 
 
+# --------------------------------------------------------------------------- shapes read
+# Only the elements the adapter reads are declared (strict types, other elements allowed): a
+# resource whose read elements have the wrong JSON type is skipped with a warning naming the
+# element, instead of failing deep inside the mapping.
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Coding(_Shape):
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+
+
+class _Concept(_Shape):
+    coding: list[_Coding] | None = None
+    text: str | None = None
+
+
+class _Reference(_Shape):
+    reference: str | None = None
+
+
+class _Quantity(_Shape):
+    value: float | None = None
+    comparator: str | None = None
+    unit: str | None = None
+    system: str | None = None
+    code: str | None = None
+
+
+class _Period(_Shape):
+    start: str | None = None
+    end: str | None = None
+
+
+class _Extension(_Shape):
+    url: str | None = None
+    extension: list[_Extension] | None = None
+    valueString: str | None = None
+    valueCoding: _Coding | None = None
+
+
+class _Identifier(_Shape):
+    value: str | None = None
+
+
+class _Resource(_Shape):
+    resourceType: str
+    id: str | None = None
+    status: str | None = None
+    subject: _Reference | None = None
+    patient: _Reference | None = None
+
+
+class _Patient(_Resource):
+    identifier: list[_Identifier] | None = None
+    birthDate: str | None = None
+    gender: str | None = None
+    extension: list[_Extension] | None = None
+
+
+class _Observation(_Resource):
+    category: list[_Concept] | None = None
+    code: _Concept | None = None
+    effectiveDateTime: str | None = None
+    effectivePeriod: _Period | None = None
+    effectiveInstant: str | None = None
+    issued: str | None = None
+    valueQuantity: _Quantity | None = None
+    valueInteger: int | None = None
+    valueCodeableConcept: _Concept | None = None
+
+
+class _DoseAndRate(_Shape):
+    doseQuantity: _Quantity | None = None
+
+
+class _Repeat(_Shape):
+    boundsPeriod: _Period | None = None
+
+
+class _Timing(_Shape):
+    repeat: _Repeat | None = None
+
+
+class _Dosage(_Shape):
+    doseAndRate: list[_DoseAndRate] | None = None
+    timing: _Timing | None = None
+
+
+class _Ingredient(_Shape):
+    itemCodeableConcept: _Concept | None = None
+
+
+class _Medication(_Resource):
+    code: _Concept | None = None
+    ingredient: list[_Ingredient] | None = None
+
+
+class _MedicationUse(_Resource):
+    medicationCodeableConcept: _Concept | None = None
+    medicationReference: _Reference | None = None
+    contained: list[dict[str, Any]] | None = None
+    authoredOn: str | None = None
+    dosageInstruction: list[_Dosage] | None = None
+    effectiveDateTime: str | None = None
+    effectivePeriod: _Period | None = None
+    dateAsserted: str | None = None
+
+
+class _Condition(_Resource):
+    verificationStatus: _Concept | None = None
+    code: _Concept | None = None
+    onsetDateTime: str | None = None
+    onsetPeriod: _Period | None = None
+    recordedDate: str | None = None
+
+
+_SHAPES: dict[str, type[_Resource]] = {
+    "Patient": _Patient,
+    "Observation": _Observation,
+    "Condition": _Condition,
+    "Medication": _Medication,
+    "MedicationRequest": _MedicationUse,
+    "MedicationStatement": _MedicationUse,
+    "MedicationAdministration": _MedicationUse,
+}
+
+
+def _shape_problem(resource: Mapping[str, Any]) -> str | None:
+    """None when the elements the adapter reads have the right JSON types, else the first fault."""
+    shape = _SHAPES.get(str(resource.get("resourceType")))
+    if shape is None:
+        return None
+    try:
+        shape.model_validate(resource)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        return f"{where}: {error['msg']}"
+    return None
+
+
 # --------------------------------------------------------------------------- collecting resources
 
 
@@ -215,7 +363,7 @@ def _walk(obj: Any, where: str) -> Iterator[_Item]:
         yield _Item(obj, _ref(obj, None), None)
         return
     kind = obj.get("type")
-    if kind not in BUNDLE_TYPES:
+    if not isinstance(kind, str) or kind not in BUNDLE_TYPES:
         raise FhirError(
             f"{where}: Bundle.type {kind!r} is not supported; expected one of "
             + ", ".join(sorted(BUNDLE_TYPES))
@@ -230,7 +378,8 @@ def _walk(obj: Any, where: str) -> Iterator[_Item]:
         resource = entry.get("resource")
         if resource is None:
             continue  # a transaction entry may carry only a request (e.g. DELETE)
-        if (entry.get("search") or {}).get("mode") == "outcome":
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
             continue
         if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
             yield from _walk(resource, f"{at}.resource")
@@ -275,9 +424,13 @@ def is_index_order(
         statuses
     ):
         return False
+    if _shape_problem(resource) is not None:
+        return False
     concepts = [resource.get("medicationCodeableConcept") or {}]
     concepts += [
-        c.get("code") or {} for c in resource.get("contained") or [] if isinstance(c, dict)
+        c.get("code") or {}
+        for c in resource.get("contained") or []
+        if c.get("resourceType") == "Medication" and _shape_problem(c) is None
     ]
     return any(INDEX_DRUG in drugs_in_text(_concept_text(c)) for c in concepts)
 
@@ -479,7 +632,9 @@ class _Converter:
             )
         elif isinstance(reference, str):
             medication = self.by_ref.get(reference)
-        if not isinstance(medication, dict):
+        if not isinstance(medication, dict) or medication.get("resourceType") != "Medication":
+            return []
+        if _shape_problem(medication) is not None:
             return []
         concepts = [medication["code"]] if isinstance(medication.get("code"), dict) else []
         for ingredient in medication.get("ingredient") or []:
@@ -566,6 +721,17 @@ class _Converter:
     # -- assembling
 
     def run(self, index_date: date | None, today: date) -> tuple[list[dict], list[str]]:
+        valid = []
+        for item in self.items:
+            problem = _shape_problem(item.resource)
+            if problem is None:
+                valid.append(item)
+            else:
+                self.warnings.append(
+                    f"{item.ref}: malformed {item.resource['resourceType']} ({problem}); skipped"
+                )
+        self.items = valid
+        self.by_ref = {k: v for k, v in self.by_ref.items() if _shape_problem(v) is None}
         for item in self.items:
             if item.resource["resourceType"] == "Patient":
                 self.add_patient(item)

@@ -12,6 +12,8 @@ from pathlib import Path
 import jsonschema
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from data.cohort import cohort_from_tables
 from data.drugs import is_known
@@ -421,3 +423,67 @@ def test_risk_assessment_of_a_real_score_validates(scorer, risk_validator) -> No
     assert not list(risk_validator.iter_errors(resource))
     assert resource["prediction"][0]["probabilityDecimal"] == round(answer["probability"], 4)
     assert resource["method"]["text"] == "ctit-response 7"
+
+
+# --------------------------------------------------------------------------- robustness
+
+JUNK = [None, 0, -1.5, True, "", "x", "2025-13-45", [], {}, [None], {"a": 1}]
+
+
+def test_a_resource_with_a_wrongly_typed_element_is_skipped_with_its_place_named() -> None:
+    bundle = _load(MIXED)
+    for entry in bundle["entry"]:
+        if entry["resource"].get("id") == "plt-3":
+            entry["resource"]["valueQuantity"]["value"] = "34"
+        if entry["resource"].get("id") == "ms-1":
+            entry["resource"]["effectivePeriod"] = "2024-09-02"
+    records, warnings = fhir_to_patient_records(bundle, today=TODAY)
+    assert (
+        "Observation/plt-3: malformed Observation (valueQuantity.value: Input should be a valid "
+        "number); skipped"
+    ) in warnings
+    assert any(w.startswith("MedicationStatement/ms-1: malformed") for w in warnings)
+    assert "Observation/plt-3" not in {row["source"] for row in records[0]["labs"]}
+    assert "paclitaxel" not in {d for r in records[0]["regimens"] for d in r["drugs"]}
+
+
+def _paths(obj, prefix=()):
+    """Every (path) to a value inside nested dicts and lists."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield (*prefix, key)
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield (*prefix, i)
+            yield from _paths(value, (*prefix, i))
+
+
+def _mangle(bundle: dict, path: tuple, junk: object) -> dict:
+    out = copy.deepcopy(bundle)
+    target = out
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = copy.deepcopy(junk)
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mangled_bundles_give_warnings_or_fhir_errors_never_crashes(data) -> None:
+    bundle = _load(MIXED) if data.draw(st.booleans()) else _load(AUGMENTED)
+    paths = list(_paths(bundle))
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        bundle = _mangle(bundle, path, data.draw(st.sampled_from(JUNK)))
+        paths = list(_paths(bundle))
+        if not paths:
+            break
+    try:
+        records, warnings = fhir_to_patient_records(bundle, today=TODAY)
+    except FhirError:
+        return
+    assert all(isinstance(w, str) for w in warnings)
+    for record in records:
+        assert set(record) == {"patient", "episode", "labs", "regimens"}
+        json.dumps(record)
