@@ -73,8 +73,10 @@ class DeployablePyfunc(mlflow.pyfunc.PythonModel):
         model = DeployableModel.load(context.artifacts[ARTIFACT_KEY])
         self._scorer = Scorer(model)
 
-    # No type hints: MLflow would read them as a schema (the signature is given instead).
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    # A DataFrame hint makes MLflow use the logged signature, not a schema of its own.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         from serving.records import RecordError
 
         records = records_from_frame(model_input)
