@@ -9,7 +9,12 @@ read too) or a list of loose resources. Resources read:
   `issued`). Timezone offsets are dropped: the wall-clock time as recorded is kept, the cohort
   contract's "no timezone means local". ECOG performance status (LOINC 89247-1) fills `ecog`.
 - MedicationRequest, MedicationStatement, MedicationAdministration: RxNorm ingredient codes of
-  `serving/rxnorm.csv`, else the drug names of `data/drug_classes.csv` found in the text.
+  `serving/rxnorm.csv`, else the drug names of `data/drug_classes.csv` found in the text. The
+  RxCUIs there are ingredient (IN) codes entered from knowledge of RxNorm, not checked against
+  RxNav (not reachable from here); a drug whose code was not certain has none and is matched by
+  text only (its `note` says so). When a code and the text disagree, the code wins, with a
+  warning. Non-anticancer drugs (supportive care, bone-modifying agents) are reported and left
+  out of the regimens.
 - Condition: metastatic sites (`METASTASIS_CODES`).
 
 Regimen rule (one rule for every source): each medication resource of an anticancer drug gives
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -565,9 +571,17 @@ class _Converter:
                 )
             return
         value = float(quantity["value"])
+        if not math.isfinite(value):
+            patient.warnings.append(f"{item.ref}: value {value} is not finite; skipped")
+            return
         unit = quantity.get("code") if quantity.get("system", UCUM) == UCUM else None
         unit = unit or quantity.get("unit")
         analyte = canonical_test(code)
+        if analyte is None and not unit:
+            patient.warnings.append(
+                f"{item.ref}: LOINC {code} (not a model analyte) has no unit; observation skipped"
+            )
+            return
         if analyte is None:
             self.unknown_tests[code][_concept_text(resource.get("code") or {})[:60]] += 1
         elif not isinstance(unit, str) or unit_factor(analyte, unit) is None:
@@ -582,8 +596,7 @@ class _Converter:
                 f"{item.ref}: {analyte or code} reported as '{comparator}{quantity['value']}'; "
                 f"the value {quantity['value']} is used"
             )
-        row = {"time": _iso(when), "test": code, "value": value, "unit": unit or ""}
-        row["source"] = item.ref
+        row = {"time": _iso(when), "test": code, "value": value, "unit": unit, "source": item.ref}
         patient.labs.append((when, row))
 
     def _observation_time(self, item: _Item, patient: _Patient) -> datetime | None:

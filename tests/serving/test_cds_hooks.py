@@ -571,3 +571,25 @@ def test_malformed_feedback_is_refused(client: TestClient, audit: AuditLog) -> N
     response = client.post(f"/cds-services/{ORDER_SELECT}/feedback", json=bad)
     assert response.status_code == 422
     assert audit.rows("feedback") == []
+
+
+def test_draft_without_authored_on_scores_as_of_today(client: TestClient) -> None:
+    body = _request("order-select", _prefetch(_resources()))
+    del body["context"]["draftOrders"]["entry"][0]["resource"]["authoredOn"]
+    response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 200
+    detail = response.json()["cards"][0]["detail"]
+    today = dt.date.today().isoformat()
+    assert f"has no authoredOn; index date = today ({today})" in detail
+    assert f"Index date (first hetrombopag dose): {today}" in detail
+
+
+def test_data_that_break_the_contract_give_a_card_saying_why(client: TestClient) -> None:
+    body = _request("order-select", _prefetch(_resources()))
+    body["context"]["draftOrders"]["entry"][0]["resource"]["authoredOn"] = "1960-01-01"
+    response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 200
+    card = SpecResponse.model_validate(response.json()).cards[0]
+    assert card.indicator == "warning"
+    assert card.summary.startswith("Hetrombopag response: no estimate")
+    assert "index_date is not after birth_date" in card.detail
