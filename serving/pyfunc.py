@@ -24,8 +24,9 @@ import mlflow
 import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
 
 from serving.model import DeployableModel, ModelLoadError
 from serving.schemas import EXAMPLE_RECORD
@@ -41,6 +42,19 @@ OUTPUT_COLUMNS = [
     "interval_high",
     "band",
 ]
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "record")]),
+    outputs=Schema(
+        [
+            ColSpec("long", "record_index"),
+            ColSpec("string", "episode_id"),
+            ColSpec("double", "probability"),
+            ColSpec("double", "interval_low"),
+            ColSpec("double", "interval_high"),
+            ColSpec("string", "band"),
+        ]
+    ),
+)
 _REQUIREMENTS = (
     "mlflow",
     "xgboost",
@@ -153,8 +167,8 @@ def log_deployable_model(
 
     record = input_example if input_example is not None else EXAMPLE_RECORD
     example = pd.DataFrame({"record": [json.dumps(record, default=str)]})
-    output = results_to_frame(Scorer(model).score_batch(records_from_frame(example), explain=False))
-    signature = infer_signature(example, output)
+    # Scoring the example checks that the model answers before anything is logged.
+    Scorer(model).score_batch(records_from_frame(example), explain=False)
     with tempfile.TemporaryDirectory(prefix="ctit-model-") as tmp:
         saved = model.save(Path(tmp) / ARTIFACT_KEY)
         return mlflow.pyfunc.log_model(
@@ -162,7 +176,7 @@ def log_deployable_model(
             python_model=DeployablePyfunc(),
             artifacts={ARTIFACT_KEY: str(saved)},
             code_paths=_code_paths(),
-            signature=signature,
+            signature=SIGNATURE,
             input_example=example,
             pip_requirements=pip_requirements(),
             registered_model_name=registered_model_name,
