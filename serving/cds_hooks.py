@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import logging
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
-import httpx
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +52,9 @@ from serving.fhir import (
     risk_assessment,
 )
 from serving.records import RecordError
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +237,8 @@ async def _fetch(
     for _ in range(settings.max_pages):
         if url is None:
             break
+        import httpx  # imported where used: only the fetch fallback needs it
+
         try:
             response = await client.get(url)
         except httpx.HTTPError as exc:
@@ -292,7 +297,13 @@ async def gather(body: CdsRequest, settings: CdsSettings) -> tuple[list[dict], l
         }
     elif not _server_allowed(server, settings):
         reasons = {key: f"fhirServer {server!r} is not an allowed FHIR server" for key in missing}
+    elif importlib.util.find_spec("httpx") is None:
+        reasons = {
+            key: "httpx is not installed, so the FHIR server cannot be called" for key in missing
+        }
     else:
+        import httpx
+
         headers = {
             "Authorization": f"Bearer {auth.access_token}",
             "Accept": "application/fhir+json",
