@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -18,7 +20,7 @@ from data.cohort import load_cohort
 from data.issues import CohortError
 from serving import fhir
 from serving.model import ModelLoadError
-from serving.records import RecordError
+from serving.records import RecordError, validate_record
 from serving.scorer import Scorer
 from serving.settings import ServingSettings
 
@@ -91,24 +93,40 @@ def _records_of(path: Path, index_date: str | None) -> tuple[list[Any], list[str
 def _score_records(
     scorer: Scorer, records: list[Any], explain: bool, console: Console
 ) -> list[dict[str, Any]]:
-    try:
-        if len(records) < PROGRESS_FROM:
-            return scorer.score_batch(records, explain=explain)
-        out: list[dict[str, Any]] = []
-        with _progress(console) as progress:
-            task = progress.add_task("score", total=len(records))
-            for start in range(0, len(records), CHUNK):
-                part = scorer.score_batch(records[start : start + CHUNK], explain=explain)
-                for answer in part:
+    """Every record validated first, then scored in chunks (with a progress bar when large)."""
+    requests, errors = [], []
+    for i, record in enumerate(records):
+        try:
+            requests.append(validate_record(record, prefix=(i,)))
+        except RecordError as exc:
+            errors.extend(exc.errors)
+    out: list[dict[str, Any]] = []
+    if not errors:
+        with contextlib.ExitStack() as stack:
+            advance: Callable[[int], None] = lambda n: None  # noqa: E731
+            if len(requests) >= PROGRESS_FROM:
+                progress = stack.enter_context(_progress(console))
+                task = progress.add_task("score", total=len(requests))
+                advance = lambda n: progress.advance(task, n)  # noqa: E731
+            for start in range(0, len(requests), CHUNK):
+                part = requests[start : start + CHUNK]
+                try:
+                    answers = scorer.score_batch(part, explain=explain)
+                except RecordError as exc:
+                    errors.extend(
+                        {**e, "loc": [e["loc"][0] + start, *e["loc"][1:]]} for e in exc.errors
+                    )
+                    continue
+                for answer in answers:
                     answer["record_index"] += start
-                out.extend(part)
-                progress.advance(task, min(CHUNK, len(records) - start))
-        return out
-    except RecordError as exc:
+                out.extend(answers)
+                advance(len(part))
+    if errors:
         lines = "\n".join(
-            f"  record {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors
+            f"  record {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors
         )
-        _fail(f"the input breaks the scoring contract (nothing scored):\n{lines}")
+        _fail(f"the input breaks the scoring contract (nothing written):\n{lines}")
+    return out
 
 
 def _score_cohort(

@@ -152,3 +152,37 @@ def test_output_suffix_is_checked(runner, model_dir: Path, tmp_path: Path) -> No
         app, ["score", "--model", str(model_dir), str(tmp_path), "--out", str(tmp_path / "o.xlsx")]
     )
     assert result.exit_code == 1 and "use a .json or .csv" in result.output
+
+
+def test_large_batches_are_chunked_and_errors_keep_their_position(
+    runner, fixtures, model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from ctit import cmd_serve
+
+    monkeypatch.setattr(cmd_serve, "PROGRESS_FROM", 3)
+    monkeypatch.setattr(cmd_serve, "CHUNK", 2)
+    records = fixtures.synthetic_records(7, seed=12)[0]
+    out = tmp_path / "chunked.json"
+    path = _write(tmp_path / "all.json", records)
+    result = runner.invoke(app, ["score", "--model", str(model_dir), str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    chunked = json.loads(out.read_text())
+    assert [a["record_index"] for a in chunked] == list(range(7))
+    monkeypatch.setattr(cmd_serve, "CHUNK", 1000)
+    whole = tmp_path / "whole.json"
+    runner.invoke(app, ["score", "--model", str(model_dir), str(path), "--out", str(whole)])
+    assert [a["probability"] for a in chunked] == [
+        a["probability"] for a in json.loads(whole.read_text())
+    ]
+
+    monkeypatch.setattr(cmd_serve, "CHUNK", 2)
+    records[5]["labs"][0]["unit"] = "furlongs"  # found by the cohort loader, in the third chunk
+    records[1]["episode"].pop("index_date")  # found by the schema, before any scoring
+    path = _write(tmp_path / "bad.json", records)
+    result = runner.invoke(app, ["score", "--model", str(model_dir), str(path), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "record 1.episode.index_date" in result.output
+    records[1]["episode"]["index_date"] = "2025-01-01"
+    path = _write(tmp_path / "bad.json", records)
+    result = runner.invoke(app, ["score", "--model", str(model_dir), str(path), "--out", str(out)])
+    assert result.exit_code == 1 and "record 5.labs.0.unit" in result.output
