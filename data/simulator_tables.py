@@ -218,8 +218,11 @@ class CohortRecords:
         }
 
 
+_CSV_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
+
+
 def _write(table: pa.Table, path: Path) -> None:
-    pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="needed"))
+    pacsv.write_csv(table, path, _CSV_OPTIONS)
 
 
 def _dates(epoch: np.datetime64, days: np.ndarray) -> pa.Array:
@@ -360,11 +363,11 @@ def write_cohort(
     cy_order = np.lexsort((cy["day"], rank[cy["cand"]]))
     _write(regimens.take(cy_order), out_dir / "regimens.csv")
 
-    _write(_lab_table(records, pid, rank, epoch, config), out_dir / "labs.csv")
+    _write_labs(records, pid, rank, epoch, out_dir / "labs.csv")
     return {name: out_dir / f"{name}.csv" for name in ("patients", "episodes", "labs", "regimens")}
 
 
-def _site_profiles(site: np.ndarray, day: np.ndarray, config: SimulationConfig) -> np.ndarray:
+def _site_profiles(site: np.ndarray, day: np.ndarray) -> np.ndarray:
     """Laboratory coding profile of each draw: by site, with one site migrating its system."""
     profile = site % len(LAB_PROFILES)
     migration_day = 3 * 365
@@ -373,72 +376,82 @@ def _site_profiles(site: np.ndarray, day: np.ndarray, config: SimulationConfig) 
     return np.where(migrating, np.where(day < migration_day, before, after), profile)
 
 
-def _lab_table(
+_LAB_CHUNK_VISITS = 250_000
+
+
+def _write_labs(
     records: CohortRecords,
     pid: np.ndarray,
     rank: np.ndarray,
     epoch: np.datetime64,
-    config: SimulationConfig,
-) -> pa.Table:
+    path: Path,
+) -> None:
+    """Write `labs.csv`, one row per analyte drawn, sorted by patient id, time and analyte.
+
+    The blood draws (not the rows) are sorted; each draw expands to its analytes in
+    `ANALYTE_ORDER`, so rows come out in order and are written in chunks of draws (bounded memory).
+    """
     v, p = records.visits, records.patients
     cand = v["cand"]
     abs_day = p["start_offset"][cand] + v["day"]
-    profile = _site_profiles(p["site"][cand], abs_day, config)
+    profile = _site_profiles(p["site"][cand], abs_day)
     tests = sorted({LOINC[a] for a in ANALYTE_ORDER} | set(ANALYTE_ORDER))
     units = sorted({spec[a][1] for spec in LAB_PROFILES for a in ANALYTE_ORDER})
-    columns: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("row", "order", "test", "value", "unit")
-    }
-    row = np.arange(cand.shape[0])
-    for a_i, analyte in enumerate(ANALYTE_ORDER):
-        idx = row[v["present"][analyte]]
-        prof = profile[idx]
-        value = v["values"][analyte][idx]
-        test = np.empty(idx.shape[0], dtype=np.int64)
-        unit = np.empty(idx.shape[0], dtype=np.int64)
-        out = np.empty(idx.shape[0])
-        for k, spec in enumerate(LAB_PROFILES):
-            use_loinc, u, factor, decimals = spec[analyte]
-            sel = prof == k
-            test[sel] = tests.index(LOINC[analyte] if use_loinc else analyte)
-            unit[sel] = units.index(u)
-            if analyte == "PLT":
-                out[sel] = np.round(value[sel]) * factor
-            else:
-                out[sel] = np.round(value[sel] * factor, decimals)
-        columns["row"].append(idx)
-        columns["order"].append(np.full(idx.shape[0], a_i))
-        columns["test"].append(test)
-        columns["unit"].append(unit)
-        columns["value"].append(out)
-    rows = np.concatenate(columns["row"])
-    order_a = np.concatenate(columns["order"])
-    test = np.concatenate(columns["test"])
-    unit = np.concatenate(columns["unit"])
-    value = np.concatenate(columns["value"])
-    minute = v["minute"][rows]
-    day = abs_day[rows]
-    patient_rank = rank[cand][rows]
-    order = np.lexsort((order_a, minute, day, patient_rank))
-    patient = cand[rows]
-    # ISO 8601 strings built from the few distinct dates and minutes (fast for millions of rows)
-    first, last = int(day.min()), int(day.max())
-    date_text = (epoch + np.arange(first, last + 1).astype("timedelta64[D]")).astype(str)
-    minute_text = np.array([f"T{m // 60:02d}:{m % 60:02d}:00" for m in range(24 * 60)])
-    times = pc.binary_join_element_wise(
-        pa.array(date_text).take(pa.array(day[order] - first)),
-        pa.array(minute_text).take(pa.array(minute[order])),
-        "",
+    # test code and unit of each (profile, analyte)
+    test_of = np.array(
+        [[tests.index(LOINC[a] if p_[a][0] else a) for a in ANALYTE_ORDER] for p_ in LAB_PROFILES]
     )
-    return pa.table(
-        {
-            "patient_id": pa.array(pid, type=pa.string()).take(pa.array(patient[order])),
-            "time": times,
-            "test": pa.array(tests).take(pa.array(test[order])),
-            "value": pa.array(value[order]),
-            "unit": pa.array(units).take(pa.array(unit[order])),
-        }
+    unit_of = np.array([[units.index(p_[a][1]) for a in ANALYTE_ORDER] for p_ in LAB_PROFILES])
+    present = np.stack([v["present"][a] for a in ANALYTE_ORDER], axis=1)
+    values = np.stack([v["values"][a] for a in ANALYTE_ORDER], axis=1)
+    first = int(abs_day.min()) if cand.shape[0] else 0
+    last = int(abs_day.max()) if cand.shape[0] else 0
+    date_text = pa.array((epoch + np.arange(first, last + 1).astype("timedelta64[D]")).astype(str))
+    minute_text = pa.array([f"T{m // 60:02d}:{m % 60:02d}:00" for m in range(24 * 60)])
+    pid_text = pa.array(pid, type=pa.string())
+    test_text, unit_text = pa.array(tests), pa.array(units)
+    order = np.lexsort((v["minute"], abs_day, rank[cand]))
+    schema = pa.schema(
+        [
+            ("patient_id", pa.string()),
+            ("time", pa.string()),
+            ("test", pa.string()),
+            ("value", pa.float64()),
+            ("unit", pa.string()),
+        ]
     )
+    with pacsv.CSVWriter(path, schema, write_options=_CSV_OPTIONS) as writer:
+        for a in range(0, max(order.shape[0], 1), _LAB_CHUNK_VISITS):
+            idx = order[a : a + _LAB_CHUNK_VISITS]
+            prof = profile[idx]
+            out = np.empty((idx.shape[0], len(ANALYTE_ORDER)))
+            for j, analyte in enumerate(ANALYTE_ORDER):
+                value = values[idx, j]
+                for k, spec in enumerate(LAB_PROFILES):
+                    _, _, factor, decimals = spec[analyte]
+                    sel = prof == k
+                    if analyte == "PLT":
+                        out[sel, j] = np.round(value[sel]) * factor
+                    else:
+                        out[sel, j] = np.round(value[sel] * factor, decimals)
+            mask = present[idx]
+            draw = pa.array(np.repeat(np.arange(idx.shape[0]), mask.sum(axis=1)))
+            times = pc.binary_join_element_wise(
+                date_text.take(pa.array(abs_day[idx] - first)),
+                minute_text.take(pa.array(v["minute"][idx])),
+                "",
+            )
+            batch = pa.record_batch(
+                [
+                    pid_text.take(pa.array(cand[idx])).take(draw),
+                    times.take(draw),
+                    test_text.take(pa.array(test_of[prof][mask])),
+                    pa.array(out[mask]),
+                    unit_text.take(pa.array(unit_of[prof][mask])),
+                ],
+                schema=schema,
+            )
+            writer.write_batch(batch)
 
 
 __all__ = ["CohortRecords", "INTERNATIONAL_SITES", "opaque_ids", "write_cohort", "write_oracle"]
