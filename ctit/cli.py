@@ -1,6 +1,7 @@
 """The ctit command line: parses, loads config, calls library code and renders results."""
 
 import logging
+import os
 
 import typer
 
@@ -28,6 +29,8 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
 ) -> None:
     """ctit: hetrombopag response prediction for cancer-therapy-induced thrombocytopenia."""
+    # MLflow's per-file download bars flood the terminal; ctit shows its own progress.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
