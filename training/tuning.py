@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 from scipy.stats import loguniform, randint, uniform
-from sklearn.model_selection import ParameterSampler
+from sklearn.model_selection import ParameterSampler, StratifiedGroupKFold
 
 from training.config import ModelConfig, SearchSpace
 from training.validation import inner_split
@@ -141,14 +141,40 @@ def fit_final(
     monotone: str | None,
     seed: int,
     observer: Observer | None = None,
+    n_inner_folds: int = 3,
 ) -> FoldFit:
-    """Tune on an inner split of all labelled episodes, then refit on all of them."""
-    tuned = fit_fold(X, y, groups, config, monotone, seed, observer=observer)
+    """Tune by patient-grouped inner cross-validation on all labelled episodes, then refit on all.
+
+    Each candidate is scored by its mean inner-validation log loss at the round where that mean is
+    best (xgboost.cv with our grouped folds); the refit uses those rounds unscaled, since more
+    rounds on more rows made the final model overconfident on fresh cohorts.
+    """
     if observer is not None:
         observer("xgb_final", np.arange(len(y)))
-    # The refit sees a third more rows than the tuned booster; scale the rounds accordingly.
-    n_rounds = max(1, int(round(tuned.n_rounds / (1 - config.inner_valid_fraction))))
-    booster = xgb.train(tuned.params, _matrix(X, y, config.n_jobs), num_boost_round=n_rounds)
-    return FoldFit(
-        booster, tuned.params, n_rounds, tuned.inner_valid, tuned.p_inner_valid, tuned.trials
-    )
+    splitter = StratifiedGroupKFold(n_splits=n_inner_folds, shuffle=True, random_state=seed)
+    folds = list(splitter.split(np.zeros(len(y)), y, groups))
+    dall = _matrix(X, y, config.n_jobs)
+    best: tuple[float, int, dict[str, Any]] | None = None
+    trials = []
+    for candidate in sample_candidates(config.search, config.n_trials, seed):
+        params = {**BASE_PARAMS, **candidate, **config.params}
+        params.update(seed=seed, nthread=config.n_jobs)
+        if monotone:
+            params["monotone_constraints"] = monotone
+        history = xgb.cv(
+            params,
+            dall,
+            num_boost_round=config.max_rounds,
+            folds=folds,
+            early_stopping_rounds=config.early_stopping_rounds,
+            seed=seed,
+        )
+        score = float(history["test-logloss-mean"].iloc[-1])
+        n_rounds = len(history)
+        trials.append({**candidate, "n_rounds": n_rounds, "valid_logloss": score})
+        if best is None or score < best[0]:
+            best = (score, n_rounds, params)
+    assert best is not None
+    _, n_rounds, params = best
+    booster = xgb.train(params, dall, num_boost_round=n_rounds)
+    return FoldFit(booster, params, n_rounds, np.arange(0), np.zeros(0), trials)
