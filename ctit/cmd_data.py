@@ -22,6 +22,7 @@ from data.labels import (
     derive_labels,
     get_definition,
 )
+from data.outputs import OutputError, atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ def labels(
     except ValueError as exc:
         _fail(str(exc))
     try:
-        table.to_csv(out, index=False)
-    except OSError as exc:
-        _fail(f"cannot write {out}: {exc.strerror or exc}")
+        with atomic_output(out) as partial:
+            table.to_csv(partial, index=False)
+    except OutputError as exc:
+        _fail(exc.strerror)
     counts = attrition(table)
     console = Console()
     console.print(Text(f"Labels ({label_definition.name}: {label_definition.describe()})"))

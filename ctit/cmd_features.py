@@ -11,6 +11,7 @@ from rich.console import Console
 
 from data.cohort import load_cohort
 from data.issues import CohortError
+from data.outputs import OutputError, atomic_output
 from features.pipeline import ALL_FAMILIES, FeatureConfig, FeaturePipeline, build_features
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,11 @@ def features(
         logger.debug("feature building failed", exc_info=True)
         _fail(f"could not build features from {cohort_dir}: {exc}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() == ".csv":
-            frame.to_csv(out, index=False)
-        else:
-            frame.to_parquet(out, index=False)
-    except OSError as exc:
-        _fail(f"could not write {out}: {exc}")
+        with atomic_output(out) as partial:
+            if out.suffix.lower() == ".csv":
+                frame.to_csv(partial, index=False)
+            else:
+                frame.to_parquet(partial, index=False)
+    except OutputError as exc:
+        _fail(exc.strerror)
     typer.echo(f"wrote {len(frame)} episodes x {frame.shape[1] - 1} features to {out}")

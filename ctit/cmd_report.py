@@ -57,5 +57,5 @@ def register(app: typer.Typer) -> None:
         except ReportError as error:
             raise _fail(console, f"run {run_id}: cannot render the report: {error}", 1) from None
         except OSError as error:
-            raise _fail(console, f"cannot write {out}: {error.strerror}", 1) from None
+            raise _fail(console, error.strerror or str(error), 1) from None
         console.print(f"report of run {run_id} written to {path}", highlight=False, markup=False)

@@ -25,6 +25,7 @@ import shap
 from markupsafe import Markup, escape
 
 from data.labels import get_definition
+from data.outputs import write_text
 from features.registry import FeatureSpec, spec_of
 from training import report_plots as plots
 from training.explain import (
@@ -1006,8 +1007,4 @@ def write_report(
     result: TrainResult, path: str | Path, settings: ReportSettings | None = None
 ) -> Path:
     """Render the report and write it to `path` (UTF-8)."""
-    path = Path(path)
-    html = render_report(result, settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
-    return path
+    return write_text(path, render_report(result, settings))

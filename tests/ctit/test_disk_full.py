@@ -1,0 +1,76 @@
+"""Disk full while writing outputs: a clear message, exit 1, and no partial file left behind.
+
+The tests mount a tiny tmpfs and fill it, so the write fails for real with ENOSPC (they need root,
+as the test set-up and CI have; elsewhere they are skipped).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ctit.cli import app
+from data.outputs import OutputError, atomic_output, write_text
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(filler, b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+        finally:
+            os.close(filler)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _left_behind(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name != "filler")
+
+
+def test_atomic_output_leaves_nothing_when_the_disk_is_full(full_disk: Path) -> None:
+    with pytest.raises(OutputError, match="no space left on device; nothing was written"):
+        write_text(full_disk / "report.html", "x" * 100_000)
+    assert _left_behind(full_disk) == []
+
+
+def test_atomic_output_keeps_the_previous_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "labels.csv"
+    target.write_text("old complete content\n", encoding="utf-8")
+    with pytest.raises(RuntimeError), atomic_output(target) as partial:
+        partial.write_text("half", encoding="utf-8")
+        raise RuntimeError("killed mid-way")
+    assert target.read_text(encoding="utf-8") == "old complete content\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
+
+
+@pytest.mark.parametrize("command", ["labels", "features"])
+def test_cli_outputs_on_a_full_disk(command: str, cohort_dir: Path, full_disk: Path) -> None:
+    out = full_disk / ("labels.csv" if command == "labels" else "features.csv")
+    result = runner.invoke(app, [command, str(cohort_dir), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "no space left on device" in result.output
+    assert "Traceback" not in result.output
+    assert _left_behind(full_disk) == []
