@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from data.labels import get_definition
+
 DEFAULT_LABEL = "plt100_or_rise50_d14"
 
 
@@ -40,7 +42,15 @@ class CohortConfig(_Section):
 
 
 class LabelConfig(_Section):
+    """A named response definition of data.labels, or `custom:threshold=T,rise=R,horizon=D`."""
+
     definition: str = DEFAULT_LABEL
+
+    @field_validator("definition")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        get_definition(name)  # raises ValueError naming the known definitions
+        return name
 
 
 class FeaturesConfig(_Section):

@@ -45,6 +45,9 @@ def test_bad_values_are_named_by_path() -> None:
         parse_experiment({"model": {"search": {"max_depth": [6, 2]}}})
     with pytest.raises(ExperimentError, match="not configurable: objective"):
         parse_experiment({"model": {"params": {"objective": "reg:squarederror"}}})
+    with pytest.raises(ExperimentError, match=r"label\.definition: .*unknown label definition"):
+        parse_experiment({"label": {"definition": "plt50_d7"}})
+    assert parse_experiment({"label": {"definition": "custom:threshold=80,horizon=10"}})
     with pytest.raises(ExperimentError, match="either cohort.dir"):
         parse_experiment({"cohort": {"dir": "x", "simulate": {"n_patients": 100}}})
 

@@ -1,0 +1,102 @@
+"""fit_experiment without tracking: validation schemes, monotone resolution, clear errors."""
+
+import numpy as np
+import pytest
+
+from data.cohort import load_cohort
+from training.config import ExperimentError, parse_experiment
+from training.run import TrainingError, fit_experiment, resolve_monotone
+
+FAST = {
+    "model": {"n_trials": 1, "max_rounds": 40, "early_stopping_rounds": 5, "n_jobs": 1},
+    "evaluation": {"n_bootstrap": 50, "n_bootstrap_subgroup": 50},
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "training_conftest", Path(__file__).with_name("conftest.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return load_cohort(module.write_signal_cohort(tmp_path_factory.mktemp("c"), 150, seed=7))
+
+
+def test_cv_result_is_complete_and_consistent(cohort) -> None:
+    config = parse_experiment({**FAST, "validation": {"n_splits": 3, "n_repeats": 2}})
+    observed = []
+    result, _ = fit_experiment(
+        config, cohort, observer=lambda purpose, pos: observed.append(purpose)
+    )
+    assert set(result.metrics) == {"xgboost", "logreg", "plt_baseline"}
+    n = len(result.y)
+    assert len(result.oof) == 2 * n and list(result.X.index) == list(result.y.index)
+    assert result.groups.index.equals(result.y.index)
+    assert result.sample_size["n_episodes"] == n
+    assert result.attrition  # counted exclusions from data.labels
+    assert set(result.subgroups["subgroup"]) == {
+        "subtype",
+        "site",
+        "baseline_plt",
+        "age_band",
+        "regimen_class",
+    }
+    assert len(result.model.fold_boosters) == 3
+    assert {"calibrator_final", "xgb_final"} <= set(observed)
+    assert result.validation["scheme"] == "cv" and len(result.validation["folds"]) == 6
+    # The deployed model scores the cohort it was trained on.
+    scores = result.model.predict_proba(cohort)
+    assert scores["probability"].between(0, 1).all()
+
+
+def test_site_validation_tests_each_site_once(cohort) -> None:
+    config = parse_experiment({**FAST, "validation": {"scheme": "site"}})
+    result, _ = fit_experiment(config, cohort)
+    names = [f["name"] for f in result.validation["folds"]]
+    assert names == ["site=east", "site=north", "site=south"]
+    assert result.oof["episode_id"].is_unique and len(result.oof) == len(result.y)
+
+
+def test_time_validation_tests_later_episodes(cohort) -> None:
+    config = parse_experiment({**FAST, "validation": {"scheme": "time", "time_test_fraction": 0.3}})
+    result, _ = fit_experiment(config, cohort)
+    dates = cohort.episodes.set_index("episode_id")["index_date"]
+    tested = set(result.oof["episode_id"])
+    trained = set(result.y.index) - tested
+    assert tested and dates.loc[list(trained)].max() <= dates.loc[list(tested)].min()
+
+
+def test_site_scheme_without_sites_is_a_clear_error(cohort) -> None:
+    from dataclasses import replace
+
+    no_site = replace(cohort, patients=cohort.patients.drop(columns=["site"]))
+    config = parse_experiment({**FAST, "validation": {"scheme": "site"}})
+    with pytest.raises(TrainingError, match="site column"):
+        fit_experiment(config, no_site)
+
+
+def test_monotone_patterns_resolve_to_registry_directions() -> None:
+    columns = ["plt_last", "plt_min_14d", "hgb_last", "current_gemcitabine"]
+    assert resolve_monotone(("plt_*",), columns) == {"plt_last": 1}
+    with pytest.raises(ExperimentError, match="matches no model feature"):
+        resolve_monotone(("ferritin_*",), columns)
+    with pytest.raises(ExperimentError, match="no expected direction|none of them"):
+        resolve_monotone(("hgb_last",), columns)
+
+
+def test_unknown_feature_family_is_an_experiment_error(cohort) -> None:
+    config = parse_experiment({**FAST, "features": {"families": ["labs", "genomics"]}})
+    with pytest.raises(ExperimentError, match="features: .*genomics"):
+        fit_experiment(config, cohort)
+
+
+def test_reproducible(cohort) -> None:
+    config = parse_experiment({**FAST, "validation": {"n_splits": 3, "n_repeats": 1}})
+    a, _ = fit_experiment(config, cohort)
+    b, _ = fit_experiment(config, cohort)
+    np.testing.assert_allclose(a.oof["p_xgb"], b.oof["p_xgb"])
+    assert a.metrics == b.metrics
