@@ -105,7 +105,7 @@ def test_labels_errors_are_clean(cohort_dir: Path, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["labels", str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 1 and "does not exist" in missing.output
     unwritable = runner.invoke(
-        app, ["labels", str(cohort_dir), "--out", str(tmp_path / "no" / "dir" / "x.csv")]
+        app, ["labels", str(cohort_dir), "--out", str(cohort_dir / "patients.csv" / "x.csv")]
     )
     assert unwritable.exit_code == 1 and "cannot write" in unwritable.output
     for result in (bad_definition, given, missing, unwritable):
