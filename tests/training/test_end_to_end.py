@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from data.cohort import load_cohort
+from data.simulator import SimulationConfig, simulate_cohort
 from serving.pyfunc import load_deployable_model
 from training import run as run_module
 from training import tracking as tracking_module
@@ -45,6 +46,14 @@ def _settings(store: Path, name: str, experiment: str) -> TrackingSettings:
     )
 
 
+@pytest.fixture(scope="module")
+def simulated_dir(tmp_path_factory) -> Path:
+    """A small cohort from the embedded simulator (the default cohort of `ctit train`)."""
+    out = tmp_path_factory.mktemp("simulated")
+    simulate_cohort(SimulationConfig(n_patients=150, seed=5, workers=1), out)
+    return out
+
+
 def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
     out = set()
     for item in client.list_artifacts(run_id, path):
@@ -55,10 +64,8 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[st
     return out
 
 
-def test_tiny_run_logs_everything_and_registers_candidate(
-    signal_cohort_dir, tmp_path, store
-) -> None:
-    cohort = load_cohort(signal_cohort_dir)
+def test_tiny_run_logs_everything_and_registers_candidate(simulated_dir, tmp_path, store) -> None:
+    cohort = load_cohort(simulated_dir)
     config = parse_experiment(TINY)
     settings = _settings(store, "ctit-test", "tests")
     toml_text = 'name = "tiny"\n'
