@@ -566,32 +566,39 @@ def _run_batch(
 
 
 _SHARD = 10_000
+# Share of candidates with a CTIT episode (about 97% with the default parameters); a lower real
+# share only costs another round of shards.
+_EXPECTED_YIELD = 0.95
 _ORACLE_CHUNK = 4_000
 
 
-def _simulate_shard(config: SimulationConfig, shard: int, size: int) -> tuple:
-    """Simulate `size` candidates with the random streams of shard number `shard`."""
+def _simulate_shard(config: SimulationConfig, shard: int, size: int) -> CohortRecords | None:
+    """Simulate `size` candidates with the random streams of shard number `shard`; return those
+    with a CTIT episode (None if none had one), with their lab values and oracle probabilities."""
     streams = _Streams(config.seed, shard)
     batch = _Batch(size, config, streams)
     visits, cycles, episodes = _run_batch(batch, config, streams, None)
-    return batch, visits, cycles, episodes
+    records = CohortRecords.from_batch(batch, visits, cycles, episodes, config, streams)
+    if records is not None:
+        records.oracle = _oracle(config, records.episodes)
+    return records
 
 
 def _simulate_patients(
     config: SimulationConfig, pool: ProcessPoolExecutor | None, advance_to: Callable[[int], None]
-) -> tuple[list[tuple[_Batch, dict, dict, dict, np.ndarray]], int]:
+) -> tuple[CohortRecords, int]:
     """Simulate candidates shard by shard until enough of them had a CTIT episode.
 
     Shards have a fixed size and their own random streams, so the cohort does not depend on how
     many processes ran them.
     """
-    kept: list[tuple[_Batch, dict, dict, dict, np.ndarray]] = []
+    kept: list[CohortRecords] = []
     n_kept = n_candidates = shard = 0
-    yield_rate = 0.4
+    yield_rate = _EXPECTED_YIELD
     first_round = None
     while n_kept < config.n_patients:
         need = config.n_patients - n_kept
-        size = int(np.ceil(need / yield_rate * 1.1)) + 20
+        size = int(np.ceil(need / yield_rate * 1.02)) + 20
         sizes = [min(_SHARD, size - a) for a in range(0, size, _SHARD)]
         first_round = first_round or len(sizes)
         args = [(config, shard + i, m) for i, m in enumerate(sizes)]
@@ -601,46 +608,51 @@ def _simulate_patients(
         else:
             results = (_simulate_shard(*a) for a in args)
         with_episode = 0
-        for i, (batch, visits, cycles, episodes) in enumerate(results):
-            has_ep = np.zeros(batch.n, dtype=bool)
-            if episodes:
-                has_ep[episodes["cand"]] = True
-            with_episode += int(has_ep.sum())
-            chosen = np.flatnonzero(has_ep)[: config.n_patients - n_kept]
-            n_kept += chosen.shape[0]
-            kept.append((batch, visits, cycles, episodes, chosen))
-            advance_to(min(70 * (shard + i + 1) // first_round, 70))
+        for i, records in enumerate(results):
+            if records is not None:
+                with_episode += records.n_patients
+                part = records.head(config.n_patients - n_kept)
+                n_kept += part.n_patients
+                if part.n_patients:
+                    kept.append(part)
+            advance_to(min(90 * (shard + i + 1) // first_round, 90))
         shard += len(sizes)
         n_candidates += size
         yield_rate = max(with_episode / size, 0.05)
         logger.info("%d candidates simulated, %d patients kept", n_candidates, n_kept)
         if shard > 1000:
             raise RuntimeError("the simulator kept too few patients; check the parameters")
-    return kept, n_candidates
+    return CohortRecords.concat(kept), n_candidates
 
 
-def _oracle_chunk(job: tuple[SimulationConfig, dict[str, np.ndarray]]) -> tuple:
-    """Oracle probabilities and errors of one chunk of episodes."""
-    config, ep = job
+def _oracle(config: SimulationConfig, ep: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Oracle probabilities and their numerical errors of the episodes `ep`, in chunks."""
     prm = config.parameters
-    state = PlateletState(ep["prolif"], [ep["t1"], ep["t2"], ep["t3"]], ep["circ"])
-    params = PlateletParams(
-        ep["ktr"], ep["kcirc"], ep["gamma"], ep["circ0"], ep["feedback_max"], prm.platelets.dt_days
-    )
-    return oracle_probabilities(
-        state,
-        params,
-        ep["logit_fixed"],
-        ep["emax_cap"],
-        ep["prod_fixed"],
-        ep["base"],
-        ep["low"],
-        prm.hetrombopag,
-        prm.care,
-        prm.labs,
-        prm.platelets,
-        config.oracle_draws,
-    )
+    n_ep = ep["cand"].shape[0]
+    p, err = [], []
+    for a in range(0, n_ep, _ORACLE_CHUNK):
+        c = {k: v[a : a + _ORACLE_CHUNK] for k, v in ep.items()}
+        state = PlateletState(c["prolif"], [c["t1"], c["t2"], c["t3"]], c["circ"])
+        params = PlateletParams(
+            c["ktr"], c["kcirc"], c["gamma"], c["circ0"], c["feedback_max"], prm.platelets.dt_days
+        )
+        p_chunk, err_chunk = oracle_probabilities(
+            state,
+            params,
+            c["logit_fixed"],
+            c["emax_cap"],
+            c["prod_fixed"],
+            c["base"],
+            c["low"],
+            prm.hetrombopag,
+            prm.care,
+            prm.labs,
+            prm.platelets,
+            config.oracle_draws,
+        )
+        p.append(p_chunk)
+        err.append(err_chunk)
+    return {"p_response": np.concatenate(p), "p_response_se": np.concatenate(err)}
 
 
 def simulate_cohort(
@@ -668,31 +680,14 @@ def simulate_cohort(
         else None
     )
     try:
-        kept_parts, n_candidates = _simulate_patients(config, pool, advance_to)
-        records = CohortRecords.from_batches(kept_parts, config, _Streams(config.seed, 10**6))
-        ep = records.episodes
-        n_ep = ep["cand"].shape[0]
-        chunks = [np.arange(a, min(a + _ORACLE_CHUNK, n_ep)) for a in range(0, n_ep, _ORACLE_CHUNK)]
-        jobs = [(config, {k: v[c] for k, v in ep.items()}) for c in chunks]
-        if pool is not None:
-            futures = [pool.submit(_oracle_chunk, job) for job in jobs]
-            files = write_cohort(records, out, config)
-            results = []
-            for i, future in enumerate(futures):
-                results.append(future.result())
-                advance_to(70 + (25 * (i + 1)) // len(futures))
-        else:
-            results = []
-            for i, job in enumerate(jobs):
-                results.append(_oracle_chunk(job))
-                advance_to(70 + (25 * (i + 1)) // len(jobs))
-            files = write_cohort(records, out, config)
+        records, n_candidates = _simulate_patients(config, pool, advance_to)
     finally:
         if pool is not None:
             pool.shutdown()
-    p = np.concatenate([r[0] for r in results]) if results else np.zeros(0)
-    err = np.concatenate([r[1] for r in results]) if results else np.zeros(0)
-    files["oracle"] = write_oracle(records, p, err, out, config)
+    files = write_cohort(records, out, config)
+    files["oracle"] = write_oracle(records, out, config)
+    n_ep = records.episodes["cand"].shape[0]
+    p, err = records.oracle["p_response"], records.oracle["p_response_se"]
     advance_to(total)
     summary = SimulationSummary(
         out_dir=out,

@@ -27,7 +27,9 @@ class PlateletState:
 class PlateletParams:
     """Per-patient rate constants and the current homeostatic set point `circ0`.
 
-    `decay_tr` and `decay_circ` are exp(-k * dt) for the integration step, computed once.
+    Derived once (and on `set_point`): `decay_tr` and `decay_circ` = exp(-k * dt) for the
+    integration step, `ktr_dt` = ktr * dt, `transfer` = ktr / kcirc, `log_circ0` and the
+    proliferating pool's steady state `pool_ss` = kcirc * circ0 / ktr.
     """
 
     ktr: np.ndarray
@@ -41,6 +43,9 @@ class PlateletParams:
         self.log_circ0 = np.log(self.circ0)
         self.decay_tr = np.exp(-self.ktr * self.dt)
         self.decay_circ = np.exp(-self.kcirc * self.dt)
+        self.ktr_dt = self.ktr * self.dt
+        self.transfer = self.ktr / self.kcirc
+        self.pool_ss = self.circ0 / self.transfer
 
     def take(self, index: np.ndarray) -> PlateletParams:
         return PlateletParams(
@@ -56,12 +61,13 @@ class PlateletParams:
         """Change the set point and feedback ceiling of some patients (after a cycle)."""
         self.circ0[index] = circ0
         self.log_circ0[index] = np.log(circ0)
+        self.pool_ss[index] = circ0 / self.transfer[index]
         self.feedback_max[index] = feedback_max
 
 
 def steady_state(params: PlateletParams, n_transit: int) -> PlateletState:
     """The homeostatic state at the set point (before any therapy)."""
-    pool = params.kcirc * params.circ0 / params.ktr
+    pool = params.pool_ss
     return PlateletState(pool.copy(), [pool.copy() for _ in range(n_transit)], params.circ0.copy())
 
 
@@ -83,29 +89,43 @@ def advance(
     count approaches `ceiling` x Circ0, so counts stay bounded. `gain` applies only with a
     stimulation (during and after an episode).
     """
-    feedback = np.minimum(
-        np.exp(params.gamma * (params.log_circ0 - np.log(state.circ))), params.feedback_max
-    )
+    drive = params.log_circ0 - np.log(state.circ)
+    drive *= params.gamma
+    np.exp(drive, out=drive)
+    np.minimum(drive, params.feedback_max, out=drive)  # the feedback
+    if np.ndim(inhibition) or inhibition:
+        drive *= 1.0 - inhibition
     if stimulation is None:
-        drive = feedback * (1.0 - inhibition) * gain
+        if np.ndim(gain) or gain != 1.0:
+            drive *= gain
     else:
         boost = (1.0 + stimulation) * gain - 1.0
-        fade = np.clip(1.0 - state.circ / (ceiling * params.circ0), 0.0, 1.0)
-        drive = feedback * (1.0 - inhibition) * (1.0 + np.where(boost > 0.0, boost * fade, boost))
-    growth = params.ktr * (drive - 1.0)
+        fade = state.circ / (ceiling * params.circ0)
+        np.subtract(1.0, fade, out=fade)
+        np.clip(fade, 0.0, 1.0, out=fade)
+        drive *= 1.0 + np.where(boost > 0.0, boost * fade, boost)
+    drive -= 1.0
+    drive *= params.ktr_dt
+    np.exp(drive, out=drive)
+    prolif = drive
+    prolif *= state.prolif  # the pool after exponential growth at rate ktr (drive - 1)
     if stimulation is not None:
         # the progenitor niche is finite: the pool never exceeds pool_max x its steady state
-        pool_cap = pool_max * params.kcirc * params.circ0 / params.ktr
-        growth = np.minimum(growth, np.log(pool_cap / state.prolif) / params.dt)
+        np.minimum(prolif, pool_max * params.pool_ss, out=prolif)
     new_transit = []
     upstream = state.prolif
     for compartment in state.transit:
-        new_transit.append(upstream + (compartment - upstream) * params.decay_tr)
+        new = compartment - upstream
+        new *= params.decay_tr
+        new += upstream
+        new_transit.append(new)
         upstream = compartment
-    target = params.ktr * upstream / params.kcirc
-    circ = target + (state.circ - target) * params.decay_circ
-    prolif = state.prolif * np.exp(growth * params.dt)
-    return PlateletState(prolif, new_transit, np.maximum(circ, 0.5))
+    target = params.transfer * upstream
+    circ = state.circ - target
+    circ *= params.decay_circ
+    circ += target
+    np.maximum(circ, 0.5, out=circ)
+    return PlateletState(prolif, new_transit, circ)
 
 
 def episode_envelope(

@@ -96,7 +96,7 @@ def oracle_probabilities(
     labs: LabModel,
     platelets: PlateletModel,
     nodes: int,
-    chunk_rows: int = 400_000,
+    chunk_rows: int = 24_576,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probability of response under plt100_or_rise50_d14 and its numerical error, per episode.

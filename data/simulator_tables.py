@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,14 +49,45 @@ def opaque_ids(prefix: str, index: np.ndarray, seed: int, salt: int) -> list[str
     return [f"{prefix}{v:012x}" for v in x.tolist()]
 
 
+# Static columns of a patient kept from the simulated batch.
+PATIENT_FIELDS = (
+    "site",
+    "asian",
+    "race_other",
+    "male",
+    "age",
+    "subtype",
+    "ecog",
+    "bone",
+    "liver",
+    "marrow",
+    "spleen",
+    "radiotherapy",
+    "first_line",
+    "start_offset",
+    "birth_jitter",
+    "circ0",
+    "psi",
+)
+# Columns of a blood draw kept for writing `labs.csv`.
+VISIT_FIELDS = ("cand", "day", "minute", "profile", "shown", "present")
+
+
 @dataclass
 class CohortRecords:
-    """Kept patients, their episodes, cycles and blood draws, indexed by global patient number."""
+    """Patients, their episodes, cycles and blood draws, indexed by patient number 0..n-1.
+
+    `visits` holds per blood draw the analyte values as written (`shown`, in the site's units and
+    rounding, one column per analyte of `ANALYTE_ORDER`) and which were drawn (`present`); `oracle`
+    holds `p_response` and `p_response_se` per episode.
+    """
 
     patients: dict[str, np.ndarray]
     episodes: dict[str, np.ndarray]
     cycles: dict[str, np.ndarray]
     visits: dict[str, np.ndarray]
+    static_missing: dict[str, np.ndarray]
+    oracle: dict[str, np.ndarray]
 
     @property
     def n_patients(self) -> int:
@@ -67,7 +99,7 @@ class CohortRecords:
 
     @property
     def n_lab_rows(self) -> int:
-        return int(self.visits.get("n_rows", np.zeros(1, dtype=np.int64)).sum())
+        return int(self.visits["present"].sum())
 
     @property
     def multi_episode_share(self) -> float:
@@ -79,58 +111,77 @@ class CohortRecords:
         return float(self.patients["asian"].mean()) if self.n_patients else 0.0
 
     @classmethod
-    def from_batches(
+    def from_batch(
         cls,
-        parts: list[tuple[_Batch, dict, dict, dict, np.ndarray]],
+        batch: _Batch,
+        visits: dict[str, np.ndarray],
+        cycles: dict[str, np.ndarray],
+        episodes: dict[str, np.ndarray],
         config: SimulationConfig,
         streams: _Streams,
-    ) -> CohortRecords:
-        """Keep the chosen candidates of each batch and renumber them 0..n-1 in batch order."""
-        static = (
-            "site",
-            "asian",
-            "race_other",
-            "male",
-            "age",
-            "subtype",
-            "ecog",
-            "bone",
-            "liver",
-            "marrow",
-            "spleen",
-            "radiotherapy",
-            "first_line",
-            "start_offset",
-            "birth_jitter",
-            "circ0",
-            "psi",
-        )
-        pat: dict[str, list[np.ndarray]] = {k: [] for k in static}
-        eps: list[dict[str, np.ndarray]] = []
-        cyc: list[dict[str, np.ndarray]] = []
-        vis: list[dict[str, np.ndarray]] = []
-        offset = 0
-        for batch, visits, cycles, episodes, chosen in parts:
-            remap = np.full(batch.n, -1, dtype=np.int64)
-            remap[chosen] = offset + np.arange(chosen.shape[0])
-            for k in static:
-                pat[k].append(getattr(batch, k)[chosen])
-            for table, out in ((episodes, eps), (cycles, cyc), (visits, vis)):
-                if not table:
-                    continue
-                keep = remap[table["cand"]] >= 0
-                sub = {k: v[keep] for k, v in table.items()}
-                sub["cand"] = remap[sub["cand"]]
-                out.append(sub)
-            offset += chosen.shape[0]
-
-        def cat(parts_: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-            return {k: np.concatenate([p[k] for p in parts_]) for k in parts_[0]}
-
-        patients = {k: np.concatenate(v) for k, v in pat.items()}
-        records = cls(patients, cat(eps), cat(cyc), cat(vis))
+    ) -> CohortRecords | None:
+        """The candidates of a batch with a CTIT episode, renumbered 0..m-1 in batch order, with
+        the other analytes of their blood draws (None if no candidate had an episode)."""
+        if not episodes:
+            return None
+        has_ep = np.zeros(batch.n, dtype=bool)
+        has_ep[episodes["cand"]] = True
+        chosen = np.flatnonzero(has_ep)
+        remap = np.full(batch.n, -1, dtype=np.int64)
+        remap[chosen] = np.arange(chosen.shape[0])
+        patients = {k: getattr(batch, k)[chosen] for k in PATIENT_FIELDS}
+        tables = []
+        for table in (episodes, cycles, visits):
+            keep = has_ep[table["cand"]]
+            sub = {k: v[keep] for k, v in table.items()}
+            sub["cand"] = remap[sub["cand"]]
+            tables.append(sub)
+        ep, cy, vis = tables
+        records = cls(patients, ep, cy, vis, {}, {})
         records._add_lab_values(config, streams)
         return records
+
+    def head(self, n: int) -> CohortRecords:
+        """The first `n` patients and their rows."""
+        if n >= self.n_patients:
+            return self
+
+        def first(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            keep = table["cand"] < n
+            return {k: v[keep] for k, v in table.items()}
+
+        keep_ep = self.episodes["cand"] < n
+        return CohortRecords(
+            {k: v[:n] for k, v in self.patients.items()},
+            first(self.episodes),
+            first(self.cycles),
+            first(self.visits),
+            {k: v[:n] for k, v in self.static_missing.items()},
+            {k: v[keep_ep] for k, v in self.oracle.items()},
+        )
+
+    @classmethod
+    def concat(cls, parts: list[CohortRecords]) -> CohortRecords:
+        """Join the records of consecutive batches, renumbering patients in batch order."""
+        offsets = np.cumsum([0] + [r.n_patients for r in parts[:-1]])
+
+        def cat(name: str, renumber: bool) -> dict[str, np.ndarray]:
+            tables = [getattr(r, name) for r in parts]
+            out = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+            if renumber:
+                out["cand"] = np.concatenate(
+                    [t["cand"] + o for t, o in zip(tables, offsets, strict=True)]
+                )
+            return out
+
+        return cls(
+            cat("patients", False),
+            cat("episodes", True),
+            cat("cycles", True),
+            cat("visits", True),
+            cat("static_missing", False),
+            cat("oracle", False),
+        )
 
     def _add_lab_values(self, config: SimulationConfig, streams: _Streams) -> None:
         """Draw the other analytes of each blood draw from patient effects and the latent state."""
@@ -189,7 +240,7 @@ class CohortRecords:
         )
         u = rng.random((4, m))
         chem = v["chem"]
-        v["values"] = {
+        values = {
             "PLT": v["plt"],
             "HGB": np.clip(hgb, 50.0, 170.0),
             "WBC": np.maximum(wbc, 0.1),
@@ -200,7 +251,7 @@ class CohortRecords:
             "CREA": np.maximum(crea, 25.0),
             "ALB": np.clip(alb, 18.0, 52.0),
         }
-        v["present"] = {
+        present = {
             "PLT": np.ones(m, dtype=bool),
             "HGB": np.ones(m, dtype=bool),
             "WBC": np.ones(m, dtype=bool),
@@ -212,10 +263,28 @@ class CohortRecords:
             "ALB": chem & (u[2] >= lm.alb_missing),
         }
         v["minute"] = (7 * 60 + u[3] * 240).astype(np.int64)
-        v["n_rows"] = np.sum([v["present"][a] for a in ANALYTE_ORDER], axis=0)
+        v["profile"] = _site_profiles(p["site"][c], p["start_offset"][c] + v["day"])
+        v["shown"] = _as_shown(values, v["profile"])
+        v["present"] = np.stack([present[a] for a in ANALYTE_ORDER], axis=1)
+        self.visits = {k: v[k] for k in VISIT_FIELDS}
         self.static_missing = {
             k: rng.random(n) < share for k, share in sorted(STATIC_MISSING.items())
         }
+
+
+def _as_shown(values: dict[str, np.ndarray], profile: np.ndarray) -> np.ndarray:
+    """Values in the units and rounding of each draw's laboratory profile, (draws, analytes)."""
+    out = np.empty((profile.shape[0], len(ANALYTE_ORDER)))
+    for j, analyte in enumerate(ANALYTE_ORDER):
+        value = values[analyte]
+        for k, spec in enumerate(LAB_PROFILES):
+            _, _, factor, decimals = spec[analyte]
+            sel = profile == k
+            if analyte == "PLT":
+                out[sel, j] = np.round(value[sel]) * factor
+            else:
+                out[sel, j] = np.round(value[sel] * factor, decimals)
+    return out
 
 
 _CSV_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
@@ -245,13 +314,7 @@ def _ids(records: CohortRecords, config: SimulationConfig) -> tuple[np.ndarray, 
     return pid, rank
 
 
-def write_oracle(
-    records: CohortRecords,
-    p_response: np.ndarray,
-    p_error: np.ndarray,
-    out_dir: Path,
-    config: SimulationConfig,
-) -> Path:
+def write_oracle(records: CohortRecords, out_dir: Path, config: SimulationConfig) -> Path:
     """Write `oracle.csv`: p_response, its numerical error and the latent parameters per episode."""
     ep, p = records.episodes, records.patients
     pid, rank = _ids(records, config)
@@ -261,8 +324,8 @@ def write_oracle(
     oracle = pa.table(
         {
             "episode_id": pa.array(eid, type=pa.string()),
-            "p_response": np.round(p_response, 6),
-            "p_response_se": np.round(p_error, 8),
+            "p_response": np.round(records.oracle["p_response"], 6),
+            "p_response_se": np.round(records.oracle["p_response_se"], 8),
             "eta_sensitivity": np.round(ep["eta"], 6),
             "hetrombopag_emax": np.round(
                 hetrombopag_emax(
@@ -363,7 +426,7 @@ def write_cohort(
     cy_order = np.lexsort((cy["day"], rank[cy["cand"]]))
     _write(regimens.take(cy_order), out_dir / "regimens.csv")
 
-    _write_labs(records, pid, rank, epoch, out_dir / "labs.csv")
+    _write_labs(records, pid, rank, epoch, out_dir / "labs.csv", config.workers)
     return {name: out_dir / f"{name}.csv" for name in ("patients", "episodes", "labs", "regimens")}
 
 
@@ -376,7 +439,7 @@ def _site_profiles(site: np.ndarray, day: np.ndarray) -> np.ndarray:
     return np.where(migrating, np.where(day < migration_day, before, after), profile)
 
 
-_LAB_CHUNK_VISITS = 250_000
+_LAB_CHUNK_VISITS = 100_000
 
 
 def _write_labs(
@@ -385,6 +448,7 @@ def _write_labs(
     rank: np.ndarray,
     epoch: np.datetime64,
     path: Path,
+    threads: int,
 ) -> None:
     """Write `labs.csv`, one row per analyte drawn, sorted by patient id, time and analyte.
 
@@ -394,7 +458,7 @@ def _write_labs(
     v, p = records.visits, records.patients
     cand = v["cand"]
     abs_day = p["start_offset"][cand] + v["day"]
-    profile = _site_profiles(p["site"][cand], abs_day)
+    profile = v["profile"]
     tests = sorted({LOINC[a] for a in ANALYTE_ORDER} | set(ANALYTE_ORDER))
     units = sorted({spec[a][1] for spec in LAB_PROFILES for a in ANALYTE_ORDER})
     # test code and unit of each (profile, analyte)
@@ -402,8 +466,6 @@ def _write_labs(
         [[tests.index(LOINC[a] if p_[a][0] else a) for a in ANALYTE_ORDER] for p_ in LAB_PROFILES]
     )
     unit_of = np.array([[units.index(p_[a][1]) for a in ANALYTE_ORDER] for p_ in LAB_PROFILES])
-    present = np.stack([v["present"][a] for a in ANALYTE_ORDER], axis=1)
-    values = np.stack([v["values"][a] for a in ANALYTE_ORDER], axis=1)
     first = int(abs_day.min()) if cand.shape[0] else 0
     last = int(abs_day.max()) if cand.shape[0] else 0
     date_text = pa.array((epoch + np.arange(first, last + 1).astype("timedelta64[D]")).astype(str))
@@ -411,47 +473,39 @@ def _write_labs(
     pid_text = pa.array(pid, type=pa.string())
     test_text, unit_text = pa.array(tests), pa.array(units)
     order = np.lexsort((v["minute"], abs_day, rank[cand]))
-    schema = pa.schema(
-        [
-            ("patient_id", pa.string()),
-            ("time", pa.string()),
-            ("test", pa.string()),
-            ("value", pa.float64()),
-            ("unit", pa.string()),
-        ]
-    )
-    with pacsv.CSVWriter(path, schema, write_options=_CSV_OPTIONS) as writer:
-        for a in range(0, max(order.shape[0], 1), _LAB_CHUNK_VISITS):
-            idx = order[a : a + _LAB_CHUNK_VISITS]
-            prof = profile[idx]
-            out = np.empty((idx.shape[0], len(ANALYTE_ORDER)))
-            for j, analyte in enumerate(ANALYTE_ORDER):
-                value = values[idx, j]
-                for k, spec in enumerate(LAB_PROFILES):
-                    _, _, factor, decimals = spec[analyte]
-                    sel = prof == k
-                    if analyte == "PLT":
-                        out[sel, j] = np.round(value[sel]) * factor
-                    else:
-                        out[sel, j] = np.round(value[sel] * factor, decimals)
-            mask = present[idx]
-            draw = pa.array(np.repeat(np.arange(idx.shape[0]), mask.sum(axis=1)))
-            times = pc.binary_join_element_wise(
-                date_text.take(pa.array(abs_day[idx] - first)),
-                minute_text.take(pa.array(v["minute"][idx])),
-                "",
-            )
-            batch = pa.record_batch(
-                [
-                    pid_text.take(pa.array(cand[idx])).take(draw),
-                    times.take(draw),
-                    test_text.take(pa.array(test_of[prof][mask])),
-                    pa.array(out[mask]),
-                    unit_text.take(pa.array(unit_of[prof][mask])),
-                ],
-                schema=schema,
-            )
-            writer.write_batch(batch)
+    n_visits = order.shape[0]
+
+    def chunk_csv(a: int) -> pa.Buffer:
+        """CSV text of the rows of sorted draws a.., with the header for the first chunk."""
+        idx = order[a : a + _LAB_CHUNK_VISITS]
+        prof = profile[idx]
+        mask = v["present"][idx]
+        draw = pa.array(np.repeat(np.arange(idx.shape[0]), mask.sum(axis=1)))
+        times = pc.binary_join_element_wise(
+            date_text.take(pa.array(abs_day[idx] - first)),
+            minute_text.take(pa.array(v["minute"][idx])),
+            "",
+        )
+        table = pa.table(
+            {
+                "patient_id": pid_text.take(pa.array(cand[idx])).take(draw),
+                "time": times.take(draw),
+                "test": test_text.take(pa.array(test_of[prof][mask])),
+                "value": pa.array(v["shown"][idx][mask], type=pa.float64()),
+                "unit": unit_text.take(pa.array(unit_of[prof][mask])),
+            }
+        )
+        sink = pa.BufferOutputStream()
+        options = pacsv.WriteOptions(quoting_style="needed", include_header=a == 0)
+        pacsv.write_csv(table, sink, options)
+        return sink.getvalue()
+
+    # numpy and arrow release the GIL: chunks are formatted in parallel, written in order
+    starts = range(0, max(n_visits, 1), _LAB_CHUNK_VISITS)
+    with path.open("wb") as f, ThreadPoolExecutor(max_workers=threads) as pool:
+        for a in range(0, len(starts), 2 * threads):
+            for text in pool.map(chunk_csv, starts[a : a + 2 * threads]):
+                f.write(text)
 
 
 __all__ = ["CohortRecords", "INTERNATIONAL_SITES", "opaque_ids", "write_cohort", "write_oracle"]
