@@ -219,6 +219,16 @@ def cohort_from_tables(tables: Mapping[str, pd.DataFrame | list[dict] | None]) -
     Raises:
         CohortError: listing every problem found.
     """
+    small = _small_cohort(tables)
+    if small is not None:
+        return small
+    return _cohort_from_tables_general(tables)
+
+
+def _cohort_from_tables_general(
+    tables: Mapping[str, pd.DataFrame | list[dict] | None],
+) -> Cohort:
+    """`cohort_from_tables` through pandas, for every input (the small path's reference)."""
     issues = _Issues()
     sources: dict[str, _Source] = {}
     for name, value in tables.items():
@@ -1178,3 +1188,504 @@ def _summary_of(
         for (analyte, unit), rows in sorted(conversions.items())
     ]
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Small inputs (one patient over HTTP): the same result without pandas' per-call overhead.
+#
+# `_small_cohort` takes lists of row dicts of at most `_SMALL` rows, holds each column as the
+# Python values `pd.DataFrame(rows)` would hold (same dtype inference) and repeats every check and
+# conversion of the pandas path above in plain Python and numpy. It handles valid inputs and the
+# warnings they may carry; anything else (an error to report, an unusual value type, a DataFrame)
+# declines and the pandas path answers, so errors always come from that one place.
+# tests/data/test_cohort_small.py proves the two paths equal on random inputs.
+
+
+class _Decline(Exception):
+    """The small path does not handle this input; the pandas path will."""
+
+
+_NAN = float("nan")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_OBJECT_TYPES = frozenset({str, int, float, bool, type(None), list, tuple, dict})
+
+
+@dataclass
+class _Rows:
+    """One small in-memory table as columns of the values pandas would hold."""
+
+    table: str
+    names: list[str]
+    values: dict[str, list]
+    kinds: dict[str, str]  # "int", "float", "bool" or "object": the dtype pandas infers
+    n: int
+
+
+def _small_cohort(tables: Mapping[str, object]) -> Cohort | None:
+    """The Cohort of small, valid row-dict tables; None when the pandas path must answer."""
+    try:
+        return _small_build(tables)
+    except _Decline:
+        return None
+
+
+def _small_build(tables: Mapping[str, object]) -> Cohort:
+    if not isinstance(tables, Mapping) or pd.get_option("future.infer_string"):
+        raise _Decline
+    rows: dict[str, _Rows] = {}
+    for name, value in tables.items():
+        if name not in REQUIRED_TABLES:  # outcomes and unknown tables: pandas path
+            raise _Decline
+        if value is not None:
+            rows[name] = _small_rows(name, value)
+    for name in ("labs", "regimens"):
+        if name not in rows:
+            rows[name] = _small_rows(name, [])
+    if "patients" not in rows or "episodes" not in rows:
+        raise _Decline
+    for src in rows.values():
+        if any(c not in src.values for c in REQUIRED_COLUMNS[src.table]):
+            raise _Decline
+    if not rows["patients"].n or not rows["episodes"].n:
+        raise _Decline
+    found: list[Issue] = []
+    patients, pids, births = _small_patients(rows["patients"], found)
+    known = set(pids)
+    episodes = _small_episodes(rows["episodes"], known, pids, births)
+    conversions: dict[tuple[str, str], int] = {}
+    labs = _small_labs(rows["labs"], known, found, conversions)
+    regimens = _small_regimens(rows["regimens"], known, found)
+    return Cohort(
+        patients=patients,
+        episodes=episodes,
+        labs=labs,
+        regimens=regimens,
+        outcomes=None,
+        warnings=tuple(found),
+        conversions=MappingProxyType(dict(conversions)),
+    )
+
+
+def _small_rows(table: str, value: object) -> _Rows:
+    """Columns of a list of row dicts, with the dtypes `pd.DataFrame(rows)` infers."""
+    if type(value) is not list or len(value) > _SMALL:
+        raise _Decline
+    if not value:
+        names = list(REQUIRED_COLUMNS[table])
+        return _Rows(table, names, {c: [] for c in names}, dict.fromkeys(names, "object"), 0)
+    seen: dict[str, None] = {}
+    for row in value:
+        if type(row) is not dict:
+            raise _Decline
+        for key in row:
+            if type(key) is not str:
+                raise _Decline
+            seen[key] = None
+    if not seen:
+        raise _Decline
+    values: dict[str, list] = {}
+    kinds: dict[str, str] = {}
+    for name in seen:
+        kinds[name], values[name] = _infer([row.get(name, _NAN) for row in value])
+    return _Rows(table, list(seen), values, kinds, len(value))
+
+
+def _infer(column: list) -> tuple[str, list]:
+    """(kind, values) as pandas infers an object column built from records."""
+    types = set(map(type, column))
+    if types <= {int, float, type(None)} and types != {type(None)}:
+        if int in types and not all(
+            _INT64_MIN <= v <= _INT64_MAX for v in column if type(v) is int
+        ):
+            raise _Decline
+        if types == {int}:
+            return "int", column
+        return "float", [_NAN if v is None else float(v) for v in column]
+    if types == {bool}:
+        return "bool", column
+    if types <= _OBJECT_TYPES:
+        return "object", column
+    raise _Decline
+
+
+def _is_na(value: object) -> bool:
+    return value is None or (type(value) is float and value != value)
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def _small_array(src: _Rows, name: str) -> np.ndarray:
+    """A column given as is: what `frame[name].to_numpy()` gives."""
+    kind = src.kinds[name]
+    if kind == "int":
+        return np.array(src.values[name], dtype=np.int64)
+    if kind == "float":
+        return np.array(src.values[name], dtype=np.float64)
+    if kind == "bool":
+        return np.array(src.values[name], dtype=bool)
+    return _objects(src.values[name])
+
+
+def _small_assemble(
+    src: _Rows, columns: dict[str, np.ndarray], order: list[int] | None = None
+) -> pd.DataFrame:
+    """As `_assemble`: normalised columns in the input order, then the new ones."""
+    data: dict[str, np.ndarray] = {}
+    for name in src.names:
+        data[name] = columns[name] if name in columns else _small_array(src, name)
+    for name, value in columns.items():
+        if name not in data:
+            data[name] = value
+    if order is not None:
+        data = {name: value[order] for name, value in data.items()}
+    return pd.DataFrame(data, copy=False)
+
+
+def _small_text(src: _Rows, name: str) -> list[str | None]:
+    """As `_text` (and `_clean_text` on the distinct values) for text given as str or missing."""
+    if src.kinds[name] != "object":
+        raise _Decline
+    out: list[str | None] = []
+    for value in src.values[name]:
+        if type(value) is str:
+            out.append(value.strip() or None)
+        elif _is_na(value):
+            out.append(None)
+        else:
+            raise _Decline
+    return out
+
+
+def _small_ids(src: _Rows, name: str, unique: bool) -> list[str]:
+    values = _small_text(src, name)
+    if None in values or (unique and len(set(values)) < len(values)):
+        raise _Decline
+    return values  # type: ignore[return-value]
+
+
+def _small_dates(src: _Rows, name: str, required: bool) -> np.ndarray:
+    """As `_dates_small`, the path `_dates` takes for a few text dates."""
+    values = src.values[name]
+    if src.kinds[name] == "float" and all(v != v for v in values):
+        # Only NaN: pandas parses no date and counts every row as missing.
+        if required:
+            raise _Decline
+        return np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+    if src.kinds[name] != "object":
+        raise _Decline
+    if not all(v is None or (type(v) is str and v) for v in values):
+        # NaN (a key absent from some rows) sends the pandas path to `pd.to_datetime`, which
+        # agrees with numpy on plain ISO dates and times inside the nanosecond range.
+        if not all(_is_na(v) or (type(v) is str and _small_iso(v)) for v in values):
+            raise _Decline
+        values = [None if _is_na(v) else v for v in values]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            parsed = np.array(values, dtype="datetime64[ns]")
+    except Exception as exc:  # the pandas path parses or reports it
+        raise _Decline from exc
+    if required and np.isnat(parsed).any():
+        raise _Decline
+    return parsed
+
+
+_PLAIN_ISO = re.compile(
+    r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+    r"(?:T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,9})?)?)?"
+)
+
+
+def _small_iso(text: str) -> bool:
+    return _PLAIN_ISO.fullmatch(text) is not None and "1678" <= text[:4] <= "2261"
+
+
+def _small_numbers(
+    src: _Rows,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    integer: bool = False,
+    required: bool = False,
+) -> np.ndarray:
+    """As `_number_column` for numbers (or nothing) given as numbers, with nothing to report."""
+    kind = src.kinds[name]
+    values = src.values[name]
+    if kind in ("int", "float", "bool"):
+        arr = np.array(values, dtype=np.float64)
+        if np.isinf(arr).any():
+            raise _Decline
+    elif all(v is None for v in values):
+        arr = np.full(len(values), np.nan)
+    else:
+        raise _Decline
+    if required and np.isnan(arr).any():
+        raise _Decline
+    with np.errstate(invalid="ignore"):
+        out = np.zeros(len(arr), dtype=bool)
+        if low is not None:
+            out |= arr < low
+        if high is not None:
+            out |= arr > high
+        if integer:
+            out |= np.isfinite(arr) & (arr != np.round(arr))
+    if out.any():
+        raise _Decline
+    return arr
+
+
+def _small_unknown_patients(src: _Rows, pid: list[str], known: set[str], found: list) -> None:
+    """As `_known(..., warning=True)`."""
+    unknown = [i for i, p in enumerate(pid) if p not in known]
+    if unknown:
+        first = unknown[0]
+        distinct = len({pid[i] for i in unknown})
+        found.append(
+            Issue(
+                src.table,
+                first,
+                "patient_id",
+                f"{len(unknown)} rows for {distinct} patients not in the patients table "
+                f"(first: {pid[first]!r}); kept but unused",
+            )
+        )
+
+
+def _small_patients(
+    src: _Rows, found: list[Issue]
+) -> tuple[pd.DataFrame, list[str], np.ndarray | None]:
+    columns: dict[str, np.ndarray] = {}
+    pids = _small_ids(src, "patient_id", unique=True)
+    columns["patient_id"] = _objects(pids)
+    for name in ("sex", "race", "site"):
+        if name in src.values:
+            columns[name] = _objects(_small_text(src, name))
+    births = None
+    if "birth_date" in src.values:
+        births = columns["birth_date"] = _small_dates(src, "birth_date", required=False)
+    if "ecog" in src.values:
+        columns["ecog"] = _small_numbers(src, "ecog", low=0, high=5, integer=True)
+    if "subtype" in src.values:
+        columns["subtype"] = _small_subtypes(src, found)
+    for name in BOOLEAN_COLUMNS:
+        if name in src.values:
+            parsed = []
+            for value in src.values[name]:
+                flag = np.nan if _is_na(value) else _boolean(value)
+                if flag is None:
+                    raise _Decline
+                parsed.append(flag)
+            columns[name] = np.array(parsed, dtype=np.float64)
+    return _small_assemble(src, columns), pids, births
+
+
+def _small_subtypes(src: _Rows, found: list[Issue]) -> np.ndarray:
+    text = _small_text(src, "subtype")
+    mapped: dict[str, str] = {}
+    for i, value in enumerate(text):
+        if value is None or value in mapped:
+            continue
+        key = value.replace("\u2212", "-").replace(" ", "").lower()
+        mapped[value] = _SUBTYPE_KEYS.get(key, value)
+        if key not in _SUBTYPE_KEYS:
+            found.append(
+                Issue(
+                    "patients",
+                    i,
+                    "subtype",
+                    f"unknown subtype {value!r} kept as given in {text.count(value)} rows "
+                    f"(known: {', '.join(SUBTYPES)})",
+                )
+            )
+    return _objects([None if v is None else mapped[v] for v in text])
+
+
+def _small_episodes(
+    src: _Rows, known: set[str], pids: list[str], births: np.ndarray | None
+) -> pd.DataFrame:
+    columns: dict[str, np.ndarray] = {}
+    columns["episode_id"] = _objects(_small_ids(src, "episode_id", unique=True))
+    pid = _small_ids(src, "patient_id", unique=False)
+    if any(p not in known for p in pid):
+        raise _Decline
+    columns["patient_id"] = _objects(pid)
+    index_date = columns["index_date"] = _small_dates(src, "index_date", required=True)
+    if "dose_mg" in src.values:
+        columns["dose_mg"] = _small_numbers(src, "dose_mg", low=0)
+    age = (
+        _small_numbers(src, "age_years", low=0, high=120)
+        if "age_years" in src.values
+        else np.full(src.n, np.nan)
+    )
+    if births is not None and np.isnan(age).any():
+        position = {p: i for i, p in enumerate(pids)}
+        birth = births[[position[p] for p in pid]]
+        span = index_date - birth
+        derived = np.where(
+            np.isnat(span),
+            np.nan,
+            span.astype("timedelta64[s]").astype(np.int64) / _SECONDS_PER_YEAR,
+        )
+        if ((derived < 0) & np.isnan(age)).any():
+            raise _Decline
+        age = np.where(np.isnan(age), derived, age)
+    columns["age_years"] = age.astype("float64")
+    return _small_assemble(src, columns)
+
+
+def _small_labs(
+    src: _Rows,
+    known: set[str],
+    found: list[Issue],
+    conversions: dict[tuple[str, str], int],
+) -> pd.DataFrame:
+    pid = _small_ids(src, "patient_id", unique=False)
+    _small_unknown_patients(src, pid, known, found)
+    time = _small_dates(src, "time", required=True)
+    value = _small_numbers(src, "value", required=True)
+    tests = _small_text(src, "test")
+    unit_text = _small_text(src, "unit")
+    if None in tests:
+        raise _Decline
+    analyte_of: dict[str, str | None] = {}
+    analytes = []
+    factors = []
+    for code, unit in zip(tests, unit_text, strict=True):
+        if code not in analyte_of:
+            analyte_of[code] = units.canonical_test(code)
+        analyte = analyte_of[code]
+        analytes.append(analyte)
+        if analyte is None:
+            factors.append(1.0)
+            continue
+        factor = units.unit_factor(analyte, unit) if unit is not None else None
+        if factor is None:
+            raise _Decline
+        factors.append(factor)
+    converted = value * np.array(factors, dtype=np.float64)
+    for analyte, number in zip(analytes, converted.tolist(), strict=True):
+        if analyte is not None and (number < 0 or number > units.ANALYTES[analyte].limit):
+            raise _Decline
+
+    # Warnings for unknown tests, in order of first appearance (as the pandas path).
+    unknown_tests: dict[str, list[int]] = {}
+    for i, (code, analyte) in enumerate(zip(tests, analytes, strict=True)):
+        if analyte is None:
+            unknown_tests.setdefault(code, [0, i])[0] += 1
+    for code, (count, first) in unknown_tests.items():
+        found.append(
+            Issue(
+                "labs",
+                first,
+                "test",
+                f"test {code!r} is not a known analyte: {count} rows kept under their own code, "
+                "units as given",
+            )
+        )
+
+    # Conversions, counted by (distinct test code as given, distinct unit as given) in order of
+    # first appearance, as the pandas path counts them.
+    raw_tests: dict[object, int] = {}
+    raw_units: dict[object, int] = {}
+    pairs: dict[tuple[int, int], list] = {}
+    for raw_test, raw_unit, analyte, unit in zip(
+        src.values["test"], src.values["unit"], analytes, unit_text, strict=True
+    ):
+        t = raw_tests.setdefault(raw_test, len(raw_tests))
+        if _is_na(raw_unit):
+            raise _Decline  # only unknown tests may lack a unit; then nothing is converted
+        u = raw_units.setdefault(raw_unit, len(raw_units))
+        if analyte is not None:
+            pairs.setdefault((t, u), [analyte, unit, 0])[2] += 1
+    for _, (analyte, unit, count) in sorted(pairs.items()):
+        if unit != units.CANONICAL_UNITS[analyte]:
+            key = (analyte, unit)
+            conversions[key] = conversions.get(key, 0) + count
+
+    test_out = [a if a is not None else t for a, t in zip(analytes, tests, strict=True)]
+    unit_out = [
+        units.CANONICAL_UNITS[a] if a is not None else u
+        for a, u in zip(analytes, unit_text, strict=True)
+    ]
+    columns = {
+        "patient_id": _objects(pid),
+        "time": time,
+        "test": _objects(test_out),
+        "value": converted,
+        "unit": _objects(unit_out),
+    }
+    order = None
+    if src.n >= 2:
+        if any("\x00" in p for p in pid):
+            raise _Decline  # numpy's text order differs from Python's there
+        keys = list(zip(pid, time.view("int64").tolist(), strict=True))
+        if any(keys[i] > keys[i + 1] for i in range(len(keys) - 1)):
+            order = sorted(range(src.n), key=keys.__getitem__)
+    return _small_assemble(src, columns, order)
+
+
+def _small_regimens(src: _Rows, known: set[str], found: list[Issue]) -> pd.DataFrame:
+    columns: dict[str, np.ndarray] = {}
+    pid = _small_ids(src, "patient_id", unique=False)
+    columns["patient_id"] = _objects(pid)
+    _small_unknown_patients(src, pid, known, found)
+    start = columns["start_date"] = _small_dates(src, "start_date", required=True)
+    if "end_date" in src.values:
+        end = _small_dates(src, "end_date", required=False)
+        if (end < start).any():
+            raise _Decline
+    else:
+        end = np.full(src.n, np.datetime64("NaT"), dtype="datetime64[ns]")
+    columns["end_date"] = end
+    if src.kinds["drugs"] != "object":
+        raise _Decline
+    per_text: dict[str, tuple[str, str, list[str]]] = {}
+    names: list[str] = []
+    classes: list[str] = []
+    unknown: dict[str, None] = {}
+    for value in src.values["drugs"]:
+        text = ";".join(map(str, value)) if isinstance(value, list | tuple) else value
+        if type(text) is not str:
+            raise _Decline
+        if text not in per_text:
+            parts = [p.strip() for p in text.split(";") if p.strip()]
+            generics = list(dict.fromkeys(drugs.normalise_drug(p) for p in parts))
+            if not generics:
+                raise _Decline
+            per_text[text] = (
+                ";".join(generics),
+                ";".join(sorted({c for g in generics for c in drugs.classes_of(g)})),
+                [g for g in generics if not drugs.is_known(g)],
+            )
+            unknown.update(dict.fromkeys(per_text[text][2]))
+        name, drug_classes, _ = per_text[text]
+        names.append(name)
+        classes.append(drug_classes)
+    for drug in unknown:
+        holding = [i for i, n in enumerate(names) if drug in n.split(";")]
+        hint = " (separate drugs with ';')" if re.search(r"[,+]", drug) else ""
+        found.append(
+            Issue(
+                "regimens",
+                holding[0],
+                "drugs",
+                f"unknown drug {drug!r} in {len(holding)} rows: no drug class assigned{hint}",
+            )
+        )
+    columns["drugs"] = _objects(names)
+    columns["classes"] = _objects(classes)
+    columns["regimen"] = (
+        _objects(_small_text(src, "regimen"))
+        if "regimen" in src.values
+        else np.full(src.n, None, dtype=object)
+    )
+    for name in ("line", "cycle"):
+        columns[name] = (
+            _small_numbers(src, name, low=0) if name in src.values else np.full(src.n, np.nan)
+        )
+    return _small_assemble(src, columns)
