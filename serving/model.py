@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import pandas as pd
 import xgboost as xgb
 
 from data.drugs import known_drugs, normalise_drug
-from features.registry import GROUPS, LAB_ANALYTES, spec_of
+from features.registry import GROUPS, LAB_ANALYTES, PLT_WINDOWS, spec_of
 from serving.settings import ScoringOptions
 
 log = logging.getLogger(__name__)
@@ -408,13 +409,23 @@ class DeployableModel:
         name = self.feature_names[j]
         description, unit, _group = self._labels[j]
         if math.isnan(value):
-            return f"{description}: not recorded"
+            return f"{_SHORT.get(name, description)}: not recorded"
         if unit == "0/1":
-            return f"{description}: {'yes' if value >= 0.5 else 'no'}"
+            return _flag_words(name, description, value >= 0.5)
         prefix = name.removesuffix("_days_since")
         if name.endswith("_days_since") and prefix in _LAB_PREFIX:
             return f"last {_LAB_PREFIX[prefix][1]} {_days_words(value)}"
-        text = f"{description} {_number(value)} {_unit_words(unit)}".rstrip()
+        number = _number(value)
+        if name in _TEMPLATES:
+            return _TEMPLATES[name].format(v=number, s="" if number == "1" else "s")
+        window = _WINDOWED.match(name)
+        if window:
+            kind, days = window.groups()
+            template = _WINDOW_TEMPLATES[kind]
+            if kind == "slope":
+                number = f"{value:+.1f}"
+            return template.format(v=number, d=days)
+        text = f"{description} {number} {_unit_words(unit)}".rstrip()
         if name.endswith("_last"):
             age = self._column.get(name.removesuffix("_last") + "_days_since")
             if age is not None and not math.isnan(float(x[age])):
@@ -623,6 +634,62 @@ class DeployableModel:
             raise ModelLoadError(
                 f"model {where}: cannot be rebuilt ({type(exc).__name__}: {exc})"
             ) from exc
+
+
+# Plain words for the fixed features (`{v}` the value, `{s}` a plural s, `{d}` a window in days).
+_TEMPLATES = {
+    "n_lines": "treatment line {v}",
+    "cycles_current_line": "{v} cycle{s} in the current line",
+    "days_since_last_dose": "latest regimen or cycle started {v} day{s} before the index date",
+    "ecog": "ECOG performance status {v}",
+    "age_years": "age {v} years",
+    "dose_mg": "hetrombopag dose {v} mg a day",
+    "plt_nadir_cycle": "lowest platelet count in the current cycle {v} x10^9/L",
+    "plt_pre_cycle": "platelet count before the current cycle {v} x10^9/L",
+}
+_WINDOWED = re.compile(r"^plt_(min|slope|n)_(\d+)d$")
+_WINDOW_TEMPLATES = {
+    "min": "lowest platelet count in the {d} days before {v} x10^9/L",
+    "slope": "platelet trend over the {d} days before {v} x10^9/L a day",
+    "n": "{v} platelet counts in the {d} days before",
+}
+_SHORT = {
+    "race_asian": "Asian ancestry",
+    **{f"plt_slope_{d}d": f"platelet trend over the {d} days before" for d in PLT_WINDOWS},
+    **{f"plt_min_{d}d": f"lowest platelet count in the {d} days before" for d in PLT_WINDOWS},
+}
+_CLASS_WORDS = {
+    "platinum": "platinum",
+    "gemcitabine": "gemcitabine",
+    "anthracycline": "an anthracycline",
+    "taxane": "a taxane",
+    "antimetabolite": "an antimetabolite",
+    "alkylator": "an alkylating agent",
+    "vinca": "a vinca alkaloid",
+    "eribulin": "eribulin",
+    "adc": "an antibody-drug conjugate",
+    "cdk46": "a CDK4/6 inhibitor",
+    "parp": "a PARP inhibitor",
+    "anti_her2": "anti-HER2 therapy",
+    "endocrine": "endocrine therapy",
+    "immunotherapy": "immunotherapy",
+}
+
+
+def _flag_words(name: str, description: str, present: bool) -> str:
+    """A 0/1 feature as a short clause: 'current regimen includes gemcitabine', 'no liver ...'."""
+    for prefix, yes, no in (
+        ("current_", "current regimen includes {c}", "current regimen without {c}"),
+        ("exposed_", "received {c} before", "never received {c}"),
+    ):
+        if name.startswith(prefix) and name[len(prefix) :] in _CLASS_WORDS:
+            return (yes if present else no).format(c=_CLASS_WORDS[name[len(prefix) :]])
+    if "=" in name:
+        column, level = name.split("=", 1)
+        column = column.removeprefix("static_").replace("_", " ")
+        return f"{column} {level}" if present else f"{column} not {level}"
+    short = _SHORT.get(name, description)
+    return short if present else f"no {short}"
 
 
 def _dumps(value: Any) -> bytes:

@@ -9,6 +9,7 @@ so a higher baseline PLT can never lower the score.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -169,13 +170,24 @@ def build_model(records: list[dict[str, Any]], y: np.ndarray, n_folds: int = 3) 
 
 
 @pytest.fixture(scope="session")
-def training_records() -> tuple[list[dict[str, Any]], np.ndarray]:
+def _training_records_once() -> tuple[list[dict[str, Any]], np.ndarray]:
     return synthetic_records(240)
 
 
+@pytest.fixture
+def training_records(
+    _training_records_once: tuple[list[dict[str, Any]], np.ndarray],
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The 240 training records and labels: a fresh copy per test (tests may change them)."""
+    records, y = _training_records_once
+    return copy.deepcopy(records), y.copy()
+
+
 @pytest.fixture(scope="session")
-def deployable_model(training_records: tuple[list[dict[str, Any]], np.ndarray]) -> DeployableModel:
-    return build_model(*training_records)
+def deployable_model(
+    _training_records_once: tuple[list[dict[str, Any]], np.ndarray],
+) -> DeployableModel:
+    return build_model(*_training_records_once)
 
 
 @pytest.fixture(scope="session")

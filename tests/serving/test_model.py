@@ -367,3 +367,20 @@ def test_mlflow_models_serve_returns_probabilities(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_flags_and_counts_read_as_short_clauses() -> None:
+    from serving.model import _days_words, _flag_words, _number
+
+    assert _flag_words("current_gemcitabine", "x", True) == "current regimen includes gemcitabine"
+    assert _flag_words("exposed_anti_her2", "x", False) == "never received anti-HER2 therapy"
+    assert _flag_words("subtype=HER2+", "x", False) == "subtype not HER2+"
+    assert _flag_words("liver_mets", "liver metastases", False) == "no liver metastases"
+    assert _flag_words("race_asian", "Asian ancestry (long)", True) == "Asian ancestry"
+    assert [_number(v) for v in (32.0, 2.414, 39.56, 140.4)] == ["32", "2.41", "39.6", "140"]
+    assert [_days_words(d) for d in (0, 1, 2, 12)] == [
+        "on the index date",
+        "one day before the index date",
+        "two days before the index date",
+        "12 days before the index date",
+    ]
