@@ -238,6 +238,15 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log each request line.")
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=32,
+            help="Server processes (each loads the model; they share the audit log).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the model over HTTP (FastAPI on uvicorn); CTIT_API_TOKEN turns on bearer tokens."""
     import uvicorn
@@ -257,6 +266,41 @@ def serve(
     info = app.state.scorer.model.info
     Console(stderr=True, soft_wrap=True).print(
         f"serving {info['name']} version {info['version']} on http://{host}:{port} "
-        f"(docs at /docs; token {'required' if settings.api_token else 'not required'})"
+        f"(docs at /docs; token {'required' if settings.api_token else 'not required'}; "
+        f"{workers} worker{'s' if workers != 1 else ''})"
     )
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+        return
+    # The model was loaded once above to fail fast; each worker process loads its own copy
+    # from the same settings, handed over through the environment of the child processes.
+    app.state.audit.close()
+    os.environ[_SETTINGS_VARIABLE] = _settings_json(settings)
+    uvicorn.run(
+        f"{__name__}:worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=access_log,
+    )
+
+
+_SETTINGS_VARIABLE = "_CTIT_SERVE_SETTINGS"
+
+
+def _settings_json(settings: ServingSettings) -> str:
+    data = settings.model_dump(mode="json")
+    for name in ("api_token", "audit_salt"):
+        secret = getattr(settings, name)
+        data[name] = secret.get_secret_value() if secret is not None else None
+    return json.dumps(data)
+
+
+def worker_app() -> Any:
+    """The app of one `ctit serve --workers N` process (uvicorn calls this factory)."""
+    from serving.app import create_app
+
+    settings = ServingSettings.model_validate_json(os.environ[_SETTINGS_VARIABLE])
+    return create_app(settings)

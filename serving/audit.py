@@ -92,7 +92,9 @@ class AuditLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise RuntimeError(f"audit log {self.path}: WAL mode refused (journal_mode={mode})")
@@ -106,13 +108,14 @@ class AuditLog:
 
     def _stored_salt(self) -> str:
         with self._lock:
+            # Several server processes may open a new log at once: the first salt written wins.
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)",
+                (secrets.token_hex(32),),
+            )
             row = self._db.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
-            if row is not None:
-                return str(row[0])
-            salt = secrets.token_hex(32)
-            self._db.execute("INSERT INTO meta (key, value) VALUES ('salt', ?)", (salt,))
         log.warning("audit log %s: no salt configured; a random salt is kept in it", self.path)
-        return salt
+        return str(row[0])
 
     def hash_id(self, identifier: str) -> str:
         """Salted SHA-256 of an identifier (patient or episode id)."""

@@ -186,3 +186,54 @@ def test_large_batches_are_chunked_and_errors_keep_their_position(
     path = _write(tmp_path / "bad.json", records)
     result = runner.invoke(app, ["score", "--model", str(model_dir), str(path), "--out", str(out)])
     assert result.exit_code == 1 and "record 5.labs.0.unit" in result.output
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers_shares_one_audit_log(
+    fixtures, model_dir: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    audit = tmp_path / "audit.db"
+    env = {**os.environ, "CTIT_API_TOKEN": "tok-123", "CTIT_AUDIT_SALT": "salt"}
+    ctit = Path(sys.executable).parent / "ctit"
+    argv = [str(ctit), "serve", "--model", str(model_dir), "--port", str(port), "--audit-db",
+            str(audit), "--workers", "2", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "ctit serve --workers 2 did not start"
+            time.sleep(0.25)
+        records = fixtures.synthetic_records(8, seed=21)[0]
+        headers = {"Authorization": "Bearer tok-123"}
+        assert httpx.post(f"{base}/v1/score", json=records[0]).status_code == 401
+        for record in records:
+            response = httpx.post(f"{base}/v1/score", json=record, headers=headers, timeout=30)
+            assert response.status_code == 200, response.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    import sqlite3
+
+    with sqlite3.connect(audit) as db:
+        assert db.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == len(records)
