@@ -16,7 +16,7 @@ Decisions (documented in docs/ARCHITECTURE.md, "serving"):
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -84,12 +84,14 @@ class PatientIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     patient_id: Identifier
-    sex: Literal["F", "M", "female", "male", "other", "unknown"] | None = None
+    sex: Annotated[str, Field(max_length=32)] | None = None
     birth_date: dt.date | None = None
     race: str | None = None
     site: str | None = None
     ecog: int | None = Field(None, ge=0, le=4, description="ECOG performance status 0-4.")
-    subtype: Literal["HR+/HER2-", "HER2+", "TNBC"] | None = None
+    subtype: Annotated[str, Field(max_length=32)] | None = Field(
+        None, description="HR+/HER2-, HER2+ or TNBC (another value is kept and warned)."
+    )
     bone_mets: bool | None = None
     liver_mets: bool | None = None
     marrow_involvement: bool | None = None

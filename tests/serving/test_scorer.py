@@ -151,3 +151,15 @@ def test_batch_errors_name_the_record_and_every_problem(scorer: Scorer, training
         scorer.score_batch(records)
     assert [e["loc"] for e in caught.value.errors] == [[1, "labs", 0, "unit"]]
     assert "furlongs" in caught.value.errors[0]["msg"]
+
+
+def test_an_unknown_subtype_is_kept_and_warned(scorer: Scorer, record) -> None:
+    record["patient"]["subtype"] = "HER2+"
+    canonical = scorer.score(record)
+    record["patient"]["subtype"] = "her2+"  # spelling variant: normalised by the loader
+    variant = scorer.score(record)
+    assert variant["probability"] == canonical["probability"]
+    assert not any(w["code"] == "unseen_category" for w in variant["warnings"])
+    record["patient"]["subtype"] = "luminal B"
+    codes = {w["code"] for w in scorer.score(record)["warnings"]}
+    assert {"input", "unseen_category"} <= codes
