@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -124,3 +126,21 @@ def test_bad_inputs_are_refused() -> None:
         m.auroc(np.array([1, 0]), np.array([0.5]))
     with pytest.raises(ValueError, match="NaN"):
         m.brier(np.array([1, 0]), np.array([0.5, np.nan]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(st.integers(0, 1), st.integers(0, 20), st.integers(0, 3)), min_size=4, max_size=60
+    )
+)
+def test_weighted_metrics_match_sklearn_on_random_inputs(data) -> None:
+    y = np.array([d[0] for d in data])
+    p = np.array([d[1] for d in data]) / 20  # coarse grid: many ties, 0 and 1 included
+    w = np.array([d[2] for d in data], dtype=float)
+    assume(w.sum() > 0 and 0 < (w * y).sum() < w.sum())
+    assert m.auroc(y, p, w)[0] == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-9)
+    assert m.auprc(y, p, w)[0] == pytest.approx(
+        average_precision_score(y, p, sample_weight=w), abs=1e-9
+    )
+    assert m.brier(y, p, w)[0] == pytest.approx(brier_score_loss(y, p, sample_weight=w))
