@@ -43,7 +43,7 @@ from data.simulator_params import (
     SUBTYPES,
     ModelParameters,
 )
-from data.simulator_tables import CohortRecords, write_cohort, write_oracle
+from data.simulator_tables import CohortRecords, CohortWriter
 
 logger = logging.getLogger(__name__)
 
@@ -536,8 +536,9 @@ def _run_batch(
         tail = hp.duration_days + 8.0 * hp.offset_tau_days
         since = day - s["ep_index"]
         near = np.flatnonzero((since >= 0.0) & (since < tail))
+        emax_near, prod_near = s["emax"][near], s["prod"][near]
         for sub in range(steps):
-            stim = gain = None
+            stim, gain = None, 1.0
             if near.size:
                 envelope = episode_envelope(
                     since[near] + sub * dt,
@@ -545,18 +546,17 @@ def _run_batch(
                     hp.onset_tau_days,
                     hp.offset_tau_days,
                 )
-                stim = np.zeros(rows.shape[0])
-                stim[near] = s["emax"][near] * envelope
-                gain = np.ones(rows.shape[0])
-                gain[near] = np.exp(s["prod"][near] * envelope)
+                stim = emax_near * envelope
+                gain = np.exp(prod_near * envelope)
             state = advance(
                 state,
                 params,
                 inhibition,
                 stim,
-                1.0 if gain is None else gain,
+                gain,
                 pl.stimulation_ceiling,
                 pl.pool_max,
+                stimulated=near,
             )
 
     def cat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -585,14 +585,17 @@ def _simulate_shard(config: SimulationConfig, shard: int, size: int) -> CohortRe
 
 
 def _simulate_patients(
-    config: SimulationConfig, pool: ProcessPoolExecutor | None, advance_to: Callable[[int], None]
-) -> tuple[CohortRecords, int]:
-    """Simulate candidates shard by shard until enough of them had a CTIT episode.
+    config: SimulationConfig,
+    pool: ProcessPoolExecutor | None,
+    advance_to: Callable[[int], None],
+    consume: Callable[[CohortRecords], None],
+) -> int:
+    """Simulate candidates shard by shard until enough of them had a CTIT episode; hand the kept
+    patients of each shard, in shard order, to `consume`; return the number of candidates.
 
     Shards have a fixed size and their own random streams, so the cohort does not depend on how
     many processes ran them.
     """
-    kept: list[CohortRecords] = []
     n_kept = n_candidates = shard = 0
     yield_rate = _EXPECTED_YIELD
     first_round = None
@@ -614,7 +617,7 @@ def _simulate_patients(
                 part = records.head(config.n_patients - n_kept)
                 n_kept += part.n_patients
                 if part.n_patients:
-                    kept.append(part)
+                    consume(part)
             advance_to(min(90 * (shard + i + 1) // first_round, 90))
         shard += len(sizes)
         n_candidates += size
@@ -622,7 +625,7 @@ def _simulate_patients(
         logger.info("%d candidates simulated, %d patients kept", n_candidates, n_kept)
         if shard > 1000:
             raise RuntimeError("the simulator kept too few patients; check the parameters")
-    return CohortRecords.concat(kept), n_candidates
+    return n_candidates
 
 
 def _oracle(config: SimulationConfig, ep: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -679,28 +682,43 @@ def simulate_cohort(
         if workers > 1
         else None
     )
+    totals = dict.fromkeys(
+        ("patients", "episodes", "lab_rows", "regimen_rows", "multi", "asian", "p_sum"), 0.0
+    )
+    max_error = 0.0
+
+    def consume(part: CohortRecords) -> None:
+        nonlocal max_error
+        writer.write(part)
+        totals["patients"] += part.n_patients
+        totals["episodes"] += part.n_episodes
+        totals["lab_rows"] += part.n_lab_rows
+        totals["regimen_rows"] += part.n_regimen_rows
+        totals["multi"] += part.n_multi_episode
+        totals["asian"] += part.n_asian
+        totals["p_sum"] += float(part.oracle["p_response"].sum())
+        max_error = max(max_error, float(part.oracle["p_response_se"].max(initial=0.0)))
+
     try:
-        records, n_candidates = _simulate_patients(config, pool, advance_to)
+        with CohortWriter(out, config) as writer:
+            n_candidates = _simulate_patients(config, pool, advance_to, consume)
     finally:
         if pool is not None:
-            pool.shutdown()
-    files = write_cohort(records, out, config)
-    files["oracle"] = write_oracle(records, out, config)
-    n_ep = records.episodes["cand"].shape[0]
-    p, err = records.oracle["p_response"], records.oracle["p_response_se"]
+            pool.shutdown(cancel_futures=True)
     advance_to(total)
+    n_patients, n_ep = int(totals["patients"]), int(totals["episodes"])
     summary = SimulationSummary(
         out_dir=out,
-        files=files,
-        n_patients=records.n_patients,
+        files=writer.paths,
+        n_patients=n_patients,
         n_episodes=n_ep,
-        n_lab_rows=records.n_lab_rows,
-        n_regimen_rows=records.n_regimen_rows,
+        n_lab_rows=int(totals["lab_rows"]),
+        n_regimen_rows=int(totals["regimen_rows"]),
         n_candidates=n_candidates,
-        multi_episode_share=records.multi_episode_share,
-        asian_share=records.asian_share,
-        oracle_mean=float(p.mean()) if n_ep else float("nan"),
-        oracle_max_error=float(err.max()) if n_ep else float("nan"),
+        multi_episode_share=totals["multi"] / n_patients,
+        asian_share=totals["asian"] / n_patients,
+        oracle_mean=totals["p_sum"] / n_ep if n_ep else float("nan"),
+        oracle_max_error=max_error if n_ep else float("nan"),
         seconds=time.perf_counter() - began,
     )
     logger.info("simulated %d patients, %d episodes", summary.n_patients, summary.n_episodes)

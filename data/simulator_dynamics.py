@@ -79,6 +79,7 @@ def advance(
     gain: np.ndarray | float,
     ceiling: float,
     pool_max: float,
+    stimulated: np.ndarray | None = None,
 ) -> PlateletState:
     """One exponential-Euler step of `params.dt` days (stable; rates frozen over the step).
 
@@ -86,8 +87,10 @@ def advance(
     cannot amplify); the stimulation (hetrombopag binds the receptor apart from thrombopoietin, so
     it adds to the feedback) and the episode's own marrow responsiveness `gain` together boost
     proliferation by (1 + stimulation) * gain; a boost above 1 fades linearly to nothing as the
-    count approaches `ceiling` x Circ0, so counts stay bounded. `gain` applies only with a
-    stimulation (during and after an episode).
+    count approaches `ceiling` x Circ0, so counts stay bounded, and the progenitor niche is finite:
+    the pool never exceeds `pool_max` x its steady state. `gain` applies only with a stimulation
+    (during and after an episode). With `stimulated` (row indices), `stimulation` and `gain` are
+    given for those rows only (the others have none: the same as stimulation 0 and gain 1).
     """
     drive = params.log_circ0 - np.log(state.circ)
     drive *= params.gamma
@@ -99,19 +102,18 @@ def advance(
         if np.ndim(gain) or gain != 1.0:
             drive *= gain
     else:
+        rows = slice(None) if stimulated is None else stimulated
         boost = (1.0 + stimulation) * gain - 1.0
-        fade = state.circ / (ceiling * params.circ0)
+        fade = state.circ[rows] / (ceiling * params.circ0[rows])
         np.subtract(1.0, fade, out=fade)
         np.clip(fade, 0.0, 1.0, out=fade)
-        drive *= 1.0 + np.where(boost > 0.0, boost * fade, boost)
+        drive[rows] *= 1.0 + np.where(boost > 0.0, boost * fade, boost)
     drive -= 1.0
     drive *= params.ktr_dt
     np.exp(drive, out=drive)
     prolif = drive
     prolif *= state.prolif  # the pool after exponential growth at rate ktr (drive - 1)
-    if stimulation is not None:
-        # the progenitor niche is finite: the pool never exceeds pool_max x its steady state
-        np.minimum(prolif, pool_max * params.pool_ss, out=prolif)
+    np.minimum(prolif, pool_max * params.pool_ss, out=prolif)
     new_transit = []
     upstream = state.prolif
     for compartment in state.transit:

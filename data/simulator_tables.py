@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,6 +93,10 @@ class CohortRecords:
         return int(self.patients["site"].shape[0])
 
     @property
+    def n_episodes(self) -> int:
+        return int(self.episodes["cand"].shape[0])
+
+    @property
     def n_regimen_rows(self) -> int:
         return int(self.cycles["cand"].shape[0])
 
@@ -102,13 +105,13 @@ class CohortRecords:
         return int(self.visits["present"].sum())
 
     @property
-    def multi_episode_share(self) -> float:
-        counts = np.bincount(self.episodes["cand"], minlength=self.n_patients)
-        return float((counts > 1).mean()) if self.n_patients else 0.0
+    def n_multi_episode(self) -> int:
+        """Patients with more than one episode."""
+        return int((np.bincount(self.episodes["cand"], minlength=self.n_patients) > 1).sum())
 
     @property
-    def asian_share(self) -> float:
-        return float(self.patients["asian"].mean()) if self.n_patients else 0.0
+    def n_asian(self) -> int:
+        return int(self.patients["asian"].sum())
 
     @classmethod
     def from_batch(
@@ -158,29 +161,6 @@ class CohortRecords:
             first(self.visits),
             {k: v[:n] for k, v in self.static_missing.items()},
             {k: v[keep_ep] for k, v in self.oracle.items()},
-        )
-
-    @classmethod
-    def concat(cls, parts: list[CohortRecords]) -> CohortRecords:
-        """Join the records of consecutive batches, renumbering patients in batch order."""
-        offsets = np.cumsum([0] + [r.n_patients for r in parts[:-1]])
-
-        def cat(name: str, renumber: bool) -> dict[str, np.ndarray]:
-            tables = [getattr(r, name) for r in parts]
-            out = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
-            if renumber:
-                out["cand"] = np.concatenate(
-                    [t["cand"] + o for t, o in zip(tables, offsets, strict=True)]
-                )
-            return out
-
-        return cls(
-            cat("patients", False),
-            cat("episodes", True),
-            cat("cycles", True),
-            cat("visits", True),
-            cat("static_missing", False),
-            cat("oracle", False),
         )
 
     def _add_lab_values(self, config: SimulationConfig, streams: _Streams) -> None:
@@ -288,10 +268,8 @@ def _as_shown(values: dict[str, np.ndarray], profile: np.ndarray) -> np.ndarray:
 
 
 _CSV_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
-
-
-def _write(table: pa.Table, path: Path) -> None:
-    pacsv.write_csv(table, path, _CSV_OPTIONS)
+TABLES = ("patients", "episodes", "labs", "regimens", "oracle")
+_LAB_CHUNK_VISITS = 100_000
 
 
 def _dates(epoch: np.datetime64, days: np.ndarray) -> pa.Array:
@@ -305,131 +283,6 @@ def _bool_column(values: np.ndarray, missing: np.ndarray | None = None) -> pa.Ar
     return pa.array(out, type=pa.string())
 
 
-def _ids(records: CohortRecords, config: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Patient ids and the rank of each patient in id order (the sort order of every table)."""
-    n = records.n_patients
-    pid = np.array(opaque_ids("PT", np.arange(n), config.seed, 1), dtype=object)
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.argsort(pid, kind="stable")] = np.arange(n)
-    return pid, rank
-
-
-def write_oracle(records: CohortRecords, out_dir: Path, config: SimulationConfig) -> Path:
-    """Write `oracle.csv`: p_response, its numerical error and the latent parameters per episode."""
-    ep, p = records.episodes, records.patients
-    pid, rank = _ids(records, config)
-    eid = np.array(opaque_ids("EP", np.arange(ep["cand"].shape[0]), config.seed, 2), dtype=object)
-    ep_order = np.lexsort((ep["day"], rank[ep["cand"]]))
-    mtt = 4.0 / ep["ktr"]
-    oracle = pa.table(
-        {
-            "episode_id": pa.array(eid, type=pa.string()),
-            "p_response": np.round(records.oracle["p_response"], 6),
-            "p_response_se": np.round(records.oracle["p_response_se"], 8),
-            "eta_sensitivity": np.round(ep["eta"], 6),
-            "hetrombopag_emax": np.round(
-                hetrombopag_emax(
-                    ep["logit_fixed"],
-                    ep["eta"],
-                    ep["emax_cap"],
-                    config.parameters.hetrombopag.eta_omega,
-                ),
-                6,
-            ),
-            "sensitivity_logit_fixed": np.round(ep["logit_fixed"], 6),
-            "production_log_multiplier": np.round(
-                ep["prod_fixed"] + config.parameters.hetrombopag.production_kappa * ep["eta"], 6
-            ),
-            "plt_true_at_index": np.round(ep["circ"], 4),
-            "prolif_ratio_at_index": np.round(
-                ep["prolif"] * ep["ktr"] / (ep["kcirc"] * ep["circ0"]), 6
-            ),
-            "plt_setpoint": np.round(ep["circ0"], 4),
-            "plt_setpoint_untreated": np.round(p["circ0"][ep["cand"]], 4),
-            "marrow_reserve": np.round(ep["reserve"], 6),
-            "feedback_max": np.round(ep["feedback_max"], 6),
-            "mtt_days": np.round(mtt, 6),
-            "feedback_gamma": np.round(ep["gamma"], 6),
-            "drug_sensitivity": np.round(ep["psi"], 6),
-            "lost_to_follow_up": _bool_column(ep["lost"]),
-        }
-    )
-    path = out_dir / "oracle.csv"
-    _write(oracle.take(ep_order), path)
-    return path
-
-
-def write_cohort(
-    records: CohortRecords,
-    out_dir: Path,
-    config: SimulationConfig,
-) -> dict[str, Path]:
-    """Write patients, episodes, labs and regimens as CSV; return the paths by table name."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    p, ep, cy = records.patients, records.episodes, records.cycles
-    epoch = np.datetime64(f"{config.start_year}-01-01")
-    start = p["start_offset"]
-    pid, rank = _ids(records, config)
-    miss = records.static_missing
-
-    race_other = np.asarray(RACES_NON_ASIAN)[p["race_other"]]
-    race = np.where(p["asian"], "Asian", race_other)
-    birth_days = start - np.round(p["age"] * 365.25).astype(np.int64) - p["birth_jitter"]
-    ecog = pa.array(np.where(miss["ecog"], np.nan, p["ecog"].astype(float)), from_pandas=True)
-    patients = pa.table(
-        {
-            "patient_id": pa.array(pid, type=pa.string()),
-            "sex": pa.array(np.where(p["male"], "M", "F")),
-            "birth_date": _dates(epoch, birth_days),
-            "race": pa.array(race),
-            "site": pa.array(np.asarray(SITE_CODES)[p["site"]]),
-            "ecog": pc.cast(ecog, pa.int64()),
-            "subtype": pa.array(np.asarray(SUBTYPES)[p["subtype"]]),
-            "bone_mets": _bool_column(p["bone"], miss["bone_mets"]),
-            "liver_mets": _bool_column(p["liver"], miss["liver_mets"]),
-            "marrow_involvement": _bool_column(p["marrow"]),
-            "splenomegaly": _bool_column(p["spleen"], miss["splenomegaly"]),
-            "prior_radiotherapy": _bool_column(p["radiotherapy"]),
-        }
-    )
-    order = np.argsort(pid, kind="stable")
-    _write(patients.take(order), out_dir / "patients.csv")
-
-    n_ep = ep["cand"].shape[0]
-    eid = np.array(opaque_ids("EP", np.arange(n_ep), config.seed, 2), dtype=object)
-    ep_order = np.lexsort((ep["day"], rank[ep["cand"]]))
-    episodes = pa.table(
-        {
-            "episode_id": pa.array(eid, type=pa.string()),
-            "patient_id": pa.array(pid[ep["cand"]], type=pa.string()),
-            "index_date": _dates(epoch, start[ep["cand"]] + ep["day"]),
-            "dose_mg": pa.array(ep["dose"]),
-        }
-    )
-    _write(episodes.take(ep_order), out_dir / "episodes.csv")
-
-    reg_codes = np.array([r.code for r in REGIMENS], dtype=object)
-    reg_drugs = np.array([";".join(r.drugs) for r in REGIMENS], dtype=object)
-    reg_len = np.array([r.cycle_days for r in REGIMENS])
-    cy_start = start[cy["cand"]] + cy["day"]
-    regimens = pa.table(
-        {
-            "patient_id": pa.array(pid[cy["cand"]], type=pa.string()),
-            "start_date": _dates(epoch, cy_start),
-            "end_date": _dates(epoch, cy_start + reg_len[cy["reg"]] - 1),
-            "drugs": pa.array(reg_drugs[cy["reg"]], type=pa.string()),
-            "regimen": pa.array(reg_codes[cy["reg"]], type=pa.string()),
-            "line": pa.array(cy["line"]),
-            "cycle": pa.array(cy["cycle"]),
-        }
-    )
-    cy_order = np.lexsort((cy["day"], rank[cy["cand"]]))
-    _write(regimens.take(cy_order), out_dir / "regimens.csv")
-
-    _write_labs(records, pid, rank, epoch, out_dir / "labs.csv", config.workers)
-    return {name: out_dir / f"{name}.csv" for name in ("patients", "episodes", "labs", "regimens")}
-
-
 def _site_profiles(site: np.ndarray, day: np.ndarray) -> np.ndarray:
     """Laboratory coding profile of each draw: by site, with one site migrating its system."""
     profile = site % len(LAB_PROFILES)
@@ -439,73 +292,197 @@ def _site_profiles(site: np.ndarray, day: np.ndarray) -> np.ndarray:
     return np.where(migrating, np.where(day < migration_day, before, after), profile)
 
 
-_LAB_CHUNK_VISITS = 100_000
+class CohortWriter:
+    """Writes patients, episodes, labs, regimens and `oracle.csv`, a part of patients at a time.
 
-
-def _write_labs(
-    records: CohortRecords,
-    pid: np.ndarray,
-    rank: np.ndarray,
-    epoch: np.datetime64,
-    path: Path,
-    threads: int,
-) -> None:
-    """Write `labs.csv`, one row per analyte drawn, sorted by patient id, time and analyte.
-
-    The blood draws (not the rows) are sorted; each draw expands to its analytes in
-    `ANALYTE_ORDER`, so rows come out in order and are written in chunks of draws (bounded memory).
+    Parts come in patient order. Patient i gets the i-th smallest of the opaque ids of 0..n-1, so
+    writing parts in order keeps every table sorted by patient id (then time) without holding the
+    cohort in memory. Episode ids are the opaque ids of the episodes' running number.
     """
-    v, p = records.visits, records.patients
-    cand = v["cand"]
-    abs_day = p["start_offset"][cand] + v["day"]
-    profile = v["profile"]
-    tests = sorted({LOINC[a] for a in ANALYTE_ORDER} | set(ANALYTE_ORDER))
-    units = sorted({spec[a][1] for spec in LAB_PROFILES for a in ANALYTE_ORDER})
-    # test code and unit of each (profile, analyte)
-    test_of = np.array(
-        [[tests.index(LOINC[a] if p_[a][0] else a) for a in ANALYTE_ORDER] for p_ in LAB_PROFILES]
-    )
-    unit_of = np.array([[units.index(p_[a][1]) for a in ANALYTE_ORDER] for p_ in LAB_PROFILES])
-    first = int(abs_day.min()) if cand.shape[0] else 0
-    last = int(abs_day.max()) if cand.shape[0] else 0
-    date_text = pa.array((epoch + np.arange(first, last + 1).astype("timedelta64[D]")).astype(str))
-    minute_text = pa.array([f"T{m // 60:02d}:{m % 60:02d}:00" for m in range(24 * 60)])
-    pid_text = pa.array(pid, type=pa.string())
-    test_text, unit_text = pa.array(tests), pa.array(units)
-    order = np.lexsort((v["minute"], abs_day, rank[cand]))
-    n_visits = order.shape[0]
 
-    def chunk_csv(a: int) -> pa.Buffer:
-        """CSV text of the rows of sorted draws a.., with the header for the first chunk."""
-        idx = order[a : a + _LAB_CHUNK_VISITS]
-        prof = profile[idx]
-        mask = v["present"][idx]
-        draw = pa.array(np.repeat(np.arange(idx.shape[0]), mask.sum(axis=1)))
-        times = pc.binary_join_element_wise(
-            date_text.take(pa.array(abs_day[idx] - first)),
-            minute_text.take(pa.array(v["minute"][idx])),
-            "",
+    def __init__(self, out_dir: Path, config: SimulationConfig) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.paths = {name: out_dir / f"{name}.csv" for name in TABLES}
+        self._config = config
+        self._epoch = np.datetime64(f"{config.start_year}-01-01")
+        ids = sorted(opaque_ids("PT", np.arange(config.n_patients), config.seed, 1))
+        self._pid = pa.array(ids, type=pa.string())
+        self._writers: dict[str, tuple[pacsv.CSVWriter, pa.Schema]] = {}
+        self._n_patients = self._n_episodes = 0
+        self._tests = sorted({LOINC[a] for a in ANALYTE_ORDER} | set(ANALYTE_ORDER))
+        self._units = sorted({spec[a][1] for spec in LAB_PROFILES for a in ANALYTE_ORDER})
+        # test code and unit of each (profile, analyte)
+        self._test_of = np.array(
+            [
+                [self._tests.index(LOINC[a] if p_[a][0] else a) for a in ANALYTE_ORDER]
+                for p_ in LAB_PROFILES
+            ]
         )
-        table = pa.table(
+        self._unit_of = np.array(
+            [[self._units.index(p_[a][1]) for a in ANALYTE_ORDER] for p_ in LAB_PROFILES]
+        )
+        self._minute_text = pa.array([f"T{m // 60:02d}:{m % 60:02d}:00" for m in range(24 * 60)])
+
+    def __enter__(self) -> CohortWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close every file."""
+        for writer, _ in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def write(self, records: CohortRecords) -> None:
+        """Append the rows of the next `records.n_patients` patients."""
+        n, n_ep = records.n_patients, records.n_episodes
+        if self._n_patients + n > len(self._pid):
+            raise ValueError(
+                f"more patients written ({self._n_patients + n}) than configured ({len(self._pid)})"
+            )
+        pid = self._pid.slice(self._n_patients, n)
+        eid = pa.array(
+            opaque_ids("EP", self._n_episodes + np.arange(n_ep), self._config.seed, 2),
+            type=pa.string(),
+        )
+        ep = records.episodes
+        ep_order = np.lexsort((ep["day"], ep["cand"]))
+        self._put("patients", self._patients_table(records, pid))
+        self._put("episodes", self._episodes_table(records, pid, eid).take(ep_order))
+        self._put("regimens", self._regimens_table(records, pid))
+        self._put("oracle", self._oracle_table(records, eid).take(ep_order))
+        self._write_labs(records, pid)
+        self._n_patients += n
+        self._n_episodes += n_ep
+
+    def _put(self, name: str, table: pa.Table) -> None:
+        if name not in self._writers:
+            writer = pacsv.CSVWriter(self.paths[name], table.schema, write_options=_CSV_OPTIONS)
+            self._writers[name] = (writer, table.schema)
+        writer, schema = self._writers[name]
+        writer.write_table(table.cast(schema))
+
+    def _patients_table(self, records: CohortRecords, pid: pa.Array) -> pa.Table:
+        p, miss = records.patients, records.static_missing
+        start = p["start_offset"]
+        race_other = np.asarray(RACES_NON_ASIAN)[p["race_other"]]
+        race = np.where(p["asian"], "Asian", race_other)
+        birth_days = start - np.round(p["age"] * 365.25).astype(np.int64) - p["birth_jitter"]
+        ecog = pa.array(np.where(miss["ecog"], np.nan, p["ecog"].astype(float)), from_pandas=True)
+        return pa.table(
             {
-                "patient_id": pid_text.take(pa.array(cand[idx])).take(draw),
-                "time": times.take(draw),
-                "test": test_text.take(pa.array(test_of[prof][mask])),
-                "value": pa.array(v["shown"][idx][mask], type=pa.float64()),
-                "unit": unit_text.take(pa.array(unit_of[prof][mask])),
+                "patient_id": pid,
+                "sex": pa.array(np.where(p["male"], "M", "F")),
+                "birth_date": _dates(self._epoch, birth_days),
+                "race": pa.array(race),
+                "site": pa.array(np.asarray(SITE_CODES)[p["site"]]),
+                "ecog": pc.cast(ecog, pa.int64()),
+                "subtype": pa.array(np.asarray(SUBTYPES)[p["subtype"]]),
+                "bone_mets": _bool_column(p["bone"], miss["bone_mets"]),
+                "liver_mets": _bool_column(p["liver"], miss["liver_mets"]),
+                "marrow_involvement": _bool_column(p["marrow"]),
+                "splenomegaly": _bool_column(p["spleen"], miss["splenomegaly"]),
+                "prior_radiotherapy": _bool_column(p["radiotherapy"]),
             }
         )
-        sink = pa.BufferOutputStream()
-        options = pacsv.WriteOptions(quoting_style="needed", include_header=a == 0)
-        pacsv.write_csv(table, sink, options)
-        return sink.getvalue()
 
-    # numpy and arrow release the GIL: chunks are formatted in parallel, written in order
-    starts = range(0, max(n_visits, 1), _LAB_CHUNK_VISITS)
-    with path.open("wb") as f, ThreadPoolExecutor(max_workers=threads) as pool:
-        for a in range(0, len(starts), 2 * threads):
-            for text in pool.map(chunk_csv, starts[a : a + 2 * threads]):
-                f.write(text)
+    def _episodes_table(self, records: CohortRecords, pid: pa.Array, eid: pa.Array) -> pa.Table:
+        p, ep = records.patients, records.episodes
+        return pa.table(
+            {
+                "episode_id": eid,
+                "patient_id": pid.take(pa.array(ep["cand"])),
+                "index_date": _dates(self._epoch, p["start_offset"][ep["cand"]] + ep["day"]),
+                "dose_mg": pa.array(ep["dose"], type=pa.float64()),
+            }
+        )
+
+    def _regimens_table(self, records: CohortRecords, pid: pa.Array) -> pa.Table:
+        cy = records.cycles
+        reg_codes = np.array([r.code for r in REGIMENS], dtype=object)
+        reg_drugs = np.array([";".join(r.drugs) for r in REGIMENS], dtype=object)
+        reg_len = np.array([r.cycle_days for r in REGIMENS])
+        cy_start = records.patients["start_offset"][cy["cand"]] + cy["day"]
+        table = pa.table(
+            {
+                "patient_id": pid.take(pa.array(cy["cand"])),
+                "start_date": _dates(self._epoch, cy_start),
+                "end_date": _dates(self._epoch, cy_start + reg_len[cy["reg"]] - 1),
+                "drugs": pa.array(reg_drugs[cy["reg"]], type=pa.string()),
+                "regimen": pa.array(reg_codes[cy["reg"]], type=pa.string()),
+                "line": pa.array(cy["line"], type=pa.int64()),
+                "cycle": pa.array(cy["cycle"], type=pa.int64()),
+            }
+        )
+        return table.take(np.lexsort((cy["day"], cy["cand"])))
+
+    def _oracle_table(self, records: CohortRecords, eid: pa.Array) -> pa.Table:
+        """p_response, its numerical error and the latent parameters per episode."""
+        ep, p = records.episodes, records.patients
+        hp = self._config.parameters.hetrombopag
+        emax = hetrombopag_emax(ep["logit_fixed"], ep["eta"], ep["emax_cap"], hp.eta_omega)
+        return pa.table(
+            {
+                "episode_id": eid,
+                "p_response": np.round(records.oracle["p_response"], 6),
+                "p_response_se": np.round(records.oracle["p_response_se"], 8),
+                "eta_sensitivity": np.round(ep["eta"], 6),
+                "hetrombopag_emax": np.round(emax, 6),
+                "sensitivity_logit_fixed": np.round(ep["logit_fixed"], 6),
+                "production_log_multiplier": np.round(
+                    ep["prod_fixed"] + hp.production_kappa * ep["eta"], 6
+                ),
+                "plt_true_at_index": np.round(ep["circ"], 4),
+                "prolif_ratio_at_index": np.round(
+                    ep["prolif"] * ep["ktr"] / (ep["kcirc"] * ep["circ0"]), 6
+                ),
+                "plt_setpoint": np.round(ep["circ0"], 4),
+                "plt_setpoint_untreated": np.round(p["circ0"][ep["cand"]], 4),
+                "marrow_reserve": np.round(ep["reserve"], 6),
+                "feedback_max": np.round(ep["feedback_max"], 6),
+                "mtt_days": np.round(4.0 / ep["ktr"], 6),
+                "feedback_gamma": np.round(ep["gamma"], 6),
+                "drug_sensitivity": np.round(ep["psi"], 6),
+                "lost_to_follow_up": _bool_column(ep["lost"]),
+            }
+        )
+
+    def _write_labs(self, records: CohortRecords, pid: pa.Array) -> None:
+        """One row per analyte drawn, sorted by patient, time and analyte.
+
+        The blood draws (not the rows) are sorted; each draw expands to its analytes in
+        `ANALYTE_ORDER`, so rows come out in order, written in chunks of draws (bounded memory).
+        """
+        v, p = records.visits, records.patients
+        cand = v["cand"]
+        abs_day = p["start_offset"][cand] + v["day"]
+        first = int(abs_day.min())
+        days = np.arange(first, int(abs_day.max()) + 1).astype("timedelta64[D]")
+        date_text = pa.array((self._epoch + days).astype(str))
+        test_text, unit_text = pa.array(self._tests), pa.array(self._units)
+        order = np.lexsort((v["minute"], abs_day, cand))
+        for a in range(0, order.shape[0], _LAB_CHUNK_VISITS):
+            idx = order[a : a + _LAB_CHUNK_VISITS]
+            prof = v["profile"][idx]
+            mask = v["present"][idx]
+            draw = pa.array(np.repeat(np.arange(idx.shape[0]), mask.sum(axis=1)))
+            times = pc.binary_join_element_wise(
+                date_text.take(pa.array(abs_day[idx] - first)),
+                self._minute_text.take(pa.array(v["minute"][idx])),
+                "",
+            )
+            table = pa.table(
+                {
+                    "patient_id": pid.take(pa.array(cand[idx])).take(draw),
+                    "time": times.take(draw),
+                    "test": test_text.take(pa.array(self._test_of[prof][mask])),
+                    "value": pa.array(v["shown"][idx][mask], type=pa.float64()),
+                    "unit": unit_text.take(pa.array(self._unit_of[prof][mask])),
+                }
+            )
+            self._put("labs", table)
 
 
-__all__ = ["CohortRecords", "INTERNATIONAL_SITES", "opaque_ids", "write_cohort", "write_oracle"]
+__all__ = ["TABLES", "CohortRecords", "CohortWriter", "INTERNATIONAL_SITES", "opaque_ids"]
