@@ -85,3 +85,31 @@ def test_invalid_cohort_is_reported_without_a_traceback(tmp_path, cohort_dir) ->
     assert result.exit_code == 2
     assert "cohort is invalid" in result.output and "index_date" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cohort_dir_in_the_experiment_is_relative_to_the_file(tmp_path) -> None:
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    experiment = folder / "dir.toml"
+    experiment.write_text('[cohort]\ndir = "cohorts/site-a"\n', encoding="utf-8")
+    result = CliRunner().invoke(
+        app, ["train", str(experiment), "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]
+    )
+    assert result.exit_code == 2
+    assert str(folder / "cohorts" / "site-a") in result.output.replace("\n", "")
+
+
+def test_without_a_cohort_the_experiment_simulates_one(tmp_path) -> None:
+    experiment = tmp_path / "sim.toml"
+    experiment.write_text(
+        TINY_TOML + "[cohort.simulate]\nn_patients = 120\nseed = 4\n", encoding="utf-8"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    result = CliRunner().invoke(app, ["train", str(experiment), "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert "simulate 120" in result.output
+    run_id = result.output.split("MLflow run id:")[1].split()[0]
+    mlflow.set_tracking_uri(uri)
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["cohort.simulate.n_patients"] == "120"
+    assert run.info.status == "FINISHED"
