@@ -251,6 +251,7 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=200)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="`ctit serve --workers`.")
     parser.add_argument("--json", type=Path, help="Also write the figures as JSON here.")
     args = parser.parse_args()
 
@@ -277,7 +278,7 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         serve = [str(VENV_BIN / "ctit"), "serve", "--model", str(model_dir), "--port", str(port),
-                 "--no-access-log"]  # fmt: skip
+                 "--no-access-log", "--workers", str(args.workers)]  # fmt: skip
         with subprocess_server(serve, env, f"{base}/readyz"):
             single = http_latency(f"{base}/v1/score", record, args.requests)
             light = http_latency(
@@ -285,6 +286,7 @@ def main() -> None:
             )
             concurrent = http_concurrent(f"{base}/v1/score", record, seconds=3.0)
         results["http"] = {
+            "workers": args.workers,
             "score_explain": single,
             "score_no_explain": light,
             "score_explain_4_threads_req_per_s": concurrent,
