@@ -1,10 +1,13 @@
 """Simulator throughput: patients per second and peak memory at 1k, 10k and 100k patients.
 
 Run by hand: `.venv/bin/python benchmarks/bench_simulator.py [sizes...]`. Each size runs in a fresh
-process so the peak resident memory (ru_maxrss of the process and its workers) is its own.
+process so the peak resident memory (ru_maxrss of the process and its workers) is its own. The
+1-minute load average before and after each size is printed beside it: on a shared machine the
+figures are only comparable at a similar load.
 """
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,9 +29,10 @@ print(json.dumps({"n": n, "seconds": dt, "episodes": s.n_episodes, "lab_rows": s
 def main(sizes: list[int]) -> None:
     print(
         f"{'patients':>9} {'seconds':>8} {'patients/s':>11} {'episodes':>9} {'lab rows':>11} "
-        f"{'peak MB':>8}"
+        f"{'peak MB':>8} {'load before/after':>18}"
     )
     for n in sizes:
+        load_before = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as out:
             res = subprocess.run(
                 [sys.executable, "-c", CHILD, str(n), out],
@@ -39,7 +43,8 @@ def main(sizes: list[int]) -> None:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         print(
             f"{n:>9,} {r['seconds']:>8.1f} {n / r['seconds']:>11,.0f} {r['episodes']:>9,} "
-            f"{r['lab_rows']:>11,} {r['peak_mb']:>8,.0f}"
+            f"{r['lab_rows']:>11,} {r['peak_mb']:>8,.0f} "
+            f"{load_before:>9.2f}/{os.getloadavg()[0]:<8.2f}"
         )
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -584,6 +585,20 @@ def _simulate_shard(config: SimulationConfig, shard: int, size: int) -> CohortRe
     return records
 
 
+def _in_order(
+    pool: ProcessPoolExecutor, args: list[tuple[SimulationConfig, int, int]], ahead: int
+) -> Iterator[CohortRecords | None]:
+    """Results of `_simulate_shard(*a)` for each of `args`, in order, with at most `ahead` shards
+    submitted and not yet consumed (finished shards wait in memory until they are written)."""
+    pending: deque[Future] = deque()
+    for a in args:
+        pending.append(pool.submit(_simulate_shard, *a))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def _simulate_patients(
     config: SimulationConfig,
     pool: ProcessPoolExecutor | None,
@@ -606,8 +621,7 @@ def _simulate_patients(
         first_round = first_round or len(sizes)
         args = [(config, shard + i, m) for i, m in enumerate(sizes)]
         if pool is not None:
-            futures = [pool.submit(_simulate_shard, *a) for a in args]
-            results = (f.result() for f in futures)
+            results = _in_order(pool, args, ahead=config.workers + 1)
         else:
             results = (_simulate_shard(*a) for a in args)
         with_episode = 0
