@@ -89,15 +89,23 @@ def test_contributions_add_up_to_the_margin(scorer: Scorer, training_records) ->
         assert 0.0 <= low <= answer["probability"] <= high <= 1.0
 
 
-def test_base_value_is_the_bias_column_of_treeshap(
-    deployable_model: DeployableModel, record
-) -> None:
-    answer = Scorer(deployable_model).score(record)
-    X = np.asarray([[answer["contributions"][n] for n in deployable_model.feature_names]])
-    # Same for every row: the bias column is the expected margin over the training data.
-    other = Scorer(deployable_model).score({**record, "labs": record["labs"][:2]})
-    assert other["base_value"] == pytest.approx(answer["base_value"], abs=1e-6)
-    assert X.shape[1] == len(deployable_model.feature_names)
+def test_contributions_are_exact_treeshap(deployable_model: DeployableModel, training_records):
+    import shap
+
+    from data.cohort import cohort_from_tables
+    from serving.records import RecordBatch, validate_record
+
+    records = training_records[0][:8]
+    batch = RecordBatch.from_requests([validate_record(r) for r in records])
+    X = deployable_model.prepare(cohort_from_tables(batch.tables)).X
+    explanation = shap.TreeExplainer(deployable_model.booster)(X)
+    answers = Scorer(deployable_model).score_batch(records)
+    for i, answer in enumerate(answers):
+        got = [answer["contributions"][n] for n in deployable_model.feature_names]
+        np.testing.assert_allclose(got, explanation.values[i], atol=1e-5)
+        assert answer["base_value"] == pytest.approx(float(explanation.base_values[i]), abs=1e-5)
+    # The bias is the same for every episode: the model's expected margin.
+    assert len({round(a["base_value"], 6) for a in answers}) == 1
 
 
 def test_probability_is_the_calibrated_margin(deployable_model: DeployableModel, record) -> None:
