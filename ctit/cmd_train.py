@@ -143,7 +143,11 @@ def register(app: typer.Typer) -> None:
         if result.monotone_constraints:
             out.print(f"monotone constraints: {result.monotone_constraints}")
         out.print(f"MLflow run id: [bold]{result.run_id}[/]  ({settings.tracking_uri})")
-        out.print(f"model: {result.model_uri} -> models:/{settings.registered_model}@candidate")
+        out.print(
+            f"model: {result.model_uri} registered as {settings.registered_model} version "
+            f"{result.registered_version} (@candidate); promote with `ctit promote "
+            f"{settings.registered_model}`"
+        )
 
     @app.command("promote")
     def promote(
@@ -164,7 +168,12 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Move @champion to @candidate if it passes the experiment's gates (exit 1 if not)."""
+        """Move @champion to @candidate if it passes the experiment's gates (exit 1 if not).
+
+        The gates come from the candidate's experiment ([promotion]). The candidate is compared
+        with the current champion on the out-of-fold metrics both runs logged, only when both
+        were evaluated on the same data fingerprint and label definition.
+        """
         import mlflow
         from mlflow.tracking import MlflowClient
 

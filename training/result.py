@@ -25,7 +25,7 @@ _DICTS = (
     "validation",
     "tuning",
 )
-_SCALARS = ("label_definition", "run_id", "model_uri", "data_fingerprint")
+_SCALARS = ("label_definition", "run_id", "model_uri", "data_fingerprint", "registered_version")
 
 
 def _jsonable(value: Any) -> Any:
@@ -68,6 +68,8 @@ class TrainResult:
     data_fingerprint: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    # Set after registration, which comes last: the logged train_result holds None.
+    registered_version: str | None = None
 
     def save(self, directory: str | Path) -> Path:
         """Write every field to `directory` (Parquet frames, JSON dicts, the model's own format)."""

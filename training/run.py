@@ -332,6 +332,7 @@ def log_result(
             },
         )
         mlflow.set_tag("ctit.registered_version", f"{run.settings.registered_model}/{version}")
+        result.registered_version = version
     progress("tracking", steps, steps)
 
 
