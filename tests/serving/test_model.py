@@ -392,3 +392,25 @@ def test_flags_and_counts_read_as_short_clauses() -> None:
         "two days before the index date",
         "12 days before the index date",
     ]
+
+
+def test_interval_is_the_fold_models_spread(deployable_model: DeployableModel, record) -> None:
+    from data.cohort import cohort_from_tables
+    from serving.records import RecordBatch, validate_record
+
+    answer = Scorer(deployable_model).score(record)
+    batch = RecordBatch.from_requests([validate_record(record)])
+    X = deployable_model.prepare(cohort_from_tables(batch.tables)).X
+    calibrator = deployable_model.calibrator
+    folds = sorted(
+        float(_sigmoid(calibrator.slope_ * float(b.inplace_predict(X, predict_type="margin")[0])
+                       + calibrator.intercept_))
+        for b in deployable_model.fold_boosters
+    )  # fmt: skip
+    # Three fold models: linear interpolation puts the 10th percentile at 20% of the way from
+    # the lowest to the middle one, and the 90th at 80% of the way from the middle to the highest.
+    low = folds[0] + 0.2 * (folds[1] - folds[0])
+    high = folds[1] + 0.8 * (folds[2] - folds[1])
+    p = answer["probability"]
+    assert answer["interval"][0] == pytest.approx(min(low, p), abs=1e-9)
+    assert answer["interval"][1] == pytest.approx(max(high, p), abs=1e-9)
