@@ -101,6 +101,7 @@ def fit_experiment(
     cohort: Cohort,
     progress: Progress | None = None,
     observer: Observer | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[TrainResult, CVOutput]:
     """Everything but tracking: returns the TrainResult (run_id and model_uri unset)."""
     progress = progress or _noop
@@ -234,7 +235,7 @@ def fit_experiment(
         cohort_summary=cohort_summary,
         fold_importance=cv.fold_importance,
         monotone_constraints=monotone,
-        data_fingerprint=data_fingerprint(cohort),
+        data_fingerprint=fingerprint or data_fingerprint(cohort),
         validation=validation,
         tuning={"folds": cv.tuning, "final": {**final.params, "n_rounds": final.n_rounds}},
     )
@@ -276,7 +277,7 @@ def train_experiment(
         definition = get_definition(config.label.definition)
         fingerprint = data_fingerprint(cohort)
         run.log_setup(config.model_dump(mode="json"), experiment_text, definition, fingerprint)
-        result, _ = fit_experiment(config, cohort, progress, observer)
+        result, _ = fit_experiment(config, cohort, progress, observer, fingerprint)
         result.run_id = run.run_id
         result.model.metadata["run_id"] = run.run_id
         log_result(run, result, config, progress)

@@ -70,7 +70,10 @@ def data_fingerprint(cohort: Any) -> str:
             digest.update(b"<absent>")
             continue
         digest.update(json.dumps([str(c) for c in frame.columns]).encode())
-        hashes = pd.util.hash_pandas_object(frame.astype(object), index=False).to_numpy()
+        try:
+            hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        except TypeError:  # unhashable cells (e.g. lists in an extra column)
+            hashes = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
         digest.update(hashes.tobytes())
     return digest.hexdigest()
 
