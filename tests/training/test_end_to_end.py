@@ -118,8 +118,10 @@ def test_tiny_run_logs_everything_and_registers_candidate(simulated_dir, tmp_pat
         "plots/shap_beeswarm.png",
         "train_result/result.json",
         "train_result/oof.parquet",
+        "report.html",
     ):
         assert expected in paths, expected
+    assert "ctit.report_error" not in tags
     assert client.download_artifacts(result.run_id, "experiment/experiment.toml", str(tmp_path))
 
     version = client.get_model_version_by_alias(settings.registered_model, "candidate")
@@ -162,3 +164,21 @@ def test_failed_registration_leaves_no_orphan_and_fails_the_run(
     assert "ctit-orphan" not in {m.name for m in client.search_registered_models()}
     (run,) = client.search_runs([client.get_experiment_by_name("tests-failing").experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_a_failing_report_does_not_lose_the_run(signal_cohort_dir, store, monkeypatch) -> None:
+    import training.report
+
+    def broken(result):
+        raise ValueError("template missing")
+
+    monkeypatch.setattr(training.report, "render_report", broken)
+    monkeypatch.setattr(run_module, "_write_plots", lambda result, directory: directory.mkdir())
+    settings = _settings(store, "ctit-report", "tests-report")
+    result = train_experiment(parse_experiment(TINY), load_cohort(signal_cohort_dir), settings)
+    client = MlflowClient(settings.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ctit.report_error"] == "ValueError: template missing"
+    assert "report.html" not in _artifact_paths(client, result.run_id)
+    assert client.get_model_version_by_alias("ctit-report", "candidate").run_id == result.run_id
