@@ -7,6 +7,9 @@ and its source are documented in `data/SIMULATOR.md`.
 
 Vectorised over patients: one loop over days (two integration steps per day); events (blood draws,
 cycle starts, hetrombopag starts) are handled for the patients they concern with numpy masks.
+Candidates are simulated in shards with their own random streams (in worker processes); each
+shard's patients with an episode, their lab values and oracle are appended to the files in shard
+order as shards finish.
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ class SimulationConfig:
         start_year: calendar year of the earliest treatment start.
         n_years: years over which patients start treatment.
         n_sites: hospitals (1-10), each with its own laboratory coding and units.
-        oracle_draws: Gauss-Hermite nodes over the episode's hetrombopag-sensitivity effect; the
-            oracle's error is estimated against a rule with half as many nodes.
+        oracle_draws: quadrature nodes (midpoint rule on normal quantiles) over the episode's
+            responsiveness effect; the oracle's error is estimated against half as many nodes.
         workers: processes used (1 = in this process); the files do not depend on it.
         parameters: the model's parameters (defaults documented in SIMULATOR.md).
     """
@@ -115,6 +118,30 @@ class SimulationSummary:
     oracle_mean: float
     oracle_max_error: float
     seconds: float
+
+
+@dataclass
+class _Totals:
+    """Running counts over the parts written, for the summary."""
+
+    patients: int = 0
+    episodes: int = 0
+    lab_rows: int = 0
+    regimen_rows: int = 0
+    multi_episode: int = 0
+    asian: int = 0
+    p_sum: float = 0.0
+    p_max_error: float = 0.0
+
+    def add(self, part: CohortRecords) -> None:
+        self.patients += part.n_patients
+        self.episodes += part.n_episodes
+        self.lab_rows += part.n_lab_rows
+        self.regimen_rows += part.n_regimen_rows
+        self.multi_episode += part.n_multi_episode
+        self.asian += part.n_asian
+        self.p_sum += float(part.oracle["p_response"].sum())
+        self.p_max_error = max(self.p_max_error, float(part.oracle["p_response_se"].max()))
 
 
 class _Streams:
@@ -696,22 +723,11 @@ def simulate_cohort(
         if workers > 1
         else None
     )
-    totals = dict.fromkeys(
-        ("patients", "episodes", "lab_rows", "regimen_rows", "multi", "asian", "p_sum"), 0.0
-    )
-    max_error = 0.0
+    totals = _Totals()
 
     def consume(part: CohortRecords) -> None:
-        nonlocal max_error
         writer.write(part)
-        totals["patients"] += part.n_patients
-        totals["episodes"] += part.n_episodes
-        totals["lab_rows"] += part.n_lab_rows
-        totals["regimen_rows"] += part.n_regimen_rows
-        totals["multi"] += part.n_multi_episode
-        totals["asian"] += part.n_asian
-        totals["p_sum"] += float(part.oracle["p_response"].sum())
-        max_error = max(max_error, float(part.oracle["p_response_se"].max(initial=0.0)))
+        totals.add(part)
 
     try:
         with CohortWriter(out, config) as writer:
@@ -720,19 +736,19 @@ def simulate_cohort(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     advance_to(total)
-    n_patients, n_ep = int(totals["patients"]), int(totals["episodes"])
+    n, n_ep = totals.patients, totals.episodes
     summary = SimulationSummary(
         out_dir=out,
         files=writer.paths,
-        n_patients=n_patients,
+        n_patients=n,
         n_episodes=n_ep,
-        n_lab_rows=int(totals["lab_rows"]),
-        n_regimen_rows=int(totals["regimen_rows"]),
+        n_lab_rows=totals.lab_rows,
+        n_regimen_rows=totals.regimen_rows,
         n_candidates=n_candidates,
-        multi_episode_share=totals["multi"] / n_patients,
-        asian_share=totals["asian"] / n_patients,
-        oracle_mean=totals["p_sum"] / n_ep if n_ep else float("nan"),
-        oracle_max_error=max_error if n_ep else float("nan"),
+        multi_episode_share=totals.multi_episode / n,
+        asian_share=totals.asian / n,
+        oracle_mean=totals.p_sum / n_ep if n_ep else float("nan"),
+        oracle_max_error=totals.p_max_error if n_ep else float("nan"),
         seconds=time.perf_counter() - began,
     )
     logger.info("simulated %d patients, %d episodes", summary.n_patients, summary.n_episodes)
