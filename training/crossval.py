@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from serving.model import Calibrator
 
+from serving.model import Calibrator
 from training import comparators
 from training.config import ModelConfig
 from training.tuning import Observer, fit_fold, monotone_vector
