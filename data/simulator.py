@@ -340,7 +340,11 @@ def _run_batch(
         "max_ep": 1 + (ev.random(n) < care.repeat_course_share).astype(np.int64),
     }
     visits: list[dict[str, np.ndarray]] = []
-    cycles: list[dict[str, np.ndarray]] = []
+    # an empty first part keeps the columns when no cycle starts (tiny batches)
+    no_int = np.zeros(0, dtype=np.int64)
+    cycles: list[dict[str, np.ndarray]] = [
+        dict.fromkeys(("cand", "day", "reg", "line", "cycle"), no_int)
+    ]
     episodes = _Episodes()
     plan, plan_cycles, line_gap = batch.plan, batch.plan_cycles, batch.line_gap
     rows = np.arange(n)
