@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from data.cohort import Cohort
+    from training.config import ExperimentConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 METRIC_ROWS = (
@@ -204,7 +208,9 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(1)
 
 
-def _load_or_simulate(config, experiment: Path, cohort: Path | None, scratch: Path, bars):
+def _load_or_simulate(
+    config: ExperimentConfig, experiment: Path, cohort: Path | None, scratch: Path, bars: Progress
+) -> Cohort:
     """--cohort, else the experiment's cohort.dir (relative to the TOML), else simulate."""
     from data.cohort import load_cohort
 
