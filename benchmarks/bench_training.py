@@ -33,6 +33,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import mlflow
+    import pandas as pd
 
     from data.cohort import load_cohort
     from data.labels import derive_labels
@@ -76,9 +77,7 @@ def main() -> int:
         labelled = labels[labels["label"].notna()]
         mlflow.set_tracking_uri(uri)
         model = load_deployable_model("models:/ctit-bench@candidate")
-        scores = model.predict_proba(cohort).set_index("episode_id").loc[labelled.index]
-        import pandas as pd
-
+        scores = model.predict_proba(cohort).loc[labelled.index]
         oracle = (
             pd.read_csv(fresh / "oracle.csv", dtype={"episode_id": str})
             .set_index("episode_id")["p_response"]
