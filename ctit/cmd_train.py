@@ -89,6 +89,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Train an experiment, log it to MLflow and register the model as @candidate."""
+        from mlflow.exceptions import MlflowException
+
         from data.issues import CohortError
         from training.config import ExperimentError, load_experiment
         from training.run import TrainingError, train_experiment
@@ -133,6 +135,13 @@ def register(app: typer.Typer) -> None:
                 )
             except (ExperimentError, TrainingError) as error:
                 raise _fail(console, str(error), 2) from None
+            except MlflowException as error:
+                raise _fail(
+                    console,
+                    f"MLflow at {settings.tracking_uri}: {error.message} (the run, if one was "
+                    "started, is marked FAILED and nothing was registered)",
+                    1,
+                ) from None
         out = Console()
         out.print(summary_table(result.metrics, config.evaluation.operating_threshold))
         ss = result.sample_size

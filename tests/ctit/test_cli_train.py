@@ -113,3 +113,14 @@ def test_without_a_cohort_the_experiment_simulates_one(tmp_path) -> None:
     run = MlflowClient().get_run(run_id)
     assert run.data.params["cohort.simulate.n_patients"] == "120"
     assert run.info.status == "FINISHED"
+
+
+def test_unusable_tracking_store_is_a_clear_error(tmp_path) -> None:
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(TINY_TOML, encoding="utf-8")
+    cohort = _signal_cohort(tmp_path / "cohort")
+    result = CliRunner().invoke(
+        app, ["train", str(experiment), "--cohort", str(cohort), "--tracking-uri", "bogus://x"]
+    )
+    assert result.exit_code == 1
+    assert "MLflow at bogus://x" in result.output and "Traceback" not in result.output
