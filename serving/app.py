@@ -3,10 +3,9 @@
 Routes: POST /v1/score, POST /v1/score/batch, GET /v1/model, GET /healthz, GET /readyz, the
 OpenAPI docs (/docs, /openapi.json), and the routers of `serving.cds_hooks` and `serving.web`.
 
-Access: when `ServingSettings.api_token` is set, /v1/* and the CDS Hooks routes need
-`Authorization: Bearer <token>` (401 otherwise); /healthz, /readyz, the docs and the clinician
-page's static files stay open (no patient data). The clinician page's own API routes decide for
-themselves through `serving.app.require_token`.
+Access: when `ServingSettings.api_token` is set, every route but /healthz needs
+`Authorization: Bearer <token>` or the clinician page's session cookie (401 otherwise; a browser
+gets a sign-in form): see `serving.access`.
 
 Limits: a body longer than `max_body_bytes` (single) or `max_batch_bytes` (batch) is refused with
 413 from its Content-Length before it is read, or as soon as the streamed bytes pass the limit.
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -29,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import cds_hooks, web
+from serving.access import AccessGate, token_accepted
 from serving.audit import AuditLog
 from serving.records import RecordError
 from serving.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
@@ -50,15 +49,15 @@ async def require_token(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:
-    """Refuse the call (401) unless it carries the configured bearer token."""
+    """Refuse the call (401) unless it carries the bearer token (or the page's session cookie).
+
+    `AccessGate` already guards every route; this dependency documents the bearer scheme in the
+    OpenAPI schema and guards routers mounted without the gate.
+    """
     settings: ServingSettings = request.app.state.settings
     if settings.api_token is None:
         return
-    expected = settings.api_token.get_secret_value().encode("utf-8")
-    given = credentials.credentials.encode("utf-8") if credentials is not None else b""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        given = b""
-    if not given or not hmac.compare_digest(given, expected):
+    if not token_accepted(request.scope["headers"], settings.api_token.get_secret_value()):
         raise HTTPException(
             status_code=401,
             detail="missing or invalid bearer token",
@@ -289,6 +288,9 @@ def create_app(
     app.state.audit = audit
     app.state.model_card = scorer.describe()
     app.add_middleware(BodyLimit, single=settings.max_body_bytes, batch=settings.max_batch_bytes)
+    # Added last, so it runs first: nothing else sees a request without the token.
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    app.add_middleware(AccessGate, token=token)
     app.include_router(_router())
     app.include_router(cds_hooks.router, dependencies=[Depends(require_token)])
     app.include_router(web.router)

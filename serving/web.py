@@ -1,8 +1,9 @@
 """The clinician web page served at `/`, its static assets, and two small JSON helpers for it.
 
 Routes (all under this router, included by `serving.app.create_app`):
-Access: the page, its assets and `/ui/options` hold no patient data and stay open; `/ui/parse-file`
-needs the service's bearer token when one is configured (`serving.app.require_token`).
+Access: with a token configured, `serving.access.AccessGate` (added by `create_app`) refuses every
+route here without the bearer token or the session cookie that its sign-in form sets;
+`/ui/parse-file` also declares the bearer dependency (`serving.app.require_token`).
 
 - `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
   from outside the server, so the page works offline and leaks nothing).

@@ -76,7 +76,8 @@ def client(server: LiveServer) -> Iterator[httpx.Client]:
 
 def test_health_is_open_and_ready(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz")
+    assert client.get("/readyz").status_code == 401  # readiness names the model: token only
+    ready = client.get("/readyz", headers=AUTH)
     assert ready.status_code == 200 and ready.json()["model"]["version"] == "7"
 
 
@@ -245,12 +246,13 @@ def test_model_card(client: httpx.Client) -> None:
 
 
 def test_openapi_documents_the_example(client: httpx.Client) -> None:
-    spec = client.get("/openapi.json").json()
+    assert client.get("/openapi.json").status_code == 401
+    spec = client.get("/openapi.json", headers=AUTH).json()
     assert "/v1/score" in spec["paths"] and "/v1/score/batch" in spec["paths"]
     schema = spec["components"]["schemas"]["ScoreRequest"]
     example = schema["examples"][0]
     assert example["episode"]["index_date"] and example["labs"][0]["unit"]
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs", headers=AUTH).status_code == 200
 
 
 def test_missing_model_stops_the_service_at_start(tmp_path: Path) -> None:

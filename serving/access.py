@@ -1,0 +1,159 @@
+"""Access control: with a token configured, every route but `/healthz` refuses without it.
+
+Machines send `Authorization: Bearer <token>`. A person opening the clinician page in a browser
+gets a 401 answer holding a sign-in form instead; posting the right token to `/ui/login` sets a
+session cookie (HttpOnly, SameSite=Strict, derived from the token, so it dies when the token is
+rotated) and the page's own calls then carry it. Liveness (`/healthz`) stays open for the
+orchestrator; readiness, the docs, the page and its assets do not, since they reveal the model
+and the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+OPEN_PATHS = frozenset({"/healthz"})
+LOGIN_PATH = "/ui/login"
+COOKIE = "ctit_session"
+_MAX_LOGIN_BYTES = 4096
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ctit: sign in</title>
+<style>
+body{{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1b1f24;margin:0}}
+main{{max-width:26rem;margin:12vh auto;background:#fff;padding:2rem;border-radius:8px;
+box-shadow:0 1px 4px rgba(0,0,0,.15)}}
+h1{{font-size:1.3rem;margin-top:0}} label{{display:block;font-weight:600;margin:.5rem 0}}
+input{{width:100%;box-sizing:border-box;padding:.55rem;font-size:1rem;border:1px solid #5a6472;
+border-radius:4px}} button{{margin-top:1rem;padding:.6rem 1.2rem;font-size:1rem;border:0;
+border-radius:4px;background:#0b5cad;color:#fff;cursor:pointer}}
+button:focus,input:focus{{outline:3px solid #f0a30a;outline-offset:1px}}
+.error{{color:#a4000f;font-weight:600}}
+</style></head>
+<body><main>
+<h1>ctit: hetrombopag response prediction</h1>
+<p>This service needs its access token.</p>
+<form method="post" action="/ui/login">
+<label for="token">Access token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required
+ autofocus aria-describedby="token-error">
+<p id="token-error" class="error" role="alert">{error}</p>
+<button type="submit">Sign in</button>
+</form></main></body></html>
+"""
+_LOGIN_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def session_value(token: str) -> str:
+    """The session cookie's value for `token` (an HMAC, so the cookie never holds the token)."""
+    return hmac.new(token.encode("utf-8"), b"ctit-session-v1", hashlib.sha256).hexdigest()
+
+
+def token_accepted(headers: Iterable[tuple[bytes, bytes]], token: str) -> bool:
+    """Whether the request headers carry the bearer token or a valid session cookie."""
+    expected = token.encode("utf-8")
+    session = session_value(token).encode("ascii")
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, given = value.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), expected):
+                return True
+        elif name == b"cookie":
+            cookie = SimpleCookie()
+            try:
+                cookie.load(value.decode("latin-1"))
+            except Exception:  # noqa: BLE001 - a malformed cookie header is just no session
+                continue
+            morsel = cookie.get(COOKIE)
+            if morsel is not None and hmac.compare_digest(morsel.value.encode("ascii"), session):
+                return True
+    return False
+
+
+class AccessGate:
+    """ASGI middleware: refuse (401) every request without the token, except `OPEN_PATHS`."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == LOGIN_PATH and scope["method"] == "POST":
+            await self._login(receive, send)
+            return
+        if token_accepted(scope["headers"], self.token):
+            scope.setdefault("state", {})["authenticated"] = True
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "GET" and _wants_html(scope["headers"]):
+            await _send(send, 401, _page(""), "text/html; charset=utf-8", [_csp()])
+            return
+        body = json.dumps({"detail": "missing or invalid bearer token"}).encode("utf-8")
+        await _send(send, 401, body, "application/json", [(b"www-authenticate", b"Bearer")])
+
+    async def _login(self, receive: Receive, send: Send) -> None:
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if len(raw) > _MAX_LOGIN_BYTES:
+                await _send(send, 413, b'{"detail": "login form too large"}', "application/json")
+                return
+            if not message.get("more_body", False):
+                break
+        given = parse_qs(raw.decode("utf-8", "replace")).get("token", [""])[0]
+        if not hmac.compare_digest(given.encode("utf-8"), self.token.encode("utf-8")):
+            page = _page("That token is not right. Nothing was stored.")
+            await _send(send, 401, page, "text/html; charset=utf-8", [_csp()])
+            return
+        cookie = f"{COOKIE}={session_value(self.token)}; Path=/; HttpOnly; SameSite=Strict"
+        await _send(
+            send,
+            303,
+            b"",
+            "text/plain",
+            [(b"location", b"/"), (b"set-cookie", cookie.encode("ascii"))],
+        )
+
+
+def _wants_html(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"accept" and b"text/html" in value for name, value in headers)
+
+
+def _page(error: str) -> bytes:
+    return _LOGIN_PAGE.format(error=error).encode("utf-8")
+
+
+def _csp() -> tuple[bytes, bytes]:
+    return (b"content-security-policy", _LOGIN_CSP.encode("ascii"))
+
+
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    media_type: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", media_type.encode("ascii")),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
