@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from ctit.cli import app
 from training.promote import PromotionError, assess, promote
 
-NAME = "unset"  # the registered model of the running test, set by the `uri` fixture
 GATES = {
     "min_auroc_low": 0.65,
     "slope_band": [0.8, 1.2],
@@ -20,7 +19,7 @@ GATES = {
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
+def store(tmp_path_factory) -> tuple[str, str]:
     """One SQLite store for the module (creating its tables costs seconds); tests use own names."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlruns.db'}"
@@ -30,16 +29,21 @@ def store(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def uri(store, request) -> str:
-    global NAME
+def uri(store) -> str:
     uri, experiment = store
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=experiment)
-    NAME = "m-" + re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)
     return uri
 
 
+@pytest.fixture
+def name(uri, request) -> str:
+    """A registered-model name of this test's own in the shared store."""
+    return "m-" + re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)
+
+
 def _candidate(
+    name: str,
     auroc: float,
     low: float,
     slope: float,
@@ -62,46 +66,46 @@ def _candidate(
         mlflow.log_text("stand-in for the logged model", "model/MLmodel")
     client = MlflowClient()
     try:
-        client.get_registered_model(NAME)
+        client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(NAME)
+        client.create_registered_model(name)
     version = client.create_model_version(
-        NAME, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+        name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
     )
-    client.set_registered_model_alias(NAME, "candidate", version.version)
+    client.set_registered_model_alias(name, "candidate", version.version)
     return version.version
 
 
-def _champion() -> str | None:
+def _champion(name: str) -> str | None:
     try:
-        return MlflowClient().get_model_version_by_alias(NAME, "champion").version
+        return MlflowClient().get_model_version_by_alias(name, "champion").version
     except mlflow.exceptions.MlflowException:
         return None
 
 
-def test_first_good_candidate_is_promoted(uri) -> None:
-    v1 = _candidate(auroc=0.78, low=0.74, slope=1.02, brier=0.17)
-    decision = promote(NAME)
+def test_first_good_candidate_is_promoted(name) -> None:
+    v1 = _candidate(name, auroc=0.78, low=0.74, slope=1.02, brier=0.17)
+    decision = promote(name)
     assert decision.promoted and [g.passed for g in decision.gates] == [True, True]
-    assert _champion() == v1
+    assert _champion(name) == v1
 
 
-def test_worse_candidate_on_the_same_data_is_refused(uri) -> None:
-    v1 = _candidate(auroc=0.78, low=0.74, slope=1.02, brier=0.17)
-    promote(NAME)
-    _candidate(auroc=0.76, low=0.72, slope=1.0, brier=0.18)
-    decision = promote(NAME)
+def test_worse_candidate_on_the_same_data_is_refused(name) -> None:
+    v1 = _candidate(name, auroc=0.78, low=0.74, slope=1.02, brier=0.17)
+    promote(name)
+    _candidate(name, auroc=0.76, low=0.72, slope=1.0, brier=0.18)
+    decision = promote(name)
     assert not decision.promoted
     assert {g.name for g in decision.failed} == {"not_worse_auroc", "not_worse_brier"}
-    assert _champion() == v1
+    assert _champion(name) == v1
 
 
-def test_better_candidate_replaces_the_champion(uri) -> None:
-    _candidate(auroc=0.76, low=0.71, slope=1.0, brier=0.18)
-    promote(NAME)
-    v2 = _candidate(auroc=0.79, low=0.75, slope=0.97, brier=0.16)
-    assert promote(NAME).promoted
-    assert _champion() == v2
+def test_better_candidate_replaces_the_champion(name) -> None:
+    _candidate(name, auroc=0.76, low=0.71, slope=1.0, brier=0.18)
+    promote(name)
+    v2 = _candidate(name, auroc=0.79, low=0.75, slope=0.97, brier=0.16)
+    assert promote(name).promoted
+    assert _champion(name) == v2
 
 
 @pytest.mark.parametrize(
@@ -112,40 +116,40 @@ def test_better_candidate_replaces_the_champion(uri) -> None:
         (0.70, 0.7, "calibration_slope"),
     ],
 )
-def test_own_gates(uri, low: float, slope: float, failed: str) -> None:
-    _candidate(auroc=0.75, low=low, slope=slope, brier=0.18)
-    decision = promote(NAME)
+def test_own_gates(name, low: float, slope: float, failed: str) -> None:
+    _candidate(name, auroc=0.75, low=low, slope=slope, brier=0.18)
+    decision = promote(name)
     assert not decision.promoted and [g.name for g in decision.failed] == [failed]
-    assert _champion() is None
+    assert _champion(name) is None
 
 
-def test_champion_on_other_data_cannot_be_compared(uri) -> None:
-    v1 = _candidate(auroc=0.78, low=0.74, slope=1.0, brier=0.17, fingerprint="a" * 64)
-    promote(NAME)
-    v2 = _candidate(auroc=0.80, low=0.75, slope=1.0, brier=0.16, fingerprint="b" * 64)
-    decision = promote(NAME)
+def test_champion_on_other_data_cannot_be_compared(name) -> None:
+    v1 = _candidate(name, auroc=0.78, low=0.74, slope=1.0, brier=0.17, fingerprint="a" * 64)
+    promote(name)
+    v2 = _candidate(name, auroc=0.80, low=0.75, slope=1.0, brier=0.16, fingerprint="b" * 64)
+    decision = promote(name)
     assert [g.name for g in decision.failed] == ["same_evaluation"]
-    assert _champion() == v1
-    assert assess(NAME, allow_new_data=True).failed == []
-    assert promote(NAME, allow_new_data=True).promoted and _champion() == v2
+    assert _champion(name) == v1
+    assert assess(name, allow_new_data=True).failed == []
+    assert promote(name, allow_new_data=True).promoted and _champion(name) == v2
 
 
-def test_no_candidate_is_an_error(uri) -> None:
-    MlflowClient().create_registered_model(NAME)
+def test_no_candidate_is_an_error(name) -> None:
+    MlflowClient().create_registered_model(name)
     with pytest.raises(PromotionError, match="no @candidate"):
-        promote(NAME)
+        promote(name)
 
 
-def test_cli_exit_codes_and_explanations(uri) -> None:
+def test_cli_exit_codes_and_explanations(uri, name) -> None:
     runner = CliRunner()
-    v1 = _candidate(auroc=0.78, low=0.74, slope=1.0, brier=0.17)
-    ok = runner.invoke(app, ["promote", NAME, "--tracking-uri", uri])
+    v1 = _candidate(name, auroc=0.78, low=0.74, slope=1.0, brier=0.17)
+    ok = runner.invoke(app, ["promote", name, "--tracking-uri", uri])
     assert ok.exit_code == 0, ok.output
-    assert f"promoted {NAME} version {v1} to @champion" in ok.output
-    _candidate(auroc=0.70, low=0.66, slope=1.0, brier=0.19)
-    refused = runner.invoke(app, ["promote", NAME, "--tracking-uri", uri])
+    assert f"promoted {name} version {v1} to @champion" in ok.output
+    _candidate(name, auroc=0.70, low=0.66, slope=1.0, brier=0.19)
+    refused = runner.invoke(app, ["promote", name, "--tracking-uri", uri])
     assert refused.exit_code == 1
     assert "FAIL not_worse_auroc" in refused.output and "nothing was changed" in refused.output
-    assert _champion() == v1
+    assert _champion(name) == v1
     missing = runner.invoke(app, ["promote", "no-such-model", "--tracking-uri", uri])
     assert missing.exit_code == 1 and "no @candidate" in missing.output
