@@ -125,3 +125,9 @@ def signal_frame(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.Series, p
 @pytest.fixture(scope="module")
 def data() -> tuple[pd.DataFrame, pd.Series, pd.Series]:
     return signal_frame(n_patients=120, seed=3)
+
+
+@pytest.fixture(scope="module")
+def signal_cohort_module_dir(tmp_path_factory) -> Path:
+    """A slightly larger signal cohort shared by a module's tests (150 patients)."""
+    return write_signal_cohort(tmp_path_factory.mktemp("signal"), n_patients=150, seed=7)

@@ -14,16 +14,8 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "training_conftest", Path(__file__).with_name("conftest.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return load_cohort(module.write_signal_cohort(tmp_path_factory.mktemp("c"), 150, seed=7))
+def cohort(signal_cohort_module_dir):
+    return load_cohort(signal_cohort_module_dir)
 
 
 def test_cv_result_is_complete_and_consistent(cohort) -> None:
