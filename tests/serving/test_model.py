@@ -414,3 +414,56 @@ def test_interval_is_the_fold_models_spread(deployable_model: DeployableModel, r
     p = answer["probability"]
     assert answer["interval"][0] == pytest.approx(min(low, p), abs=1e-9)
     assert answer["interval"][1] == pytest.approx(max(high, p), abs=1e-9)
+
+
+# -- the numpy tree walk of small inputs -----------------------------------------------------------
+
+
+def _training_matrix(deployable_model: DeployableModel, records: list[dict]) -> np.ndarray:
+    from data.cohort import cohort_from_tables
+    from serving.records import RecordBatch, validate_record
+
+    batch = RecordBatch.from_requests([validate_record(r) for r in records])
+    return deployable_model.prepare(cohort_from_tables(batch.tables)).X
+
+
+def test_small_inputs_get_xgboosts_margins_to_the_bit(
+    deployable_model: DeployableModel, training_records
+) -> None:
+    X = _training_matrix(deployable_model, training_records[0][:60])
+    # Missing values and values exactly on split thresholds take xgboost's branches too.
+    rng = np.random.default_rng(3)
+    X[rng.random(X.shape) < 0.25] = np.nan
+    X[::7, 0] = 40.0
+    assert deployable_model._forest is not None
+    boosters = [deployable_model.booster, *deployable_model.fold_boosters]
+    expected = np.vstack([b.inplace_predict(X, predict_type="margin") for b in boosters])
+    for size in (1, 3, 8):
+        got = np.hstack(
+            [deployable_model._forest.margins(X[i : i + size]) for i in range(0, len(X), size)]
+        )
+        np.testing.assert_array_equal(got, expected)
+    # One row at a time (the numpy walk) and all rows at once (xgboost) give the same answers.
+    whole = deployable_model.predict_matrix(X)
+    for i in range(0, len(X), 5):
+        single = deployable_model.predict_matrix(X[i : i + 1])
+        for key in ("margin", "probability", "interval_low", "interval_high", "band"):
+            np.testing.assert_array_equal(single[key], whole[key][i : i + 1])
+
+
+def test_the_tree_walk_declines_what_it_does_not_reproduce() -> None:
+    import xgboost as xgb
+
+    from serving.model import _Forest
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=200) > 0).astype(int)
+
+    def train(**params: object) -> xgb.Booster:
+        matrix = xgb.DMatrix(X, label=y, nthread=1)
+        return xgb.train({"nthread": 1, "max_depth": 3, **params}, matrix, num_boost_round=5)
+
+    assert _Forest.build([train(objective="binary:logistic")]) is not None
+    assert _Forest.build([train(objective="reg:squarederror")]) is None
+    assert _Forest.build([train(objective="binary:logistic", booster="dart")]) is None
