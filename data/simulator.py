@@ -145,11 +145,15 @@ class _Totals:
 
 
 class _Streams:
-    """Independent random streams, so adding draws to one concern leaves the others unchanged."""
+    """Independent random streams, so adding draws to one concern leaves the others unchanged.
+
+    `surveillance` drives the routine nadir counts and rechecks, which never change a decision:
+    the cohort's courses, episodes and oracle are those of the other streams alone.
+    """
 
     def __init__(self, seed: int, batch: int) -> None:
-        children = np.random.SeedSequence([seed, batch]).spawn(4)
-        self.patients, self.events, self.noise, self.labs = (
+        children = np.random.SeedSequence([seed, batch]).spawn(5)
+        self.patients, self.events, self.noise, self.labs, self.surveillance = (
             np.random.default_rng(c) for c in children
         )
 
@@ -293,7 +297,7 @@ def _run_batch(
     """Simulate every candidate of the batch day by day; return visits, cycles and episodes."""
     prm = config.parameters
     pl, hp, care, lm = prm.platelets, prm.hetrombopag, prm.care, prm.labs
-    ev, noise = streams.events, streams.noise
+    ev, noise, sv = streams.events, streams.noise, streams.surveillance
     hazard, reserve_loss, gem_plat = _hazard_tables(prm)
     cycle_days = np.array([r.cycle_days for r in REGIMENS])
     dt = pl.dt_days
@@ -323,6 +327,9 @@ def _run_batch(
         "cycle_start": np.full(n, _NO_CYCLE, dtype=np.int64),
         "next_due": np.zeros(n, dtype=np.int64),
         "mid_day": np.full(n, -1, dtype=np.int64),
+        "nadir_day": np.full(n, -1, dtype=np.int64),
+        "recheck": np.full(n, -1, dtype=np.int64),
+        "last_draw": np.full(n, -1, dtype=np.int64),
         "pending": np.full(n, -1, dtype=np.int64),
         "base": np.zeros(n),
         "in_ep": np.zeros(n, dtype=bool),
@@ -349,11 +356,19 @@ def _run_batch(
     plan, plan_cycles, line_gap = batch.plan, batch.plan_cycles, batch.line_gap
     rows = np.arange(n)
 
-    def measure(sel: np.ndarray) -> np.ndarray:
-        z = noise.standard_normal(sel.shape[0])
+    def measure(sel: np.ndarray, rng: np.random.Generator = noise) -> np.ndarray:
+        z = rng.standard_normal(sel.shape[0])
         return np.round(state.circ[sel] * np.exp(lm.plt_noise_sd_log * z))
 
-    def record_visit(sel: np.ndarray, day: int, plt: np.ndarray, kind: int, chem: float) -> None:
+    def record_visit(
+        sel: np.ndarray,
+        day: int,
+        plt: np.ndarray,
+        kind: int,
+        chem: float,
+        rng: np.random.Generator = ev,
+    ) -> None:
+        s["last_draw"][sel] = day
         p_ss = params.kcirc[sel] * params.circ0[sel] / params.ktr[sel]
         visits.append(
             {
@@ -362,15 +377,25 @@ def _run_batch(
                 "plt": plt,
                 "prolif_ratio": state.prolif[sel] / p_ss,
                 "kind": np.full(sel.shape[0], kind, dtype=np.int8),
-                "chem": ev.random(sel.shape[0]) < chem,
+                "chem": rng.random(sel.shape[0]) < chem,
                 "reg": s["cur_reg"][sel],
                 "line": batch.first_line[cand[sel]] + s["line_idx"][sel],
             }
         )
 
+    recheck_k = np.asarray(care.recheck_interval_days)
+    recheck_p = np.asarray(care.recheck_interval_shares)
+
+    def watch(sel: np.ndarray, day: int, plt: np.ndarray) -> None:
+        """After a count of `sel` (not starting hetrombopag): recheck in 2-4 days while low."""
+        k = recheck_k[sv.choice(recheck_k.shape[0], size=sel.shape[0], p=recheck_p)]
+        s["recheck"][sel] = np.where(plt < care.recheck_below_plt, day + k, -1)
+
     def trigger(sel: np.ndarray, day: int, plt: np.ndarray) -> None:
         s["cycle_start"][sel] = _NO_CYCLE
         s["mid_day"][sel] = -1
+        s["nadir_day"][sel] = -1
+        s["recheck"][sel] = -1
         lag = (ev.random(sel.shape[0]) >= care.index_lag_shares[0]).astype(np.int64)
         s["pending"][sel] = day + lag
         s["base"][sel] = plt
@@ -497,6 +522,7 @@ def _run_batch(
             go = (plt >= care.cycle_start_min_plt) & ~treat
             delay = ~treat & ~go
             s["next_due"][sel[delay]] = day + care.delay_days
+            watch(sel[~treat], day, plt[~treat])
             if treat.any():
                 trigger(sel[treat], day, plt[treat])
             g = sel[go]
@@ -523,6 +549,10 @@ def _run_batch(
                 mid = ev.random(g.shape[0]) < care.mid_cycle_check_share
                 mid_day = day + ev.integers(lo, hi + 1, g.shape[0]) - 1
                 s["mid_day"][g] = np.where(mid, mid_day, -1)
+                lo, hi = care.nadir_check_day_range
+                nadir = sv.random(g.shape[0]) < care.nadir_check_share
+                nadir_day = day + sv.integers(lo, hi + 1, g.shape[0]) - 1
+                s["nadir_day"][g] = np.where(nadir, nadir_day, -1)
                 cycles.append(
                     {
                         "cand": c,
@@ -542,8 +572,24 @@ def _run_batch(
             eligible = (s["n_ep"][sel] < s["max_ep"][sel]) & (day < s["obs_end"][sel])
             share = care.treat_share_mid_cycle
             treat = (plt < care.trigger_plt) & eligible & (ev.random(sel.shape[0]) < share)
+            watch(sel[~treat], day, plt[~treat])
             if treat.any():
                 trigger(sel[treat], day, plt[treat])
+        # routine nadir counts and rechecks while low: they inform, never trigger
+        free = s["active"] & ~s["in_ep"] & (s["pending"] < 0)
+        sel = np.flatnonzero(free & ((s["nadir_day"] == day) | (s["recheck"] == day)))
+        if sel.size:
+            rechecking = s["recheck"][sel] == day
+            s["nadir_day"][sel] = np.where(s["nadir_day"][sel] == day, -1, s["nadir_day"][sel])
+            plt = measure(sel, sv)
+            seen = (sv.random(sel.shape[0]) >= care.recheck_missed) & (s["last_draw"][sel] != day)
+            if seen.any():
+                record_visit(sel[seen], day, plt[seen], 3, lm.chemistry_share_other, sv)
+                watch(sel[seen], day, plt[seen])
+            # a missed recheck is rescheduled; a missed nadir count is not
+            again = sel[~seen & rechecking]
+            if again.size:
+                watch(again, day, np.zeros(again.shape[0]))
         # hetrombopag starts (index date)
         sel = np.flatnonzero(s["active"] & (s["pending"] == day))
         if sel.size:

@@ -105,6 +105,15 @@ class CarePattern:
     delay_days: int = 7
     mid_cycle_check_share: float = 0.15
     mid_cycle_day_range: tuple[int, int] = (7, 13)
+    # Routine nadir count (informs, never triggers: the decision waits for the pre-cycle count or
+    # a clinically prompted mid-cycle check) and rechecks every 2-4 days while the last measured
+    # count is below `recheck_below_plt`, up to the next decision.
+    nadir_check_share: float = 0.8
+    nadir_check_day_range: tuple[int, int] = (7, 14)
+    recheck_below_plt: float = 100.0
+    recheck_interval_days: tuple[int, int, int] = (2, 3, 4)
+    recheck_interval_shares: tuple[float, float, float] = (0.35, 0.40, 0.25)
+    recheck_missed: float = 0.08
     line_gap_days_range: tuple[int, int] = (7, 28)
     index_lag_shares: tuple[float, float] = (0.5, 0.5)
     episode_interval_days: tuple[int, int, int] = (2, 3, 4)
