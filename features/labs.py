@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.registry import LAB_ANALYTES, PLT_COUNT_WINDOW, PLT_WINDOWS
+from features.registry import (
+    ANC_MIN_WINDOW,
+    ANC_SLOPE_WINDOW,
+    LAB_ANALYTES,
+    PLT_COUNT_WINDOW,
+    PLT_WINDOWS,
+)
 from features.timeline import (
     NAT,
     S_PER_DAY,
@@ -127,16 +133,20 @@ def last_values(
 
 
 def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[str, np.ndarray]:
-    """`<analyte>_last` and `<analyte>_days_since` for every canonical analyte."""
+    """`<analyte>_last` and `<analyte>_days_since` for every canonical analyte, and the recent
+    neutrophil trend (`anc_min_<w>d`, `anc_slope_<w>d`: recent myelosuppression)."""
     blocks = [series[alias] for alias in LAB_ANALYTES]
     shared = blocks[0].shared
+    anc_min, _, _ = _window_stats(series["ANC"], timeline, ANC_MIN_WINDOW)
+    _, anc_slope, _ = _window_stats(series["ANC"], timeline, ANC_SLOPE_WINDOW)
+    trend = {f"anc_min_{ANC_MIN_WINDOW}d": anc_min, f"anc_slope_{ANC_SLOPE_WINDOW}d": anc_slope}
     if shared is None or len(shared[0]) == 0:
         empty = np.full(timeline.n, np.nan)
         return {
             f"{prefix}_{what}": empty.copy()
             for prefix, _, _ in LAB_ANALYTES.values()
             for what in ("last", "days_since")
-        }
+        } | trend
     key, day, value = shared
     # One search per analyte block, then every analyte at once (same result as `last_values`).
     pos = np.stack(
@@ -151,7 +161,7 @@ def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[s
     for i, (prefix, _, _) in enumerate(LAB_ANALYTES.values()):
         out[f"{prefix}_last"] = last[i]
         out[f"{prefix}_days_since"] = days[i]
-    return out
+    return out | trend
 
 
 def _window_stats(
@@ -179,6 +189,23 @@ def _window_stats(
     return minimum, slope, counts.astype(np.float64)
 
 
+def _last_change(series: AnalyteSeries, timeline: Timeline, window: int) -> np.ndarray:
+    """(last - previous value) / days between them, of the two latest measurements from midnight
+    `window` days before the index day up to the cut-off (NaN with fewer than two at different
+    times)."""
+    out = np.full(timeline.n, np.nan)
+    if len(series.key) == 0:
+        return out
+    lo = np.searchsorted(series.key, timeline.day_start_key(timeline.index_day - window), "left")
+    last = np.searchsorted(series.key, timeline.cutoff_key, "right") - 1
+    prev = last - 1
+    safe_last, safe_prev = np.maximum(last, 0), np.maximum(prev, 0)
+    days = (series.seconds[safe_last] - series.seconds[safe_prev]) / S_PER_DAY
+    valid = (prev >= lo) & (days > 0)
+    out[valid] = (series.value[safe_last[valid]] - series.value[safe_prev[valid]]) / days[valid]
+    return out
+
+
 def platelet_features(
     plt: AnalyteSeries, timeline: Timeline, cycle_start_day: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -195,6 +222,7 @@ def platelet_features(
         out[f"plt_slope_{window}d"] = slope
         counts[window] = count
     out[f"plt_n_{PLT_COUNT_WINDOW}d"] = counts[PLT_COUNT_WINDOW]
+    out["plt_change_last"] = _last_change(plt, timeline, PLT_COUNT_WINDOW)
     has_cycle = cycle_start_day >= 0
     start_key = timeline.day_start_key(np.where(has_cycle, cycle_start_day, timeline.index_day))
     cutoff = timeline.cutoff_key

@@ -59,10 +59,13 @@ LAB_ANALYTES: MappingProxyType[str, tuple[str, str, str]] = MappingProxyType(
 )
 
 # Windows (days before the index day) of the platelet-history family.
-PLT_WINDOWS: tuple[int, ...] = (14, 28)
+PLT_WINDOWS: tuple[int, ...] = (7, 14, 28)
 # Window of the platelet measurement count: the longer history window, so that the count says how
 # densely the 28-day slope and minimum are supported.
 PLT_COUNT_WINDOW = 28
+# Windows of the neutrophil trend (recent myelosuppression of the marrow).
+ANC_MIN_WINDOW = 14
+ANC_SLOPE_WINDOW = 7
 
 _LAB_DIRECTIONS = {
     # Very low baseline platelets enrich non-responders (Al-Samkari 2021; simulator targets).
@@ -97,6 +100,22 @@ def _lab_specs() -> list[FeatureSpec]:
                 "labs",
             )
         )
+    specs += [
+        FeatureSpec(
+            f"anc_min_{ANC_MIN_WINDOW}d",
+            "10*9/L",
+            f"lowest absolute neutrophil count in the {ANC_MIN_WINDOW} days before the index date",
+            "labs",
+        ),
+        FeatureSpec(
+            f"anc_slope_{ANC_SLOPE_WINDOW}d",
+            "10*9/L per day",
+            "least-squares slope of the absolute neutrophil count over the "
+            f"{ANC_SLOPE_WINDOW} days before the index date (needs two measurements at different "
+            "times)",
+            "labs",
+        ),
+    ]
     return specs
 
 
@@ -125,6 +144,13 @@ def _platelet_specs() -> list[FeatureSpec]:
             f"plt_n_{PLT_COUNT_WINDOW}d",
             "count",
             f"number of platelet measurements in the {PLT_COUNT_WINDOW} days before the index date",
+            "platelet_history",
+        ),
+        FeatureSpec(
+            "plt_change_last",
+            "10*9/L per day",
+            "last platelet count minus the one before it, per day between them (both within the "
+            f"{PLT_COUNT_WINDOW} days before the index date)",
             "platelet_history",
         ),
         FeatureSpec(

@@ -266,3 +266,55 @@ def test_batched_last_values_equal_the_one_analyte_search(cohort):
         value, days = last_values(series[alias], timeline)
         np.testing.assert_array_equal(batched[f"{prefix}_last"], value)
         np.testing.assert_array_equal(batched[f"{prefix}_days_since"], days)
+
+
+def test_recent_platelet_trend(raw):
+    e1 = raw.loc["E-1"]
+    # 90 on 03-01 (midnight), then 42 on 03-09 08:00: 8 1/3 days apart.
+    assert e1["plt_change_last"] == pytest.approx((42 - 90) / (8 + 8 / 24))
+    # 7 days before 03-10 (from 03-03): only the 42, so a minimum but no slope.
+    assert e1["plt_min_7d"] == 42.0
+    assert np.isnan(e1["plt_slope_7d"])
+    # E-2: 150 on 05-20, 30 on the index date 06-01 (included): -120 over 12 days.
+    assert raw.loc["E-2", "plt_change_last"] == pytest.approx(-10.0)
+    # E-5: 120 on 08-20, 55 on 08-30; the later 80 (09-05) is after the index date.
+    assert raw.loc["E-5", "plt_change_last"] == pytest.approx(-6.5)
+    # E-3 and E-4 have one PLT before the index: no change.
+    assert np.isnan(raw.loc["E-3", "plt_change_last"])
+    assert np.isnan(raw.loc["E-4", "plt_change_last"])
+
+
+def test_recent_trend_windows_and_the_index_time(cohort_tables):
+    tables = {k: v.copy() for k, v in cohort_tables.items()}
+    extra = pd.DataFrame(
+        [
+            # P-c3 (index 07-15): a fortnight of counts before the index
+            ("P-c3", "2024-06-25", "PLT", 90, "10*9/L"),
+            ("P-c3", "2024-07-09", "PLT", 35, "10*9/L"),
+            ("P-c3", "2024-06-25", "751-8", 0.9, "10*3/uL"),
+            ("P-c3", "2024-07-05", "751-8", 1.2, "10*3/uL"),
+            ("P-c3", "2024-07-09", "751-8", 2.0, "10*3/uL"),
+            # P-d4 (index 01-20): a count 40 days before the index, outside 28 days
+            ("P-d4", "2024-12-11", "PLT", 150, "10*9/L"),
+        ],
+        columns=["patient_id", "time", "test", "value", "unit"],
+    )
+    tables["labs"] = pd.concat([tables["labs"], extra], ignore_index=True)
+    raw = build_features(cohort_from_tables(tables)).set_index("episode_id")
+    e3 = raw.loc["E-3"]
+    # PLT 35 (07-09, x=-6 d) then 20 (07-12, x=-3 d): both within 7 days and adjacent.
+    assert e3["plt_slope_7d"] == pytest.approx((20 - 35) / 3)
+    assert e3["plt_change_last"] == pytest.approx((20 - 35) / 3)
+    assert e3["plt_min_7d"] == 20.0
+    # ANC 0.9 (06-25) is 20 days old; within 14 days 1.2, 2.0 and 1.6 (07-12).
+    assert e3["anc_min_14d"] == 1.2
+    # Within 7 days (from 07-08): 2.0 at x=-6 and 1.6 at x=-3.
+    assert e3["anc_slope_7d"] == pytest.approx((1.6 - 2.0) / 3)
+    # P-d4: the 150 is 40 days before the index (outside 28 days): no previous count.
+    assert np.isnan(raw.loc["E-4", "plt_change_last"])
+    assert np.isnan(raw.loc["E-4", "anc_min_14d"])
+    assert np.isnan(raw.loc["E-1", "anc_slope_7d"])
+    # An index time before the 08:00 count of 03-09 leaves 180 (02-18) and 90 (03-01).
+    tables["episodes"].loc[0, "index_date"] = "2024-03-09T07:00:00"
+    e1 = build_features(cohort_from_tables(tables)).set_index("episode_id").loc["E-1"]
+    assert e1["plt_change_last"] == pytest.approx((90 - 180) / 12)
