@@ -94,12 +94,16 @@ def register(app: typer.Typer) -> None:
         from data.issues import CohortError
         from training.config import ExperimentError, load_experiment
         from training.run import TrainingError, train_experiment
-        from training.tracking import TrackingSettings
+        from training.tracking import TrackingError, TrackingSettings, check_tracking_store
 
         console = Console(stderr=True)
         try:
             config = load_experiment(experiment)
         except ExperimentError as error:
+            raise _fail(console, str(error), 2) from None
+        try:
+            check_tracking_store(_tracking_uri(tracking_uri))
+        except TrackingError as error:
             raise _fail(console, str(error), 2) from None
         text = experiment.read_text(encoding="utf-8")
         settings = TrackingSettings(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -46,6 +47,32 @@ class TrackingSettings:
     artifact_location: str | None = None
     register: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+
+
+def check_tracking_store(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any work, when an MLflow tracking server cannot be reached.
+
+    MLflow's client retries a dead server for minutes; a training job should say at once that
+    nothing can be tracked (and so nothing will be registered). Local stores need no check.
+
+    Raises:
+        TrackingError: the server does not answer its health check (names the URI and why).
+    """
+    if urlparse(tracking_uri).scheme not in ("http", "https"):
+        return
+    health = tracking_uri.rstrip("/") + "/health"
+    try:
+        answer = httpx.get(health, timeout=timeout_s)
+    except httpx.HTTPError as error:
+        raise TrackingError(
+            f"MLflow tracking server {tracking_uri} is unreachable ({type(error).__name__}: "
+            f"{error}); nothing was trained or registered"
+        ) from None
+    if answer.status_code != 200:
+        raise TrackingError(
+            f"MLflow tracking server {tracking_uri} answered its health check with HTTP "
+            f"{answer.status_code}; nothing was trained or registered"
+        )
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
