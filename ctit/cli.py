@@ -31,6 +31,8 @@ def main(
     """ctit: hetrombopag response prediction for cancer-therapy-induced thrombocytopenia."""
     # MLflow's per-file download bars flood the terminal; ctit shows its own progress.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A tracking server that dies mid-run fails the job in seconds, not after minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
