@@ -19,9 +19,9 @@ import hashlib
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving import cds_hooks, web
 from serving.access import AccessGate, token_accepted
 from serving.audit import AuditLog
+from serving.fhir import risk_assessment
 from serving.records import RecordError
 from serving.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
 from serving.scorer import Scorer
@@ -185,7 +186,17 @@ def _router() -> APIRouter:
         response_model=ScoreOut,
         responses=_ERRORS,
     )
-    async def score(body: ScoreRequest, request: Request) -> JSONResponse:
+    async def score(
+        body: ScoreRequest,
+        request: Request,
+        answer_format: Annotated[
+            Literal["json", "fhir"],
+            Query(
+                alias="format",
+                description="`fhir` returns the score as a FHIR R4 RiskAssessment resource.",
+            ),
+        ] = "json",
+    ) -> JSONResponse:
         """Score one patient record with one episode: probability, interval, band, explanation."""
         scorer: Scorer = request.app.state.scorer
         try:
@@ -201,6 +212,9 @@ def _router() -> APIRouter:
             endpoint="/v1/score",
             caller=caller_of(request),
         )
+        if answer_format == "fhir":
+            record = body.model_dump(mode="json", exclude_none=True)
+            return JSONResponse(risk_assessment(answer, record), media_type="application/fhir+json")
         return JSONResponse(answer)
 
     @router.post(

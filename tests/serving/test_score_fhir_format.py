@@ -1,0 +1,37 @@
+"""POST /v1/score?format=fhir answers the same score as a schema-valid FHIR R4 RiskAssessment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.scorer import Scorer
+from serving.settings import ServingSettings
+
+SCHEMA = Path(__file__).resolve().parents[1] / "fixtures" / "schemas" / "fhir.schema.json"
+
+
+def test_score_as_risk_assessment(deployable_model, record, tmp_path: Path) -> None:
+    settings = ServingSettings(model_uri="m", audit_path=tmp_path / "a.db", audit_salt="s")
+    app = create_app(settings, scorer=Scorer(deployable_model, uri="m"))
+    definitions = json.loads(SCHEMA.read_text(encoding="utf-8"))["definitions"]
+    validator = jsonschema.Draft6Validator(
+        {"$ref": "#/definitions/RiskAssessment", "definitions": definitions}
+    )
+    with TestClient(app) as client:
+        plain = client.post("/v1/score", json=record).json()
+        fhir = client.post("/v1/score?format=fhir", json=record)
+        bad = client.post("/v1/score?format=xml", json=record)
+    assert fhir.status_code == 200
+    assert fhir.headers["content-type"].startswith("application/fhir+json")
+    resource = fhir.json()
+    assert resource["resourceType"] == "RiskAssessment"
+    assert list(validator.iter_errors(resource)) == []
+    assert resource["prediction"][0]["probabilityDecimal"] == round(plain["probability"], 4) or (
+        abs(resource["prediction"][0]["probabilityDecimal"] - plain["probability"]) < 1e-4
+    )
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "format"]
