@@ -41,7 +41,7 @@ from data.cohort import cohort_from_tables, summarise
 from features.pipeline import FeatureConfig, FeaturePipeline
 from serving.model import Calibrator, DeployableModel, RiskBands, summarise_reference
 from serving.records import RecordBatch, validate_record
-from serving.scorer import Scorer
+from serving.scorer import Scorer, settle_heap
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -141,6 +141,7 @@ def in_process(scorer: Scorer, record: dict, n: int) -> dict[str, object]:
     return {
         "score+explain": percentiles(total),
         "stages_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in stages.items()},
+        "load_average_1min": os.getloadavg()[0],
     }
 
 
@@ -172,6 +173,7 @@ def batch_throughput(scorer: Scorer, records: list[dict]) -> dict[str, float]:
         "cohort_no_explain_episodes_per_s": end_to_end,
         "cohort_explain_episodes_per_s": explained,
         "cohort_episodes": len(cohort.episodes),
+        "load_average_1min": os.getloadavg()[0],
     }
 
 
@@ -261,6 +263,7 @@ def main() -> None:
     model = train_model(records, y, args.trees, args.depth)
     print(f"trained {args.trees} trees x 6 models in {time.perf_counter() - start:.1f} s")
     scorer = Scorer(model)
+    settle_heap()  # as `Scorer.load` does in a server
     record = records[0]
     results: dict[str, object] = {}
 
@@ -290,6 +293,7 @@ def main() -> None:
             "score_explain": single,
             "score_no_explain": light,
             "score_explain_4_threads_req_per_s": concurrent,
+            "load_average_1min": os.getloadavg()[0],
         }
         print("http (ctit serve):", json.dumps(results["http"], indent=1))
 

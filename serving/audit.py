@@ -137,20 +137,21 @@ class AuditLog:
         rows = []
         for patient_id, record_hash, answers in items:
             patient_hash = self.hash_id(patient_id)
-            rows.extend(
-                (
-                    now,
-                    name,
-                    version,
-                    patient_hash,
-                    self.hash_id(answer["episode_id"]),
-                    record_hash,
-                    self._output(answer),
-                    endpoint,
-                    caller,
+            for answer in answers:
+                episode_hash = self.hash_id(answer["episode_id"])
+                rows.append(
+                    (
+                        now,
+                        name,
+                        version,
+                        patient_hash,
+                        episode_hash,
+                        record_hash,
+                        _output(answer, episode_hash),
+                        endpoint,
+                        caller,
+                    )
                 )
-                for answer in answers
-            )
         return rows
 
     def record_score(
@@ -222,11 +223,6 @@ class AuditLog:
         self._submit("feedback", [row]).result()
 
     # -- writing --------------------------------------------------------------------------------
-
-    def _output(self, answer: dict[str, Any]) -> str:
-        kept = {key: value for key, value in answer.items() if key != "episode_id"}
-        kept["episode_hash"] = self.hash_id(answer["episode_id"])
-        return json.dumps(kept, sort_keys=True, separators=(",", ":"))
 
     def _submit(self, table: str, rows: list[tuple]) -> Future:
         done: Future = Future()
@@ -302,6 +298,13 @@ class AuditLog:
         self._writer.join(timeout=30)
         with self._lock:
             self._db.close()
+
+
+def _output(answer: dict[str, Any], episode_hash: str) -> str:
+    """The answer as canonical JSON, its episode id replaced by the id's salted hash."""
+    kept = {key: value for key, value in answer.items() if key != "episode_id"}
+    kept["episode_hash"] = episode_hash
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"))
 
 
 def _now() -> str:
