@@ -341,8 +341,10 @@ class _Forest:
     def margins(self, X: np.ndarray) -> np.ndarray:
         """Margins (one row per booster, one column per row of X), float32 like xgboost's."""
         node = np.broadcast_to(self.roots, (X.shape[0], len(self.roots)))
+        flat = np.ascontiguousarray(X, dtype=np.float32).ravel()
+        row_start = (np.arange(X.shape[0]) * X.shape[1])[:, None]
         for _ in range(self.depth):
-            x = np.take_along_axis(X, self.feature[node], axis=1)
+            x = flat[row_start + self.feature[node]]
             node = np.where(
                 np.isnan(x),
                 self.missing[node],
