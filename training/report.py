@@ -900,13 +900,15 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
     tripod_filled, tripod_authors = _tripod_html(_present_anchors())
     metadata = getattr(result.model, "metadata", {}) or {}
     name = metadata.get("name", "ctit model")
-    version_label = metadata.get("version")
+    version_label = result.registered_version or metadata.get("version")
+    if version_label in (None, "", "unregistered"):
+        version_label = "not yet registered"
     n_repeats = _config(result, "validation", "n_repeats", default="?")
     n_splits = _config(result, "validation", "n_splits", default="?")
     n_boot = _config(result, "evaluation", "n_bootstrap", default="?")
 
     context = {
-        "title": f"Reviewer report: {name}" + (f" v{version_label}" if version_label else ""),
+        "title": f"Reviewer report: {name}, version {version_label}",
         "subtitle": (
             "Hetrombopag response in cancer-therapy-induced thrombocytopenia: SHAP explanations "
             f"and the evidence behind the model (TRIPOD+AI). Label {result.label_definition}."
@@ -914,7 +916,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
         "toc": SECTIONS,
         "intended_use": INTENDED_USE,
         "model_facts": [
-            ("Model", f"{name}" + (f", version {version_label}" if version_label else "")),
+            ("Model", f"{name}, version {version_label}"),
             ("Intended users", "oncologists and haematologists; reviewers of the model"),
             ("Prediction time", "the index date, before the first hetrombopag dose"),
             ("Output", "calibrated probability that this CTIT episode responds, with a band"),

@@ -84,4 +84,11 @@ def load_train_result(run_id: str, tracking_uri: str | None = None) -> TrainResu
             ) from None
     if result.run_id is None:
         result.run_id = run_id
+    # Registration comes after the result was logged: the run's tag says which version it became.
+    registered = client.get_run(run_id).data.tags.get("ctit.registered_version")
+    if registered:
+        name, _, version = registered.rpartition("/")
+        result.registered_version = version
+        if name and getattr(result.model, "metadata", None) is not None:
+            result.model.metadata["name"] = name
     return result
