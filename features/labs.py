@@ -12,6 +12,7 @@ from features.registry import (
     ANC_SLOPE_WINDOW,
     LAB_ANALYTES,
     PLT_COUNT_WINDOW,
+    PLT_TREND_WINDOW,
     PLT_WINDOWS,
 )
 from features.timeline import (
@@ -209,7 +210,8 @@ def _last_change(series: AnalyteSeries, timeline: Timeline, window: int) -> np.n
 def platelet_features(
     plt: AnalyteSeries, timeline: Timeline, cycle_start_day: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Platelet history: window minima and slopes, measurement count, cycle nadir, pre-cycle PLT.
+    """Platelet history: window minima and slopes, the short-term slope and last change,
+    measurement count, cycle nadir, pre-cycle PLT.
 
     `cycle_start_day` is the calendar day of the current regimen/cycle start (on or before the
     index date; -1 when there is none).
@@ -221,6 +223,8 @@ def platelet_features(
         out[f"plt_min_{window}d"] = minimum
         out[f"plt_slope_{window}d"] = slope
         counts[window] = count
+    _, trend, _ = _window_stats(plt, timeline, PLT_TREND_WINDOW)
+    out[f"plt_slope_{PLT_TREND_WINDOW}d"] = trend
     out[f"plt_n_{PLT_COUNT_WINDOW}d"] = counts[PLT_COUNT_WINDOW]
     out["plt_change_last"] = _last_change(plt, timeline, PLT_COUNT_WINDOW)
     has_cycle = cycle_start_day >= 0

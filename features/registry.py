@@ -59,7 +59,10 @@ LAB_ANALYTES: MappingProxyType[str, tuple[str, str, str]] = MappingProxyType(
 )
 
 # Windows (days before the index day) of the platelet-history family.
-PLT_WINDOWS: tuple[int, ...] = (7, 14, 28)
+PLT_WINDOWS: tuple[int, ...] = (14, 28)
+# Window of the short-term platelet slope (the recent trend read from rechecks every 2-4 days).
+# A slope only: a 7-day minimum would be another unconstrained level of the count.
+PLT_TREND_WINDOW = 7
 # Window of the platelet measurement count: the longer history window, so that the count says how
 # densely the 28-day slope and minimum are supported.
 PLT_COUNT_WINDOW = 28
@@ -140,6 +143,13 @@ def _platelet_specs() -> list[FeatureSpec]:
             )
         )
     specs += [
+        FeatureSpec(
+            f"plt_slope_{PLT_TREND_WINDOW}d",
+            "10*9/L per day",
+            f"least-squares slope of platelet count over the {PLT_TREND_WINDOW} days before the "
+            "index date (needs two measurements at different times)",
+            "platelet_history",
+        ),
         FeatureSpec(
             f"plt_n_{PLT_COUNT_WINDOW}d",
             "count",

@@ -272,8 +272,7 @@ def test_recent_platelet_trend(raw):
     e1 = raw.loc["E-1"]
     # 90 on 03-01 (midnight), then 42 on 03-09 08:00: 8 1/3 days apart.
     assert e1["plt_change_last"] == pytest.approx((42 - 90) / (8 + 8 / 24))
-    # 7 days before 03-10 (from 03-03): only the 42, so a minimum but no slope.
-    assert e1["plt_min_7d"] == 42.0
+    # 7 days before 03-10 (from 03-03): only the 42, so no slope.
     assert np.isnan(e1["plt_slope_7d"])
     # E-2: 150 on 05-20, 30 on the index date 06-01 (included): -120 over 12 days.
     assert raw.loc["E-2", "plt_change_last"] == pytest.approx(-10.0)
@@ -305,7 +304,6 @@ def test_recent_trend_windows_and_the_index_time(cohort_tables):
     # PLT 35 (07-09, x=-6 d) then 20 (07-12, x=-3 d): both within 7 days and adjacent.
     assert e3["plt_slope_7d"] == pytest.approx((20 - 35) / 3)
     assert e3["plt_change_last"] == pytest.approx((20 - 35) / 3)
-    assert e3["plt_min_7d"] == 20.0
     # ANC 0.9 (06-25) is 20 days old; within 14 days 1.2, 2.0 and 1.6 (07-12).
     assert e3["anc_min_14d"] == 1.2
     # Within 7 days (from 07-08): 2.0 at x=-6 and 1.6 at x=-3.
