@@ -12,7 +12,6 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
-from rich.panel import Panel
 
 REGISTERED_MODEL = "ctit-response"
 
@@ -127,25 +126,17 @@ def register(app: typer.Typer) -> None:
             if code:
                 console.print(f"[bold red]demo stopped at step {number} ({title}).[/]")
                 raise typer.Exit(code)
-        tracking = (out / "mlruns.db").resolve()
-        console.print(
-            Panel.fit(
-                "\n".join(
-                    [
-                        f"cohort          {out / 'cohort'}",
-                        f"labels          {out / 'labels.csv'}",
-                        f"report          {out / 'report.html'}",
-                        f"example scores  {out / 'scores-patient.json'}, "
-                        f"{out / 'scores-patient-low.json'}",
-                        f"model           models:/{REGISTERED_MODEL}@champion "
-                        f"(tracking sqlite:///{tracking})",
-                        "serve it        MLFLOW_TRACKING_URI=sqlite:///"
-                        f"{tracking} .venv/bin/ctit serve --model "
-                        f"models:/{REGISTERED_MODEL}@champion",
-                        "  then open     http://127.0.0.1:8000/",
-                        f"MLflow UI       .venv/bin/mlflow ui --backend-store-uri sqlite:///{tracking}",
-                    ]
-                ),
-                title="ctit demo: done",
-            )
-        )
+        tracking = f"sqlite:///{(out / 'mlruns.db').resolve()}"
+        champion = f"models:/{REGISTERED_MODEL}@champion"
+        console.rule("[bold green]ctit demo: done[/]")
+        for label, value in (
+            ("cohort", out / "cohort"),
+            ("labels", out / "labels.csv"),
+            ("report", out / "report.html"),
+            ("example scores", f"{out / 'scores-patient.json'}, {out / 'scores-patient-low.json'}"),
+            ("model", f"{champion} in the MLflow store {tracking}"),
+            ("serve it", f"MLFLOW_TRACKING_URI={tracking} .venv/bin/ctit serve --model {champion}"),
+            ("then open", "http://127.0.0.1:8000/ (API docs at /docs)"),
+            ("MLflow UI", f".venv/bin/mlflow ui --backend-store-uri {tracking}"),
+        ):
+            console.print(f"[bold]{label:>15}[/]  {value}", soft_wrap=True, highlight=False)
