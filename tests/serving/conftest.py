@@ -41,6 +41,8 @@ PLT_MONOTONE = (
     "plt_slope_28d",
     "plt_nadir_cycle",
     "plt_pre_cycle",
+    "plt_slope_7d",
+    "plt_change_last",
 )
 _REGIMENS = (
     ["gemcitabine", "carboplatin"],
