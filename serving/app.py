@@ -32,7 +32,7 @@ from serving.audit import AuditLog
 from serving.fhir import risk_assessment
 from serving.records import RecordError
 from serving.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
-from serving.scorer import Scorer
+from serving.scorer import Scorer, settle_heap
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -308,4 +308,5 @@ def create_app(
     app.include_router(_router())
     app.include_router(cds_hooks.router, dependencies=[Depends(require_token)])
     app.include_router(web.router)
+    settle_heap()  # the app's own long-lived objects join the model's in the frozen heap
     return app
