@@ -5,7 +5,6 @@ Composition only: each step is the same command a user would type, so the demo s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +75,8 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
                 str(examples / "patient.json"),
                 "--out",
                 str(out / "scores-patient.json"),
+                "--tracking-uri",
+                tracking,
             ],
         ),
         (
@@ -87,6 +88,8 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
                 str(examples / "patient-low.json"),
                 "--out",
                 str(out / "scores-patient-low.json"),
+                "--tracking-uri",
+                tracking,
             ],
         ),
     ]
@@ -110,8 +113,6 @@ def register(app: typer.Typer) -> None:
         """Run the main job end to end: simulate, validate, label, train, promote, report, score."""
         console = Console()
         out.mkdir(parents=True, exist_ok=True)
-        # `ctit score` resolves models:/ URIs against this store, as a user's shell would set it.
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(out / 'mlruns.db').resolve()}"
         command = typer.main.get_command(app)
         steps = _steps(out, experiment, examples, n_patients, seed)
         for number, (title, args) in enumerate(steps, start=1):

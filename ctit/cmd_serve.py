@@ -37,6 +37,21 @@ ModelUri = Annotated[
         help="Model: models:/name@alias, models:/name/1, runs:/<id>/<path> or a local directory.",
     ),
 ]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow store of models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlruns.db).",
+    ),
+]
+
+
+def _use_tracking_uri(tracking_uri: str | None) -> None:
+    """Point MLflow (and any server worker process, through the environment) at the store."""
+    os.environ["MLFLOW_TRACKING_URI"] = (
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -195,8 +210,10 @@ def score(
         str | None,
         typer.Option("--index-date", help="FHIR input only: the first hetrombopag dose date."),
     ] = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Score patients from a file or a cohort directory with a logged model."""
+    _use_tracking_uri(tracking_uri)
     suffix = out.suffix.lower()
     if suffix not in (".json", ".csv"):
         _fail(f"--out {out}: use a .json or .csv file name")
@@ -247,8 +264,10 @@ def serve(
             help="Server processes (each loads the model; they share the audit log).",
         ),
     ] = 1,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Serve the model over HTTP (FastAPI on uvicorn); CTIT_API_TOKEN turns on bearer tokens."""
+    _use_tracking_uri(tracking_uri)
     import uvicorn
 
     from serving.app import create_app

@@ -3,7 +3,9 @@
 Machines send `Authorization: Bearer <token>`. A person opening the clinician page in a browser
 gets a 401 answer holding a sign-in form instead; posting the right token to `/ui/login` sets a
 session cookie (HttpOnly, SameSite=Strict, derived from the token, so it dies when the token is
-rotated) and the page's own calls then carry it. Liveness (`/healthz`) stays open for the
+rotated; the browser drops it after `SESSION_SECONDS`) and the page's own calls then carry it.
+Behind a TLS-terminating proxy, the proxy should add the `Secure` attribute; ctit itself serves
+plain HTTP on loopback. Liveness (`/healthz`) stays open for the
 orchestrator; readiness, the docs, the page and its assets do not, since they reveal the model
 and the service.
 """
@@ -22,6 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 OPEN_PATHS = frozenset({"/healthz"})
 LOGIN_PATH = "/ui/login"
 COOKIE = "ctit_session"
+#: A browser session lasts one working shift; then the form asks for the token again.
+SESSION_SECONDS = 12 * 3600
 _MAX_LOGIN_BYTES = 4096
 
 _LOGIN_PAGE = """<!doctype html>
@@ -120,7 +124,10 @@ class AccessGate:
             page = _page("That token is not right. Nothing was stored.")
             await _send(send, 401, page, "text/html; charset=utf-8", [_csp()])
             return
-        cookie = f"{COOKIE}={session_value(self.token)}; Path=/; HttpOnly; SameSite=Strict"
+        cookie = (
+            f"{COOKIE}={session_value(self.token)}; Path=/; HttpOnly; SameSite=Strict; "
+            f"Max-Age={SESSION_SECONDS}"
+        )
         await _send(
             send,
             303,

@@ -201,6 +201,11 @@ def _router() -> APIRouter:
         scorer: Scorer = request.app.state.scorer
         try:
             answer = scorer.score(body)
+            resource = (
+                risk_assessment(answer, body.model_dump(mode="json", exclude_none=True))
+                if answer_format == "fhir"
+                else None
+            )
         except RecordError as exc:
             return _record_error(exc, ["body"])
         except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
@@ -212,9 +217,8 @@ def _router() -> APIRouter:
             endpoint="/v1/score",
             caller=caller_of(request),
         )
-        if answer_format == "fhir":
-            record = body.model_dump(mode="json", exclude_none=True)
-            return JSONResponse(risk_assessment(answer, record), media_type="application/fhir+json")
+        if resource is not None:
+            return JSONResponse(resource, media_type="application/fhir+json")
         return JSONResponse(answer)
 
     @router.post(

@@ -50,7 +50,7 @@ class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_token: SecretStr | None = Field(
-        None, description="When set, every route but /healthz and /readyz needs this bearer token."
+        None, description="When set, every route but /healthz needs this bearer token."
     )
     audit_path: Path = Field(Path("ctit-audit.db"), description="SQLite file of the audit log.")
     audit_salt: SecretStr | None = Field(

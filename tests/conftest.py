@@ -4,6 +4,9 @@ The cohort has mixed units, LOINC codes and aliases, missing values, a rare subt
 with two CTIT episodes whose second regimen history includes the first.
 """
 
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -126,3 +129,24 @@ def cohort_tables() -> dict[str, pd.DataFrame]:
 @pytest.fixture
 def cohort_dir(tmp_path: Path) -> Path:
     return write_tables(make_tables(), tmp_path / "cohort")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_process_globals() -> Iterator[None]:
+    """Undo what in-process CLI runs leave behind: MLflow's process-wide URIs and env variables.
+
+    `ctit train` and friends set the tracking URI for their process, as a command should; under
+    CliRunner that process is the test session, so one test's store must not leak into the next.
+    """
+    saved = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "CTIT_"))}
+    yield
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "CTIT_"))]:
+        if key not in saved:
+            del os.environ[key]
+    os.environ.update(saved)
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if tracking is not None:
+        tracking._tracking_uri = None  # MLflow has no public way to unset it
+    registry = sys.modules.get("mlflow.tracking._model_registry.utils")
+    if registry is not None:
+        registry._registry_uri = None

@@ -218,7 +218,10 @@ def test_serve_with_two_workers_shares_one_audit_log(
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(
+                    f"{base}/readyz", timeout=1, headers={"Authorization": "Bearer tok-123"}
+                )
+                if ready.status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -99,6 +99,7 @@ def test_a_browser_signs_in_with_a_form_and_then_uses_the_page(gated, record) ->
         assert signed_in.status_code == 303 and signed_in.headers["location"] == "/"
         set_cookie = signed_in.headers["set-cookie"]
         assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+        assert "Max-Age=43200" in set_cookie
         assert TOKEN not in set_cookie  # the cookie holds an HMAC, never the token
         assert browser.cookies[COOKIE] == session_value(TOKEN)
         assert browser.get("/").status_code == 200
