@@ -203,8 +203,8 @@ def compute_features(
 def build_features(cohort: CohortLike, config: FeatureConfig | None = None) -> pd.DataFrame:
     """One row per episode, `episode_id` first: raw values, categories as strings, NaN missing."""
     raw = compute_features(cohort, config or FeatureConfig())
-    for message in raw.warnings:
-        logger.warning("%s", message)
+    if raw.warnings:  # the messages name episodes: they go to the caller, never to the log
+        logger.warning("%d feature warning(s); see the returned warnings", len(raw.warnings))
     frame = pd.DataFrame({"episode_id": raw.episode_ids, **raw.columns})
     for name in raw.categorical:
         frame[name] = frame[name].astype(object)
@@ -291,8 +291,8 @@ class FeaturePipeline(BaseEstimator):
                     f"episode {ids[i]}: {plan.raw} {values[i]!r} was not seen when the pipeline "
                     "was fitted; encoded as all zeros"
                 )
-        for message in warnings:
-            logger.warning("%s", message)
+        if warnings:  # the messages name episodes: they go to the caller, never to the log
+            logger.warning("%d unseen category value(s) encoded as all zeros", len(warnings))
         frame = pd.DataFrame(
             out.T, index=pd.Index(ids, name="episode_id", dtype=object), columns=self._columns_
         )

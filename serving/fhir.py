@@ -934,8 +934,8 @@ def fhir_to_patient_records(
     fixed = _as_date(index_date) if index_date is not None else None
     converter = _Converter(_collect(obj))
     records, warnings = converter.run(fixed, today or date.today())
-    for warning in warnings:
-        logger.debug("FHIR input: %s", warning)
+    if warnings:  # they name resources (Patient/<id>): returned to the caller, not logged
+        logger.debug("FHIR input: %d warning(s)", len(warnings))
     return records, warnings
 
 
