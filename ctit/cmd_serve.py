@@ -18,6 +18,7 @@ from rich.text import Text
 
 from data.cohort import load_cohort
 from data.issues import CohortError
+from data.outputs import OutputError, atomic_output
 from serving import fhir
 from serving.model import ModelLoadError
 from serving.records import RecordError, validate_record
@@ -229,11 +230,14 @@ def score(
         answers = _score_records(scorer, records, explain, console)
     for note in notes:
         console.print(Text(f"warning: {note}", style="yellow"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".json":
-        out.write_text(json.dumps(answers, indent=1), encoding="utf-8")
-    else:
-        answers_frame(answers).to_csv(out, index=False)
+    try:
+        with atomic_output(out) as partial:
+            if suffix == ".json":
+                partial.write_text(json.dumps(answers, indent=1), encoding="utf-8")
+            else:
+                answers_frame(answers).to_csv(partial, index=False)
+    except OutputError as exc:
+        _fail(exc.strerror)
     info = scorer.model.info
     console.print(
         f"scored {len(answers)} episode{'s' if len(answers) != 1 else ''} with {info['name']} "

@@ -789,7 +789,7 @@ def simulate_cohort(
     n, n_ep = totals.patients, totals.episodes
     summary = SimulationSummary(
         out_dir=out,
-        files=writer.paths,
+        files={name: out / path.name for name, path in writer.paths.items()},
         n_patients=n,
         n_episodes=n_ep,
         n_lab_rows=totals.lab_rows,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -302,7 +305,11 @@ class CohortWriter:
 
     def __init__(self, out_dir: Path, config: SimulationConfig) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {name: out_dir / f"{name}.csv" for name in TABLES}
+        # Tables grow in a hidden folder and move into place only when the whole cohort is
+        # written: an interrupted run never leaves a smaller cohort that looks complete.
+        self._out_dir = out_dir
+        self._staging = Path(tempfile.mkdtemp(prefix=".simulating-", dir=out_dir))
+        self.paths = {name: self._staging / f"{name}.csv" for name in TABLES}
         self._config = config
         self._epoch = np.datetime64(f"{config.start_year}-01-01")
         ids = sorted(opaque_ids("PT", np.arange(config.n_patients), config.seed, 1))
@@ -326,8 +333,13 @@ class CohortWriter:
     def __enter__(self) -> CohortWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.close()
+        if exc_type is None:
+            for path in self.paths.values():
+                if path.exists():
+                    os.replace(path, self._out_dir / path.name)
+        shutil.rmtree(self._staging, ignore_errors=True)
 
     def close(self) -> None:
         """Flush and close every file."""

@@ -7,6 +7,7 @@ as the test set-up and CI have; elsewhere they are skipped).
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +20,17 @@ from ctit.cli import app
 from data.outputs import OutputError, atomic_output, write_text
 
 runner = CliRunner()
+SERVING_FIXTURES = Path(__file__).resolve().parents[1] / "serving" / "conftest.py"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small saved model, built by the serving tests' own helpers."""
+    spec = importlib.util.spec_from_file_location("serving_fixtures_disk", SERVING_FIXTURES)
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    model = helpers.build_model(*helpers.synthetic_records(80))
+    return model.save(tmp_path_factory.mktemp("model") / "deployable")
 
 
 @pytest.fixture
@@ -66,10 +78,16 @@ def test_atomic_output_keeps_the_previous_file_on_failure(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
 
 
-@pytest.mark.parametrize("command", ["labels", "features"])
-def test_cli_outputs_on_a_full_disk(command: str, cohort_dir: Path, full_disk: Path) -> None:
-    out = full_disk / ("labels.csv" if command == "labels" else "features.csv")
-    result = runner.invoke(app, [command, str(cohort_dir), "--out", str(out)])
+@pytest.mark.parametrize("command", ["labels", "features", "score"])
+def test_cli_outputs_on_a_full_disk(
+    command: str, cohort_dir: Path, full_disk: Path, model_dir: Path
+) -> None:
+    out = full_disk / f"{command}.csv"
+    if command == "score":
+        args = ["score", "--model", str(model_dir), str(cohort_dir), "--out", str(out)]
+    else:
+        args = [command, str(cohort_dir), "--out", str(out)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "no space left on device" in result.output
     assert "Traceback" not in result.output

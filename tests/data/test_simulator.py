@@ -178,3 +178,19 @@ def test_ids_are_unique_and_opaque() -> None:
     assert len(set(ids)) == 100_000
     assert ids[:3] != sorted(ids[:3]) or ids[0][2:] != "000000000000"
     assert opaque_ids("PT", np.arange(5), seed=2, salt=1) != ids[:5]
+
+
+def test_an_interrupted_simulation_leaves_no_cohort_behind(tmp_path: Path) -> None:
+    out = tmp_path / "cohort"
+    interrupted = []
+
+    def interrupt(advance: int, total: int) -> None:
+        written = [p for p in out.glob(".simulating-*/labs.csv") if p.stat().st_size > 0]
+        if written and not interrupted:
+            interrupted.append(written[0])
+            raise KeyboardInterrupt  # Ctrl-C once some patients' rows were already written
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_cohort(SimulationConfig(n_patients=3000, seed=3, workers=1), out, interrupt)
+    assert interrupted, "the run finished before any rows were written"
+    assert sorted(p.name for p in out.iterdir()) == []
