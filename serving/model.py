@@ -705,22 +705,26 @@ class DeployableModel:
         regimens = cohort.regimens
         if regimens is None or len(regimens) == 0:
             return {}
-        names: dict[str, set[str]] = {}
-        for patient_id, drugs in zip(regimens["patient_id"], regimens["drugs"], strict=True):
+        names: dict[str, list[tuple[Any, str]]] = {}
+        for patient_id, start, drugs in zip(
+            regimens["patient_id"], regimens["start_date"], regimens["drugs"], strict=True
+        ):
             if not isinstance(drugs, str):
                 continue
             for drug in drugs.split(";"):
                 drug = drug.strip()
                 if drug and normalise_drug(drug) not in self._known_drugs:
-                    names.setdefault(str(patient_id), set()).add(drug)
+                    names.setdefault(str(patient_id), []).append((start, drug))
         if not names:
             return {}
         out: dict[str, list[dict[str, Any]]] = {}
         episodes = cohort.episodes
-        for episode_id, patient_id in zip(
-            episodes["episode_id"], episodes["patient_id"], strict=True
+        for episode_id, patient_id, index_date in zip(
+            episodes["episode_id"], episodes["patient_id"], episodes["index_date"], strict=True
         ):
-            for drug in sorted(names.get(str(patient_id), ())):
+            # only what the features could have seen: regimens started on or before the index
+            given = {drug for start, drug in names.get(str(patient_id), ()) if start <= index_date}
+            for drug in sorted(given):
                 out.setdefault(str(episode_id), []).append(
                     {
                         "code": "unknown_drug",
