@@ -4,9 +4,17 @@ Routes (included by `serving.app.create_app`):
 
 - `GET /cds-services`: discovery, two services with prefetch templates (`SERVICES`).
 - `POST /cds-services/{id}`: cards. Data come from `prefetch`; a template key that the client did
-  not send is fetched from `fhirServer` with `fhirAuthorization` (httpx); a required key that can
-  be neither read nor fetched gives 412 Precondition Failed. A prefetch value of `null` means the
-  client has no such data (CDS Hooks 2.0), never a fetch.
+  not send is fetched from `fhirServer` with `fhirAuthorization` (httpx), but only when that
+  server is on the allow-list `ServingSettings.cds_fhir_servers` (env `CTIT_CDS_FHIR_SERVERS`);
+  a required key that can be neither read nor fetched gives 412 Precondition Failed. A prefetch
+  value of `null` means the client has no such data (CDS Hooks 2.0), never a fetch.
+
+Fetching is denied by default (the service must not be made to call arbitrary, possibly internal,
+addresses): with an empty allow-list nothing is fetched. A `fhirServer` is allowed when its
+scheme, host and port (default ports normalised) equal those of an allowed base URL and its path
+is that base's path or lies under it at a `/` boundary (`https://ehr.example/fhir` allows
+`https://ehr.example/fhir/r4`, not `https://ehr.example/fhir-other`). Every URL fetched, `next`
+page links included, must lie under the `fhirServer` itself; redirects are never followed.
 - `POST /cds-services/{id}/feedback`: card outcomes, stored in the audit log with the version of
   the model that made the card.
 
@@ -18,8 +26,9 @@ When cards appear:
   patient without CTIT stays quiet.
 
 This router also carries `serving.fhir_api.router` (FHIR Bundle in, RiskAssessments out).
-The scorer and audit log are reached through `request.app.state.scorer` and `.audit`. Optional
-`request.app.state.cds_settings` (`CdsSettings`) limits which FHIR servers may be called.
+The scorer, audit log and settings are reached through `request.app.state.scorer`, `.audit` and
+`.settings` (`ServingSettings`; without it nothing is fetched). Optional
+`request.app.state.cds_settings` (`CdsSettings`) tunes the fetch: timeout, pages, cards remembered.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -52,6 +61,7 @@ from serving.fhir import (
     risk_assessment,
 )
 from serving.records import RecordError
+from serving.settings import ServingSettings, fhir_base_url
 
 if TYPE_CHECKING:
     import httpx
@@ -71,15 +81,13 @@ SUMMARY_MAX = 139
 
 
 class CdsSettings(BaseModel):
-    """Limits of the FHIR fetches made when prefetch data are missing."""
+    """Limits of the FHIR fetches made when prefetch data are missing.
+
+    Which servers may be called is not set here but by `ServingSettings.cds_fhir_servers`.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    allowed_fhir_servers: tuple[str, ...] = Field(
-        (),
-        description="URL prefixes of FHIR servers the service may call; empty allows any "
-        "http(s) server named by the CDS client.",
-    )
     fetch_timeout_s: float = Field(5.0, gt=0, le=60)
     max_pages: int = Field(5, ge=1, le=50, description="Search result pages followed per key.")
     remembered_cards: int = Field(10000, ge=0, description="Cards remembered for feedback.")
@@ -167,6 +175,11 @@ def prefetch_templates() -> dict[str, str]:
 #: Prefetch keys without which no score is made (412 when neither sent nor fetchable).
 REQUIRED_KEYS = ("patient", "labs", "medicationRequests")
 
+FETCH_DISABLED = (
+    "not prefetched, and fetching from the FHIR server is disabled: no FHIR server is allowed "
+    "(set CTIT_CDS_FHIR_SERVERS, ServingSettings.cds_fhir_servers)"
+)
+
 SERVICES: dict[str, dict[str, Any]] = {
     PATIENT_VIEW: {
         "hook": "patient-view",
@@ -209,6 +222,56 @@ def _settings(request: Request) -> CdsSettings:
     return settings if isinstance(settings, CdsSettings) else CdsSettings()
 
 
+def _fhir_servers(request: Request) -> tuple[str, ...]:
+    """The allowed FHIR base URLs; none (nothing is fetched) when the app has no settings."""
+    settings = getattr(request.app.state, "settings", None)
+    return settings.cds_fhir_servers if isinstance(settings, ServingSettings) else ()
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL without user info, default ports filled in."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        return None
+    return scheme, parts.hostname.lower(), port or {"http": 80, "https": 443}[scheme]
+
+
+def within(url: str, base: str) -> bool:
+    """Whether `url` is `base` or lies under it: same scheme, host and port (default ports
+    normalised), and a path equal to the base's path or below it at a `/` boundary.
+
+    A path with `.` or `..` segments (also percent-encoded) never matches: it could climb out.
+    """
+    origin = _origin(url)
+    if origin is None or origin != _origin(base):
+        return False
+    path = urlsplit(url).path
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        return False
+    root = urlsplit(base).path.rstrip("/")
+    path = path.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+def allowed_fhir_server(server: str, allowed: tuple[str, ...]) -> str:
+    """`server` in normal form (see `serving.settings.fhir_base_url`) when it lies within one of
+    the `allowed` base URLs; ValueError saying why not otherwise."""
+    try:
+        base = fhir_base_url(server)
+    except ValueError as exc:
+        raise ValueError(f"fhirServer {exc}") from None
+    if not any(within(base, entry) for entry in allowed):
+        raise ValueError(
+            f"fhirServer {server!r} is not an allowed FHIR server (see CTIT_CDS_FHIR_SERVERS)"
+        )
+    return base
+
+
 def _render(template: str, context: Mapping[str, Any]) -> str:
     out = template
     for key, value in context.items():
@@ -230,19 +293,29 @@ async def _fetch(
 ) -> tuple[list[dict[str, Any]], bool]:
     """GET one read or search, following `next` links up to `max_pages`.
 
+    Every URL fetched must lie within `base` (see `within`); a `next` link elsewhere is refused
+    before it is called, and a redirect is an error, never followed.
+
     Returns the pages and whether pages were left unread; raises ValueError with the reason.
     """
+    import httpx  # imported where used: only the fetch fallback needs it
+
     url: str | None = f"{base.rstrip('/')}/{path}"
     out: list[dict[str, Any]] = []
     for _ in range(settings.max_pages):
         if url is None:
             break
-        import httpx  # imported where used: only the fetch fallback needs it
-
+        if not within(url, base):
+            log.warning("CDS fetch refused: a next link leads outside the FHIR server %s", base)
+            raise ValueError(f"a next link points away from the FHIR server {base}; not followed")
         try:
             response = await client.get(url)
         except httpx.HTTPError as exc:
             raise ValueError(f"{type(exc).__name__} calling the FHIR server") from None
+        if response.is_redirect or 300 <= response.status_code < 400:
+            raise ValueError(
+                f"FHIR server answered HTTP {response.status_code} (redirects are not followed)"
+            )
         if response.status_code >= 400:
             raise ValueError(f"FHIR server answered HTTP {response.status_code}")
         try:
@@ -253,28 +326,38 @@ async def _fetch(
         url = None
         if isinstance(body, dict) and body.get("resourceType") == "Bundle":
             for link in body.get("link") or []:
-                if link.get("relation") == "next" and isinstance(link.get("url"), str):
+                if (
+                    isinstance(link, dict)
+                    and link.get("relation") == "next"
+                    and isinstance(link.get("url"), str)
+                ):
                     url = link["url"]
-                    if not _same_server(url, base):
-                        raise ValueError("a next link points away from the FHIR server")
     return out, url is not None
 
 
-def _same_server(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+def _fetch_refusal(body: CdsRequest, fhir_servers: tuple[str, ...]) -> tuple[str, str]:
+    """(why missing keys cannot be fetched, "") or ("", the `fhirServer` base URL to fetch from)."""
+    if not fhir_servers:
+        return FETCH_DISABLED, ""
+    if body.fhirServer is None or body.fhirAuthorization is None:
+        return "not prefetched and no fhirServer/fhirAuthorization given", ""
+    try:
+        base = allowed_fhir_server(body.fhirServer, fhir_servers)
+    except ValueError as exc:
+        log.warning("CDS fetch refused: fhirServer %r is not allowed", body.fhirServer)
+        return str(exc), ""
+    if importlib.util.find_spec("httpx") is None:
+        return "httpx is not installed, so the FHIR server cannot be called", ""
+    return "", base
 
 
-def _server_allowed(server: str, settings: CdsSettings) -> bool:
-    if urlsplit(server).scheme not in ("http", "https"):
-        return False
-    return not settings.allowed_fhir_servers or any(
-        server.startswith(prefix) for prefix in settings.allowed_fhir_servers
-    )
-
-
-async def gather(body: CdsRequest, settings: CdsSettings) -> tuple[list[dict], list[str]]:
+async def gather(
+    body: CdsRequest, settings: CdsSettings, fhir_servers: tuple[str, ...] = ()
+) -> tuple[list[dict], list[str]]:
     """Every resource of the prefetch (fetched where missing) and notes about what is missing.
+
+    Missing keys are fetched only from a `fhirServer` within one of `fhir_servers`; with none,
+    nothing is fetched.
 
     Raises:
         PreconditionFailed: a required key was not sent and could not be fetched.
@@ -289,19 +372,10 @@ async def gather(body: CdsRequest, settings: CdsSettings) -> tuple[list[dict], l
             resources += _resources(prefetch[key])
     if not missing:
         return resources, notes
-    reasons: dict[str, str] = {}
-    server, auth = body.fhirServer, body.fhirAuthorization
-    if server is None or auth is None:
-        reasons = {
-            key: "not prefetched and no fhirServer/fhirAuthorization given" for key in missing
-        }
-    elif not _server_allowed(server, settings):
-        reasons = {key: f"fhirServer {server!r} is not an allowed FHIR server" for key in missing}
-    elif importlib.util.find_spec("httpx") is None:
-        reasons = {
-            key: "httpx is not installed, so the FHIR server cannot be called" for key in missing
-        }
-    else:
+    refusal, base = _fetch_refusal(body, fhir_servers)
+    reasons = dict.fromkeys(missing, refusal) if refusal else {}
+    auth = body.fhirAuthorization
+    if not refusal and auth is not None:
         import httpx
 
         headers = {
@@ -314,7 +388,7 @@ async def gather(body: CdsRequest, settings: CdsSettings) -> tuple[list[dict], l
             for key in missing:
                 path = _render(templates[key], body.context)
                 try:
-                    pages, truncated = await _fetch(client, server, path, settings)
+                    pages, truncated = await _fetch(client, base, path, settings)
                 except ValueError as exc:
                     reasons[key] = str(exc)
                     continue
@@ -325,10 +399,14 @@ async def gather(body: CdsRequest, settings: CdsSettings) -> tuple[list[dict], l
                         f"{key}: only the first {settings.max_pages} result pages were read "
                         "(the most recent data first)"
                     )
-    required = [key for key in REQUIRED_KEYS if key in reasons]
+    required: dict[str, list[str]] = {}
+    for key in REQUIRED_KEYS:
+        if key in reasons:
+            required.setdefault(reasons[key], []).append(key)
     if required:
         raise PreconditionFailed(
-            "required data missing: " + "; ".join(f"{key} ({reasons[key]})" for key in required)
+            "required data missing: "
+            + "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in required.items())
         )
     notes += [
         f"{key} not available ({reason}); scored without it" for key, reason in reasons.items()
@@ -536,7 +614,7 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
         index_date = _draft_index_date(drafts, notes)
     settings = _settings(request)
     try:
-        resources, missing = await gather(body, settings)
+        resources, missing = await gather(body, settings, _fhir_servers(request))
     except PreconditionFailed as exc:
         raise HTTPException(412, str(exc)) from None
     try:

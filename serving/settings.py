@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 MIB = 1024 * 1024
 
@@ -19,7 +20,41 @@ ENVIRONMENT = {
     "CTIT_MAX_BODY_BYTES": "max_body_bytes",
     "CTIT_MAX_BATCH_BYTES": "max_batch_bytes",
     "CTIT_MAX_BATCH_RECORDS": "max_batch_records",
+    "CTIT_CDS_FHIR_SERVERS": "cds_fhir_servers",
 }
+
+
+def fhir_base_url(url: str) -> str:
+    """`url` as a FHIR server base URL in normal form, or ValueError saying what is wrong.
+
+    Normal form: scheme and host in lower case, no default port, no trailing slash. Refused: a
+    scheme other than http/https, no host, a bad port, user info, a query or a fragment, and
+    `.`/`..` path segments (a base must name one place, not a way around the allow-list).
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{url!r} carries user info; give the bare base URL")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ValueError(f"{url!r} has a query or fragment; give the bare base URL")
+    path = parts.path.rstrip("/")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError(f"{url!r} has '.' or '..' path segments")
+    host = parts.hostname.lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, path, "", ""))
 
 
 class ScoringOptions(BaseModel):
@@ -66,6 +101,25 @@ class ServingSettings(BaseModel):
     max_batch_bytes: int = Field(32 * MIB, ge=1024, description="Largest body of a batch call.")
     max_batch_records: int = Field(1000, ge=1, description="Most patient records in one batch.")
     scoring: ScoringOptions = ScoringOptions()
+    cds_fhir_servers: tuple[str, ...] = Field(
+        (),
+        description="Base URLs of the FHIR servers the CDS Hooks service may fetch missing "
+        "prefetch data from (env CTIT_CDS_FHIR_SERVERS, comma-separated). A hook's fhirServer "
+        "must match one exactly in scheme, host and port, with a path at or under its path. "
+        "Empty (the default): nothing is ever fetched.",
+    )
+
+    @field_validator("cds_fhir_servers", mode="before")
+    @classmethod
+    def _split_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("cds_fhir_servers")
+    @classmethod
+    def _check_servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(fhir_base_url(url) for url in value))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **values: Any) -> ServingSettings:

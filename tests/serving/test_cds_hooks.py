@@ -1,5 +1,7 @@
 """CDS Hooks 2.0 service: discovery, cards, prefetch or fetch from a loopback FHIR server, 412,
-feedback in the audit log. Bodies are checked against models of the 2.0 specification's shapes."""
+feedback in the audit log; the FHIR-server allow-list (deny by default, exact origin, path at a
+segment boundary, paging links and redirects kept on the server). Bodies are checked against
+models of the 2.0 specification's shapes."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pydantic import AnyUrl, BaseModel, ConfigDict, Field, model_validator
 
 from serving.app import create_app
 from serving.audit import AuditLog
-from serving.cds_hooks import ORDER_SELECT, PATIENT_VIEW, CdsSettings
+from serving.cds_hooks import ORDER_SELECT, PATIENT_VIEW, CdsSettings, allowed_fhir_server
 from serving.fhir import fhir_to_patient_records
 from serving.settings import ServingSettings
 
@@ -31,6 +33,13 @@ MIXED = ROOT / "fixtures" / "fhir" / "handwritten" / "mixed-units.json"
 CAREBUNDLE = ROOT / "fixtures" / "fhir" / "carebundle" / "anaemia-7-0000.json"
 PATIENT = "pt-17"
 TOKEN = "secret-access-token"
+AUTH = {
+    "access_token": TOKEN,
+    "token_type": "Bearer",
+    "expires_in": 300,
+    "scope": "patient/*.read",
+    "subject": "cds-service",
+}
 
 
 # --------------------------------------------------------------------------- CDS Hooks 2.0 shapes
@@ -225,11 +234,19 @@ def _request(hook: str, prefetch: dict[str, Any] | None, **extra: Any) -> dict[s
 class FhirServer:
     """A tiny FHIR server on 127.0.0.1: reads and patient searches (with `code` filters) over a
     list of resources, three entries per page (to exercise `next` links); records every request
-    it receives."""
+    it receives. `next_base` puts the `next` links on another base URL; `redirect` answers every
+    Observation search with a 302 to that URL."""
 
-    def __init__(self, resources: list[dict[str, Any]], fail: set[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        resources: list[dict[str, Any]],
+        fail: set[str] = frozenset(),
+        next_base: str | None = None,
+        redirect: str | None = None,
+    ) -> None:
         self.resources = resources
         self.fail = set(fail)
+        self.redirect = redirect
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -239,6 +256,8 @@ class FhirServer:
                 status, body = server.answer(self.path, self.headers.get("Authorization"))
                 data = json.dumps(body).encode("utf-8")
                 self.send_response(status)
+                if status == 302:
+                    self.send_header("Location", str(server.redirect))
                 self.send_header("Content-Type", "application/fhir+json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -248,7 +267,9 @@ class FhirServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_port}/fhir"
+        self.port = self.httpd.server_port
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.next_base = next_base or self.base
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
@@ -258,6 +279,8 @@ class FhirServer:
         kind = parts.path.removeprefix("/fhir/")
         if kind.split("/")[0] in self.fail:
             return 500, {"resourceType": "OperationOutcome"}
+        if self.redirect is not None and kind == "Observation":
+            return 302, {"resourceType": "OperationOutcome"}
         if "/" in kind:
             kind, rid = kind.split("/", 1)
             found = [r for r in self.resources if r["resourceType"] == kind and r["id"] == rid]
@@ -284,7 +307,7 @@ class FhirServer:
         if page * 3 < len(matches):
             rest = "&".join(f"{k}={v[0]}" for k, v in query.items() if k != "page")
             bundle["link"] = [
-                {"relation": "next", "url": f"{self.base}/{kind}?{rest}&page={page + 1}"}
+                {"relation": "next", "url": f"{self.next_base}/{kind}?{rest}&page={page + 1}"}
             ]
         return 200, bundle
 
@@ -314,6 +337,14 @@ def client(scorer, audit: AuditLog, tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(settings, scorer=scorer, audit=audit)
     with TestClient(app) as test_client:
         yield test_client
+
+
+def allow(client: TestClient, *servers: str) -> None:
+    """Put `servers` on the app's FHIR-server allow-list (ServingSettings.cds_fhir_servers)."""
+    settings: ServingSettings = client.app.state.settings
+    client.app.state.settings = ServingSettings.model_validate(
+        {**settings.model_dump(), "cds_fhir_servers": servers}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -407,6 +438,7 @@ def test_patient_view_card_only_for_ctit(client: TestClient, scorer) -> None:
 
 
 def test_missing_prefetch_without_fhir_server_is_412(client: TestClient) -> None:
+    allow(client, "https://ehr.example/fhir")
     prefetch = _prefetch(_resources())
     del prefetch["labs"], prefetch["conditions"]
     response = client.post(f"/cds-services/{ORDER_SELECT}", json=_request("order-select", prefetch))
@@ -424,17 +456,36 @@ def test_null_prefetch_means_no_data_not_a_fetch(client: TestClient) -> None:
     assert "no coded condition for bone_mets, liver_mets, marrow_involvement" in detail
 
 
+# --------------------------------------------------------------------------- fetching
+
+
+def test_fetching_is_disabled_by_default(client: TestClient) -> None:
+    assert client.app.state.settings.cds_fhir_servers == ()
+    resources = _resources()
+    with FhirServer(resources) as server:
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+        assert response.status_code == 412
+        detail = response.json()["detail"]
+        assert detail.startswith("required data missing: patient, labs, medicationRequests (")
+        assert "fetching from the FHIR server is disabled" in detail
+        assert "CTIT_CDS_FHIR_SERVERS" in detail
+        # only optional keys missing: a card that says what is missing, still no call
+        prefetch = _prefetch(resources)
+        del prefetch["conditions"]
+        body = _request("order-select", prefetch, fhirServer=server.base, fhirAuthorization=AUTH)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+        assert response.status_code == 200
+        card_detail = response.json()["cards"][0]["detail"]
+        assert "conditions not available (not prefetched, and fetching" in card_detail
+    assert server.requests == []
+
+
 def test_missing_prefetch_is_fetched_from_the_fhir_server(client: TestClient, scorer) -> None:
     resources = [r for r in _resources() if r.get("id") != "mr-hetrombopag"]
     with FhirServer(resources) as server:
-        auth = {
-            "access_token": TOKEN,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        }
-        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        allow(client, "https://ehr.example/fhir", server.base)
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 200, response.text
     card = SpecResponse.model_validate(response.json()).cards[0]
@@ -450,38 +501,36 @@ def test_missing_prefetch_is_fetched_from_the_fhir_server(client: TestClient, sc
     assert re.search(r"Observation/plt-3", json.dumps(assessment["basis"]))
 
 
+def test_a_server_below_the_allowed_path_is_fetched_from(client: TestClient) -> None:
+    with FhirServer(_resources()) as server:
+        allow(client, f"http://127.0.0.1:{server.port}/")  # the whole server, written with a /
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 200, response.text
+    assert f"/fhir/Patient/{PATIENT}" in [path for path, _ in server.requests]
+
+
 def test_pages_left_unread_are_noted_on_the_card(client: TestClient) -> None:
     client.app.state.cds_settings = CdsSettings(max_pages=1)
     with FhirServer(_resources()) as server:
-        auth = {
-            "access_token": TOKEN,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        }
-        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        allow(client, server.base)
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 200
     assert "labs: only the first 1 result pages were read" in response.json()["cards"][0]["detail"]
 
 
 def test_unreachable_required_data_is_412_and_optional_data_a_note(client: TestClient) -> None:
-    auth = {
-        "access_token": TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "cds-service",
-    }
     resources = _resources()
     with FhirServer(resources, fail={"Observation"}) as server:
-        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        allow(client, server.base)
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 412
     assert "labs (FHIR server answered HTTP 500)" in response.json()["detail"]
     with FhirServer(resources, fail={"Condition"}) as server:
-        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        allow(client, server.base)
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 200
     assert (
@@ -491,20 +540,172 @@ def test_unreachable_required_data_is_412_and_optional_data_a_note(client: TestC
 
 
 def test_fhir_server_outside_the_allowed_list_is_not_called(client: TestClient) -> None:
-    client.app.state.cds_settings = CdsSettings(allowed_fhir_servers=("https://ehr.example/",))
     with FhirServer(_resources()) as server:
-        auth = {
-            "access_token": TOKEN,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        }
-        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=auth)
+        allowed = server.base
+        port = server.port
+        refused = [
+            f"http://localhost:{port}/fhir",  # same machine, another host name
+            f"http://127.0.0.1:{port}/fhir-other",  # not at a path-segment boundary
+            f"http://127.0.0.1:{port}/",  # above the allowed path
+            f"http://127.0.0.1:{port}/fhir/../admin",  # climbs out of the allowed path
+            f"http://127.0.0.1:{port}/fhir/%2e%2e/admin",
+            f"http://127.0.0.1:{port}@localhost:{port}/fhir",  # user info hides the host
+            f"https://127.0.0.1:{port}/fhir",  # another scheme
+            "https://ehr.example.evil.com/fhir",
+        ]
+        allow(client, allowed)
+        for fhir_server in refused:
+            body = _request("order-select", None, fhirServer=fhir_server, fhirAuthorization=AUTH)
+            response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+            assert response.status_code == 412, fhir_server
+            assert "fhirServer" in response.json()["detail"], fhir_server
+        allow(client, "https://ehr.example/fhir")
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+        assert response.status_code == 412
+        assert "not an allowed FHIR server" in response.json()["detail"]
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("fhir_server", "allowed"),
+    [
+        ("https://ehr.example", True),
+        ("https://ehr.example/", True),
+        ("HTTPS://EHR.example:443/", True),
+        ("https://ehr.example/fhir/r4", True),
+        ("https://ehr.example.evil.com", False),
+        ("https://ehr.example:8443", False),
+        ("http://ehr.example", False),
+        ("https://evil.example/ehr.example", False),
+        ("https://ehr.example@evil.example", False),
+        ("https://ehr.example/fhir?x=1", False),
+        ("ftp://ehr.example", False),
+    ],
+)
+def test_allowed_fhir_server_matches_the_origin_exactly(fhir_server: str, allowed: bool) -> None:
+    if allowed:
+        assert allowed_fhir_server(fhir_server, ("https://ehr.example",)).startswith(
+            "https://ehr.example"
+        )
+    else:
+        with pytest.raises(ValueError, match="fhirServer"):
+            allowed_fhir_server(fhir_server, ("https://ehr.example",))
+
+
+@pytest.mark.parametrize(
+    ("fhir_server", "allowed"),
+    [
+        ("https://ehr.example/fhir", True),
+        ("https://ehr.example/fhir/", True),
+        ("https://ehr.example:443/fhir/r4", True),
+        ("https://ehr.example/fhir-other", False),
+        ("https://ehr.example/fhirx/r4", False),
+        ("https://ehr.example/", False),
+        ("https://ehr.example/other/fhir", False),
+        ("https://ehr.example/fhir/../admin", False),
+        ("https://ehr.example:8443/fhir", False),
+        ("http://ehr.example/fhir", False),
+    ],
+)
+def test_allowed_path_ends_at_a_segment_boundary(fhir_server: str, allowed: bool) -> None:
+    servers = ("https://ehr.example/fhir", "http://ehr.example:8080/fhir")
+    if allowed:
+        assert allowed_fhir_server(fhir_server, servers) == fhir_server.replace(":443", "").rstrip(
+            "/"
+        )
+    else:
+        with pytest.raises(ValueError, match="fhirServer"):
+            allowed_fhir_server(fhir_server, servers)
+
+
+def test_default_ports_are_normalised_both_ways() -> None:
+    assert allowed_fhir_server("http://ehr.example/fhir", ("http://ehr.example:80/fhir",))
+    assert allowed_fhir_server("https://ehr.example:443/fhir", ("https://ehr.example/fhir",))
+    with pytest.raises(ValueError, match="not an allowed"):
+        allowed_fhir_server("http://ehr.example:443/fhir", ("https://ehr.example/fhir",))
+
+
+def test_next_link_to_another_host_is_not_followed(client: TestClient) -> None:
+    resources = _resources()
+    with (
+        FhirServer(resources) as elsewhere,
+        FhirServer(resources, next_base=elsewhere.base) as server,
+    ):
+        allow(client, server.base, elsewhere.base)  # even when both are allowed
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 412
-    assert "not an allowed FHIR server" in response.json()["detail"]
-    assert server.requests == []
+    detail = response.json()["detail"]
+    assert "labs (a next link points away from the FHIR server" in detail
+    assert elsewhere.requests == []
+    assert not any("page=2" in path for path, _ in server.requests)
+    assert f"/fhir/Patient/{PATIENT}" in [path for path, _ in server.requests]
+
+
+def test_next_link_under_another_host_name_of_the_same_server_is_not_followed(
+    client: TestClient,
+) -> None:
+    server = FhirServer(_resources())
+    server.next_base = f"http://localhost:{server.port}/fhir"  # the same socket, another name
+    with server:
+        allow(client, server.base)
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 412
+    assert "a next link points away from the FHIR server" in response.json()["detail"]
+    assert not any("page=2" in path for path, _ in server.requests)
+
+
+def test_redirect_is_not_followed(client: TestClient) -> None:
+    resources = _resources()
+    with (
+        FhirServer(resources) as elsewhere,
+        FhirServer(resources, redirect=f"{elsewhere.base}/Observation") as server,
+    ):
+        allow(client, server.base, elsewhere.base)
+        body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
+        response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
+    assert response.status_code == 412
+    assert (
+        "labs (FHIR server answered HTTP 302 (redirects are not followed))"
+        in (response.json()["detail"])
+    )
+    assert elsewhere.requests == []
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_fhir_servers_are_read_from_the_environment_and_normalised() -> None:
+    env = {"CTIT_CDS_FHIR_SERVERS": " HTTPS://EHR.example:443/fhir/ ,http://10.1.2.3:8080/r4,"}
+    settings = ServingSettings.from_env(env, model_uri="m")
+    assert settings.cds_fhir_servers == ("https://ehr.example/fhir", "http://10.1.2.3:8080/r4")
+    assert ServingSettings(model_uri="m").cds_fhir_servers == ()
+    assert (
+        ServingSettings.from_env({"CTIT_CDS_FHIR_SERVERS": ""}, model_uri="m").cds_fhir_servers
+        == ()
+    )
+    # `ctit serve --workers N` hands settings to its workers as JSON
+    again = ServingSettings.model_validate_json(json.dumps(settings.model_dump(mode="json")))
+    assert again.cds_fhir_servers == settings.cds_fhir_servers
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("ftp://ehr.example/fhir", "is not an http\\(s\\) URL"),
+        ("ehr.example/fhir", "is not an http\\(s\\) URL"),
+        ("https:///fhir", "has no host"),
+        ("https://ehr.example:99999/fhir", "is not a valid URL"),
+        ("https://user:pw@ehr.example/fhir", "carries user info"),
+        ("https://ehr.example/fhir?_format=json", "has a query or fragment"),
+        ("https://ehr.example/fhir/../admin", "'..' path segments"),
+    ],
+)
+def test_bad_fhir_server_settings_are_refused(value: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"cds_fhir_servers(.|\\n)*{reason}"):
+        ServingSettings.from_env({"CTIT_CDS_FHIR_SERVERS": value}, model_uri="m")
 
 
 def test_wrong_hook_and_unknown_service(client: TestClient) -> None:
