@@ -131,8 +131,21 @@ def cohort_dir(tmp_path: Path) -> Path:
     return write_tables(make_tables(), tmp_path / "cohort")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stray_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Code that falls back to MLflow's default store writes to a temporary one, never the repo."""
+    store = tmp_path_factory.mktemp("mlflow-default") / "mlflow.db"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    yield
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(autouse=True)
-def _isolate_process_globals() -> Iterator[None]:
+def _isolate_process_globals(_stray_mlflow_store: None) -> Iterator[None]:
     """Undo what in-process CLI runs leave behind: MLflow's process-wide URIs and env variables.
 
     `ctit train` and friends set the tracking URI for their process, as a command should; under

@@ -123,7 +123,7 @@ def test_server_killed_mid_run_leaves_no_registered_version(
 
     restarted = MlflowServer(tmp_path, port)  # the same store, back up
     try:
-        client = MlflowClient(tracking_uri=restarted.url)
+        client = MlflowClient(tracking_uri=restarted.url, registry_uri=restarted.url)
         assert client.search_registered_models() == [] or all(
             not client.search_model_versions(f"name='{m.name}'")
             for m in client.search_registered_models()
