@@ -126,10 +126,11 @@ def in_process(scorer: Scorer, record: dict, n: int, warmup: int = 20) -> dict[s
 
     The stages are timed as a request meets them: in sequence, on fresh objects, alternating
     with the timed `score` calls. Timing each stage alone in a tight loop on one reused cohort
-    reads 35-50% low: the loop keeps the model's trees and the code in the CPU caches, and
-    pandas caches the columns of a reused frame (about 0.5 ms of the feature pipeline), so
-    the stages seemed to leave 2.3 ms of `score` unaccounted for. `not in stages` is what
-    `score` spends outside them (its own checks, warnings filed per record, answer assembly).
+    read a third low in all (15-75% per stage): the loop keeps the model's trees and the code
+    in the CPU caches, and pandas caches the columns of a reused frame (about 0.5 ms of the
+    feature pipeline), so the stages seemed to leave 2.3 ms of `score` unaccounted for.
+    `not in stages` is what `score` spends outside them (its own checks, warnings filed per
+    record, answer assembly).
     """
     model = scorer.model
     options = scorer.options
