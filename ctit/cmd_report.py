@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+from ctit.options import TrackingUri
+from ctit.options import tracking_uri as resolve_tracking_uri
 
 
 def _fail(console: Console, message: str, code: int) -> typer.Exit:
@@ -31,13 +31,7 @@ def register(app: typer.Typer) -> None:
         run: Annotated[
             str | None, typer.Option("--run", help="MLflow run id of a `ctit train` run.")
         ] = None,
-        tracking_uri: Annotated[
-            str | None,
-            typer.Option(
-                "--tracking-uri",
-                help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db).",
-            ),
-        ] = None,
+        tracking_uri: TrackingUri = None,
     ) -> None:
         """Write the self-contained reviewer report (SHAP, evidence, TRIPOD+AI map) of a model."""
         from training.report import ReportError, write_report
@@ -46,7 +40,7 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         if (model is None) == (run is None):
             raise _fail(console, "give exactly one of --model or --run", 2)
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        uri = resolve_tracking_uri(tracking_uri)
         try:
             run_id = run if run is not None else run_id_of_model(model, uri)
             result = load_train_result(run_id, uri)

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from ctit.options import TrackingUri
+from ctit.options import tracking_uri as resolve_tracking_uri
 from data.cohort import load_cohort
 from data.issues import CohortError
 from data.outputs import OutputError, atomic_output
@@ -38,21 +40,11 @@ ModelUri = Annotated[
         help="Model: models:/name@alias, models:/name/1, runs:/<id>/<path> or a local directory.",
     ),
 ]
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(
-        "--tracking-uri",
-        help="MLflow store of models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlruns.db).",
-    ),
-]
 
 
 def _use_tracking_uri(tracking_uri: str | None) -> None:
     """Point MLflow (and any server worker process, through the environment) at the store."""
-    os.environ["MLFLOW_TRACKING_URI"] = (
-        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
-    )
+    os.environ["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(tracking_uri)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,11 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ctit.options import TrackingUri
+from ctit.options import tracking_uri as resolve_tracking_uri
+
 if TYPE_CHECKING:
     from data.cohort import Cohort
     from training.config import ExperimentConfig
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 METRIC_ROWS = (
     ("auroc", "AUROC", 3),
     ("auprc", "AUPRC", 3),
@@ -32,11 +33,6 @@ METRIC_ROWS = (
     ("npv", "NPV", 3),
 )
 MODEL_COLUMNS = (("xgboost", "XGBoost"), ("logreg", "Logistic"), ("plt_baseline", "Baseline PLT"))
-
-
-def _tracking_uri(option: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
-    return option or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _fail(console: Console, message: str, code: int = 1) -> typer.Exit:
@@ -76,13 +72,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--cohort", help="Cohort directory (overrides the experiment's)."),
         ] = None,
-        tracking_uri: Annotated[
-            str | None,
-            typer.Option(
-                "--tracking-uri",
-                help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db).",
-            ),
-        ] = None,
+        tracking_uri: TrackingUri = None,
         registered_model: Annotated[
             str | None,
             typer.Option("--registered-model", help="Registered model name (default from TOML)."),
@@ -102,12 +92,12 @@ def register(app: typer.Typer) -> None:
         except ExperimentError as error:
             raise _fail(console, str(error), 2) from None
         try:
-            check_tracking_store(_tracking_uri(tracking_uri))
+            check_tracking_store(resolve_tracking_uri(tracking_uri))
         except TrackingError as error:
             raise _fail(console, str(error), 2) from None
         text = experiment.read_text(encoding="utf-8")
         settings = TrackingSettings(
-            tracking_uri=_tracking_uri(tracking_uri),
+            tracking_uri=resolve_tracking_uri(tracking_uri),
             experiment_name=config.tracking.experiment_name,
             registered_model=registered_model or config.tracking.registered_model,
             run_name=config.tracking.run_name or config.name,
@@ -169,13 +159,7 @@ def register(app: typer.Typer) -> None:
     @app.command("promote")
     def promote(
         name: Annotated[str, typer.Argument(help="Registered model name.")] = "ctit-response",
-        tracking_uri: Annotated[
-            str | None,
-            typer.Option(
-                "--tracking-uri",
-                help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db).",
-            ),
-        ] = None,
+        tracking_uri: TrackingUri = None,
         allow_new_data: Annotated[
             bool,
             typer.Option(
@@ -198,7 +182,7 @@ def register(app: typer.Typer) -> None:
         from training.promote import promote as run_promotion
 
         console = Console()
-        mlflow.set_tracking_uri(_tracking_uri(tracking_uri))
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
         try:
             decision = run_promotion(name, MlflowClient(), allow_new_data=allow_new_data)
         except PromotionError as error:
