@@ -22,6 +22,7 @@ from serving.model import Calibrator, DeployableModel, RiskBands, summarise_refe
 from training import evaluation, plots, tables
 from training.config import ExperimentConfig, ExperimentError
 from training.crossval import CVOutput, cross_validate
+from training.metrics import calibration_intercept, calibration_slope
 from training.result import TrainResult
 from training.sample_size import assess_sample_size
 from training.tracking import RunHandle, TrackingSettings, data_fingerprint, tracked_run
@@ -144,11 +145,6 @@ def fit_experiment(
     )
 
     progress("final model", 0, 1)
-    if observer is not None:
-        observer("calibrator_final", _positions(ids, cv.oof["episode_id"]))
-    calibrator = Calibrator(method=config.calibration.method).fit(
-        cv.oof["p_xgb_raw"].to_numpy(), cv.oof["y"].to_numpy()
-    )
     final = fit_final(
         X.to_numpy(),
         y.to_numpy(),
@@ -157,6 +153,15 @@ def fit_experiment(
         monotone_vector(list(X.columns), monotone) if monotone else None,
         config.validation.seed,
         observer=observer,
+    )
+    # The deployed calibrator describes the deployed configuration: it is fitted on the final
+    # configuration's inner out-of-fold predictions, not on the fold models' (other settings).
+    y_final = y.to_numpy()[final.inner_valid]
+    if observer is not None:
+        observer("calibrator_final", final.inner_valid)
+    calibrator = Calibrator(method=config.calibration.method).fit(final.p_inner_valid, y_final)
+    final_calibration = _final_calibration_evidence(
+        final.p_inner_valid, calibrator, y_final, config.calibration.method
     )
     progress("final model", 1, 1)
 
@@ -216,6 +221,8 @@ def fit_experiment(
         ],
         "calibration": config.calibration.method,
         "oof_calibration": "each fold's calibrator is fitted on its inner-validation split",
+        "final_calibration": "the deployed calibrator is fitted on the final configuration's "
+        "patient-grouped inner 3-fold out-of-fold predictions",
     }
     result = TrainResult(
         config=config.model_dump(mode="json"),
@@ -237,13 +244,34 @@ def fit_experiment(
         monotone_constraints=monotone,
         data_fingerprint=fingerprint or data_fingerprint(cohort),
         validation=validation,
-        tuning={"folds": cv.tuning, "final": {**final.params, "n_rounds": final.n_rounds}},
+        tuning={
+            "folds": cv.tuning,
+            "final": {**final.params, "n_rounds": final.n_rounds},
+            "final_calibrator": final_calibration,
+        },
     )
     return result, cv
 
 
-def _positions(ids: pd.Index, episode_ids: pd.Series) -> np.ndarray:
-    return ids.get_indexer(pd.Index(episode_ids.unique()))
+def _final_calibration_evidence(
+    p_raw: np.ndarray, calibrator: Calibrator, y: np.ndarray, method: str
+) -> dict[str, Any]:
+    """Calibration of the final configuration's inner out-of-fold predictions, before and after
+    the deployed calibrator (after: in sample, as the calibrator is fitted on these predictions)."""
+    p_cal = np.asarray(calibrator.transform(p_raw), dtype=float)
+
+    def summary(p: np.ndarray) -> dict[str, float]:
+        return {
+            "calibration_slope": float(calibration_slope(y, p)[0]),
+            "calibration_intercept": float(calibration_intercept(y, p)[0]),
+        }
+
+    return {
+        "method": method,
+        "n_episodes": int(len(y)),
+        "raw": summary(np.asarray(p_raw, dtype=float)),
+        "calibrated": summary(p_cal),
+    }
 
 
 def _feature_config(config: ExperimentConfig) -> FeatureConfig:
@@ -306,6 +334,10 @@ def log_result(
         "data.events_per_predictor": ss.get("events_per_predictor"),
         "data.riley_minimum_n": ss.get("riley", {}).get("minimum_n"),
     }
+    final_cal = (result.tuning or {}).get("final_calibrator") or {}
+    for stage in ("raw", "calibrated"):
+        for name, value in (final_cal.get(stage) or {}).items():
+            extra[f"final_inner_oof.{stage}.{name}"] = value
     run.log_metrics(result.metrics, extra)
     progress("tracking", 1, steps)
     with tempfile.TemporaryDirectory(prefix="ctit-train-") as tmp:

@@ -41,8 +41,10 @@ class FoldFit:
     params: dict[str, Any]
     n_rounds: int
     inner_valid: np.ndarray  # positions (within the fold) used for early stopping and calibration
-    p_inner_valid: np.ndarray
+    p_inner_valid: np.ndarray  # out-of-sample raw predictions at `inner_valid`, for the calibrator
     trials: list[dict[str, Any]] = field(default_factory=list)
+    # fit_final only: the inner fold whose held-out split each position of `inner_valid` is in
+    inner_fold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
 
 
 def sample_candidates(space: SearchSpace, n_trials: int, seed: int) -> list[dict[str, Any]]:
@@ -148,6 +150,11 @@ def fit_final(
     Each candidate is scored by its mean inner-validation log loss at the round where that mean is
     best (xgboost.cv with our grouped folds); the refit uses those rounds unscaled, since more
     rounds on more rows made the final model overconfident on fresh cohorts.
+
+    The chosen configuration (settings and rounds) is then trained on each inner training split
+    and predicts its held-out split, so every episode gets one raw prediction from a model of the
+    deployed configuration that never saw its patient: `inner_valid` (all positions),
+    `p_inner_valid` and `inner_fold` carry them, for the deployed calibrator.
     """
     if observer is not None:
         observer("xgb_final", np.arange(len(y)))
@@ -176,5 +183,34 @@ def fit_final(
             best = (score, n_rounds, params)
     assert best is not None
     _, n_rounds, params = best
+    p_oof, inner_fold = _inner_oof(X, y, groups, folds, params, n_rounds, config.n_jobs, observer)
     booster = xgb.train(params, dall, num_boost_round=n_rounds)
-    return FoldFit(booster, params, n_rounds, np.arange(0), np.zeros(0), trials)
+    return FoldFit(
+        booster, params, n_rounds, np.arange(len(y)), p_oof, trials, inner_fold=inner_fold
+    )
+
+
+def _inner_oof(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    params: dict[str, Any],
+    n_rounds: int,
+    n_jobs: int,
+    observer: Observer | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold raw predictions of one configuration on patient-grouped folds."""
+    p_oof = np.full(len(y), np.nan)
+    inner_fold = np.full(len(y), -1, dtype=int)
+    for k, (train, valid) in enumerate(folds):
+        if set(groups[train]) & set(groups[valid]):
+            raise ValueError(f"inner fold {k} of the final model shares patients with its training")
+        if observer is not None:
+            observer("xgb_final_oof", train)
+        booster = xgb.train(params, _matrix(X[train], y[train], n_jobs), num_boost_round=n_rounds)
+        p_oof[valid] = booster.predict(_matrix(X[valid], None, n_jobs))
+        inner_fold[valid] = k
+    if (inner_fold < 0).any():
+        raise ValueError("the inner folds of the final model leave episodes without a prediction")
+    return p_oof, inner_fold

@@ -114,3 +114,70 @@ def test_candidates_stay_inside_the_search_space() -> None:
         for name, value in candidate.items():
             low, high = getattr(space, name)
             assert low <= value <= high, name
+
+
+def test_final_calibrator_sees_predictions_of_models_blind_to_the_patient(
+    data, monkeypatch
+) -> None:
+    """The deployed calibrator's inputs: each episode predicted once, by a model of the chosen
+    configuration that never saw its patient. Checked on the matrices actually handed over."""
+    X, y, groups = data
+    values, y_arr, g = X.to_numpy(np.float32), y.to_numpy(), groups.to_numpy()
+    calls: list[tuple[str, np.ndarray]] = []
+    matrices: list[tuple[bool, np.ndarray]] = []
+    real_matrix = tuning._matrix
+
+    def spy_matrix(rows, labels, n_jobs):
+        matrices.append((labels is not None, np.asarray(rows)))
+        return real_matrix(rows, labels, n_jobs)
+
+    monkeypatch.setattr(tuning, "_matrix", spy_matrix)
+    fit = tuning.fit_final(
+        values,
+        y_arr,
+        g,
+        TINY,
+        None,
+        seed=3,
+        observer=lambda purpose, pos: calls.append((purpose, np.asarray(pos))),
+    )
+    trained = [pos for purpose, pos in calls if purpose == "xgb_final_oof"]
+    assert len(trained) == 3
+    np.testing.assert_array_equal(fit.inner_valid, np.arange(len(y_arr)))
+    assert np.isfinite(fit.p_inner_valid).all() and len(fit.p_inner_valid) == len(y_arr)
+    for k, train in enumerate(trained):
+        predicted = np.flatnonzero(fit.inner_fold == k)
+        assert len(predicted) and not set(g[train]) & set(g[predicted])
+        assert sorted(np.concatenate([train, predicted])) == list(range(len(y_arr)))
+
+    # What the inner models really received: after the all-rows matrix, per inner model a
+    # labelled training matrix then an unlabelled one it predicts.
+    patient_of = {row.tobytes(): patient for row, patient in zip(values, g, strict=True)}
+    inner = matrices[1:]
+    assert len(inner) == 6
+    predicted_rows: list[bytes] = []
+    for (train_labelled, train_rows), (test_labelled, test_rows) in zip(
+        inner[0::2], inner[1::2], strict=True
+    ):
+        assert train_labelled and not test_labelled
+        seen = {patient_of[r.tobytes()] for r in train_rows}
+        assert not seen & {patient_of[r.tobytes()] for r in test_rows}
+        predicted_rows += [r.tobytes() for r in test_rows]
+    assert sorted(predicted_rows) == sorted(patient_of)  # every episode exactly once
+
+    # The predictions are those of exactly the chosen settings and rounds.
+    import xgboost as xgb
+
+    monkeypatch.setattr(tuning, "_matrix", real_matrix)
+    k = 1
+    predicted = np.flatnonzero(fit.inner_fold == k)
+    booster = xgb.train(
+        fit.params,
+        xgb.DMatrix(values[trained[k]], label=y_arr[trained[k]], missing=np.nan),
+        num_boost_round=fit.n_rounds,
+    )
+    np.testing.assert_allclose(
+        booster.predict(xgb.DMatrix(values[predicted], missing=np.nan)),
+        fit.p_inner_valid[predicted],
+        rtol=1e-6,
+    )

@@ -20,10 +20,11 @@ def cohort(signal_cohort_module_dir):
 
 def test_cv_result_is_complete_and_consistent(cohort) -> None:
     config = parse_experiment({**FAST, "validation": {"n_splits": 3, "n_repeats": 2}})
-    observed = []
+    calls = []
     result, _ = fit_experiment(
-        config, cohort, observer=lambda purpose, pos: observed.append(purpose)
+        config, cohort, observer=lambda purpose, pos: calls.append((purpose, np.asarray(pos)))
     )
+    observed = [purpose for purpose, _ in calls]
     assert set(result.metrics) == {"xgboost", "logreg", "plt_baseline"}
     n = len(result.y)
     assert len(result.oof) == 2 * n and list(result.X.index) == list(result.y.index)
@@ -39,6 +40,18 @@ def test_cv_result_is_complete_and_consistent(cohort) -> None:
     }
     assert len(result.model.fold_boosters) == 3
     assert {"calibrator_final", "xgb_final"} <= set(observed)
+    # The deployed calibrator is fitted on one inner out-of-fold prediction per labelled episode
+    # of the final configuration (three inner models), not on the fold models' predictions.
+    assert observed.count("xgb_final_oof") == 3
+    np.testing.assert_array_equal(dict(calls)["calibrator_final"], np.arange(n))
+    evidence = result.tuning["final_calibrator"]
+    assert evidence["method"] == "platt" and evidence["n_episodes"] == n
+    # Platt on logit(p) is the logistic recalibration itself: the calibrator's coefficients are
+    # the raw predictions' calibration slope, and after it the in-sample slope is 1.
+    calibrator = result.model.calibrator
+    assert calibrator.slope_ == pytest.approx(evidence["raw"]["calibration_slope"], rel=1e-3)
+    assert evidence["calibrated"]["calibration_slope"] == pytest.approx(1.0, abs=1e-3)
+    assert evidence["calibrated"]["calibration_intercept"] == pytest.approx(0.0, abs=1e-3)
     assert result.validation["scheme"] == "cv" and len(result.validation["folds"]) == 6
     # The deployed model scores the cohort it was trained on.
     scores = result.model.predict_proba(cohort)
