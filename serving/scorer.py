@@ -158,7 +158,13 @@ class Scorer:
     # -- description ----------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        """What GET /v1/model answers: identity, metrics, features, bands, training summary."""
+        """What GET /v1/model answers: identity, metrics, features, bands, training summary.
+
+        `calibration_curve` ({"margin": [...], "probability": [...]}) is the calibrator sampled
+        on margins (log-odds) so that linear interpolation, clamped at the ends, stays within
+        `CURVE_TOLERANCE` of `calibrator.transform_margin`: the clinician page maps its SHAP
+        waterfall through it to end at the calibrated probability.
+        """
         from features.registry import spec_of
 
         meta = self.model.metadata
@@ -188,9 +194,60 @@ class Scorer:
             "interval": "10th-90th percentile of the CV fold models' calibrated probabilities "
             f"({len(self.model.fold_boosters)} fold models), widened to contain the probability",
             "calibration": self.model.calibrator.method,
+            "calibration_curve": calibration_curve(
+                self.model.calibrator, extra=(self._base_value(),)
+            ),
             "features": features,
             "training_cohort": self.model.reference.get("cohort_summary", {}),
         }
+
+    def _base_value(self) -> float:
+        """The SHAP bias (expected margin): the same for every row, so read off one empty row."""
+        empty = np.full((1, len(self.model.feature_names)), np.nan, dtype=np.float32)
+        return float(self.model.contributions(empty)[0, -1])
+
+
+CURVE_TOLERANCE = 0.002
+CURVE_RANGE = 12.0  # margins sampled every 0.1 in [-12, 12], more where the curve bends
+CURVE_TAILS = (16.0, 24.0, 36.0, 48.0)  # beyond 48 the page clamps to the end values
+
+
+def calibration_curve(
+    calibrator: Any, extra: Sequence[float] = (), tolerance: float = CURVE_TOLERANCE
+) -> dict[str, list[float]]:
+    """The calibrator's margin -> probability map as knots for linear interpolation.
+
+    Starts from every 0.1 on [-12, 12], the tails, the `extra` margins and (isotonic) the
+    calibrator's own knots, then halves every interval whose interpolation misses
+    `transform_margin` by more than a quarter of `tolerance` at 1/4, 1/2 or 3/4 of its width.
+    Margins are rounded to 6 decimals, probabilities to 7 (both well inside the tolerance).
+    """
+    grid = [np.linspace(-CURVE_RANGE, CURVE_RANGE, 241), np.array(CURVE_TAILS)]
+    grid.append(-grid[1])
+    grid.append(np.asarray([m for m in extra if np.isfinite(m)], dtype=np.float64))
+    knots = getattr(calibrator, "x_", None)
+    if knots is not None:
+        x = np.asarray(knots, dtype=np.float64)
+        x = x[(x > 0) & (x < 1)]
+        grid.append(np.log(x) - np.log1p(-x))
+    margins = np.concatenate(grid)
+    limit = max(CURVE_TAILS)
+    margins = np.unique(np.round(np.clip(margins, -limit, limit), 6))
+    for _ in range(20):
+        left, right = margins[:-1], margins[1:]
+        f_left, f_right = calibrator.transform_margin(left), calibrator.transform_margin(right)
+        worst = np.zeros(len(left))
+        for t in (0.25, 0.5, 0.75):
+            inside = left + t * (right - left)
+            linear = f_left + t * (f_right - f_left)
+            worst = np.maximum(worst, np.abs(calibrator.transform_margin(inside) - linear))
+        split = worst > tolerance / 4
+        if not split.any():
+            break
+        middle = np.round((left[split] + right[split]) / 2, 6)
+        margins = np.unique(np.concatenate([margins, middle]))
+    probability = np.round(calibrator.transform_margin(margins), 7)
+    return {"margin": margins.tolist(), "probability": probability.tolist()}
 
 
 def settle_heap() -> None:

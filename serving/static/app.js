@@ -19,6 +19,7 @@
     analytes: {},         // alias -> analyte
     loincToAlias: {},
     featureInfo: {},      // feature name -> {description, unit, group}
+    calibration: null,    // GET v1/model calibration_curve {margin, probability}; null if unavailable
     uid: 0,               // ids for generated rows (stable across removal)
     extras: { patient: {}, episode: {} },  // fields of a loaded file the form has no input for
     fileRecords: [],
@@ -39,13 +40,44 @@
   }
 
   /**
+   * The calibrator as a function of the margin: linear interpolation between the knots of
+   * GET v1/model `calibration_curve`, clamped to the end values. Null when the curve is unusable
+   * (missing, unequal lengths, fewer than two knots, margins not increasing, probabilities outside [0, 1]).
+   */
+  function calibrationMap(curve) {
+    if (!curve || !Array.isArray(curve.margin) || !Array.isArray(curve.probability)) return null;
+    var xs = curve.margin.map(Number);
+    var ys = curve.probability.map(Number);
+    if (xs.length < 2 || xs.length !== ys.length) return null;
+    for (var i = 0; i < xs.length; i++) {
+      if (!isFinite(xs[i]) || !isFinite(ys[i]) || ys[i] < 0 || ys[i] > 1) return null;
+      if (i > 0 && !(xs[i] > xs[i - 1])) return null;
+    }
+    return function (m) {
+      if (!(m > xs[0])) return ys[0];
+      var n = xs.length;
+      if (m >= xs[n - 1]) return ys[n - 1];
+      var lo = 0, hi = n - 1;  // xs[lo] < m <= xs[hi]
+      while (hi - lo > 1) {
+        var mid = (lo + hi) >> 1;
+        if (xs[mid] < m) lo = mid; else hi = mid;
+      }
+      return ys[lo] + (ys[hi] - ys[lo]) * (m - xs[lo]) / (xs[hi] - xs[lo]);
+    };
+  }
+
+  /**
    * Waterfall of SHAP contributions on the probability scale.
    * Factors are ordered by absolute log-odds; the rest are pooled into one "other" step.
    * Each step moves the log-odds by its contribution; its bar runs between the probabilities
-   * before and after. Returns {base, steps, final} with probabilities and log-odds.
+   * of the cumulative log-odds before and after, through `toProbability` (the calibrator;
+   * the logistic function by default). A finite `finalProbability` (the answer's calibrated
+   * probability) becomes the end of the last bar exactly. Returns {base, steps, final} with
+   * probabilities and log-odds.
    */
-  function waterfallSteps(baseValue, contributions, maxFactors) {
+  function waterfallSteps(baseValue, contributions, maxFactors, toProbability, finalProbability) {
     var limit = maxFactors || MAX_FACTORS;
+    var prob = toProbability || sigmoid;
     var items = Object.keys(contributions || {}).map(function (k) {
       return { name: k, logodds: Number(contributions[k]) };
     }).filter(function (d) { return isFinite(d.logodds); });
@@ -63,14 +95,20 @@
     }
     var L = Number(baseValue);
     steps.forEach(function (s) {
-      s.start = sigmoid(L);
+      s.start = prob(L);
       L += s.logodds;
-      s.end = sigmoid(L);
+      s.end = prob(L);
     });
+    var final = { logodds: L, p: prob(L) };
+    var pinned = finalProbability !== null && finalProbability !== undefined && isFinite(finalProbability);
+    if (pinned) {
+      final.p = Number(finalProbability);
+      if (steps.length) steps[steps.length - 1].end = final.p;
+    }
     return {
-      base: { logodds: Number(baseValue), p: sigmoid(Number(baseValue)) },
+      base: { logodds: Number(baseValue), p: prob(Number(baseValue)) },
       steps: steps,
-      final: { logodds: L, p: sigmoid(L) }
+      final: final
     };
   }
 
@@ -214,15 +252,18 @@
     return fetchJson("v1/model", { headers: authHeaders() }).then(function (res) {
       var line = $("model-line");
       if (!res.ok || !res.body) {
+        state.calibration = null;
         line.textContent = "Model: information unavailable (HTTP " + res.status + ")";
         return;
       }
       var m = res.body.model || res.body;
+      state.calibration = calibrationMap(m.calibration_curve);
       var parts = ["Model: " + (m.name || "unnamed")];
       if (m.version !== undefined && m.version !== null) parts.push("version " + m.version);
       if (m.label_definition) parts.push("response = " + labelText(m.label_definition));
       line.textContent = parts.join(" · ");
     }).catch(function () {
+      state.calibration = null;
       $("model-line").textContent = "Model: server unreachable";
     });
   }
@@ -788,29 +829,42 @@
     return s.length > n ? s.slice(0, n - 1) + "…" : s;
   }
 
+  /** The labels of the first and last rows: calibrated, or the uncalibrated fallback. */
+  function totalLabels(wf) {
+    return wf.calibrated
+      ? { base: "Average patient (calibrated baseline)", final: "This patient (calibrated probability)" }
+      : { base: "Average patient (model baseline, uncalibrated)", final: "This patient (model output, uncalibrated)" };
+  }
+
   function drawWaterfall(wf, stepLabels) {
+    var names = totalLabels(wf);
     var rowH = 26;
     var left = 280;
     var plotW = 230;
     var right = 70;
     var top = 22;
-    var rows = [{ label: "Average patient (model baseline)", kind: "total", start: 0, end: wf.base.p,
+    var rows = [{ label: names.base, kind: "total", start: 0, end: wf.base.p,
                   logodds: wf.base.logodds, total: true }]
       .concat(wf.steps.map(function (s, i) {
         return { label: stepLabels[i], kind: s.logodds >= 0 ? "raise" : "lower", start: s.start, end: s.end,
                  logodds: s.logodds };
       }))
-      .concat([{ label: "This patient (model output)", kind: "total", start: 0, end: wf.final.p,
+      .concat([{ label: names.final, kind: "total", start: 0, end: wf.final.p,
                  logodds: wf.final.logodds, total: true }]);
     var height = top + rows.length * rowH + 44;
     var width = left + plotW + right;
     var x = function (p) { return left + p * plotW; };
     var root = svg("svg", { viewBox: "0 0 " + width + " " + height, class: "waterfall", role: "img",
-                            "aria-labelledby": "wf-title wf-desc", id: "waterfall" });
-    root.appendChild(svg("title", { id: "wf-title" }, "Waterfall of the factors behind this prediction, probability scale"));
-    root.appendChild(svg("desc", { id: "wf-desc" },
-      "From the model baseline of " + formatPercent(wf.base.p, 1) + " to this patient's model output of " +
-      formatPercent(wf.final.p, 1) + ". The same data are in the table below the chart."));
+                            "aria-labelledby": "wf-title wf-desc", id: "waterfall",
+                            "data-scale": wf.calibrated ? "calibrated" : "logistic",
+                            "data-base-probability": wf.base.p, "data-final-probability": wf.final.p });
+    root.appendChild(svg("title", { id: "wf-title" }, "Waterfall of the factors behind this prediction, " +
+      (wf.calibrated ? "calibrated probability scale" : "uncalibrated probability scale")));
+    root.appendChild(svg("desc", { id: "wf-desc" }, wf.calibrated
+      ? "From the calibrated baseline of " + formatPercent(wf.base.p, 1) + " to this patient's calibrated " +
+        "probability of " + formatPercent(wf.final.p, 1) + ". The same data are in the table below the chart."
+      : "From the uncalibrated model baseline of " + formatPercent(wf.base.p, 1) + " to this patient's " +
+        "uncalibrated model output of " + formatPercent(wf.final.p, 1) + ". The same data are in the table below the chart."));
     root.appendChild(svg("text", { x: left + plotW + right - 4, y: 13, "text-anchor": "end", class: "axis-title" },
       "log-odds"));
     [0, 0.25, 0.5, 0.75, 1].forEach(function (t) {
@@ -818,7 +872,7 @@
     });
     rows.forEach(function (r, i) {
       var y = top + i * rowH;
-      var g = svg("g", { class: "wf-row", "data-kind": r.kind });
+      var g = svg("g", { class: "wf-row", "data-kind": r.kind, "data-start": r.start, "data-end": r.end });
       g.appendChild(svg("title", {}, r.label + ": " + formatPercent(r.start, 1) + " → " + formatPercent(r.end, 1) +
         " (log-odds " + formatLogodds(r.logodds) + ")"));
       g.appendChild(svg("text", { x: left - 8, y: y + rowH / 2 + 4, "text-anchor": "end" }, truncate(r.label, 38)));
@@ -844,7 +898,7 @@
       axis.appendChild(svg("text", { x: x(t), y: axisY + 16, "text-anchor": "middle" }, formatPercent(t)));
     });
     axis.appendChild(svg("text", { x: x(0.5), y: axisY + 34, "text-anchor": "middle", class: "axis-title" },
-      "Probability of response (probability scale)"));
+      wf.calibrated ? "Calibrated probability of response" : "Uncalibrated probability of response"));
     root.appendChild(axis);
     return root;
   }
@@ -859,11 +913,12 @@
       body.appendChild(el("tr", {}, [el("td", { text: label }), el("td", { className: "num", text: formatLogodds(lo) }),
                                      el("td", { className: "num", text: text })]));
     };
-    add("Average patient (model baseline)", wf.base.logodds, formatPercent(wf.base.p, 1));
+    var names = totalLabels(wf);
+    add(names.base, wf.base.logodds, formatPercent(wf.base.p, 1));
     wf.steps.forEach(function (s, i) {
       add(stepLabels[i], s.logodds, formatPercent(s.start, 1) + " → " + formatPercent(s.end, 1));
     });
-    add("This patient (model output)", wf.final.logodds, formatPercent(wf.final.p, 1));
+    add(names.final, wf.final.logodds, formatPercent(wf.final.p, 1));
     table.appendChild(body);
     return table;
   }
@@ -908,7 +963,10 @@
       box.appendChild(el("div", { className: "result-section" }, [el("h3", { text: "Main factors" }), ol]));
     }
 
-    var wf = waterfallSteps(answer.base_value, answer.contributions || {}, MAX_FACTORS);
+    var calibrate = state.calibration;
+    var wf = waterfallSteps(answer.base_value, answer.contributions || {}, MAX_FACTORS,
+                            calibrate || sigmoid, calibrate ? answer.probability : null);
+    wf.calibrated = Boolean(calibrate);
     var values = {};
     (answer.top_factors || []).forEach(function (f) { if (f && f.feature) values[f.feature] = f.value; });
     var stepLabels = wf.steps.map(function (s) {
@@ -917,12 +975,17 @@
     var section = el("div", { className: "result-section" }, [
       el("h3", { text: "Why: contributions to this prediction (probability scale)" })]);
     section.appendChild(drawWaterfall(wf, stepLabels));
-    section.appendChild(el("p", { className: "chart-note", text:
-      "Bars move from the model baseline to this patient's model output, one factor at a time, on the " +
-      "probability scale; blue raises and orange lowers the probability of response. The numbers at the right " +
-      "are SHAP contributions in log-odds, which add up exactly (baseline " + formatLogodds(wf.base.logodds) +
-      " + contributions = margin " + formatLogodds(Number(answer.margin)) + "). The model output (" +
-      formatPercent(wf.final.p, 1) + ") is before calibration; the probability above is calibrated." }));
+    var sums = "The numbers at the right are SHAP contributions in log-odds, which add up exactly (baseline " +
+      formatLogodds(wf.base.logodds) + " + contributions = margin " + formatLogodds(Number(answer.margin)) + ").";
+    section.appendChild(el("p", { className: "chart-note", id: "chart-note", text: calibrate
+      ? "Bars move from the calibrated baseline (" + formatPercent(wf.base.p, 1) + ", an average patient) to " +
+        "this patient's calibrated probability (" + formatPercent(wf.final.p, 1) + ", the probability shown " +
+        "above), one factor at a time: each bar shows how the calibrated probability changes when that " +
+        "factor's log-odds are added. Blue raises and orange lowers the probability of response. " + sums
+      : "The model's calibration could not be loaded (model information unavailable), so the bars use the " +
+        "uncalibrated model output (the logistic of the log-odds): they end at " + formatPercent(wf.final.p, 1) +
+        ", not at the calibrated probability shown above. Blue raises and orange lowers the probability of " +
+        "response. " + sums }));
     section.appendChild(el("details", {}, [el("summary", { text: "Chart values as a table" }), chartTable(wf, stepLabels)]));
     box.appendChild(section);
 
@@ -1032,7 +1095,7 @@
 
   window.ctit = {
     sigmoid: sigmoid, parseNumber: parseNumber, formatProbability: formatProbability, waterfallSteps: waterfallSteps, locToTarget: locToTarget,
-    collectForm: collectForm
+    calibrationMap: calibrationMap, collectForm: collectForm, renderResult: renderResult
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

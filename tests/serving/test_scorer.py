@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data.cohort import load_cohort
+from serving.model import Calibrator
 from serving.records import RecordError, patient_record_to_tables
 from serving.scorer import Scorer
 
@@ -163,3 +165,45 @@ def test_an_unknown_subtype_is_kept_and_warned(scorer: Scorer, record) -> None:
     record["patient"]["subtype"] = "luminal B"
     codes = {w["code"] for w in scorer.score(record)["warnings"]}
     assert {"input", "unseen_category"} <= codes
+
+
+def _steep_isotonic() -> Calibrator:
+    """An isotonic calibrator with flat stretches and steep ramps between close knots."""
+    rng = np.random.default_rng(7)
+    p_raw = np.concatenate([rng.uniform(0.01, 0.99, 400), [0.3, 0.3001, 0.3002, 0.9, 0.9001]])
+    y = (rng.uniform(size=p_raw.size) < p_raw**2).astype(int)
+    y[-5:] = [0, 1, 1, 0, 1]
+    return Calibrator("isotonic").fit(p_raw, y)
+
+
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_the_model_card_carries_the_calibration_curve_for_the_page(
+    scorer: Scorer, record, method
+) -> None:
+    if method == "isotonic":
+        model = dataclasses.replace(scorer.model, calibrator=_steep_isotonic())
+        scorer = Scorer(model, uri="test")
+    calibrator = scorer.model.calibrator
+    assert calibrator.method == method
+    card = scorer.describe()
+    assert card["calibration"] == method
+    curve = card["calibration_curve"]
+    margin, probability = np.array(curve["margin"]), np.array(curve["probability"])
+    assert margin.shape == probability.shape and margin.size >= 241
+    assert np.all(np.diff(margin) > 0) and np.all(np.diff(probability) >= 0)
+    assert margin[0] <= -12 and margin[-1] >= 12
+    # Linear interpolation, clamped at the ends as the page does, stays within 0.002 everywhere.
+    dense = np.concatenate([np.linspace(-80, 80, 160_001), np.linspace(-3, 3, 60_001)])
+    page = np.interp(dense, margin, probability)
+    assert np.abs(page - calibrator.transform_margin(dense)).max() <= 0.002
+    # The answers' SHAP base value is a knot: the page's baseline is the calibrator's exactly.
+    answer = scorer.score(record)
+    base = answer["base_value"]
+    assert round(base, 6) in set(curve["margin"])
+    assert np.interp(base, margin, probability) == pytest.approx(
+        float(calibrator.transform_margin(base)), abs=1e-6
+    )
+    # The curve at the answer's margin is the answer's probability (within the tolerance).
+    assert np.interp(answer["margin"], margin, probability) == pytest.approx(
+        answer["probability"], abs=0.002
+    )

@@ -394,6 +394,72 @@ def test_page_helpers_compute_the_waterfall_on_the_probability_scale(chrome, rou
 
 @browser
 @pytest.mark.browser
+def test_page_helpers_map_the_waterfall_through_the_calibration_curve(chrome, router_url):
+    open_page(chrome, router_url)
+    curve = {"margin": [-2, 0, 2], "probability": [0.1, 0.3, 0.9]}
+    at = chrome.execute_script(
+        "var f = window.ctit.calibrationMap(arguments[0]);"
+        "return arguments[1].map(function (m) { return f(m); });",
+        curve,
+        [-5, -2, -1, 0, 0.5, 2, 7],
+    )
+    # Linear between knots, clamped at the ends.
+    assert at == pytest.approx([0.1, 0.1, 0.2, 0.3, 0.45, 0.9, 0.9])
+    for bad in (
+        None,
+        {"margin": [0, 1], "probability": [0.2]},
+        {"margin": [0], "probability": [0.2]},
+        {"margin": [1, 0], "probability": [0.2, 0.3]},
+        {"margin": [0, 1], "probability": [0.2, 1.5]},
+    ):
+        assert chrome.execute_script("return window.ctit.calibrationMap(arguments[0])", bad) is None
+    # Base 0, steps +1 (a) and -0.5 (b): cumulative margins 0 -> 1 -> 0.5 through the curve; the
+    # last bar ends at the given calibrated probability, not at the curve's 0.45.
+    wf = chrome.execute_script(
+        "var f = window.ctit.calibrationMap(arguments[0]);"
+        "return window.ctit.waterfallSteps(0, {a: 1, b: -0.5}, 8, f, 0.4512);",
+        curve,
+    )
+    assert wf["base"]["p"] == pytest.approx(0.3)
+    a, b = wf["steps"]
+    assert (a["start"], a["end"]) == pytest.approx((0.3, 0.6))
+    assert (b["start"], b["end"]) == pytest.approx((0.6, 0.4512))
+    assert wf["final"] == pytest.approx({"logodds": 0.5, "p": 0.4512})
+
+
+@browser
+@pytest.mark.browser
+def test_without_the_model_card_the_chart_says_it_is_uncalibrated(chrome, router_url):
+    open_page(chrome, router_url)  # the router alone: GET v1/model is not there (404)
+    wait_for(chrome, lambda d: "unavailable" in d.find_element(By.ID, "model-line").text)
+    answer = {
+        "episode_id": "E-1",
+        "probability": 0.31,
+        "interval": [0.2, 0.4],
+        "band": "low",
+        "margin": -2.0,
+        "base_value": -1.0,
+        "contributions": {"plt_last": -0.75, "alb_last": -0.25},
+        "top_factors": [],
+        "warnings": [],
+        "model": {"name": "m", "version": "1", "label_definition": "x"},
+    }
+    chrome.execute_script("window.ctit.renderResult(arguments[0])", answer)
+    chart = chrome.find_element(By.ID, "waterfall")
+    assert chart.get_attribute("data-scale") == "logistic"
+    final = 1 / (1 + math.exp(2.0))
+    assert float(chart.get_attribute("data-final-probability")) == pytest.approx(final)
+    assert float(chart.get_attribute("data-base-probability")) == pytest.approx(
+        1 / (1 + math.exp(1.0))
+    )
+    note = chrome.find_element(By.ID, "chart-note").text
+    assert "calibration could not be loaded" in note
+    assert f"end at {100 * final:.1f}%" in note
+    assert "Uncalibrated probability of response" in chart.text
+
+
+@browser
+@pytest.mark.browser
 def test_page_helpers_parse_numbers_and_error_locations(chrome, router_url):
     open_page(chrome, router_url)
     parse = "return window.ctit.parseNumber(arguments[0])"
@@ -618,7 +684,9 @@ def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_
 
     # The waterfall: baseline, the 8 largest contributions, the rest pooled, the model output.
     chart = find(By.ID, "waterfall")
-    assert "probability scale" in chart.text
+    assert "Calibrated probability of response" in chart.text
+    assert "uncalibrated" not in chart.text.lower()
+    assert chart.get_attribute("data-scale") == "calibrated"
     rows = chart.find_elements(By.CSS_SELECTOR, "g.wf-row")
     contributions = sorted(answer["contributions"].items(), key=lambda kv: (-abs(kv[1]), kv[0]))
     assert len(rows) == 1 + 8 + 1 + 1
@@ -631,8 +699,35 @@ def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_
     assert shown[1:9] == [logodds(v) for _, v in contributions[:8]]
     assert shown[9] == logodds(sum(v for _, v in contributions[8:]))
     assert shown[10] == logodds(answer["margin"])
-    output = rows[-1].find_elements(By.TAG_NAME, "text")[1].text
-    assert output == percent(1 / (1 + math.exp(-answer["margin"])))
+    # It starts at the calibrated baseline and ends at the calibrated probability of the headline.
+    calibrator = scorer.model.calibrator
+    base = float(calibrator.transform_margin(answer["base_value"]))
+    assert float(chart.get_attribute("data-base-probability")) == pytest.approx(base, abs=1e-5)
+    assert float(chart.get_attribute("data-final-probability")) == answer["probability"]
+    ends = [float(r.get_attribute("data-end")) for r in rows]
+    assert ends[0] == pytest.approx(base, abs=1e-5)
+    assert ends[-1] == ends[-2] == answer["probability"]  # the last step ends at the headline
+    cumulative = answer["base_value"]
+    for row, (_, value) in zip(rows[1:9], contributions[:8], strict=True):
+        cumulative += value  # each step ends at the calibrator of the cumulative margin
+        expected = float(calibrator.transform_margin(cumulative))
+        assert float(row.get_attribute("data-end")) == pytest.approx(expected, abs=0.002)
+    labels = [r.find_elements(By.TAG_NAME, "text")[1].text for r in (rows[0], rows[-1])]
+    assert labels == [percent(base), find(By.ID, "result-probability").text]
+    table = [
+        [td.get_attribute("textContent") for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in find(By.CSS_SELECTOR, "table.chart-table").find_elements(
+            By.CSS_SELECTOR, "tbody tr"
+        )
+    ]
+    assert table[0][0] == "Average patient (calibrated baseline)"
+    assert table[0][2] == f"{100 * base:.1f}%"
+    assert table[-1][0] == "This patient (calibrated probability)"
+    assert table[-1][2] == f"{100 * answer['probability']:.1f}%"
+    assert table[-2][2].endswith(f"→ {100 * answer['probability']:.1f}%")
+    note = find(By.ID, "chart-note").text
+    assert f"calibrated probability ({100 * answer['probability']:.1f}%" in note
+    assert "log-odds" in note and "could not be loaded" not in note
     for bar in chart.find_elements(By.CSS_SELECTOR, "g.wf-row[data-kind=raise] rect"):
         assert "bar-raise" in bar.get_attribute("class")
     assert find(By.ID, "result").get_attribute("aria-live") == "polite"
