@@ -480,12 +480,7 @@ def _model_spec(result: TrainResult) -> list[tuple[str, str]]:
     facts.append(
         ("Class imbalance", "no resampling; class weights only if listed in the parameters above")
     )
-    facts.append(
-        (
-            "Calibration",
-            f"{_config(result, 'calibration', 'method', default='?')} on out-of-fold predictions",
-        )
-    )
+    facts.append(("Calibration", _calibration_fact(result)))
     bands = getattr(result.model, "bands", None)
     if bands is not None:
         facts.append(
@@ -999,6 +994,22 @@ def _present_anchors() -> set[str]:
     """Element ids the template renders unconditionally (TRIPOD links point only to these)."""
     source = _environment().loader.get_source(_environment(), "report.html")[0]
     return set(re.findall(r'id="([a-z0-9-]+)"', source))
+
+
+def _calibration_fact(result: TrainResult) -> str:
+    """How the deployed calibrator was fitted, with its evidence when the run recorded it."""
+    method = _config(result, "calibration", "method", default="?")
+    evidence = (getattr(result, "tuning", None) or {}).get("final_calibrator") or {}
+    raw = evidence.get("raw") or {}
+    if not raw:
+        return f"{method} on out-of-fold predictions"
+    return (
+        f"{method}, fitted on {evidence.get('n_episodes', '?')} out-of-fold predictions of the "
+        "final model's own configuration (patient-grouped inner folds); before calibration their "
+        f"slope was {_fmt(raw.get('calibration_slope'), 3)} and calibration-in-the-large "
+        f"{_fmt(raw.get('calibration_intercept'), 3)}. The performance section evaluates the "
+        "procedure with the cross-validation fold models and their own calibrators."
+    )
 
 
 def _placeholder_png() -> str:

@@ -275,6 +275,10 @@ def test_report_of_a_registered_model_version(tracked: tuple[str, str], tmp_path
     assert f"report of run {run_id} written to" in outcome.output
     assert f"MLflow run</dt><dd>{run_id}" in by_model.read_text(encoding="utf-8")
     assert "ctit-report-test, version 1</" in by_model.read_text(encoding="utf-8")
+    # the deployed calibrator's own evidence, not only the procedure's
+    assert "out-of-fold predictions of the final model's own configuration" in (
+        by_model.read_text(encoding="utf-8").replace("&#39;", "'")
+    )
 
 
 def test_training_logs_the_report_to_the_run(tracked: tuple[str, str], tmp_path: Path) -> None:
