@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -329,7 +330,9 @@ def requested_urls(driver: webdriver.Chrome) -> list[str]:
 
 
 def wait_for(driver: webdriver.Chrome, condition, timeout: float = 20):
-    return WebDriverWait(driver, timeout).until(condition)
+    # a form post reloads the page: elements found mid-navigation go stale, so poll again
+    ignored = (StaleElementReferenceException, NoSuchElementException)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(condition)
 
 
 def open_page(driver: webdriver.Chrome, url: str) -> None:
