@@ -57,9 +57,13 @@ def test_a_full_run_logs_no_identifier(tmp_path: Path) -> None:
     logs += _ctit(
         "train", "tiny.toml", "--cohort", str(cohort), "--registered-model", "m", cwd=tmp_path
     )
+    # a category the model never saw: the pipeline warns about those episodes while scoring
+    patients.loc[1, "subtype"] = "HER2-low"
+    patients.to_csv(cohort / "patients.csv", index=False)
     logs += _ctit(
         "score", "--model", "models:/m@candidate", str(cohort), "--out", "s.csv", cwd=tmp_path
     )
+    assert "unseen category" in logs, "the scoring run should have met an unseen category"
 
     assert "DEBUG" in logs or "WARNING" in logs or "INFO" in logs, "debug logging was on"
     episodes = pd.read_csv(cohort / "episodes.csv", dtype=str)
