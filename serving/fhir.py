@@ -959,7 +959,8 @@ def risk_assessment(
     model = score.get("model") or {}
     name, version = str(model.get("name", "ctit")), str(model.get("version", "unknown"))
     patient_id = record["patient"]["patient_id"]
-    index_date = str(record["episode"]["index_date"])
+    episode = _scored_episode(record, score.get("episode_id"))
+    index_date = str(episode["index_date"])
     probability = float(score["probability"])
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability {probability} is outside [0, 1]")
@@ -981,9 +982,7 @@ def risk_assessment(
     resource: dict[str, Any] = {
         "resourceType": "RiskAssessment",
         "status": "final",
-        "identifier": [
-            {"system": "urn:ctit:episode", "value": str(record["episode"]["episode_id"])}
-        ],
+        "identifier": [{"system": "urn:ctit:episode", "value": str(episode["episode_id"])}],
         "subject": {"reference": f"Patient/{patient_id}"},
         "occurrenceDateTime": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "method": {
@@ -1006,6 +1005,19 @@ def risk_assessment(
     if notes:
         resource["note"] = [{"text": text} for text in notes]
     return resource
+
+
+def _scored_episode(record: Mapping[str, Any], episode_id: Any) -> Mapping[str, Any]:
+    """The record's episode the answer is about: `episode`, or the match in `episodes`."""
+    candidates = (
+        [record["episode"]] if record.get("episode") else list(record.get("episodes") or [])
+    )
+    if len(candidates) == 1:
+        return candidates[0]
+    for episode in candidates:
+        if str(episode.get("episode_id")) == str(episode_id):
+            return episode
+    raise ValueError(f"the record has no episode {episode_id!r}")
 
 
 def _basis(record: Mapping[str, Any], index_date: str) -> list[dict[str, str]]:
