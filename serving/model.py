@@ -29,6 +29,7 @@ import xgboost as xgb
 from data.drugs import known_drugs, normalise_drug
 from features.registry import GROUPS, LAB_ANALYTES, PLT_WINDOWS, spec_of
 from serving.settings import ScoringOptions
+from serving.treeshap import ShapTable, base_margin, plain_gbtree
 
 log = logging.getLogger(__name__)
 
@@ -256,26 +257,11 @@ class _Forest:
         n_features = boosters[0].num_features()
         for booster in boosters:
             learner = json.loads(bytes(booster.save_raw("json")))["learner"]
-            params = learner["learner_model_param"]
-            gbm = learner["gradient_booster"]
-            base_scores = json.loads(params["base_score"])
-            if (
-                learner["objective"]["name"] != "binary:logistic"
-                or gbm["name"] != "gbtree"
-                or int(params["num_target"]) != 1
-                or int(params["num_class"]) != 0
-                or len(base_scores) != 1
-                or booster.num_features() != n_features
-            ):
+            if not plain_gbtree(learner) or booster.num_features() != n_features:
                 return None
-            # xgboost's ProbToMargin in float32: -logf(1/p - 1) (logf correctly rounded).
-            p = np.float32(base_scores[0])
-            inner = np.float32(np.float32(1.0) / p) - np.float32(1.0)
-            bases.append(np.float32(-np.float32(math.log(float(inner)))))
+            bases.append(base_margin(learner))
             first_tree = len(roots)
-            for tree in gbm["model"]["trees"]:
-                if any(tree["split_type"]) or int(tree["tree_param"]["size_leaf_vector"]) > 1:
-                    return None
+            for tree in learner["gradient_booster"]["model"]["trees"]:
                 left = np.asarray(tree["left_children"], dtype=np.intp)
                 right = np.asarray(tree["right_children"], dtype=np.intp)
                 nodes = np.arange(len(left))
@@ -424,6 +410,8 @@ class DeployableModel:
         self._info = {key: str(self.metadata[key]) for key in REQUIRED_METADATA}
         # A single patient: every booster in one numpy pass instead of one xgboost call each.
         self._forest = _Forest.build([self.booster, *self.fold_boosters])
+        self._shap: ShapTable | None = None
+        self._shap_built = False
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -510,8 +498,21 @@ class DeployableModel:
         out.index.name = "episode_id"
         return out[["probability", "interval_low", "interval_high", "band", "margin"]]
 
+    def warm(self) -> None:
+        """Build the precomputed TreeSHAP table now (the first explanation would otherwise)."""
+        if not self._shap_built:
+            self._shap = ShapTable.build(self.booster)
+            self._shap_built = True
+
     def contributions(self, X: np.ndarray) -> np.ndarray:
-        """Exact TreeSHAP in log-odds, one column per feature plus the bias column last."""
+        """Exact TreeSHAP in log-odds, one column per feature plus the bias column last.
+
+        From the precomputed table (`serving.treeshap`, proven against xgboost's `pred_contribs`
+        when built), else from `pred_contribs` itself.
+        """
+        self.warm()
+        if self._shap is not None:
+            return self._shap.contributions(X)
         matrix = xgb.DMatrix(np.ascontiguousarray(X, dtype=np.float32), missing=np.nan, nthread=1)
         return self.booster.predict(matrix, pred_contribs=True, validate_features=False)
 

@@ -54,6 +54,7 @@ class Scorer:
         """
         model = load_deployable_model(uri)
         log.info("loaded model %s version %s", model.info["name"], model.info["version"])
+        model.warm()
         scorer = cls(model, uri=uri, options=options)
         settle_heap()
         return scorer
