@@ -20,7 +20,11 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pandas._libs.internals import BlockPlacement
 from pandas.api import types as ptypes
+from pandas.arrays import DatetimeArray
+from pandas.core.internals import BlockManager
+from pandas.core.internals.blocks import new_block
 from pyarrow import csv as pa_csv
 from pyarrow import parquet as pa_parquet
 
@@ -1206,6 +1210,7 @@ class _Decline(Exception):
 
 
 _NAN = float("nan")
+_NS = np.dtype("datetime64[ns]")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _OBJECT_TYPES = frozenset({str, int, float, bool, type(None), list, tuple, dict})
 
@@ -1343,7 +1348,53 @@ def _small_assemble(
             data[name] = value
     if order is not None:
         data = {name: value[order] for name, value in data.items()}
-    return pd.DataFrame(data, copy=False)
+    return frame_of_arrays(data)
+
+
+_BLOCK_KINDS = frozenset("biufO")
+
+
+def frame_of_arrays(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """`pd.DataFrame(columns)` for equal-length 1-D numpy arrays with string names, built faster.
+
+    The same values, dtypes, RangeIndex and object Index of the names, with the columns of each
+    dtype copied into one block (as pandas consolidates them), without pandas' per-column
+    inference and per-column blocks (about 15 us instead of 60-90 us for a small table), through
+    pandas' block internals as pyarrow's `to_pandas` does (pandas 2.x; tests compare the frames);
+    any other input is left to `pd.DataFrame`.
+    """
+    names = list(columns)
+    arrays = list(columns.values())
+    n = len(arrays[0]) if arrays else 0
+    # Columns of one dtype share a block, as pandas consolidates them.
+    groups: dict[np.dtype, list[int]] = {}
+    for i, values in enumerate(arrays):
+        if (
+            type(values) is not np.ndarray
+            or values.ndim != 1
+            or len(values) != n
+            or not (values.dtype.kind in _BLOCK_KINDS or values.dtype == _NS)
+        ):
+            return pd.DataFrame(dict(columns), copy=False)
+        groups.setdefault(values.dtype, []).append(i)
+    if not groups or any(type(name) is not str for name in names):
+        return pd.DataFrame(dict(columns), copy=False)
+    blocks = []
+    for dtype, positions in groups.items():
+        if len(positions) == 1:
+            stacked = arrays[positions[0]].reshape(1, n)
+        else:
+            stacked = np.empty((len(positions), n), dtype=dtype)
+            for row, i in enumerate(positions):
+                stacked[row] = arrays[i]
+        if dtype == _NS:
+            stacked = DatetimeArray._simple_new(stacked, dtype=_NS)
+        placement = BlockPlacement(np.array(positions, dtype=np.intp))
+        blocks.append(new_block(stacked, placement, ndim=2))
+    labels = np.empty(len(names), dtype=object)
+    labels[:] = names
+    axes = [pd.Index._simple_new(labels), pd.RangeIndex._simple_new(range(n))]
+    return pd.DataFrame._from_mgr(BlockManager(tuple(blocks), axes, verify_integrity=False), axes)
 
 
 def _small_text(src: _Rows, name: str) -> list[str | None]:
