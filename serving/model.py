@@ -346,6 +346,18 @@ class _Forest:
         return out
 
 
+def _percentiles(values: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """np.percentile(values, q, axis=0) with linear interpolation, without its overhead."""
+    ordered = np.sort(values, axis=0)
+    out = []
+    for q in qs:
+        position = (ordered.shape[0] - 1) * q / 100.0
+        below = math.floor(position)
+        above = min(below + 1, ordered.shape[0] - 1)
+        out.append(ordered[below] + (position - below) * (ordered[above] - ordered[below]))
+    return out
+
+
 def _tree_depth(left: Sequence[int], right: Sequence[int]) -> int:
     """Edges on the longest path from the root to a leaf (-1 marks a leaf's children)."""
     deepest, stack = 0, [(0, 0)]
@@ -478,7 +490,7 @@ class DeployableModel:
                     [b.inplace_predict(X, predict_type="margin") for b in self.fold_boosters]
                 )
             folds = self.calibrator.transform_margin(fold_margins)
-            low, high = np.percentile(folds, INTERVAL_PERCENTILES, axis=0)
+            low, high = _percentiles(folds, INTERVAL_PERCENTILES)
             low = np.minimum(low, probability)
             high = np.maximum(high, probability)
         else:

@@ -469,3 +469,32 @@ def test_the_tree_walk_declines_what_it_does_not_reproduce() -> None:
     assert _Forest.build([train(objective="binary:logistic")]) is not None
     assert _Forest.build([train(objective="reg:squarederror")]) is None
     assert _Forest.build([train(objective="binary:logistic", booster="dart")]) is None
+
+
+def test_interval_percentiles_equal_numpy() -> None:
+    from serving.model import _percentiles
+
+    rng = np.random.default_rng(4)
+    for folds in (1, 2, 3, 5, 10):
+        values = rng.random((folds, 7))
+        got = _percentiles(values, (10.0, 90.0))
+        assert np.allclose(got, np.percentile(values, (10.0, 90.0), axis=0), atol=1e-15)
+
+
+def test_explanations_come_from_the_precomputed_table_and_equal_pred_contribs(
+    deployable_model, training_records
+) -> None:
+    import xgboost as xgb
+
+    records, _ = training_records
+    from data.cohort import cohort_from_tables
+    from serving.records import RecordBatch, validate_record
+
+    batch = RecordBatch.from_requests([validate_record(r) for r in records[:40]])
+    X = deployable_model.prepare(cohort_from_tables(batch.tables)).X
+    deployable_model.warm()
+    assert deployable_model._shap is not None  # the fast path serves the fixture model
+    expected = deployable_model.booster.predict(
+        xgb.DMatrix(X, missing=np.nan, nthread=1), pred_contribs=True, validate_features=False
+    )
+    assert np.abs(deployable_model.contributions(X) - expected).max() < 2e-5
