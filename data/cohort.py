@@ -1211,6 +1211,7 @@ class _Decline(Exception):
 
 _NAN = float("nan")
 _NS = np.dtype("datetime64[ns]")
+_INFINITIES = frozenset({float("inf"), float("-inf")})
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _OBJECT_TYPES = frozenset({str, int, float, bool, type(None), list, tuple, dict})
 
@@ -1469,24 +1470,23 @@ def _small_numbers(
     values = src.values[name]
     if kind in ("int", "float", "bool"):
         arr = np.array(values, dtype=np.float64)
-        if np.isinf(arr).any():
+        if any(v in _INFINITIES for v in arr.tolist()):
             raise _Decline
     elif all(v is None for v in values):
         arr = np.full(len(values), np.nan)
     else:
         raise _Decline
-    if required and np.isnan(arr).any():
-        raise _Decline
-    with np.errstate(invalid="ignore"):
-        out = np.zeros(len(arr), dtype=bool)
-        if low is not None:
-            out |= arr < low
-        if high is not None:
-            out |= arr > high
-        if integer:
-            out |= np.isfinite(arr) & (arr != np.round(arr))
-    if out.any():
-        raise _Decline
+    # The checks on the float64 values themselves (NaN compares false), one Python pass.
+    for number in arr.tolist():
+        if number != number:
+            if required:
+                raise _Decline
+        elif (
+            (low is not None and number < low)
+            or (high is not None and number > high)
+            or (integer and not number.is_integer())
+        ):
+            raise _Decline
     return arr
 
 

@@ -7,7 +7,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from features.timeline import NAT, NS_PER_DAY, Timeline, datetime_ns, factorize, lookup
+from features.timeline import (
+    NAT,
+    NS_PER_DAY,
+    Timeline,
+    column_values,
+    datetime_ns,
+    factorize,
+    lookup,
+)
 
 BOOLEAN_COLUMNS = (
     "bone_mets",
@@ -26,11 +34,11 @@ _DAYS_PER_YEAR = 365.25
 StaticKind = str  # "numeric" | "boolean" | "categorical"
 
 
-def _rows(frame: pd.DataFrame | None, ids: np.ndarray, column: str) -> np.ndarray:
-    """Position of each id in `frame[column]` (-1 when absent)."""
+def _rows(frame: pd.DataFrame | None, ids: np.ndarray, name: str) -> np.ndarray:
+    """Position of each id in `frame[name]` (-1 when absent)."""
     if frame is None or len(frame) == 0:
         return np.full(len(ids), -1, dtype=np.int64)
-    return lookup(frame[column].to_numpy(dtype=object), ids, f"patients.{column}")
+    return lookup(column_values(frame, name, object), ids, f"patients.{name}")
 
 
 def _take(values: np.ndarray, rows: np.ndarray, fill: object) -> np.ndarray:
@@ -44,17 +52,17 @@ def _take(values: np.ndarray, rows: np.ndarray, fill: object) -> np.ndarray:
     return out
 
 
-def numeric_column(frame: pd.DataFrame, table: str, column: str) -> np.ndarray:
+def numeric_column(frame: pd.DataFrame, table: str, name: str) -> np.ndarray:
     """A normalised numeric (or boolean as 1.0/0.0) column as float64."""
-    values = frame[column].to_numpy()
+    values = column_values(frame, name)
     if values.dtype.kind in "fiub":
         return values.astype(np.float64)
-    converted = pd.to_numeric(frame[column], errors="coerce")
-    bad = converted.isna() & frame[column].notna()
+    converted = pd.to_numeric(frame[name], errors="coerce")
+    bad = converted.isna() & frame[name].notna()
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
         raise TypeError(
-            f"{table}: row {first}: {column}: expected a number, got {frame[column].iloc[first]!r}"
+            f"{table}: row {first}: {name}: expected a number, got {frame[name].iloc[first]!r}"
         )
     return converted.to_numpy(dtype=np.float64)
 
@@ -87,15 +95,18 @@ def clinical_features(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(numeric features, categorical features as strings or None) from patients and episodes."""
     n = timeline.n
+    # Column names as sets: `name in frame.columns` builds a hash table per new frame.
+    episode_columns = set(episodes.columns.tolist())
+    patient_columns = set(patients.columns.tolist()) if patients is not None else set()
     rows = _rows(patients, timeline_patient_ids(episodes), "patient_id")
     numeric: dict[str, np.ndarray] = {}
 
     age = (
         numeric_column(episodes, "episodes", "age_years")
-        if "age_years" in episodes.columns
+        if "age_years" in episode_columns
         else np.full(n, np.nan)
     )
-    if np.isnan(age).any() and patients is not None and "birth_date" in patients.columns:
+    if np.isnan(age).any() and "birth_date" in patient_columns:
         birth = _take(datetime_ns(patients, "patients", "birth_date"), rows, None)
         known_birth = ~np.isnan(birth) & (birth != float(NAT))
         from_birth = (timeline.index_ns - birth) / NS_PER_DAY / _DAYS_PER_YEAR
@@ -103,27 +114,27 @@ def clinical_features(
     numeric["age_years"] = age
 
     def patient_numeric(column: str) -> np.ndarray:
-        if patients is None or column not in patients.columns:
+        if column not in patient_columns:
             return np.full(n, np.nan)
         return _take(numeric_column(patients, "patients", column), rows, np.nan)
 
     numeric["ecog"] = patient_numeric("ecog")
     for column in BOOLEAN_COLUMNS:
         numeric[column] = patient_numeric(column)
-    if patients is not None and "race" in patients.columns:
-        race = _take(patients["race"].to_numpy(dtype=object), rows, None)
+    if "race" in patient_columns:
+        race = _take(column_values(patients, "race", object), rows, None)
         numeric["race_asian"] = _is_asian(race)
     else:
         numeric["race_asian"] = np.full(n, np.nan)
     numeric["dose_mg"] = (
         numeric_column(episodes, "episodes", "dose_mg")
-        if "dose_mg" in episodes.columns
+        if "dose_mg" in episode_columns
         else np.full(n, np.nan)
     )
 
     categorical: dict[str, np.ndarray] = {}
-    if patients is not None and "subtype" in patients.columns:
-        subtype = _take(patients["subtype"].to_numpy(dtype=object), rows, None)
+    if "subtype" in patient_columns:
+        subtype = _take(column_values(patients, "subtype", object), rows, None)
         categorical["subtype"] = clean_levels(subtype)
     else:
         categorical["subtype"] = np.full(n, None, dtype=object)
@@ -131,7 +142,7 @@ def clinical_features(
 
 
 def timeline_patient_ids(episodes: pd.DataFrame) -> np.ndarray:
-    return episodes["patient_id"].to_numpy(dtype=object)
+    return column_values(episodes, "patient_id", object)
 
 
 def _level(value: object) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from features.timeline import (
     S_PER_DAY,
     Timeline,
     ceil_seconds,
+    column_values,
     datetime_ns,
     day_of,
     factorize,
@@ -30,6 +32,9 @@ from features.timeline import (
 )
 
 LAB_COLUMNS = ("patient_id", "time", "test", "value")
+# A one-episode timeline (one scored patient) takes plain-Python paths that repeat the vectorised
+# ones value for value; tests switch them off to compare the two.
+_SCALAR = True
 
 
 @dataclass(frozen=True)
@@ -60,17 +65,18 @@ def read_labs(labs: pd.DataFrame | None) -> LabRecords | None:
     """Dated, valued lab rows as arrays (rows without a time or a value are not measurements)."""
     if labs is None or len(labs) == 0:
         return None
-    for column in LAB_COLUMNS:
-        if column not in labs.columns:
-            raise ValueError(f"labs: missing required column {column!r}")
+    names = set(labs.columns.tolist())
+    for name in LAB_COLUMNS:
+        if name not in names:
+            raise ValueError(f"labs: missing required column {name!r}")
     ns = datetime_ns(labs, "labs", "time")
-    value = labs["value"].to_numpy()
+    value = column_values(labs, "value")
     if value.dtype.kind not in "fiub":
         raise TypeError(f"labs.value: expected numbers of a normalised cohort, got {value.dtype}")
     value = value.astype(np.float64, copy=False)
     keep = (ns != NAT) & ~np.isnan(value)
-    pids = labs["patient_id"].to_numpy(dtype=object)
-    test = labs["test"].to_numpy(dtype=object)
+    pids = column_values(labs, "patient_id", object)
+    test = column_values(labs, "test", object)
     if not keep.all():
         ns, value, pids, test = ns[keep], value[keep], pids[keep], test[keep]
     return LabRecords(pids, ceil_seconds(ns), day_of(ns), test, value)
@@ -149,6 +155,8 @@ def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[s
             for what in ("last", "days_since")
         } | trend
     key, day, value = shared
+    if timeline.n == 1 and _SCALAR:
+        return _lab_last_one(blocks, shared, timeline) | trend
     # One search per analyte block, then every analyte at once (same result as `last_values`).
     pos = np.stack(
         [np.searchsorted(b.key, timeline.cutoff_key, "right") - 1 + b.start for b in blocks]
@@ -165,11 +173,36 @@ def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[s
     return out | trend
 
 
+def _lab_last_one(
+    blocks: list[AnalyteSeries],
+    shared: tuple[np.ndarray, np.ndarray, np.ndarray],
+    timeline: Timeline,
+) -> dict[str, np.ndarray]:
+    """The last value and its age per analyte (`lab_features`) of a one-episode timeline."""
+    keys, days, values = (a.tolist() for a in shared)
+    cutoff = int(timeline.cutoff_key[0])
+    patient_start = int(timeline.patient_start_key[0])
+    index_day = int(timeline.index_day[0])
+    out: dict[str, np.ndarray] = {}
+    for block, (prefix, _, _) in zip(blocks, LAB_ANALYTES.values(), strict=True):
+        start = block.start
+        pos = bisect_right(keys, cutoff, start, start + len(block.key)) - 1
+        if pos >= start and keys[pos] >= patient_start:
+            out[f"{prefix}_last"] = np.array([values[pos]])
+            out[f"{prefix}_days_since"] = np.array([float(index_day - days[pos])])
+        else:
+            out[f"{prefix}_last"] = np.full(1, np.nan)
+            out[f"{prefix}_days_since"] = np.full(1, np.nan)
+    return out
+
+
 def _window_stats(
     plt: AnalyteSeries, timeline: Timeline, window: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(min, least-squares slope per day, count) of PLT from midnight `window` days before the
     index day up to the cut-off."""
+    if timeline.n == 1 and _SCALAR:
+        return _window_stats_one(plt, timeline, window)
     lo = np.searchsorted(plt.key, timeline.day_start_key(timeline.index_day - window), "left")
     hi = np.searchsorted(plt.key, timeline.cutoff_key, "right")
     counts = np.maximum(hi - lo, 0)
@@ -190,10 +223,68 @@ def _window_stats(
     return minimum, slope, counts.astype(np.float64)
 
 
+def _day_key(timeline: Timeline, day: int) -> int:
+    """`timeline.day_start_key(day)` of a one-episode timeline, as a Python int."""
+    seconds = max(day * S_PER_DAY, timeline.origin_s)
+    return int(timeline.patient_code[0]) * timeline.span + (seconds - timeline.origin_s)
+
+
+def _window_start_key(timeline: Timeline, window: int) -> int:
+    return _day_key(timeline, int(timeline.index_day[0]) - window)
+
+
+def _window_stats_one(
+    plt: AnalyteSeries, timeline: Timeline, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_window_stats` of a one-episode timeline in plain Python: the same operations in the
+    same order on the same float64 values (sums left to right, as `np.bincount` adds)."""
+    keys = plt.key.tolist()
+    lo = bisect_left(keys, _window_start_key(timeline, window))
+    hi = bisect_right(keys, int(timeline.cutoff_key[0]))
+    if hi <= lo:
+        return np.full(1, np.nan), np.full(1, np.nan), np.zeros(1)
+    y = plt.value[lo:hi].tolist()
+    minimum = y[0]
+    for value in y[1:]:
+        minimum = _np_minimum(minimum, value)
+    base = int(timeline.index_day[0]) * S_PER_DAY
+    x = [(s - base) / S_PER_DAY for s in plt.seconds[lo:hi].tolist()]
+    n = hi - lo
+    x_sum = y_sum = 0.0
+    for xi, yi in zip(x, y, strict=True):
+        x_sum += xi
+        y_sum += yi
+    x_mean, y_mean = x_sum / n, y_sum / n
+    sxx = sxy = 0.0
+    for xi, yi in zip(x, y, strict=True):
+        xc = xi - x_mean
+        sxx += xc * xc
+        sxy += xc * (yi - y_mean)
+    slope = sxy / sxx if sxx > 0 else np.nan
+    return np.array([minimum]), np.array([slope]), np.array([float(n)])
+
+
+def _np_minimum(a: float, b: float) -> float:
+    """`np.minimum(a, b)` of two floats without NaN (which of two equal zeros it keeps, too)."""
+    return float(np.minimum(a, b)) if a == b else (a if a < b else b)
+
+
 def _last_change(series: AnalyteSeries, timeline: Timeline, window: int) -> np.ndarray:
     """(last - previous value) / days between them, of the two latest measurements from midnight
     `window` days before the index day up to the cut-off (NaN with fewer than two at different
     times)."""
+    if timeline.n == 1 and _SCALAR:
+        keys = series.key.tolist()
+        lo = bisect_left(keys, _window_start_key(timeline, window))
+        last = bisect_right(keys, int(timeline.cutoff_key[0])) - 1
+        prev = last - 1
+        if prev < lo or prev < 0:
+            return np.full(1, np.nan)
+        seconds, values = series.seconds, series.value
+        days = int(seconds[last] - seconds[prev]) / S_PER_DAY
+        if not days > 0:
+            return np.full(1, np.nan)
+        return np.array([(float(values[last]) - float(values[prev])) / days])
     out = np.full(timeline.n, np.nan)
     if len(series.key) == 0:
         return out
@@ -227,6 +318,9 @@ def platelet_features(
     out[f"plt_slope_{PLT_TREND_WINDOW}d"] = trend
     out[f"plt_n_{PLT_COUNT_WINDOW}d"] = counts[PLT_COUNT_WINDOW]
     out["plt_change_last"] = _last_change(plt, timeline, PLT_COUNT_WINDOW)
+    if timeline.n == 1 and _SCALAR:
+        out["plt_nadir_cycle"], out["plt_pre_cycle"] = _cycle_one(plt, timeline, cycle_start_day)
+        return out
     has_cycle = cycle_start_day >= 0
     start_key = timeline.day_start_key(np.where(has_cycle, cycle_start_day, timeline.index_day))
     cutoff = timeline.cutoff_key
@@ -241,3 +335,27 @@ def platelet_features(
     pre[~has_cycle] = np.nan
     out["plt_pre_cycle"] = pre
     return out
+
+
+def _cycle_one(
+    plt: AnalyteSeries, timeline: Timeline, cycle_start_day: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(`plt_nadir_cycle`, `plt_pre_cycle`) of `platelet_features` for a one-episode timeline."""
+    start_day = int(cycle_start_day[0])
+    if start_day < 0:
+        return np.full(1, np.nan), np.full(1, np.nan)
+    keys = plt.key.tolist()
+    cutoff = int(timeline.cutoff_key[0])
+    lo = bisect_left(keys, _day_key(timeline, start_day))
+    hi = bisect_right(keys, cutoff)
+    nadir = np.nan
+    if hi > lo:
+        values = plt.value[lo:hi].tolist()
+        nadir = values[0]
+        for value in values[1:]:
+            nadir = _np_minimum(nadir, value)
+    pos = bisect_right(keys, min(_day_key(timeline, start_day + 1) - 1, cutoff)) - 1
+    pre = np.nan
+    if pos >= 0 and keys[pos] >= int(timeline.patient_start_key[0]):
+        pre = float(plt.value[pos])
+    return np.array([nadir]), np.array([pre])

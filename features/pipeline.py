@@ -16,6 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from pandas._libs.internals import BlockPlacement
+from pandas.core.internals import BlockManager
+from pandas.core.internals.blocks import new_block
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
@@ -218,6 +221,19 @@ class _Categorical:
     positions: tuple[int, ...]
 
 
+def _float_frame(out: np.ndarray, ids: np.ndarray, columns: pd.Index) -> pd.DataFrame:
+    """`pd.DataFrame(out.T, index=Index(ids, name="episode_id", dtype=object), columns=columns)`.
+
+    `out` holds one row per column, as pandas stores a float frame: it becomes the frame's one
+    block without pandas' per-call inference (about 40 us for one patient).
+    """
+    index = np.empty(len(ids), dtype=object)
+    index[:] = ids
+    axes = [columns, pd.Index._simple_new(index, name="episode_id")]
+    block = new_block(out, BlockPlacement(slice(0, len(columns))), ndim=2)
+    return pd.DataFrame._from_mgr(BlockManager((block,), axes, verify_integrity=False), axes)
+
+
 class FeaturePipeline(BaseEstimator):
     """Cohort -> model features: the scikit-learn estimator contract, picklable.
 
@@ -274,8 +290,9 @@ class FeaturePipeline(BaseEstimator):
         warnings = raw.warnings
         ids = raw.episode_ids
         out = np.empty((len(self.feature_names_), len(ids)))
-        for position, column in self._numeric_plan_:
-            out[position] = raw.columns[column]
+        if self._numeric_plan_:  # one copy of all numeric columns, not one per column
+            positions, names = zip(*self._numeric_plan_, strict=True)
+            out[list(positions)] = [raw.columns[column] for column in names]
         for plan in self._categorical_plan_:
             values = raw.columns[plan.raw]
             missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
@@ -293,10 +310,7 @@ class FeaturePipeline(BaseEstimator):
                 )
         if warnings:  # the messages name episodes: they go to the caller, never to the log
             logger.warning("%d unseen category value(s) encoded as all zeros", len(warnings))
-        frame = pd.DataFrame(
-            out.T, index=pd.Index(ids, name="episode_id", dtype=object), columns=self._columns_
-        )
-        return frame, warnings
+        return _float_frame(out, ids, self._columns_), warnings
 
     def transform(self, cohort: CohortLike) -> pd.DataFrame:
         """Model features of every episode; warnings are logged and kept in `X.attrs`."""

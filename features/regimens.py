@@ -9,6 +9,7 @@ form a line and `n_lines` counts the distinct regimens.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +18,10 @@ import pandas as pd
 from data.drugs import DRUG_CLASSES, classes_of
 from features.timeline import (
     NAT,
+    SMALL,
     Timeline,
     ceil_seconds,
+    column_values,
     datetime_ns,
     day_of,
     factorize,
@@ -28,6 +31,9 @@ from features.timeline import (
 )
 
 _CLASS_INDEX = {cls: i for i, cls in enumerate(DRUG_CLASSES)}
+# A one-episode timeline (one scored patient) takes a plain-Python path that repeats the
+# vectorised one value for value; tests switch it off to compare the two.
+_SCALAR = True
 
 
 @dataclass(frozen=True)
@@ -41,31 +47,29 @@ class RegimenRecords:
     regimen: np.ndarray  # identifier of the regimen: its name, else its drugs
 
 
-def _float_column(frame: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in frame.columns:
+def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in set(frame.columns.tolist()):
         return np.full(len(frame), np.nan)
-    values = frame[column].to_numpy()
+    values = column_values(frame, name)
     if values.dtype.kind not in "fiub":
         try:
-            values = pd.to_numeric(frame[column], errors="raise").to_numpy()
+            values = pd.to_numeric(frame[name], errors="raise").to_numpy()
         except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"regimens.{column}: expected numbers, got {frame[column].dtype}"
-            ) from exc
+            raise TypeError(f"regimens.{name}: expected numbers, got {frame[name].dtype}") from exc
     return values.astype(np.float64)
 
 
 def _class_matrix(frame: pd.DataFrame) -> np.ndarray:
     """Rows x 14 class indicators, from `classes` (or, failing that, from `drugs`)."""
-    if "classes" in frame.columns:
-        source, split = frame["classes"], lambda text: text.split(";")
+    if "classes" in set(frame.columns.tolist()):
+        source, split = column_values(frame, "classes", object), lambda text: text.split(";")
     else:
-        source = frame["drugs"]
+        source = column_values(frame, "drugs", object)
 
         def split(text: str) -> list[str]:
             return [c for drug in text.split(";") for c in classes_of(drug)]
 
-    codes, uniques = factorize(source.to_numpy(dtype=object))
+    codes, uniques = factorize(source)
     table = np.zeros((len(uniques), len(DRUG_CLASSES)), dtype=np.int64)
     for row, text in enumerate(uniques):
         for cls in split(str(text)):
@@ -79,18 +83,19 @@ def read_regimens(regimens: pd.DataFrame | None) -> RegimenRecords | None:
     """Dated regimen rows as arrays (an undated row cannot be placed before the index)."""
     if regimens is None or len(regimens) == 0:
         return None
-    for column in ("patient_id", "start_date", "drugs"):
-        if column not in regimens.columns:
-            raise ValueError(f"regimens: missing required column {column!r}")
+    names = set(regimens.columns.tolist())
+    for name in ("patient_id", "start_date", "drugs"):
+        if name not in names:
+            raise ValueError(f"regimens: missing required column {name!r}")
     ns = datetime_ns(regimens, "regimens", "start_date")
     keep = ns != NAT
-    name = regimens["drugs"].to_numpy(dtype=object)
-    if "regimen" in regimens.columns:
-        given = regimens["regimen"].to_numpy(dtype=object)
+    name = column_values(regimens, "drugs", object)
+    if "regimen" in names:
+        given = column_values(regimens, "regimen", object)
         named = pd.notna(given) & (given != "")
         name = np.where(named, given, name)
     records = RegimenRecords(
-        patient_id=regimens["patient_id"].to_numpy(dtype=object),
+        patient_id=column_values(regimens, "patient_id", object),
         seconds=ceil_seconds(ns),
         day=day_of(ns),
         classes=_class_matrix(regimens),
@@ -129,6 +134,8 @@ def regimen_features(
     if order is not None:
         key, pcode = key[order], pcode[order]
         fields = {k: v[order] for k, v in fields.items()}
+    if n == 1 and len(key) <= SMALL and _SCALAR:
+        return _regimen_features_one(key, fields, timeline)
 
     lo = np.searchsorted(key, timeline.patient_start_key, "left")
     hi = np.searchsorted(key, timeline.cutoff_key, "right")
@@ -181,3 +188,75 @@ def regimen_features(
     for i, cls in enumerate(DRUG_CLASSES):
         out[f"current_{cls}"] = current[:, i].astype(np.float64)
     return out, start_day.astype(np.int64)
+
+
+def _fmax(values: list[float]) -> float:
+    """`np.fmax.reduce` of floats: NaN only when every value is NaN (or there are none)."""
+    out = np.nan
+    for value in values:
+        if value != value:
+            continue
+        if out != out or value > out:
+            out = value
+        elif value == out:  # which of two equal zeros numpy keeps
+            out = float(np.fmax(out, value))
+    return out
+
+
+def _first_codes(values: list) -> list[int]:
+    """Codes in order of first appearance (`features.timeline.factorize` of a few values)."""
+    seen: dict[object, int] = {}
+    return [seen.setdefault(v, len(seen)) for v in values]
+
+
+def _regimen_features_one(
+    key: np.ndarray, fields: dict[str, np.ndarray], timeline: Timeline
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`regimen_features` of a one-episode timeline: the episode's patient's rows sorted by key."""
+    keys = key.tolist()
+    lo = bisect_left(keys, int(timeline.patient_start_key[0]))
+    hi = bisect_right(keys, int(timeline.cutoff_key[0]))
+    has = hi > lo
+    last = max(hi - 1, 0)
+    classes = fields["classes"]
+    exposed = classes[lo:hi].sum(axis=0) > 0
+    if has:
+        current = classes[bisect_left(keys, keys[last]) : hi].sum(axis=0) > 0
+    else:
+        current = np.zeros(len(DRUG_CLASSES), dtype=bool)
+
+    regimen_code = _first_codes(fields["regimen"].tolist())
+    first_seen = {}
+    for i, code in enumerate(regimen_code):
+        first_seen.setdefault(code, i)
+    distinct = sum(1 for i in first_seen.values() if lo <= i < hi)
+    line = fields["line"].tolist()
+    max_line = _fmax(line[lo:hi])
+    n_lines = float(distinct) if max_line != max_line else max_line
+
+    cycles = np.nan
+    if has:
+        line_code = _first_codes([-1.0 if v != v else v for v in line])
+        line_code = [0 if v != v else c + 1 for v, c in zip(line, line_code, strict=True)]
+        past_lines = max(line_code) + 1
+        group = [
+            past_lines + r if v != v else c
+            for v, c, r in zip(line, line_code, regimen_code, strict=True)
+        ]
+        members = [i for i in range(last + 1) if group[i] == group[last]]
+        cycle = fields["cycle"].tolist()
+        max_cycle = _fmax([cycle[i] for i in members])
+        cycles = float(len(members)) if max_cycle != max_cycle else max_cycle
+
+    start_day = int(fields["day"][last]) if has else -1
+    days_since = float(int(timeline.index_day[0]) - start_day) if has else np.nan
+    out: dict[str, np.ndarray] = {
+        "n_lines": np.array([n_lines]),
+        "cycles_current_line": np.array([cycles]),
+        "days_since_last_dose": np.array([days_since]),
+    }
+    for i, cls in enumerate(DRUG_CLASSES):
+        out[f"exposed_{cls}"] = np.array([float(exposed[i])])
+    for i, cls in enumerate(DRUG_CLASSES):
+        out[f"current_{cls}"] = np.array([float(current[i])])
+    return out, np.array([start_day], dtype=np.int64)

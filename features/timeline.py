@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype
+from pandas.arrays import DatetimeArray
+from pandas.core.internals import BlockManager
 
 NS_PER_S = 1_000_000_000
 S_PER_DAY = 86_400
@@ -26,15 +28,39 @@ NAT = np.iinfo(np.int64).min
 _KEY_LIMIT = 2**62
 
 
-def datetime_ns(frame: pd.DataFrame, table: str, column: str) -> np.ndarray:
+def column_values(frame: pd.DataFrame, name: str, dtype: type | None = None) -> np.ndarray:
+    """`frame[name].to_numpy(dtype=dtype)`, without building a Series for a plain column.
+
+    Pandas builds a Series (about 25 us) on the first access to each column of a new frame; a
+    scored patient reads some 25 columns of a new cohort. Plain numpy columns and timezone-naive
+    datetimes are read from the frame's blocks; anything else (extension types, a name given to
+    several columns, a missing name) goes through `frame[name]`, which also raises as usual.
+    """
+    mgr = frame._mgr
+    if type(mgr) is BlockManager:
+        names = frame.columns.tolist()
+        if names.count(name) == 1:
+            values = mgr.iget_values(names.index(name))
+            if type(values) is np.ndarray:
+                return values if dtype is None else np.asarray(values, dtype=dtype)
+            if dtype is None and type(values) is DatetimeArray and values.tz is None:
+                return np.asarray(values)
+    return frame[name].to_numpy(dtype=dtype)
+
+
+def datetime_ns(frame: pd.DataFrame, table: str, column_name: str) -> np.ndarray:
     """Int64 nanoseconds of a datetime column (NaT as the int64 minimum)."""
-    series = frame[column]
-    if isinstance(series.dtype, pd.DatetimeTZDtype) or not is_datetime64_any_dtype(series.dtype):
-        raise TypeError(
-            f"{table}.{column}: expected timezone-naive datetime64 values of a normalised cohort "
-            f"(data.cohort.load_cohort), got {series.dtype}"
-        )
-    values = series.to_numpy()
+    values = column_values(frame, column_name)
+    if values.dtype.kind != "M":  # timezone-aware, or not dates at all
+        series = frame[column_name]
+        if isinstance(series.dtype, pd.DatetimeTZDtype) or not is_datetime64_any_dtype(
+            series.dtype
+        ):
+            raise TypeError(
+                f"{table}.{column_name}: expected timezone-naive datetime64 values of a "
+                f"normalised cohort (data.cohort.load_cohort), got {series.dtype}"
+            )
+        values = series.to_numpy()
     if values.dtype != np.dtype("datetime64[ns]"):
         values = values.astype("datetime64[ns]")
     return values.view(np.int64)
@@ -80,11 +106,12 @@ class Timeline:
 
 def episode_frame(episodes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(episode ids, patient ids, index times in ns) of the episodes table, checked."""
+    names = set(episodes.columns.tolist())
     for column in ("episode_id", "patient_id", "index_date"):
-        if column not in episodes.columns:
+        if column not in names:
             raise ValueError(f"episodes: missing required column {column!r}")
-    ids = episodes["episode_id"].to_numpy(dtype=object)
-    pids = episodes["patient_id"].to_numpy(dtype=object)
+    ids = column_values(episodes, "episode_id", object)
+    pids = column_values(episodes, "patient_id", object)
     index_ns = datetime_ns(episodes, "episodes", "index_date")
     if len(ids) > 1:
         lookup(ids, ids[:0], "episodes.episode_id")  # raises on a duplicate id
