@@ -20,11 +20,11 @@ from training.oracle import (
 )
 
 
-def _summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def _summary(tables: dict[str, pd.DataFrame], codes: dict[str, int] | None = None) -> pd.DataFrame:
     cohort = cohort_from_tables(tables)
     ids = pd.Index(["E-1", "E-2", "E-5"], name="episode_id")
     features = pd.DataFrame({"plt_last": [42.0, 30.0, 55.0]}, index=ids)
-    return observation_summary(cohort, ids, features, regimen_codes(cohort))
+    return observation_summary(cohort, ids, features, codes or regimen_codes(cohort))
 
 
 def test_summary_of_the_fixture_cohort_by_hand(cohort_tables) -> None:
@@ -64,7 +64,8 @@ def test_summary_of_the_fixture_cohort_by_hand(cohort_tables) -> None:
 )
 def test_nothing_after_the_index_date_changes_the_summary(cohort_tables, after) -> None:
     tables = {name: frame.copy() for name, frame in cohort_tables.items()}
-    before = _summary(tables)
+    codes = regimen_codes(cohort_from_tables(tables))  # the reference's codes, as in the bench
+    before = _summary(tables, codes)
     units = {"PLT": "10*9/L", "ANC": "10*9/L", "HGB": "g/L"}
     extra = pd.DataFrame(
         [
@@ -82,7 +83,12 @@ def test_nothing_after_the_index_date_changes_the_summary(cohort_tables, after) 
     # P-a1's episode E-1 (index 2024-03-10); E-5 is later, so only keep rows before 2024-09-01
     extra = extra[pd.to_datetime(extra["time"]) < pd.Timestamp("2024-09-01")]
     tables["labs"] = pd.concat([tables["labs"], extra], ignore_index=True)
-    pd.testing.assert_series_equal(_summary(tables).loc["E-1"], before.loc["E-1"])
+    later_cycle = {"patient_id": "P-a1", "start_date": "2024-03-20", "drugs": "eribulin"}
+    later_cycle |= {"regimen": "E", "line": 3, "cycle": 1}
+    tables["regimens"] = pd.concat(
+        [tables["regimens"], pd.DataFrame([later_cycle])], ignore_index=True
+    )
+    pd.testing.assert_series_equal(_summary(tables, codes).loc["E-1"], before.loc["E-1"])
 
 
 def test_the_fit_recovers_a_known_conditional_probability() -> None:
