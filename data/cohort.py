@@ -20,16 +20,22 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pandas._libs.internals import BlockPlacement
 from pandas.api import types as ptypes
 from pandas.arrays import DatetimeArray
-from pandas.core.internals import BlockManager
-from pandas.core.internals.blocks import new_block
 from pyarrow import csv as pa_csv
 from pyarrow import parquet as pa_parquet
 
 from data import drugs, units
 from data.issues import CohortError, Issue
+
+try:  # pandas 2.x block internals (as pyarrow's to_pandas uses them), for `_frame_of_arrays`
+    from pandas._libs.internals import BlockPlacement
+    from pandas.core.internals import BlockManager
+    from pandas.core.internals.blocks import new_block
+
+    _BLOCKS = pd.__version__.startswith("2.")
+except ImportError:  # another pandas: frames come from pd.DataFrame
+    _BLOCKS = False
 
 logger = logging.getLogger(__name__)
 
@@ -1349,13 +1355,13 @@ def _small_assemble(
             data[name] = value
     if order is not None:
         data = {name: value[order] for name, value in data.items()}
-    return frame_of_arrays(data)
+    return _frame_of_arrays(data)
 
 
 _BLOCK_KINDS = frozenset("biufO")
 
 
-def frame_of_arrays(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+def _frame_of_arrays(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """`pd.DataFrame(columns)` for equal-length 1-D numpy arrays with string names, built faster.
 
     The same values, dtypes, RangeIndex and object Index of the names, with the columns of each
@@ -1364,6 +1370,8 @@ def frame_of_arrays(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     pandas' block internals as pyarrow's `to_pandas` does (pandas 2.x; tests compare the frames);
     any other input is left to `pd.DataFrame`.
     """
+    if not _BLOCKS:
+        return pd.DataFrame(dict(columns), copy=False)
     names = list(columns)
     arrays = list(columns.values())
     n = len(arrays[0]) if arrays else 0
@@ -1604,6 +1612,7 @@ def _small_labs(
     if None in tests:
         raise _Decline
     analyte_of: dict[str, str | None] = {}
+    factor_of: dict[tuple[str, str], float | None] = {}
     analytes = []
     factors = []
     for code, unit in zip(tests, unit_text, strict=True):
@@ -1614,7 +1623,12 @@ def _small_labs(
         if analyte is None:
             factors.append(1.0)
             continue
-        factor = units.unit_factor(analyte, unit) if unit is not None else None
+        if unit is None:
+            raise _Decline
+        pair = (analyte, unit)
+        if pair not in factor_of:
+            factor_of[pair] = units.unit_factor(analyte, unit)
+        factor = factor_of[pair]
         if factor is None:
             raise _Decline
         factors.append(factor)

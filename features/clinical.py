@@ -14,6 +14,7 @@ from features.timeline import (
     column_values,
     datetime_ns,
     factorize,
+    is_missing,
     lookup,
 )
 
@@ -69,7 +70,7 @@ def numeric_column(frame: pd.DataFrame, table: str, name: str) -> np.ndarray:
 
 def _by_distinct(values: np.ndarray, encode: Callable[[object], object]) -> np.ndarray:
     """`encode` applied once per distinct value (missing values mapped to None first)."""
-    missing = pd.isna(values)
+    missing = is_missing(values)
     if missing.any():
         values = np.where(missing, None, values)
     codes, uniques = factorize(values.astype(object))

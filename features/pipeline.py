@@ -16,9 +16,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from pandas._libs.internals import BlockPlacement
-from pandas.core.internals import BlockManager
-from pandas.core.internals.blocks import new_block
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
@@ -34,6 +31,15 @@ from features.labs import (
 from features.regimens import read_regimens, regimen_features
 from features.registry import LAB_ANALYTES, PLT_WINDOWS, spec_of
 from features.timeline import build_timeline, episode_frame
+
+try:  # pandas 2.x block internals (as pyarrow's to_pandas uses them), for `_float_frame`
+    from pandas._libs.internals import BlockPlacement
+    from pandas.core.internals import BlockManager
+    from pandas.core.internals.blocks import new_block
+
+    _BLOCKS = pd.__version__.startswith("2.")
+except ImportError:  # another pandas: the frame comes from pd.DataFrame
+    _BLOCKS = False
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +233,10 @@ def _float_frame(out: np.ndarray, ids: np.ndarray, columns: pd.Index) -> pd.Data
     `out` holds one row per column, as pandas stores a float frame: it becomes the frame's one
     block without pandas' per-call inference (about 40 us for one patient).
     """
+    if not _BLOCKS or out.dtype != np.float64:
+        return pd.DataFrame(
+            out.T, index=pd.Index(ids, name="episode_id", dtype=object), columns=columns
+        )
     index = np.empty(len(ids), dtype=object)
     index[:] = ids
     axes = [columns, pd.Index._simple_new(index, name="episode_id")]

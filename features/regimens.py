@@ -25,6 +25,7 @@ from features.timeline import (
     datetime_ns,
     day_of,
     factorize,
+    is_missing,
     patient_codes,
     range_reduce,
     sorted_by_key,
@@ -92,7 +93,7 @@ def read_regimens(regimens: pd.DataFrame | None) -> RegimenRecords | None:
     name = column_values(regimens, "drugs", object)
     if "regimen" in names:
         given = column_values(regimens, "regimen", object)
-        named = pd.notna(given) & (given != "")
+        named = ~is_missing(given) & (given != "")
         name = np.where(named, given, name)
     records = RegimenRecords(
         patient_id=column_values(regimens, "patient_id", object),

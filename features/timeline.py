@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype
 from pandas.arrays import DatetimeArray
-from pandas.core.internals import BlockManager
+
+try:  # pandas 2.x block internals, for `column_values`
+    from pandas.core.internals import BlockManager
+except ImportError:  # another pandas: columns are read through frame[name]
+    BlockManager = None
 
 NS_PER_S = 1_000_000_000
 S_PER_DAY = 86_400
@@ -37,7 +41,7 @@ def column_values(frame: pd.DataFrame, name: str, dtype: type | None = None) -> 
     several columns, a missing name) goes through `frame[name]`, which also raises as usual.
     """
     mgr = frame._mgr
-    if type(mgr) is BlockManager:
+    if BlockManager is not None and type(mgr) is BlockManager:
         names = frame.columns.tolist()
         if names.count(name) == 1:
             values = mgr.iget_values(names.index(name))
@@ -219,6 +223,15 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (seen.setdefault(v, len(seen)) for v in values.tolist()), dtype=np.int64, count=len(values)
     )
     return codes, np.array(list(seen), dtype=values.dtype)
+
+
+def is_missing(values: np.ndarray) -> np.ndarray:
+    """`pd.isna(values)` of a 1-D array; a few strings and Nones are checked in plain Python."""
+    if len(values) <= SMALL and values.dtype == object:
+        items = values.tolist()
+        if all(type(v) is str or v is None for v in items):
+            return np.array([v is None for v in items], dtype=bool)
+    return pd.isna(values)
 
 
 def lookup(keys: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:

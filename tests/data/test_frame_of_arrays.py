@@ -1,4 +1,4 @@
-"""`data.cohort.frame_of_arrays` builds exactly the frame `pd.DataFrame` builds from the same
+"""`data.cohort._frame_of_arrays` builds exactly the frame `pd.DataFrame` builds from the same
 arrays (values, dtypes, index and column types), and a frame that behaves like one afterwards."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.cohort import frame_of_arrays
+from data.cohort import _frame_of_arrays
 
 _KINDS = ("int", "float", "bool", "text", "datetime")
 
@@ -35,7 +35,7 @@ def _column(kind: str, data: st.DataObject, n: int) -> np.ndarray:
 
 
 def _assert_same(columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    got = frame_of_arrays(columns)
+    got = _frame_of_arrays(columns)
     want = pd.DataFrame(columns)
     assert list(got.columns) == list(want.columns)
     assert list(got.dtypes) == list(want.dtypes)
@@ -94,6 +94,14 @@ def test_other_inputs_are_left_to_pandas(columns) -> None:
         want = pd.DataFrame(columns)
     except ValueError as exc:
         with pytest.raises(ValueError, match=str(exc)[:20]):
-            frame_of_arrays(columns)
+            _frame_of_arrays(columns)
         return
-    pd.testing.assert_frame_equal(frame_of_arrays(columns), want, check_exact=True)
+    pd.testing.assert_frame_equal(_frame_of_arrays(columns), want, check_exact=True)
+
+
+def test_without_block_internals_pandas_builds_the_frame(monkeypatch) -> None:
+    import data.cohort
+
+    monkeypatch.setattr(data.cohort, "_BLOCKS", False)
+    columns = {"a": np.array([1.0, np.nan]), "b": np.array(["x", None], dtype=object)}
+    _assert_same(columns)

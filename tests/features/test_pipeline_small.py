@@ -19,7 +19,7 @@ import features.labs
 import features.regimens
 from data.cohort import Cohort, cohort_from_tables
 from features.pipeline import FeaturePipeline, _float_frame
-from features.timeline import column_values
+from features.timeline import column_values, is_missing
 
 
 @pytest.fixture
@@ -196,8 +196,12 @@ def test_random_patients_alone_and_together(pipeline: FeaturePipeline, tables) -
 # -- building blocks ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("blocks", [True, False])
 @pytest.mark.parametrize("n", [0, 1, 3])
-def test_the_output_frame_is_the_pandas_frame(n: int) -> None:
+def test_the_output_frame_is_the_pandas_frame(n: int, blocks: bool, monkeypatch) -> None:
+    import features.pipeline
+
+    monkeypatch.setattr(features.pipeline, "_BLOCKS", blocks)
     rng = np.random.default_rng(n)
     out = rng.normal(size=(4, n))
     out[1, :] = np.nan
@@ -240,3 +244,15 @@ def test_column_values_reads_what_pandas_gives(frame, name, dtype) -> None:
 def test_column_values_raises_for_a_missing_name() -> None:
     with pytest.raises(KeyError):
         column_values(_frames()[0], "missing")
+
+
+_ODD = st.sampled_from([None, np.nan, pd.NaT, pd.NA, np.datetime64("NaT"), 1, 2.5, "", " x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.text(max_size=3) | st.none() | _ODD, max_size=70))
+def test_is_missing_is_pd_isna(values: list) -> None:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    assert is_missing(array).tolist() == pd.isna(array).tolist()
+    assert is_missing(np.array([1.0, np.nan])).tolist() == [False, True]
