@@ -56,6 +56,7 @@ def main() -> int:
         "without and with the simulator's latent pre-index state, scored on the fresh cohort",
     )
     args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     import mlflow
     import pandas as pd
