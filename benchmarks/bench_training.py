@@ -129,7 +129,7 @@ def main() -> int:
             "calibration_slope": round(float(metrics.calibration_slope(y, p)[0]), 3),
             "calibration_intercept": round(float(metrics.calibration_intercept(y, p)[0]), 3),
             "brier": round(float(metrics.brier(y, p)[0]), 4),
-            "oracle_brier": round(float(metrics.brier(y, oracle.to_numpy(dtype=float))[0]), 4),
+            "latent_oracle_brier": round(float(metrics.brier(y, oracle.to_numpy(float))[0]), 4),
         }
         figures["slope_target_met"] = 0.85 <= figures["calibration_slope"] <= 1.15
         figures["latent_oracle_auroc"] = figures["oracle_auroc"]
