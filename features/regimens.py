@@ -128,9 +128,11 @@ def regimen_features(
         )
     pcode = patient_codes(timeline, records.patient_id)
     own = pcode >= 0
-    key = timeline.key(pcode, records.seconds)[own]
-    fields = {k: v[own] for k, v in records.__dict__.items() if k != "patient_id"}
-    pcode = pcode[own]
+    key = timeline.key(pcode, records.seconds)
+    fields = {k: v for k, v in records.__dict__.items() if k != "patient_id"}
+    if not own.all():  # rows of patients without an episode
+        key, pcode = key[own], pcode[own]
+        fields = {k: v[own] for k, v in fields.items()}
     order = sorted_by_key(key)
     if order is not None:
         key, pcode = key[order], pcode[order]

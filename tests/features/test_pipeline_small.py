@@ -18,13 +18,22 @@ from hypothesis import strategies as st
 import features.labs
 import features.regimens
 from data.cohort import Cohort, cohort_from_tables
-from features.pipeline import FeaturePipeline, _float_frame
+from features.pipeline import FeatureConfig, FeaturePipeline, _float_frame
 from features.timeline import column_values, is_missing
 
 
 @pytest.fixture
 def pipeline(cohort_tables) -> FeaturePipeline:
     return FeaturePipeline().fit(cohort_from_tables(cohort_tables))
+
+
+@pytest.fixture
+def extra_pipeline(cohort_tables) -> FeaturePipeline:
+    """With an extra analyte and extra static columns (a category and a number)."""
+    config = FeatureConfig(extra_analytes=("XYZ-1",), extra_static=("site", "weight_kg"))
+    tables = dict(cohort_tables)
+    tables["patients"] = tables["patients"].assign(weight_kg=[61.0, None, 70.5, 80.0])
+    return FeaturePipeline(config).fit(cohort_from_tables(tables))
 
 
 def _vectorised(pipeline: FeaturePipeline, cohort: Any) -> tuple[pd.DataFrame, list[str]]:
@@ -159,6 +168,8 @@ def _patient_tables(draw) -> dict[str, list[dict[str, Any]]]:
         patient["birth_date"] = f"{draw(st.integers(1940, 1990))}-03-01"
     patient["subtype"] = draw(st.sampled_from(["HR+/HER2-", "HER2+", "TNBC", "luminal-x", None]))
     patient["race"] = draw(st.sampled_from(["Asian", "White", "korean", "", None]))
+    patient["site"] = draw(st.sampled_from(["north", "south", "east", None]))
+    patient["weight_kg"] = draw(st.sampled_from([55.0, 72.5, None]))
     patient["ecog"] = draw(st.sampled_from([0, 1, 2, None]))
     patient["bone_mets"] = draw(st.sampled_from([True, False, None]))
     n_episodes = draw(st.integers(1, 3))
@@ -187,10 +198,11 @@ def _patient_tables(draw) -> dict[str, list[dict[str, Any]]]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(tables=_patient_tables())
-def test_random_patients_alone_and_together(pipeline: FeaturePipeline, tables) -> None:
+def test_random_patients_alone_and_together(pipeline, extra_pipeline, tables) -> None:
     cohort = cohort_from_tables(tables)
-    _assert_same_paths(pipeline, cohort)
-    _assert_alone_as_in_cohort(pipeline, cohort)
+    for fitted in (pipeline, extra_pipeline):
+        _assert_same_paths(fitted, cohort)
+        _assert_alone_as_in_cohort(fitted, cohort)
 
 
 # -- building blocks ----------------------------------------------------------------------------
