@@ -1,4 +1,5 @@
-"""Regimen-history features: lines, cycles, days since the last dose, drug-class exposure.
+"""Regimen-history features: lines, cycles, days since the last dose and between the last two
+cycle starts, drug-class exposure.
 
 A regimen row counts when its start is on or before the cut-off. The current regimen is the one
 with the latest such start (rows starting that same day together). Cycles in the current line:
@@ -180,11 +181,17 @@ def regimen_features(
 
     start_day = np.where(has, fields["day"][last] if len(key) else -1, -1)
     days_since = np.where(has, timeline.index_day - start_day, np.nan)
+    # the start before the current one (rows starting together count once)
+    previous = tie_lo - 1
+    has_previous = has & (previous >= lo)
+    previous_day = fields["day"][np.maximum(previous, 0)] if len(key) else np.zeros(n)
+    interval = np.where(has_previous, start_day - previous_day, np.nan)
 
     out: dict[str, np.ndarray] = {
         "n_lines": n_lines.astype(np.float64),
         "cycles_current_line": cycles,
         "days_since_last_dose": days_since.astype(np.float64),
+        "cycle_interval_days": interval.astype(np.float64),
     }
     for i, cls in enumerate(DRUG_CLASSES):
         out[f"exposed_{cls}"] = exposed[:, i].astype(np.float64)
@@ -253,10 +260,16 @@ def _regimen_features_one(
 
     start_day = int(fields["day"][last]) if has else -1
     days_since = float(int(timeline.index_day[0]) - start_day) if has else np.nan
+    interval = np.nan
+    if has:
+        previous = bisect_left(keys, keys[last]) - 1
+        if previous >= lo:
+            interval = float(start_day - int(fields["day"][previous]))
     out: dict[str, np.ndarray] = {
         "n_lines": np.array([n_lines]),
         "cycles_current_line": np.array([cycles]),
         "days_since_last_dose": np.array([days_since]),
+        "cycle_interval_days": np.array([interval]),
     }
     for i, cls in enumerate(DRUG_CLASSES):
         out[f"exposed_{cls}"] = np.array([float(exposed[i])])

@@ -201,6 +201,13 @@ def _regimen_specs() -> list[FeatureSpec]:
             "calendar days from the start of the latest regimen/cycle to the index date",
             "regimen_history",
         ),
+        FeatureSpec(
+            "cycle_interval_days",
+            "days",
+            "calendar days between the starts of the last two regimens/cycles before the index "
+            "date (a cycle delayed by a low count lengthens it)",
+            "regimen_history",
+        ),
     ]
     for cls in DRUG_CLASSES:
         specs.append(

@@ -97,6 +97,11 @@ def test_regimen_history(raw):
     # P-d4 has no line recorded: one distinct regimen.
     e4 = raw.loc["E-4"]
     assert (e4["n_lines"], e4["cycles_current_line"], e4["current_antimetabolite"]) == (1, 1, 1)
+    # Days between the last two starts: THP 2023-10-01 -> T-DM1 2024-02-20 is 142 days;
+    # T-DM1 -> T-DXd 2024-08-10 is 172; GCb 2024-05-01 -> GP 2024-06-28 is 58; one start: none.
+    assert (e1["cycle_interval_days"], e5["cycle_interval_days"]) == (142, 172)
+    assert e3["cycle_interval_days"] == 58
+    assert np.isnan(e4["cycle_interval_days"]) and np.isnan(raw.loc["E-2", "cycle_interval_days"])
 
 
 def test_clinical_columns(raw):
