@@ -846,6 +846,7 @@ _TEMPLATES = {
     "n_lines": "treatment line {v}",
     "cycles_current_line": "{v} cycle{s} in the current line",
     "days_since_last_dose": "latest regimen or cycle started {v} day{s} before the index date",
+    "cycle_interval_days": "{v} day{s} between the starts of the last two cycles",
     "ecog": "ECOG performance status {v}",
     "age_years": "age {v} years",
     "dose_mg": "hetrombopag dose {v} mg a day",
