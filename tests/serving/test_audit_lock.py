@@ -1,0 +1,68 @@
+"""The audit writer waits for another process's write lock in short steps, and gives up in time."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import serving.audit as audit_module
+from serving.audit import AuditLog
+
+ANSWER = {"episode_id": "E-1", "probability": 0.7, "band": "intermediate"}
+MODEL = {"name": "ctit-response", "version": "3"}
+
+
+def _record(log: AuditLog) -> None:
+    log.record_score(
+        model=MODEL,
+        patient_id="P-1",
+        input_sha256="0" * 64,
+        answers=[ANSWER],
+        endpoint="/v1/score",
+        caller="test",
+    )
+
+
+def _hold_write_lock(path: Path, seconds: float, held: threading.Event) -> None:
+    other = sqlite3.connect(path, isolation_level=None)  # another worker process's connection
+    other.execute("BEGIN IMMEDIATE")
+    held.set()
+    time.sleep(seconds)
+    other.execute("COMMIT")
+    other.close()
+
+
+def test_a_held_write_lock_delays_the_row_but_loses_nothing(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.db", salt="s")
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(log.path, 0.3, held))
+    holder.start()
+    held.wait(5)
+    began = time.monotonic()
+    _record(log)  # waits for the lock (SQLite's own handler is off for this connection)
+    waited = time.monotonic() - began
+    holder.join()
+    assert waited >= 0.2  # it did wait for the other writer, and did not fail fast
+    assert [row["endpoint"] for row in log.rows()] == ["/v1/score"]
+    log.close()
+
+
+def test_a_lock_held_past_the_deadline_fails_the_request_not_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "_LOCK_WAIT_S", 0.2)
+    log = AuditLog(tmp_path / "audit.db", salt="s")
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(log.path, 1.0, held))
+    holder.start()
+    held.wait(5)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _record(log)
+    holder.join()
+    _record(log)  # the writer thread survived and writes again
+    assert len(log.rows()) == 1
+    log.close()
