@@ -38,6 +38,7 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 BATCH_PATH = "/v1/score/batch"
+_INLINE_RECORDS = 4  # batches up to this size are scored on the event loop, like one record
 _bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
@@ -241,8 +242,10 @@ def _router() -> APIRouter:
             )
         scorer: Scorer = request.app.state.scorer
         try:
-            # A batch may take long: keep the event loop free for health checks meanwhile.
-            answers = await asyncio.to_thread(scorer.score_batch, body.records, body.explain)
+            if len(body.records) <= _INLINE_RECORDS:  # as quick as /v1/score: no thread hop
+                answers = scorer.score_batch(body.records, body.explain)
+            else:  # a batch may take long: keep the event loop free for health checks meanwhile
+                answers = await asyncio.to_thread(scorer.score_batch, body.records, body.explain)
         except RecordError as exc:
             return _record_error(exc, ["body", "records"])
         except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
