@@ -138,7 +138,8 @@ class ShapTable:
     """Precomputed Shapley values of every leaf of one booster, per pattern of followed splits.
 
     Per row: each internal node's direction (one comparison per node), then each leaf's path as a
-    byte of "followed" bits (`np.packbits`), which indexes the leaf's precomputed values.
+    byte of "followed" bits, which indexes the leaf's precomputed values directly (one row of
+    `values` per leaf and byte, so a row touches one cache line per leaf).
     """
 
     def __init__(
@@ -147,7 +148,6 @@ class ShapTable:
         node_threshold: np.ndarray,
         node_missing_left: np.ndarray,
         path_edge: np.ndarray,
-        start: np.ndarray,
         slot_feature: np.ndarray,
         values: np.ndarray,
         bias: float,
@@ -157,17 +157,16 @@ class ShapTable:
         self.node_threshold = node_threshold  # (nodes,) float32
         self.node_missing_left = node_missing_left  # (nodes,) bool
         self.path_edge = path_edge  # (leaves, 8): 2 * node + (1 if the path goes right), padded
-        self.start = start  # (leaves * 2**depth,): row of `values` per followed-bits byte
         self.slot_feature = slot_feature  # (leaves, width): feature per slot; n_features = none
-        self.values = values  # (leaf patterns, width) float64: a leaf's values per pattern
+        self.values = values  # (leaves * 2**depth, width) float64: per leaf and followed-bits byte
         self.bias = bias
         self.n_features = n_features
-        patterns = start.shape[0] // max(path_edge.shape[0], 1)
-        self._leaf_base = np.arange(path_edge.shape[0], dtype=np.intp) * patterns
+        codes = values.shape[0] // max(path_edge.shape[0], 1)
+        self._leaf_base = np.arange(path_edge.shape[0], dtype=np.intp) * codes
 
     @property
     def nbytes(self) -> int:
-        return int(self.values.nbytes + self.start.nbytes)
+        return int(self.values.nbytes)
 
     @classmethod
     def build(cls, booster: xgb.Booster, max_bytes: int = MAX_TABLE_BYTES) -> ShapTable | None:
@@ -194,13 +193,13 @@ class ShapTable:
         widths = np.array([len(leaf.features) for leaf in leaves], dtype=np.int64)
         depth = max((len(leaf.splits) for leaf in leaves), default=0)
         width = max(int(widths.max(initial=0)), 1)
-        size = int(np.sum(2**widths)) * width * 8 + len(leaves) * 2**depth * 8
+        size = (int(np.sum(2**widths)) + len(leaves) * 2**depth) * width * 8
         if depth > 8 or size > max_bytes:
             log.info("SHAP table would take %d MB; xgboost computes contributions", size >> 20)
             return None
         n_leaves, n_features = len(leaves), booster.num_features()
         never = 2 * len(nodes)  # the padding edge, never followed
-        path_edge = np.full((n_leaves, 8), never, dtype=np.intp)
+        path_edge = np.full((n_leaves, 8), never, dtype=np.int32)
         slot = np.full((n_leaves, max(depth, 1)), -1, dtype=np.int64)
         slot_feature = np.full((n_leaves, width), n_features, dtype=np.intp)
         for i, leaf in enumerate(leaves):
@@ -236,9 +235,8 @@ class ShapTable:
             node_threshold=np.asarray(node_array[:, 1], dtype=np.float32),
             node_missing_left=np.asarray(node_array[:, 2], dtype=bool),
             path_edge=path_edge,
-            start=start,
             slot_feature=slot_feature,
-            values=values,
+            values=values[start],  # folded: row = leaf * 2**depth + followed-bits byte
             bias=bias,
             n_features=n_features,
         )
@@ -284,8 +282,8 @@ class ShapTable:
         followed = np.ascontiguousarray(np.take(follows, self.path_edge, axis=1))
         # eight 0/1 bytes -> one byte with bit k from byte k (little-endian multiply trick)
         code = (followed.view(np.uint64)[..., 0] * _GATHER_BITS) >> np.uint64(56)
-        block = self.start[self._leaf_base + code.astype(np.intp)]  # (rows, leaves)
-        gathered = np.take(self.values, block, axis=0)  # (rows, leaves, width)
+        rows = self._leaf_base + code.astype(np.intp)  # (rows, leaves)
+        gathered = np.take(self.values, rows, axis=0)  # (rows, leaves, width)
         columns = self.n_features + 1
         target = self.slot_feature + (np.arange(n) * columns)[:, None, None]
         out = np.bincount(target.ravel(), weights=gathered.ravel(), minlength=n * columns)
