@@ -122,7 +122,12 @@ def compare_to_targets(episodes: pd.DataFrame) -> list[TargetCheck]:
     if "p_response" in lab:
         auroc = float(roc_auc_score(y, lab["p_response"]))
         checks.append(
-            TargetCheck("oracle AUROC", f"{auroc:.3f}", "0.72-0.85", 0.72 <= auroc <= 0.85)
+            TargetCheck(
+                "oracle AUROC (latent state, upper bound)",
+                f"{auroc:.3f}",
+                "0.72-0.85",
+                0.72 <= auroc <= 0.85,
+            )
         )
         expected = float(lab["p_response"].mean())
         se = float(np.sqrt((lab["p_response"] * (1 - lab["p_response"])).sum()) / len(lab))
