@@ -77,6 +77,7 @@ _INSERT = {
 }
 _GROUP_MAX = 512
 _LOCK_WAIT_S = 30.0
+_BUSY_TIMEOUT_S = 30.0  # the connection's own wait, for everything but `_begin`
 
 
 class AuditLog:
@@ -97,7 +98,7 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+            self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_S
         )
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -105,7 +106,6 @@ class AuditLog:
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(_SCHEMA)
         self._salt = (salt or self._stored_salt()).encode("utf-8")
-        self._db.execute("PRAGMA busy_timeout=0")
         self._queue: queue.SimpleQueue[tuple[str, list[tuple], Future] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="ctit-audit", daemon=True)
         self._writer.start()
@@ -260,10 +260,12 @@ class AuditLog:
                     try:
                         for table, rows, _done in group:
                             self._db.executemany(_INSERT[table], rows)
+                        self._db.execute("COMMIT")
                     except BaseException:
-                        self._db.execute("ROLLBACK")
+                        # also after a failed COMMIT (disk full): never stay inside a transaction
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
                         raise
-                    self._db.execute("COMMIT")
             except Exception as exc:  # every waiter learns that its rows were not written
                 log.error("audit log %s: write failed (%s)", self.path, type(exc).__name__)
                 for _table, _rows, done in group:
@@ -281,15 +283,19 @@ class AuditLog:
         """
         deadline = time.monotonic() + _LOCK_WAIT_S
         pause = 0.0001
-        while True:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.002)
+        self._db.execute("PRAGMA busy_timeout=0")  # only here: reads keep SQLite's own waiting
+        try:
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -513,7 +513,11 @@ class DeployableModel:
     def warm(self) -> None:
         """Build the precomputed TreeSHAP table now (the first explanation would otherwise)."""
         if not self._shap_built:
-            self._shap = ShapTable.build(self.booster)
+            try:
+                self._shap = ShapTable.build(self.booster)
+            except Exception as exc:  # noqa: BLE001 - xgboost explains instead; never fail a load
+                log.warning("no precomputed TreeSHAP (%s); xgboost explains", type(exc).__name__)
+                self._shap = None
             self._shap_built = True
 
     def contributions(self, X: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ the two bounds bracket what a model of the tables can reach.
 The summary is the model's own features plus the raw histories they condense: the log platelet
 count on each of the 28 days up to the index date, the last ANC and haemoglobin of each of the 8
 weeks before it, and the start (days before the index date) and regimen of the last 6 cycles.
-Nothing dated after the index date enters it.
+Nothing recorded after the index time (the whole index day for an index date without a time, as
+the features cut) enters it.
 """
 
 from __future__ import annotations
@@ -63,16 +64,22 @@ def observation_summary(
         episode_ids, ["patient_id", "index_date"]
     ]
     episodes = episodes.reset_index()
-    index_day = pd.to_datetime(episodes["index_date"]).dt.normalize()
-    episodes = episodes.assign(index_day=index_day)
+    index_time = pd.to_datetime(episodes["index_date"])
+    index_day = index_time.dt.normalize()
+    # as the features cut: at the index time; an index date without a time keeps its whole day
+    whole_day = index_day + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    cutoff = index_time.where(index_time != index_day, whole_day)
+    episodes = episodes.assign(index_day=index_day, cutoff=cutoff)
     parts = [features.loc[episode_ids].astype("float32")]
 
     labs = cohort.labs[cohort.labs["test"].isin(("PLT", *WEEKLY_ANALYTES))]
-    labs = labs.merge(episodes[["episode_id", "patient_id", "index_day"]], on="patient_id")
-    day = (pd.to_datetime(labs["time"]).dt.normalize() - labs["index_day"]).dt.days
-    labs = labs.assign(day=day)
-    # on or before the index date only: what is known when hetrombopag starts
-    labs = labs[(labs["day"] <= 0) & (labs["day"] > -WEEKS * 7)].sort_values("time")
+    dates = episodes[["episode_id", "patient_id", "index_day", "cutoff"]]
+    labs = labs.merge(dates, on="patient_id")
+    time = pd.to_datetime(labs["time"])
+    labs = labs.assign(day=(time.dt.normalize() - labs["index_day"]).dt.days)
+    # up to the index time only: what is known when hetrombopag starts
+    known = (time <= labs["cutoff"]) & (labs["day"] > -WEEKS * 7)
+    labs = labs[known].sort_values("time")
     platelets = labs[(labs["test"] == "PLT") & (labs["day"] > -PLT_DAYS)]
     daily = platelets.groupby(["episode_id", "day"])["value"].last().unstack()
     daily = np.log(daily.clip(lower=1.0))

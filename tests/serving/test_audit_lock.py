@@ -1,8 +1,11 @@
-"""The audit writer waits for another process's write lock in short steps, and gives up in time."""
+"""The audit writer: another process's write lock (short waits, a deadline) and a full disk."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -68,4 +71,56 @@ def test_a_lock_held_past_the_deadline_fails_the_request_not_the_log(
     holder.join()
     _record(log)  # the writer thread survived and writes again
     assert len(log.rows()) == 1
+    log.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    handle = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(handle, b"\0" * 4096)
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+    finally:
+        os.close(handle)
+    return filler
+
+
+def test_a_full_disk_fails_the_write_and_the_log_recovers_when_space_returns(
+    small_disk: Path,
+) -> None:
+    log = AuditLog(small_disk / "audit.db", salt="s")
+    _record(log)
+    filler = _fill(small_disk)
+    big = {**ANSWER, "padding": "x" * 50_000}  # more than the space left
+    with pytest.raises(sqlite3.Error):
+        log.record_score(
+            model=MODEL,
+            patient_id="P-2",
+            input_sha256="1" * 64,
+            answers=[big],
+            endpoint="/v1/score",
+            caller="test",
+        )
+    filler.unlink()
+    _record(log)  # not stuck inside the failed transaction
+    assert [row["patient_hash"] == log.hash_id("P-1") for row in log.rows()] == [True, True]
     log.close()

@@ -498,3 +498,24 @@ def test_explanations_come_from_the_precomputed_table_and_equal_pred_contribs(
         xgb.DMatrix(X, missing=np.nan, nthread=1), pred_contribs=True, validate_features=False
     )
     assert np.abs(deployable_model.contributions(X) - expected).max() < 2e-5
+
+
+def test_a_failing_table_build_falls_back_to_xgboost(
+    model_builder, training_records, monkeypatch
+) -> None:
+    import xgboost as xgb
+
+    import serving.model as model_module
+
+    def broken(booster):
+        raise MemoryError("no room for the table")
+
+    monkeypatch.setattr(model_module.ShapTable, "build", staticmethod(broken))
+    model = model_builder(*training_records)
+    model.warm()  # a load must not fail because the fast path cannot be built
+    assert model._shap is None
+    X = np.zeros((2, len(model.feature_names)), dtype=np.float32)
+    expected = model.booster.predict(
+        xgb.DMatrix(X, missing=np.nan, nthread=1), pred_contribs=True, validate_features=False
+    )
+    assert np.array_equal(model.contributions(X), expected)

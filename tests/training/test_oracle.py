@@ -91,6 +91,19 @@ def test_nothing_after_the_index_date_changes_the_summary(cohort_tables, after) 
     pd.testing.assert_series_equal(_summary(tables, codes).loc["E-1"], before.loc["E-1"])
 
 
+def test_an_index_time_cuts_the_index_day(cohort_tables) -> None:
+    tables = {name: frame.copy() for name, frame in cohort_tables.items()}
+    episodes = tables["episodes"]
+    episodes.loc[episodes["episode_id"] == "E-2", "index_date"] = "2024-06-01T07:00:00"
+    later = pd.DataFrame(
+        [("P-b2", "2024-06-01T12:00:00", "PLT", 99, "10*9/L")],
+        columns=["patient_id", "time", "test", "value", "unit"],
+    )
+    tables["labs"] = pd.concat([tables["labs"], later], ignore_index=True)
+    # PLT 30 at midnight is before 07:00; the 12:00 count is after the first dose
+    assert _summary(tables).loc["E-2", "plt_log_day_0"] == pytest.approx(math.log(30), abs=1e-6)
+
+
 def test_the_fit_recovers_a_known_conditional_probability() -> None:
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.normal(size=(4000, 3)), columns=["a", "b", "c"]).astype("float32")
