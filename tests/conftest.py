@@ -4,9 +4,11 @@ The cohort has mixed units, LOINC codes and aliases, missing values, a rare subt
 with two CTIT episodes whose second regimen history includes the first.
 """
 
+import errno
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -163,3 +165,48 @@ def _isolate_process_globals(_stray_mlflow_store: None) -> Iterator[None]:
     registry = sys.modules.get("mlflow.tracking._model_registry.utils")
     if registry is not None:
         registry._registry_uri = None
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`tmpfs("64k")` mounts a tiny tmpfs and returns it, so disk-full errors happen for real.
+
+    Needs root (the test set-up and CI have it); elsewhere the test is skipped. Unmounted after.
+    """
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        point = tmp_path / f"tmpfs{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def fill_disk() -> Callable[[Path], Path]:
+    """`fill_disk(directory)` writes a `filler` file until ENOSPC and returns its path."""
+
+    def fill(directory: Path) -> Path:
+        filler = directory / "filler"
+        handle = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(handle, b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+        finally:
+            os.close(handle)
+        return filler
+
+    return fill

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import sqlite3
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -74,42 +71,13 @@ def test_a_lock_held_past_the_deadline_fails_the_request_not_the_log(
     log.close()
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    handle = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(handle, b"\0" * 4096)
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(handle)
-    return filler
-
-
 def test_a_full_disk_fails_the_write_and_the_log_recovers_when_space_returns(
-    small_disk: Path,
+    tmpfs, fill_disk
 ) -> None:
-    log = AuditLog(small_disk / "audit.db", salt="s")
+    disk = tmpfs("512k")
+    log = AuditLog(disk / "audit.db", salt="s")
     _record(log)
-    filler = _fill(small_disk)
+    filler = fill_disk(disk)
     big = {**ANSWER, "padding": "x" * 50_000}  # more than the space left
     with pytest.raises(sqlite3.Error):
         log.record_score(
