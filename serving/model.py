@@ -3,9 +3,11 @@
 Training builds a `DeployableModel` from its fitted parts; serving loads it and scores raw cohort
 records with it. Everything a score needs travels in this object, so serving never re-implements a
 feature. Explanations are the booster's own TreeSHAP (`pred_contribs`) in log-odds: with the bias
-column (`base_value`) they add up to the booster's margin. The uncertainty interval is the 10th-90th
-percentile of the cross-validation fold models' calibrated probabilities, widened to contain the
-final model's probability (with fewer than two fold models it is the point itself).
+column (`base_value`) they add up to the booster's margin. The probability interval, with its stated
+level, comes from bootstrap refits of the deployed procedure (`serving.interval`); the chance of
+response by each day from an interval-censored AFT model reconciled with the probability
+(`serving.survival`). A model saved without bootstrap refits falls back to the 10th-90th percentile
+of the fold models' calibrated probabilities (no stated level: `interval_level` is None).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import xgboost as xgb
 
 from data.drugs import known_drugs, normalise_drug
 from features.registry import GROUPS, LAB_ANALYTES, PLT_WINDOWS, spec_of
+from serving.interval import BootstrapInterval
 from serving.settings import ScoringOptions
+from serving.survival import TimeToResponse, median_day
 from serving.treeshap import ShapTable, base_margin, plain_gbtree
 
 log = logging.getLogger(__name__)
@@ -390,13 +394,18 @@ class DeployableModel:
     bands: RiskBands = field(default_factory=RiskBands)
     reference: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    interval_model: BootstrapInterval | None = None
+    time_model: TimeToResponse | None = None
 
     def __post_init__(self) -> None:
         missing = [key for key in REQUIRED_METADATA if key not in self.metadata]
         if missing:
             raise ValueError(f"DeployableModel metadata lacks {', '.join(missing)}")
         self.feature_names: list[str] = [str(n) for n in self.pipeline.feature_names_]
-        for booster in (self.booster, *self.fold_boosters):
+        extra = [] if self.interval_model is None else self.interval_model.boosters
+        if self.time_model is not None:
+            extra = [*extra, self.time_model.booster]
+        for booster in (self.booster, *self.fold_boosters, *extra):
             if booster.num_features() != len(self.feature_names):
                 raise ValueError(
                     f"a booster expects {booster.num_features()} features but the pipeline "
@@ -421,7 +430,11 @@ class DeployableModel:
         self._known_drugs = frozenset(known_drugs())
         self._info = {key: str(self.metadata[key]) for key in REQUIRED_METADATA}
         # A single patient: every booster in one numpy pass instead of one xgboost call each.
-        self._forest = _Forest.build([self.booster, *self.fold_boosters])
+        # The interval needs the bootstrap refits (or, without them, the fold models).
+        self._interval_boosters = (
+            self.interval_model.boosters if self.interval_model is not None else self.fold_boosters
+        )
+        self._forest = _Forest.build([self.booster, *self._interval_boosters])
         self._shap: ShapTable | None = None
         self._shap_built = False
 
@@ -482,6 +495,9 @@ class DeployableModel:
         probability = self.calibrator.transform_margin(margin)
         if not interval:
             low = high = np.full_like(probability, np.nan)
+        elif self.interval_model is not None:
+            boot = margins[1:] if margins is not None else self.interval_model.margins(X)
+            low, high = self.interval_model.bounds(probability, boot)
         elif len(self.fold_boosters) >= 2:
             if margins is not None:
                 fold_margins = margins[1:]
@@ -502,6 +518,17 @@ class DeployableModel:
             "interval_high": high,
             "band": self.bands.bands(probability),
         }
+
+    @property
+    def interval_level(self) -> float | None:
+        """The interval's nominal coverage (None: a fold-percentile interval, no stated level)."""
+        return None if self.interval_model is None else self.interval_model.level
+
+    def response_curves(self, X: np.ndarray, probability: np.ndarray) -> np.ndarray | None:
+        """P(response by day d), d = 1..horizon, per row (None without a time model)."""
+        if self.time_model is None or X.shape[0] == 0:
+            return None
+        return self.time_model.curves(probability, self.time_model.location(X))
 
     def predict_proba(self, cohort: Any, interval: bool = True) -> pd.DataFrame:
         """Fast scores without explanations, one row per episode (index `episode_id`)."""
@@ -548,6 +575,8 @@ class DeployableModel:
         """Answers for already prepared features (`cohort` gives the regimens for drug checks)."""
         X = prepared.X
         pred = self.predict_matrix(X)
+        curves = self.response_curves(X, pred["probability"])
+        level = self.interval_level
         contribs = self.contributions(X) if explain and X.shape[0] else None
         unknown = self._unknown_drugs(cohort) if explain else {}
         model = self.info
@@ -561,6 +590,9 @@ class DeployableModel:
                 "episode_id": episode_id,
                 "probability": probability[i],
                 "interval": [low[i], high[i]],
+                "interval_level": level,
+                "response_by_day": None,
+                "median_days_to_response": None,
                 "band": str(band[i]),
                 "margin": margin[i],
                 "base_value": None,
@@ -570,6 +602,9 @@ class DeployableModel:
                 "warnings": [],
                 "model": model,
             }
+            if curves is not None:
+                answer["response_by_day"] = curves[i].tolist()
+                answer["median_days_to_response"] = median_day(curves[i])
             if contribs is not None:
                 row = contribs[i]
                 answer["base_value"] = float(row[-1])
@@ -768,6 +803,10 @@ class DeployableModel:
         }
         for k, booster in enumerate(self.fold_boosters):
             blobs[f"fold_{k:02d}.ubj"] = bytes(booster.save_raw("ubj"))
+        if self.interval_model is not None:
+            blobs.update(self.interval_model.to_blobs(_dumps))
+        if self.time_model is not None:
+            blobs.update(self.time_model.to_blobs(_dumps))
         for name, blob in blobs.items():
             (directory / name).write_bytes(blob)
         manifest = {
@@ -817,7 +856,7 @@ class DeployableModel:
         try:
             boosters = {}
             for name, blob in blobs.items():
-                if name.endswith(".ubj"):
+                if name == "booster.ubj" or (name.startswith("fold_") and name.endswith(".ubj")):
                     booster = xgb.Booster()
                     booster.load_model(bytearray(blob))
                     boosters[name] = booster
@@ -836,6 +875,8 @@ class DeployableModel:
                 ),
                 reference=json.loads(blobs["reference.json"]),
                 metadata=json.loads(blobs["metadata.json"]),
+                interval_model=BootstrapInterval.from_blobs(blobs, Calibrator.from_dict),
+                time_model=TimeToResponse.from_blobs(blobs),
             )
         except ModelLoadError:
             raise

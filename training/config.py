@@ -159,6 +159,41 @@ class PromotionConfig(_Section):
     max_brier_increase: float = Field(0.0, ge=0, le=1)
 
 
+class IntervalConfig(_Section):
+    """The probability interval: nominal level and patient-bootstrap refits of the deployed model.
+
+    `n_bootstrap = 0` skips the refits (the answer then falls back to the fold-model percentile
+    interval, with no stated level).
+    """
+
+    level: float = Field(0.8, gt=0.5, lt=1)
+    n_bootstrap: int = Field(30, ge=0, le=500)
+    seed: int = 18
+
+    @field_validator("n_bootstrap")
+    @classmethod
+    def _enough(cls, n: int) -> int:
+        if n == 1:
+            raise ValueError("0 (no interval) or at least 2 bootstrap refits")
+        return n
+
+
+class SurvivalConfig(_Section):
+    """The time-to-response model (interval-censored XGBoost AFT) behind `response_by_day`."""
+
+    enabled: bool = True
+    distribution: Literal["normal", "logistic"] = "normal"
+    scales: tuple[float, ...] = (0.5, 0.8, 1.2)  # AFT sigma candidates, chosen on an inner split
+    calibration_days: tuple[int, ...] = (7, 14)  # days whose P(response by day) is evaluated
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, scales: tuple[float, ...]) -> tuple[float, ...]:
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError("scales must be one or more positive numbers")
+        return scales
+
+
 class ExperimentConfig(_Section):
     """One experiment: what to train on, how, and how to judge and track it."""
 
@@ -173,6 +208,8 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
+    interval: IntervalConfig = IntervalConfig()
+    survival: SurvivalConfig = SurvivalConfig()
 
 
 def _describe(error: ValidationError) -> str:

@@ -22,9 +22,11 @@ from serving.model import Calibrator, DeployableModel, RiskBands, summarise_refe
 from training import evaluation, plots, tables
 from training.config import ExperimentConfig, ExperimentError
 from training.crossval import CVOutput, cross_validate
+from training.interval import fit_bootstrap_interval
 from training.metrics import calibration_intercept, calibration_slope
 from training.result import TrainResult
 from training.sample_size import assess_sample_size
+from training.survival import fit_time_to_response, log_time_to_response_metrics
 from training.tracking import RunHandle, TrackingSettings, data_fingerprint, tracked_run
 from training.tuning import Observer, fit_final, monotone_vector
 from training.validation import (
@@ -163,6 +165,21 @@ def fit_experiment(
     final_calibration = _final_calibration_evidence(
         final.p_inner_valid, calibrator, y_final, config.calibration.method
     )
+    # Issue 18: the interval (bootstrap refits of the deployed configuration) and the time model.
+    interval_model = fit_bootstrap_interval(
+        X.to_numpy(),
+        y.to_numpy(),
+        groups.to_numpy(),
+        final.params,
+        final.n_rounds,
+        final.p_inner_valid[np.argsort(final.inner_valid)],
+        config.calibration.method,
+        config.interval,
+        observer,
+    )
+    time_model, time_evidence = fit_time_to_response(
+        config, cohort, labels, X_all, definition, folds, ids, cv.oof, final.params, observer
+    )
     progress("final model", 1, 1)
 
     progress("evaluation", 0, 3)
@@ -195,6 +212,8 @@ def fit_experiment(
         fold_boosters=cv.fold_boosters,
         bands=bands,
         reference=reference,
+        interval_model=interval_model,
+        time_model=time_model,
         metadata={
             "name": config.tracking.registered_model,
             "version": "unregistered",
@@ -205,6 +224,11 @@ def fit_experiment(
             "experiment": config.name,
             "n_training_episodes": int(len(y)),
             "cohort_summary": cohort_summary,
+            "interval": {
+                "level": config.interval.level,
+                "n_bootstrap": config.interval.n_bootstrap,
+            },
+            "time_to_response": time_evidence,
         },
     )
     validation = {
@@ -339,6 +363,7 @@ def log_result(
         for name, value in (final_cal.get(stage) or {}).items():
             extra[f"final_inner_oof.{stage}.{name}"] = value
     run.log_metrics(result.metrics, extra)
+    log_time_to_response_metrics(result.model.metadata.get("time_to_response"))
     progress("tracking", 1, steps)
     with tempfile.TemporaryDirectory(prefix="ctit-train-") as tmp:
         tmp_path = Path(tmp)

@@ -1,0 +1,94 @@
+"""Fit the probability interval: patient-bootstrap refits of the deployed procedure.
+
+Why this method: the interval is meant to say how far the deployed probability may lie from the
+probability the same procedure would give with unlimited data like these (the large-sample
+reference). That is the sampling variability of the procedure, which the bootstrap estimates
+directly: resample patients with replacement (episodes of a patient move together), refit the
+deployed configuration (the tuned settings and number of rounds, then the calibrator refitted on
+the same resample of the inner out-of-fold predictions) and read the spread of the refits'
+calibrated log-odds at each patient. Venn-ABERS would give calibration-set uncertainty only, and
+the fold models of cross-validation share 60% of their data and differ by tuning, so their spread
+is neither a sampling spread nor of known level (the old interval covered the reference 29%).
+The interval itself is built at scoring time (`serving.interval.BootstrapInterval.bounds`).
+
+The tuning step is not repeated inside each resample (it would cost the tuning budget B times);
+the interval is conditional on the tuned settings, which is one reason its measured coverage can
+fall short of the nominal level (the other is the finite-sample bias that no bootstrap sees).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from serving.interval import BootstrapInterval
+from serving.model import Calibrator
+from training.config import IntervalConfig
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[[str, np.ndarray], None]
+
+
+def patient_bootstrap_counts(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Episode weights (n_boot, n): each episode weighted by its patient's draw count."""
+    uniques, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(uniques), np.full(len(uniques), 1.0 / len(uniques)), size=n_boot)
+    return counts[:, codes].astype(np.int64)
+
+
+def fit_bootstrap_interval(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    params: dict[str, Any],
+    n_rounds: int,
+    p_inner_raw: np.ndarray,
+    calibration_method: str,
+    config: IntervalConfig,
+    observer: Observer | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BootstrapInterval | None:
+    """B refits of the deployed configuration on patient-bootstrap resamples (None when B = 0).
+
+    Args:
+        X, y, groups: every labelled episode (the data the deployed booster is fitted on).
+        params, n_rounds: the deployed booster's tuned settings and rounds.
+        p_inner_raw: the deployed configuration's inner out-of-fold raw predictions (one per
+            episode, as the deployed calibrator was fitted on), resampled for each refit's
+            calibrator.
+    """
+    if config.n_bootstrap == 0:
+        return None
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y).astype(int)
+    p_inner_raw = np.asarray(p_inner_raw, dtype=np.float64)
+    if p_inner_raw.shape != y.shape:
+        raise ValueError("p_inner_raw must have one prediction per episode")
+    weights = patient_bootstrap_counts(groups, config.n_bootstrap, config.seed)
+    if observer is not None:
+        observer("interval_bootstrap", np.arange(len(y)))
+    matrix = xgb.DMatrix(X, label=y, missing=np.nan, nthread=int(params.get("nthread", 1)))
+    boosters, calibrators = [], []
+    for b, w in enumerate(weights):
+        matrix.set_weight(w.astype(np.float32))
+        fitted = xgb.train({**params, "seed": config.seed + b}, matrix, num_boost_round=n_rounds)
+        rows = np.repeat(np.arange(len(y)), w)
+        if len(np.unique(y[rows])) < 2:  # one class only (tiny cohorts): the full data
+            rows = np.arange(len(y))
+        calibrators.append(Calibrator(calibration_method).fit(p_inner_raw[rows], y[rows]))
+        boosters.append(fitted)
+        if progress is not None:
+            progress(b + 1, len(weights))
+    log.info("interval: %d bootstrap refits of %d rounds", len(boosters), n_rounds)
+    return BootstrapInterval(
+        boosters=boosters,
+        calibrators=calibrators,
+        level=config.level,
+        meta={"n_rounds": int(n_rounds), "n_episodes": int(len(y)), "seed": config.seed},
+    )
