@@ -154,6 +154,17 @@ def _score_cohort(
         )
 
 
+def _uncertainty_columns(answer: dict[str, Any]) -> dict[str, Any]:
+    """The interval's level, the median day and P(response by day d) as `response_by_day_d`."""
+    columns: dict[str, Any] = {
+        "interval_level": answer.get("interval_level"),
+        "median_days_to_response": answer.get("median_days_to_response"),
+    }
+    for day, value in enumerate(answer.get("response_by_day") or [], start=1):
+        columns[f"response_by_day_{day}"] = value
+    return columns
+
+
 def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
     """One CSV row per episode: scores, factors and warnings as text, contributions as columns."""
     rows = []
@@ -164,6 +175,7 @@ def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
             "probability": answer["probability"],
             "interval_low": answer["interval"][0],
             "interval_high": answer["interval"][1],
+            **_uncertainty_columns(answer),
             "band": answer["band"],
             "margin": answer["margin"],
             "base_value": answer.get("base_value"),

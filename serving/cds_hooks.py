@@ -62,6 +62,7 @@ from serving.fhir import (
 )
 from serving.records import RecordError
 from serving.settings import ServingSettings, fhir_base_url
+from serving.survival import timing_sentence
 
 if TYPE_CHECKING:
     import httpx
@@ -467,14 +468,20 @@ def summary_of(answer: Mapping[str, Any]) -> str:
     return text[:SUMMARY_MAX]
 
 
+def _interval_words(answer: Mapping[str, Any]) -> str:
+    level = answer.get("interval_level")
+    return f"{float(level):.0%} interval" if isinstance(level, int | float) else "interval"
+
+
 def detail_of(answer: Mapping[str, Any], record: Mapping[str, Any], notes: list[str]) -> str:
     """Markdown detail: the score, its interval, top factors and every warning."""
     model = answer.get("model") or {}
     interval = answer.get("interval") or (answer["probability"], answer["probability"])
     lines = [
         f"**Probability of platelet response to hetrombopag: {float(answer['probability']):.0%}** "
-        f"(interval {float(interval[0]):.0%}-{float(interval[1]):.0%}), band "
+        f"({_interval_words(answer)} {float(interval[0]):.0%}-{float(interval[1]):.0%}), band "
         f"**{answer.get('band')}**.",
+        *([timing] if (timing := timing_sentence(answer)) else []),
         "",
         f"Response definition: `{model.get('label_definition', '?')}`. Index date (first "
         f"hetrombopag dose): {record['episode']['index_date']}.",

@@ -989,7 +989,7 @@ def risk_assessment(
             "coding": [{"system": "urn:ctit:model", "code": name, "version": version}],
             "text": f"{name} {version}",
         },
-        "prediction": [prediction],
+        "prediction": [prediction, *_by_day_predictions(score, prediction)],
     }
     basis = _basis(record, index_date)
     if basis:
@@ -997,14 +997,56 @@ def risk_assessment(
     notes = []
     interval = score.get("interval")
     if isinstance(interval, list | tuple) and len(interval) == 2:
+        level = score.get("interval_level")
+        what = (
+            f"{float(level):.0%} interval for the probability"
+            if isinstance(level, int | float)
+            else "Uncertainty interval"
+        )
+        how = (
+            "patient bootstrap of the training procedure; not a range for the outcome"
+            if isinstance(level, int | float)
+            else "spread of the cross-validation fold models"
+        )
         notes.append(
-            f"Index date {index_date}. Uncertainty interval {float(interval[0]):.2f}"
-            f"-{float(interval[1]):.2f} (spread of the cross-validation fold models)."
+            f"Index date {index_date}. {what} {float(interval[0]):.2f}"
+            f"-{float(interval[1]):.2f} ({how})."
         )
     notes += [f"Warning: {_plain(w)}" for w in score.get("warnings") or []]
     if notes:
         resource["note"] = [{"text": text} for text in notes]
     return resource
+
+
+#: Days after the index date with their own prediction (besides the label horizon) when the
+#: answer has `response_by_day`.
+BY_DAY_HORIZONS = (7,)
+
+
+def _days(value: int) -> dict[str, Any]:
+    return {"value": value, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"}
+
+
+def _by_day_predictions(score: Mapping[str, Any], main: dict[str, Any]) -> list[dict[str, Any]]:
+    """One prediction per horizon: `main` (response by the label horizon) gets its `whenRange`
+    (days 1..horizon after the index date); each earlier day of `BY_DAY_HORIZONS` is added with
+    P(response by that day) from `response_by_day`."""
+    curve = score.get("response_by_day")
+    if not isinstance(curve, list | tuple) or not curve:
+        return []
+    horizon = len(curve)
+    main["whenRange"] = {"low": _days(1), "high": _days(horizon)}
+    out = []
+    for day in BY_DAY_HORIZONS:
+        if day < horizon:
+            out.append(
+                {
+                    "outcome": {"text": f"Platelet response to hetrombopag by day {day}"},
+                    "probabilityDecimal": round(float(curve[day - 1]), 4),
+                    "whenRange": {"low": _days(1), "high": _days(day)},
+                }
+            )
+    return out
 
 
 def _scored_episode(record: Mapping[str, Any], episode_id: Any) -> Mapping[str, Any]:

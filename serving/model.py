@@ -530,6 +530,31 @@ class DeployableModel:
             return None
         return self.time_model.curves(probability, self.time_model.location(X))
 
+    def describe_uncertainty(self) -> dict[str, Any]:
+        """What /v1/model says about `interval` and `response_by_day` (meaning, level, evidence)."""
+        if self.interval_model is not None:
+            interval = self.interval_model.meaning()
+        else:
+            interval = (
+                "10th-90th percentile of the CV fold models' calibrated probabilities "
+                f"({len(self.fold_boosters)} fold models), widened to contain the probability; "
+                "no stated coverage"
+            )
+        out: dict[str, Any] = {"interval": interval, "interval_level": self.interval_level}
+        time = self.metadata.get("time_to_response") or {}
+        out["time_to_response"] = (
+            None
+            if self.time_model is None
+            else {
+                "meaning": self.time_model.meaning(),
+                "horizon_days": self.time_model.horizon_days,
+                "distribution": self.time_model.distribution,
+                "scale": self.time_model.scale,
+                "metrics": time.get("metrics", {}),
+            }
+        )
+        return out
+
     def predict_proba(self, cohort: Any, interval: bool = True) -> pd.DataFrame:
         """Fast scores without explanations, one row per episode (index `episode_id`)."""
         prepared = self.prepare(cohort)

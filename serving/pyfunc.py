@@ -41,6 +41,10 @@ OUTPUT_COLUMNS = [
     "interval_low",
     "interval_high",
     "band",
+    # issue 18: the interval's stated level and the chance of response by day
+    "interval_level",
+    "median_days_to_response",
+    "response_by_day",
 ]
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "record")]),
@@ -52,6 +56,9 @@ SIGNATURE = ModelSignature(
             ColSpec("double", "interval_low"),
             ColSpec("double", "interval_high"),
             ColSpec("string", "band"),
+            ColSpec("double", "interval_level"),
+            ColSpec("double", "median_days_to_response"),
+            ColSpec("string", "response_by_day"),
         ]
     ),
 )
@@ -138,10 +145,22 @@ def results_to_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
             "interval_low": r["interval"][0],
             "interval_high": r["interval"][1],
             "band": r["band"],
+            **_uncertainty_columns(r),
         }
         for r in results
     ]
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def _uncertainty_columns(answer: dict[str, Any]) -> dict[str, Any]:
+    """interval_level and median day as numbers (NaN when absent), the curve as a JSON list."""
+    level, median = answer.get("interval_level"), answer.get("median_days_to_response")
+    curve = answer.get("response_by_day")
+    return {
+        "interval_level": float("nan") if level is None else float(level),
+        "median_days_to_response": float("nan") if median is None else float(median),
+        "response_by_day": "" if curve is None else json.dumps([round(v, 6) for v in curve]),
+    }
 
 
 def _code_paths() -> list[str]:

@@ -217,8 +217,22 @@ class ScoreOut(BaseModel):
     episode_id: str
     probability: float = Field(description="Calibrated probability of response.")
     interval: tuple[float, float] = Field(
-        description="10th-90th percentile of the CV fold models' calibrated probabilities, "
-        "widened to contain `probability`."
+        description="Interval for the probability at level `interval_level`: the range the same "
+        "training procedure would plausibly give with unlimited data (patient bootstrap of the "
+        "deployed procedure); not a range for the outcome. Wider where training data are sparse."
+    )
+    interval_level: float | None = Field(
+        None,
+        description="Nominal coverage of `interval` (e.g. 0.8); null for a model without "
+        "bootstrap refits (its interval is the fold models' 10th-90th percentile).",
+    )
+    response_by_day: list[float] | None = Field(
+        None,
+        description="P(response by day d) for d = 1..horizon (item 0 is day 1); the last item "
+        "equals `probability`. Null for a model without a time-to-response model.",
+    )
+    median_days_to_response: int | None = Field(
+        None, description="First day `response_by_day` reaches 0.5; null if it never does."
     )
     band: str
     margin: float = Field(description="The booster's log-odds (before calibration).")

@@ -192,8 +192,7 @@ class Scorer:
             "experiment": meta.get("experiment"),
             "metrics": meta.get("metrics", {}),
             "bands": self.model.bands.to_dict(),
-            "interval": "10th-90th percentile of the CV fold models' calibrated probabilities "
-            f"({len(self.model.fold_boosters)} fold models), widened to contain the probability",
+            **self.model.describe_uncertainty(),
             "calibration": self.model.calibrator.method,
             "calibration_curve": calibration_curve(
                 self.model.calibrator, extra=(self._base_value(),)

@@ -123,3 +123,21 @@ def median_day(curve: np.ndarray) -> int | None:
     """The first day (1-based) the curve reaches 0.5, or None."""
     reached = np.flatnonzero(np.asarray(curve) >= 0.5)
     return int(reached[0]) + 1 if reached.size else None
+
+
+def timing_sentence(answer: Mapping[str, Any], days: tuple[int, ...] = (7,)) -> str | None:
+    """One sentence on how soon: 'Chance of response by day 7: 38%; by day 14: 64% (half of
+    such patients would have responded by day 11).' None without `response_by_day`."""
+    curve = answer.get("response_by_day")
+    if not curve:
+        return None
+    horizon = len(curve)
+    parts = [f"by day {d}: {float(curve[d - 1]):.0%}" for d in days if d < horizon]
+    parts.append(f"by day {horizon}: {float(curve[-1]):.0%}")
+    median = answer.get("median_days_to_response")
+    tail = (
+        f" (the curve passes 50% on day {median})"
+        if median is not None
+        else " (the curve stays below 50%)"
+    )
+    return "Chance of response " + "; ".join(parts) + tail + "."
