@@ -158,3 +158,91 @@ def interval_width_summary(low: Sequence[float], high: Sequence[float]) -> dict[
         return {"median": math.nan, "p10": math.nan, "p90": math.nan}
     q = np.quantile(width, [0.1, 0.5, 0.9])
     return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2])}
+
+
+class SupportEnvelope:
+    """Where the training data say little, the interval also spans what the model says across
+    the data it has.
+
+    The bootstrap spread is small where trees extrapolate: past the last split a value beyond the
+    training range scores like the edge, and a category level almost no training patient had moves
+    few splits. So for every feature of a patient that lies outside the training range, the
+    interval is widened to contain the intervals with that feature at the training 1st, 50th and
+    99th percentiles; for a 0/1 feature (or a one-hot level) seen in fewer than `rare_share` of
+    training episodes, to contain the interval with the common level instead. The coverage
+    statement applies inside the data's support; outside it the interval is knowingly wider.
+    """
+
+    def __init__(
+        self,
+        feature_names: Sequence[str],
+        reference: Mapping[str, Mapping[str, Any]],
+        binary: Sequence[bool],
+    ) -> None:
+        self.n_features = len(feature_names)
+        low, high = [], []
+        self._quantiles: dict[int, np.ndarray] = {}
+        self._rare_value: dict[int, float] = {}
+        self._one_hot: dict[int, list[int]] = {}
+        groups: dict[str, list[int]] = {}
+        for j, name in enumerate(feature_names):
+            if "=" in name:
+                groups.setdefault(name.split("=", 1)[0], []).append(j)
+        for j, name in enumerate(feature_names):
+            stats = reference.get(name) or {}
+            if stats.get("min") is None:
+                low.append(np.nan)
+                high.append(np.nan)
+                continue
+            low.append(float(stats["min"]))
+            high.append(float(stats["max"]))
+            self._quantiles[j] = np.asarray(
+                [float(stats[k]) for k in ("p01", "p50", "p99")], dtype=np.float32
+            )
+            if binary[j] and stats["min"] == 0 and stats["max"] == 1:
+                # p99 = 0: fewer than 1% of training episodes have a 1 (p01 = 1: a 0)
+                if float(stats["p99"]) == 0.0:
+                    self._rare_value[j] = 1.0
+                elif float(stats["p01"]) == 1.0:
+                    self._rare_value[j] = 0.0
+            if "=" in name:
+                self._one_hot[j] = groups[name.split("=", 1)[0]]
+        self._low = np.asarray(low)
+        self._high = np.asarray(high)
+
+    def alternatives(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of X each alternative belongs to, the alternative rows) for the sparse cells."""
+        with np.errstate(invalid="ignore"):
+            outside = np.less(X, self._low) | np.greater(X, self._high)
+        rows, alts = [], []
+        for i, j in zip(*np.nonzero(outside), strict=True):
+            for q in self._quantiles.get(int(j), ()):
+                alt = X[i].copy()
+                alt[j] = q
+                rows.append(i)
+                alts.append(alt)
+        for j, value in self._rare_value.items():
+            for i in np.flatnonzero(X[:, j] == value):
+                alt = X[i].copy()
+                if j in self._one_hot:
+                    alt[self._one_hot[j]] = 0.0  # the level as an unseen one: all zeros
+                else:
+                    alt[j] = 1.0 - value
+                rows.append(int(i))
+                alts.append(alt)
+        if not rows:
+            return np.zeros(0, dtype=np.intp), np.zeros((0, X.shape[1]), dtype=np.float32)
+        return np.asarray(rows, dtype=np.intp), np.asarray(alts, dtype=np.float32)
+
+    @staticmethod
+    def widen(
+        low: np.ndarray,
+        high: np.ndarray,
+        rows: np.ndarray,
+        alt_low: np.ndarray,
+        alt_high: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        low, high = np.array(low, dtype=np.float64), np.array(high, dtype=np.float64)
+        np.minimum.at(low, rows, alt_low)
+        np.maximum.at(high, rows, alt_high)
+        return low, high

@@ -30,7 +30,7 @@ import xgboost as xgb
 
 from data.drugs import known_drugs, normalise_drug
 from features.registry import GROUPS, LAB_ANALYTES, PLT_WINDOWS, spec_of
-from serving.interval import BootstrapInterval
+from serving.interval import BootstrapInterval, SupportEnvelope
 from serving.settings import ScoringOptions
 from serving.survival import TimeToResponse, median_day
 from serving.treeshap import ShapTable, base_margin, plain_gbtree
@@ -435,6 +435,13 @@ class DeployableModel:
             self.interval_model.boosters if self.interval_model is not None else self.fold_boosters
         )
         self._forest = _Forest.build([self.booster, *self._interval_boosters])
+        self._support = SupportEnvelope(
+            self.feature_names,
+            reference,
+            [unit == "0/1" or "=" in name for name, (_d, unit, _g) in zip(
+                self.feature_names, self._labels, strict=True
+            )],
+        )  # fmt: skip
         self._shap: ShapTable | None = None
         self._shap_built = False
 
@@ -498,6 +505,9 @@ class DeployableModel:
         elif self.interval_model is not None:
             boot = margins[1:] if margins is not None else self.interval_model.margins(X)
             low, high = self.interval_model.bounds(probability, boot)
+            rows, alternatives = self._support.alternatives(X)
+            if rows.size:
+                low, high = SupportEnvelope.widen(low, high, rows, *self._bootstrap(alternatives))
         elif len(self.fold_boosters) >= 2:
             if margins is not None:
                 fold_margins = margins[1:]
@@ -518,6 +528,17 @@ class DeployableModel:
             "interval_high": high,
             "band": self.bands.bands(probability),
         }
+
+    def _bootstrap(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bootstrap interval alone (no support envelope) of each row."""
+        assert self.interval_model is not None
+        if self._forest is not None and X.shape[0] <= _FOREST_MAX_ROWS:
+            margins = self._forest.margins(X)
+            margin, boot = margins[0].astype(np.float64), margins[1:]
+        else:
+            margin = self.booster.inplace_predict(X, predict_type="margin").astype(np.float64)
+            boot = self.interval_model.margins(X)
+        return self.interval_model.bounds(self.calibrator.transform_margin(margin), boot)
 
     @property
     def interval_level(self) -> float | None:

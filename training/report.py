@@ -522,6 +522,60 @@ def _metrics_html(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> M
     return _table(headers, rows, numeric=range(1, len(headers)))
 
 
+# -- issue 18: what the interval means, and the time-to-response evidence --------------------------
+
+_TIME_METRICS = {
+    "harrell_c": "Harrell's C (time model)",
+    "uno_c": "Uno's C (time model, IPCW, to the horizon)",
+    "curve_harrell_c": "Harrell's C of the served P(response by day 7)",
+    "day7.oe_ratio": "Day 7: observed / expected",
+    "day7.calibration_intercept": "Day 7: calibration intercept",
+    "day7.calibration_slope": "Day 7: calibration slope",
+    "day7.brier": "Day 7: Brier score",
+    "day14.oe_ratio": "Day 14: observed / expected",
+    "day14.calibration_intercept": "Day 14: calibration intercept",
+    "day14.calibration_slope": "Day 14: calibration slope",
+    "aft_day14.oe_ratio": "Day 14 before reconciliation (AFT alone): observed / expected",
+    "responders.median_abs_error_days": "Responders: |predicted median day - observed day|",
+    "responders.median_in_observed_interval": "Responders: median day inside the observed interval",
+}
+
+
+def uncertainty_html(result: TrainResult) -> Markup:
+    """The interval's meaning and level, and the out-of-fold time-to-response metrics."""
+    model = result.model
+    describe = getattr(model, "describe_uncertainty", None)
+    if describe is None:
+        return Markup("")
+    info = describe()
+    parts = [Markup("<p><strong>Interval.</strong> {}</p>").format(info["interval"])]
+    time = info.get("time_to_response")
+    if time:
+        parts.append(Markup("<p><strong>Chance of response by day.</strong> {}.</p>").format(
+            time["meaning"]
+        ))  # fmt: skip
+        evidence = model.metadata.get("time_to_response") or {}
+        parts.append(
+            Markup("<p class='note'>{}</p>").format(
+                f"{evidence.get('n_episodes', 0):,} episodes with a time to response: "
+                f"{evidence.get('n_events', 0):,} responses (interval-censored between platelet "
+                f"draws), {evidence.get('n_no_response', 0):,} non-responders and "
+                f"{evidence.get('n_lost', 0):,} not evaluable, right-censored at their last draw. "
+                "Out of fold on the first cross-validation repeat, 95% patient-bootstrap CIs."
+            )
+        )
+        rows = []
+        for key, label in _TIME_METRICS.items():
+            cell = (time.get("metrics") or {}).get(key)
+            if cell and "low" in cell:
+                rows.append(
+                    [label, f"{_fmt(cell['estimate'])} ({_fmt(cell['low'])}–{_fmt(cell['high'])})"]
+                )
+        if rows:
+            parts.append(_table(["Metric", "Estimate (95% CI)"], rows, numeric=[1]))
+    return Markup("").join(parts)
+
+
 def _subgroups_html(subgroups: pd.DataFrame) -> Markup:
     if subgroups is None or subgroups.empty:
         return Markup('<p class="muted">No subgroup analysis in this run.</p>')
@@ -930,6 +984,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
             "probabilities are calibrated out of fold."
         ),
         "metrics_html": _metrics_html(result.metrics or {}),
+        "uncertainty_html": uncertainty_html(result),
         "figures": figures,
         "subgroups_html": _subgroups_html(result.subgroups),
         "shap_note": (
