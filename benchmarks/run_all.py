@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "training": [],
     "serving": [],
     "http_load": [],
+    "interval": [],
 }
 
 

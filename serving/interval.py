@@ -166,11 +166,12 @@ class SupportEnvelope:
 
     The bootstrap spread is small where trees extrapolate: past the last split a value beyond the
     training range scores like the edge, and a category level almost no training patient had moves
-    few splits. So for every feature of a patient that lies outside the training range, the
-    interval is widened to contain the intervals with that feature at the training 1st, 50th and
-    99th percentiles; for a 0/1 feature (or a one-hot level) seen in fewer than `rare_share` of
-    training episodes, to contain the interval with the common level instead. The coverage
-    statement applies inside the data's support; outside it the interval is knowingly wider.
+    few splits. So a patient with features outside the training range gets an interval that also
+    contains the intervals with all those features at the training 1st percentile, and with all
+    at the 99th; a patient with 0/1 features (or one-hot levels) seen in fewer than 1% of training
+    episodes, the interval with those features at their common level (a one-hot level as an
+    unseen one). At most three extra rows per patient. The coverage statement applies inside the
+    data's support; outside it the interval is knowingly wider.
     """
 
     def __init__(
@@ -179,55 +180,54 @@ class SupportEnvelope:
         reference: Mapping[str, Mapping[str, Any]],
         binary: Sequence[bool],
     ) -> None:
-        self.n_features = len(feature_names)
-        low, high = [], []
-        self._quantiles: dict[int, np.ndarray] = {}
-        self._rare_value: dict[int, float] = {}
-        self._one_hot: dict[int, list[int]] = {}
+        n = len(feature_names)
+        self._low = np.full(n, np.nan)
+        self._high = np.full(n, np.nan)
+        self._p01 = np.full(n, np.nan, dtype=np.float32)
+        self._p99 = np.full(n, np.nan, dtype=np.float32)
+        self._rare = np.full(n, np.nan, dtype=np.float32)  # the rare value of a 0/1 feature
+        self._common = np.full(n, np.nan, dtype=np.float32)  # what it becomes in the alternative
         groups: dict[str, list[int]] = {}
         for j, name in enumerate(feature_names):
             if "=" in name:
                 groups.setdefault(name.split("=", 1)[0], []).append(j)
+        self._zeroed: dict[int, list[int]] = {}
         for j, name in enumerate(feature_names):
             stats = reference.get(name) or {}
             if stats.get("min") is None:
-                low.append(np.nan)
-                high.append(np.nan)
                 continue
-            low.append(float(stats["min"]))
-            high.append(float(stats["max"]))
-            self._quantiles[j] = np.asarray(
-                [float(stats[k]) for k in ("p01", "p50", "p99")], dtype=np.float32
-            )
+            self._low[j], self._high[j] = float(stats["min"]), float(stats["max"])
+            self._p01[j], self._p99[j] = float(stats["p01"]), float(stats["p99"])
             if binary[j] and stats["min"] == 0 and stats["max"] == 1:
                 # p99 = 0: fewer than 1% of training episodes have a 1 (p01 = 1: a 0)
                 if float(stats["p99"]) == 0.0:
-                    self._rare_value[j] = 1.0
+                    self._rare[j], self._common[j] = 1.0, 0.0
                 elif float(stats["p01"]) == 1.0:
-                    self._rare_value[j] = 0.0
-            if "=" in name:
-                self._one_hot[j] = groups[name.split("=", 1)[0]]
-        self._low = np.asarray(low)
-        self._high = np.asarray(high)
+                    self._rare[j], self._common[j] = 0.0, 1.0
+                if "=" in name and not np.isnan(self._rare[j]):
+                    self._zeroed[j] = groups[name.split("=", 1)[0]]
 
     def alternatives(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row of X each alternative belongs to, the alternative rows) for the sparse cells."""
+        """(row of X each alternative belongs to, the alternative rows), at most 3 per row."""
+        X = np.asarray(X, dtype=np.float32)
         with np.errstate(invalid="ignore"):
             outside = np.less(X, self._low) | np.greater(X, self._high)
-        rows, alts = [], []
-        for i, j in zip(*np.nonzero(outside), strict=True):
-            for q in self._quantiles.get(int(j), ()):
+        rare = np.equal(X, self._rare)
+        rows: list[int] = []
+        alts: list[np.ndarray] = []
+        for i in np.flatnonzero(outside.any(axis=1) | rare.any(axis=1)):
+            if outside[i].any():
+                for edge in (self._p01, self._p99):
+                    alt = X[i].copy()
+                    alt[outside[i]] = edge[outside[i]]
+                    rows.append(int(i))
+                    alts.append(alt)
+            if rare[i].any():
                 alt = X[i].copy()
-                alt[j] = q
-                rows.append(i)
-                alts.append(alt)
-        for j, value in self._rare_value.items():
-            for i in np.flatnonzero(X[:, j] == value):
-                alt = X[i].copy()
-                if j in self._one_hot:
-                    alt[self._one_hot[j]] = 0.0  # the level as an unseen one: all zeros
-                else:
-                    alt[j] = 1.0 - value
+                alt[rare[i]] = self._common[rare[i]]
+                for j in np.flatnonzero(rare[i]):
+                    if int(j) in self._zeroed:
+                        alt[self._zeroed[int(j)]] = 0.0  # a rare one-hot level as an unseen one
                 rows.append(int(i))
                 alts.append(alt)
         if not rows:
