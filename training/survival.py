@@ -275,8 +275,9 @@ def evaluate_out_of_fold(
         test_idx = np.flatnonzero(in_test)
         if test_idx.size == 0 or train_idx.size == 0:
             continue
-        if observer is not None:
-            observer("survival_oof", train_idx)
+        if observer is not None:  # positions in the labelled episodes, as every observer call
+            seen = labelled_ids.get_indexer(targets.index[train_idx])
+            observer("survival_oof", seen[seen >= 0])
         model = fit_time_model(
             X_all.loc[targets.index[train_idx]].to_numpy(dtype=np.float32),
             targets.iloc[train_idx],
@@ -397,7 +398,8 @@ def fit_time_to_response(
         observer,
     )
     if observer is not None:
-        observer("survival_final", np.arange(len(targets)))
+        seen = labelled_ids.get_indexer(targets.index)
+        observer("survival_final", seen[seen >= 0])
     model = fit_time_model(
         X.to_numpy(dtype=np.float32),
         targets,

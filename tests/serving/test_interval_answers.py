@@ -194,3 +194,67 @@ def test_model_card_states_the_meaning(full_model) -> None:
     assert "80% interval" in described["interval"] and "not a range" in described["interval"]
     assert described["time_to_response"]["horizon_days"] == 14
     assert "day 14 equals the probability" in described["time_to_response"]["meaning"]
+
+
+def test_support_envelope_alternatives_hand_made() -> None:
+    from serving.interval import SupportEnvelope
+
+    names = ["alb_last", "current_parp", "subtype=A", "subtype=B"]
+    reference = {
+        "alb_last": {"min": 20.0, "p01": 25.0, "p50": 38.0, "p99": 45.0, "max": 47.0},
+        "current_parp": {"min": 0.0, "p01": 0.0, "p50": 0.0, "p99": 0.0, "max": 1.0},
+        "subtype=A": {"min": 0.0, "p01": 0.0, "p50": 1.0, "p99": 1.0, "max": 1.0},
+        "subtype=B": {"min": 0.0, "p01": 0.0, "p50": 0.0, "p99": 0.0, "max": 1.0},
+    }
+    envelope = SupportEnvelope(names, reference, [False, True, True, True])
+    X = np.array(
+        [
+            [38.0, 0.0, 1.0, 0.0],  # typical: no alternative
+            [60.0, 0.0, 1.0, 0.0],  # albumin above the training maximum
+            [np.nan, 1.0, 0.0, 1.0],  # rare drug class and rare subtype; missing is not sparse
+        ],
+        dtype=np.float32,
+    )
+    rows, alts = envelope.alternatives(X)
+    assert rows.tolist() == [1, 1, 2]
+    np.testing.assert_array_equal(alts[0], [25.0, 0.0, 1.0, 0.0])  # at the 1st percentile
+    np.testing.assert_array_equal(alts[1], [45.0, 0.0, 1.0, 0.0])  # at the 99th
+    # the rare flag at its common level, the rare one-hot level as an unseen one (all zeros)
+    np.testing.assert_array_equal(alts[2], [np.nan, 0.0, 0.0, 0.0])
+    low, high = SupportEnvelope.widen(
+        np.array([0.4, 0.5, 0.6]),
+        np.array([0.5, 0.6, 0.7]),
+        rows,
+        np.array([0.3, 0.55, 0.5]),
+        np.array([0.45, 0.8, 0.65]),
+    )
+    np.testing.assert_allclose(low, [0.4, 0.3, 0.5])
+    np.testing.assert_allclose(high, [0.5, 0.8, 0.7])
+
+
+def test_fhir_risk_assessment_has_one_prediction_per_horizon(full_model, record) -> None:
+    from serving.fhir import risk_assessment
+
+    answer = Scorer(full_model).score(record)
+    resource = risk_assessment(answer, record)
+    by_horizon = {p["whenRange"]["high"]["value"]: p for p in resource["prediction"]}
+    assert sorted(by_horizon) == [7, 14]
+    assert by_horizon[14]["probabilityDecimal"] == round(answer["probability"], 4)
+    assert by_horizon[7]["probabilityDecimal"] == round(answer["response_by_day"][6], 4)
+    for prediction in resource["prediction"]:
+        assert prediction["whenRange"]["low"] == {
+            "value": 1, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"
+        }  # fmt: skip
+    assert any("80% interval for the probability" in n["text"] for n in resource["note"])
+
+
+def test_cds_card_says_how_soon_in_one_sentence(full_model, record) -> None:
+    from serving.cds_hooks import detail_of
+
+    answer = Scorer(full_model).score(record)
+    detail = detail_of(answer, record, [])
+    sentence = next(line for line in detail.splitlines() if line.startswith("Chance of response"))
+    assert sentence.count(".") == 1 and sentence.endswith(".")
+    assert f"by day 7: {answer['response_by_day'][6]:.0%}" in sentence
+    assert f"by day 14: {answer['probability']:.0%}" in sentence
+    assert "80% interval" in detail

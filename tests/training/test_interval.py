@@ -60,9 +60,40 @@ def simulated(tmp_path_factory) -> dict:
         dirs[name] = root / name
         simulate_cohort(SimulationConfig(n_patients=n, seed=seed, workers=1), dirs[name])
     config = parse_experiment(CONFIG)
-    result, _ = fit_experiment(config, load_cohort(dirs["train"]))
+    calls: list = []
+    cohort = load_cohort(dirs["train"])
+    result, _ = fit_experiment(
+        config, cohort, observer=lambda purpose, pos: calls.append((purpose, np.asarray(pos)))
+    )
     reference = fit_deployed_reference(config, load_cohort(dirs["reference"]))
-    return {"dirs": dirs, "model": result.model, "reference": reference, "config": config}
+    return {
+        "dirs": dirs,
+        "model": result.model,
+        "result": result,
+        "cohort": cohort,
+        "reference": reference,
+        "config": config,
+        "calls": calls,
+    }
+
+
+def test_time_model_folds_never_see_their_test_patients(simulated) -> None:
+    from training.run import make_folds
+
+    result = simulated["result"]
+    folds = [
+        f
+        for f in make_folds(simulated["config"], result.y, result.groups, simulated["cohort"])
+        if f.repeat == 0
+    ]
+    seen = [pos for purpose, pos in simulated["calls"] if purpose == "survival_oof"]
+    assert len(seen) == len(folds) == 3
+    patients = result.groups.to_numpy()
+    for fold, train in zip(folds, seen, strict=True):
+        assert len(train) > 0
+        assert not set(patients[train]) & set(patients[fold.test])
+    purposes = {purpose for purpose, _ in simulated["calls"]}
+    assert {"interval_bootstrap", "survival_final"} <= purposes
 
 
 def test_interval_covers_the_larger_sample_reference(simulated) -> None:
