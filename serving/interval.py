@@ -34,8 +34,9 @@ _EPS = 1e-7
 MEANING = (
     "{level:.0%} interval for the probability: the range of probabilities that the same training "
     "procedure would plausibly give with unlimited data like the training cohort (a patient "
-    "bootstrap of the deployed procedure, {n} refits, normal interval on the log-odds scale); "
-    "it is not a range for this patient's outcome. Wider where training data are sparse."
+    "bootstrap of the deployed procedure, {n} refits; log-odds +- {k:.2f} bootstrap standard "
+    "deviations, the multiplier {how}); it is not a range for this patient's outcome. Wider "
+    "where training data are sparse."
 )
 
 
@@ -60,6 +61,8 @@ class BootstrapInterval:
     calibrators: list[Any]
     level: float = 0.8
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the half-width in bootstrap standard deviations; None: Student's t(B - 1) at the level
+    multiplier: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.level < 1:
@@ -71,7 +74,11 @@ class BootstrapInterval:
         for booster in self.boosters:
             booster.set_param({"nthread": 1})
         n = len(self.boosters)
-        self.multiplier = float(student_t.ppf((1 + self.level) / 2, df=n - 1))
+        self.t_multiplier = float(student_t.ppf((1 + self.level) / 2, df=n - 1))
+        if self.multiplier is None:
+            self.multiplier = self.t_multiplier
+        elif not self.multiplier > 0:
+            raise ValueError("the interval multiplier must be positive")
         # Platt calibrators as two vectors: all B maps in one numpy expression.
         methods = {getattr(c, "method", None) for c in self.calibrators}
         self._platt: tuple[np.ndarray, np.ndarray] | None = None
@@ -86,7 +93,14 @@ class BootstrapInterval:
         return len(self.boosters)
 
     def meaning(self) -> str:
-        return MEANING.format(level=self.level, n=self.n_refits)
+        calibrated = self.meta.get("n_calibration")
+        how = (
+            f"calibrated by a parametric bootstrap of {calibrated} refits on outcomes drawn from "
+            "the deployed model"
+            if calibrated
+            else f"Student's t with {self.n_refits - 1} degrees of freedom"
+        )
+        return MEANING.format(level=self.level, n=self.n_refits, k=self.multiplier, how=how)
 
     def logits(self, margins: np.ndarray) -> np.ndarray:
         """Calibrated log-odds of each refit (rows) for each patient (columns)."""
@@ -119,6 +133,7 @@ class BootstrapInterval:
                 {
                     "method": "patient_bootstrap_normal_logit",
                     "level": self.level,
+                    "multiplier": self.multiplier,
                     "calibrators": [c.to_dict() for c in self.calibrators],
                     "meta": self.meta,
                 }
@@ -148,6 +163,7 @@ class BootstrapInterval:
             calibrators=[calibrator_from_dict(c) for c in spec["calibrators"]],
             level=float(spec["level"]),
             meta=dict(spec.get("meta") or {}),
+            multiplier=spec.get("multiplier"),
         )
 
 

@@ -167,7 +167,9 @@ class IntervalConfig(_Section):
     """
 
     level: float = Field(0.8, gt=0.5, lt=1)
-    n_bootstrap: int = Field(30, ge=0, le=500)
+    n_bootstrap: int = Field(20, ge=0, le=500)
+    # parametric-bootstrap refits that calibrate the width (0: Student's t multiplier)
+    n_calibration: int = Field(10, ge=0, le=200)
     seed: int = 18
 
     @field_validator("n_bootstrap")
