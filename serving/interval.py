@@ -5,13 +5,15 @@ inner out-of-fold predictions) on B patient-level bootstrap resamples of the tra
 (`training.interval`). For a patient the B refits give B calibrated probabilities; the interval is
 the normal bootstrap interval on the log-odds scale, centred on the deployed probability:
 
-    logit(p) +- t(B - 1, (1 + level) / 2) * sd_b(logit p_b)
+    logit(p) +- k * sd_b(logit p_b)
 
 mapped back to probabilities. Its known property: for a smooth estimator the bootstrap standard
-deviation estimates the sampling standard deviation of the procedure's estimate, so the interval
-covers the probability the same procedure would give with unlimited data (the large-sample
-reference) with the stated level, asymptotically and up to the procedure's finite-sample bias,
-which the bootstrap does not see (the measured coverage is in the README and the report). The
+deviation estimates the sampling standard deviation of the procedure's estimate, so with k the
+Student t quantile the interval covers the probability the same procedure would give with
+unlimited data (the large-sample reference) at the stated level, asymptotically and up to the
+procedure's finite-sample bias, which the bootstrap does not see. Training therefore calibrates k
+by a parametric bootstrap (outcomes drawn from the deployed model, the procedure refitted: the
+level quantile of the refits' standardised errors); the measured coverage is in the README. The
 log-odds scale keeps both bounds inside (0, 1) and the probability strictly inside the interval.
 Where training data are sparse (rare categories, values at or past the edge of the training
 range) the resamples disagree more, so the interval is wider there.

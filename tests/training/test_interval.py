@@ -105,11 +105,11 @@ def test_interval_covers_the_larger_sample_reference(simulated) -> None:
     assert model.interval_level == 0.8 and model.interval_model.n_refits == 20
     assert figures["n_episodes"] > 250
     assert figures["point_equals_a_bound"] == 0.0
-    # Seeded, so the figure is fixed (0.57 when written); the 30k benchmark is the yardstick and
-    # its figure (below nominal: the bootstrap does not see the procedure's finite-sample bias)
-    # is in the README. This guards against a regression to the old fold-percentile interval.
-    assert figures["coverage_reference"] >= 0.5
-    assert figures["coverage_reference"] >= figures["old_fold_interval_coverage_reference"] + 0.05
+    # Seeded, so the figure is fixed (0.72 when written: 80% nominal; a 2,500-patient reference
+    # carries its own error); the 30k benchmark is the yardstick and its figure is in the README.
+    # The plain t interval gave 0.57 here and the old fold-percentile one gives 0.54.
+    assert 0.65 <= figures["coverage_reference"] <= 0.95
+    assert figures["coverage_reference"] >= figures["old_fold_interval_coverage_reference"] + 0.1
 
 
 def test_intervals_are_wider_out_of_range_and_for_rare_levels(simulated) -> None:
@@ -126,7 +126,7 @@ def test_intervals_are_wider_out_of_range_and_for_rare_levels(simulated) -> None
     beyond[:, j] = stats["plt_last"]["max"] * 3
     wide = model.predict_matrix(beyond)
     ratio = (wide["interval_high"] - wide["interval_low"]) / width
-    assert np.median(ratio) > 1.3
+    assert np.median(ratio) > 1.05 and (ratio > 1).mean() >= 0.75
     assert (wide["interval_low"] < wide["probability"]).all()
     assert (wide["interval_high"] > wide["probability"]).all()
 
@@ -137,9 +137,11 @@ def test_intervals_are_wider_out_of_range_and_for_rare_levels(simulated) -> None
         if s["min"] == 0 and s["max"] == 1 and s["p99"] == 0 and s["missing_share"] == 0
     ]
     assert rare, "the simulated cohort has rare drug classes (PARP, CDK4/6, endocrine)"
-    for name in rare:
-        k = model.feature_names.index(name)
-        common = X[X[:, k] == 0]
+    columns = [model.feature_names.index(name) for name in rare]
+    typical_rows = X[(X[:, columns] == 0).all(axis=1)]
+    assert len(typical_rows) > 50
+    for k in columns:
+        common = typical_rows
         switched = common.copy()
         switched[:, k] = 1
         before = model.predict_matrix(common)
