@@ -158,3 +158,27 @@ def test_aft_model_ranks_time_on_held_out_patients() -> None:
     assert c > 0.7
     # the fitted median time follows the true one (log-time slope -0.6 on x0)
     assert np.corrcoef(mu, -x[~train, 0])[0, 1] > 0.8
+
+
+def test_metrics_are_logged_to_mlflow_with_their_cis(tmp_path) -> None:
+    import mlflow
+
+    from training.survival import log_time_to_response_metrics
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    evidence = {
+        "metrics": {
+            "harrell_c": {"estimate": 0.71, "low": 0.68, "high": 0.74},
+            "day7.observed": {"estimate": 0.4},
+            "uno_c": {"estimate": float("nan"), "low": 0.5, "high": 0.6},
+        }
+    }
+    with mlflow.start_run() as run:
+        log_time_to_response_metrics(evidence)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert logged["time_to_response.harrell_c"] == 0.71
+    assert logged["time_to_response.harrell_c.low"] == 0.68
+    assert logged["time_to_response.harrell_c.high"] == 0.74
+    assert logged["time_to_response.day7.observed"] == 0.4
+    assert "time_to_response.uno_c" not in logged  # NaN is not logged
+    assert logged["time_to_response.uno_c.low"] == 0.5
