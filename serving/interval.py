@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
-from scipy.stats import t as student_t
+from scipy.special import stdtrit
 
 _EPS = 1e-7
 
@@ -76,7 +76,7 @@ class BootstrapInterval:
         for booster in self.boosters:
             booster.set_param({"nthread": 1})
         n = len(self.boosters)
-        self.t_multiplier = float(student_t.ppf((1 + self.level) / 2, df=n - 1))
+        self.t_multiplier = float(stdtrit(n - 1, (1 + self.level) / 2))
         if self.multiplier is None:
             self.multiplier = self.t_multiplier
         elif not self.multiplier > 0:
