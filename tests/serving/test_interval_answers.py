@@ -258,3 +258,39 @@ def test_cds_card_says_how_soon_in_one_sentence(full_model, record) -> None:
     assert f"by day 7: {answer['response_by_day'][6]:.0%}" in sentence
     assert f"by day 14: {answer['probability']:.0%}" in sentence
     assert "80% interval" in detail
+
+
+def test_http_answers_and_model_card_carry_the_fields(full_model, record, tmp_path) -> None:
+    """Through a real uvicorn: the response model keeps the new fields."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.settings import ServingSettings
+
+    settings = ServingSettings(model_uri="in-memory", audit_path=tmp_path / "audit.db")
+    app = create_app(settings, scorer=Scorer(full_model, uri="in-memory"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            answer = client.post("/v1/score", json=record).json()
+            card = client.get("/v1/model").json()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert answer["interval_level"] == 0.8
+    assert len(answer["response_by_day"]) == 14
+    assert answer["response_by_day"][-1] == pytest.approx(answer["probability"], abs=1e-12)
+    assert answer["median_days_to_response"] == median_day(np.asarray(answer["response_by_day"]))
+    assert card["interval_level"] == 0.8 and "80% interval" in card["interval"]
+    assert card["time_to_response"]["horizon_days"] == 14
