@@ -252,8 +252,11 @@ class _Forest:
         self._children = np.stack([right, left, missing], axis=1).ravel()
 
     @classmethod
-    def build(cls, boosters: Sequence[xgb.Booster]) -> _Forest | None:
-        """The arrays of `boosters`, checked bitwise against xgboost; None if not reproducible."""
+    def build(cls, boosters: Sequence[xgb.Booster], aft: bool = False) -> _Forest | None:
+        """The arrays of `boosters`, checked bitwise against xgboost; None if not reproducible.
+
+        `aft`: the boosters are `survival:aft` models (margin = log time; base = log base_score).
+        """
         parts: dict[str, list[np.ndarray]] = {
             k: [] for k in ("feature", "threshold", "left", "right", "missing", "value")
         }
@@ -264,9 +267,18 @@ class _Forest:
         n_features = boosters[0].num_features()
         for booster in boosters:
             learner = json.loads(bytes(booster.save_raw("json")))["learner"]
+            objective = learner["objective"]["name"]
+            if aft:
+                if objective != "survival:aft":
+                    return None
+                learner = {**learner, "objective": {"name": "binary:logistic"}}  # same tree checks
             if not plain_gbtree(learner) or booster.num_features() != n_features:
                 return None
-            bases.append(base_margin(learner))
+            if aft:
+                score = np.float32(json.loads(learner["learner_model_param"]["base_score"])[0])
+                bases.append(np.float32(math.log(float(score))))
+            else:
+                bases.append(base_margin(learner))
             first_tree = len(roots)
             for tree in learner["gradient_booster"]["model"]["trees"]:
                 left = np.asarray(tree["left_children"], dtype=np.intp)
@@ -460,6 +472,9 @@ class DeployableModel:
             self.interval_model.boosters if self.interval_model is not None else self.fold_boosters
         )
         self._forest = _Forest.build([self.booster, *self._interval_boosters])
+        self._aft_forest = (
+            None if self.time_model is None else _Forest.build([self.time_model.booster], aft=True)
+        )
         self._support = SupportEnvelope(
             self.feature_names,
             reference,
@@ -575,7 +590,11 @@ class DeployableModel:
         """P(response by day d), d = 1..horizon, per row (None without a time model)."""
         if self.time_model is None or X.shape[0] == 0:
             return None
-        return self.time_model.curves(probability, self.time_model.location(X))
+        if self._aft_forest is not None and X.shape[0] <= _FOREST_MAX_ROWS:
+            mu = self._aft_forest.margins(X)[0].astype(np.float64)
+        else:
+            mu = self.time_model.location(X)
+        return self.time_model.curves(probability, mu)
 
     def describe_uncertainty(self) -> dict[str, Any]:
         """What /v1/model says about `interval` and `response_by_day` (meaning, level, evidence)."""
