@@ -167,3 +167,14 @@ def test_time_to_response_evidence_is_logged_with_cis(simulated) -> None:
     answer = model.score(load_cohort(simulated["dirs"]["holdout"]), explain=False)[0]
     assert len(answer["response_by_day"]) == 14
     assert answer["response_by_day"][-1] == pytest.approx(answer["probability"], abs=1e-12)
+
+
+def test_report_states_the_interval_and_the_time_evidence(simulated) -> None:
+    from training.report import uncertainty_html
+
+    html = str(uncertainty_html(simulated["result"]))
+    assert "80% interval for the probability" in html and "not a range" in html
+    assert "Harrell&#39;s C" in html or "Harrell's C" in html
+    assert "Day 7: observed / expected" in html and "Day 14: calibration slope" in html
+    c = simulated["model"].metadata["time_to_response"]["metrics"]["harrell_c"]
+    assert f"{c['estimate']:.3f}" in html
