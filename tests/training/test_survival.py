@@ -173,7 +173,9 @@ def test_metrics_are_logged_to_mlflow_with_their_cis(tmp_path) -> None:
             "uno_c": {"estimate": float("nan"), "low": 0.5, "high": 0.6},
         }
     }
-    with mlflow.start_run() as run:
+    # an explicit experiment: another test may have left an active experiment id of its own store
+    experiment_id = mlflow.create_experiment("time-to-response")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         log_time_to_response_metrics(evidence)
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged["time_to_response.harrell_c"] == 0.71
