@@ -235,13 +235,13 @@
       list.textContent = "";
       res.body.drugs.forEach(function (d) { list.appendChild(option(d)); });
       // Rows created before the options arrived get their selects filled now, keeping values.
-      document.querySelectorAll("#labs-body tr.lab-row").forEach(function (row) {
+      document.querySelectorAll("#labs-body .lab-row").forEach(function (row) {
         var test = row.querySelector('[data-field="test"]');
         var unit = row.querySelector('[data-field="unit"]');
         fillTestSelect(test, test.dataset.pending || test.value);
         fillUnitSelect(unit, test.value, unit.dataset.pending || unit.value);
       });
-      if (!document.querySelector("#labs-body tr")) addLabRow({ test: "PLT" });
+      if (!document.querySelector("#labs-body .lab-row")) addLabRow({ test: "PLT" });
       if (!document.querySelector("#regimens-body .regimen-row")) addRegimenRow({});
     }).catch(function () {
       showSummary([{ text: "Could not reach the server to load the list of tests and drugs." }]);
@@ -419,10 +419,11 @@
   /** Give every generated field a label naming its row, as the row order changes. */
   function renumber() {
     var names = { test: "Test", value: "Value", unit: "Unit", date: "Date", clock: "Time (optional)" };
-    document.querySelectorAll("#labs-body tr.lab-row").forEach(function (row, i) {
+    document.querySelectorAll("#labs-body .lab-row").forEach(function (row, i) {
       var n = i + 1;
       row.querySelectorAll("label[data-for]").forEach(function (label) {
-        label.textContent = names[label.dataset.for] + ", lab row " + n;
+        label.textContent = names[label.dataset.for];
+        label.appendChild(el("span", { className: "visually-hidden", text: ", lab row " + n }));
       });
       row.querySelector('[data-action="remove-lab"]').setAttribute("aria-label", "Remove lab row " + n);
     });
@@ -558,7 +559,7 @@
 
     var labs = [];
     var labRows = [];
-    document.querySelectorAll("#labs-body tr.lab-row").forEach(function (row) {
+    document.querySelectorAll("#labs-body .lab-row").forEach(function (row) {
       var f = function (name) { return row.querySelector('[data-field="' + name + '"]'); };
       var raw = { test: f("test").value, value: f("value").value.trim(), date: f("date").value,
                   clock: f("clock").value };
@@ -728,7 +729,7 @@
     fillForm(entry.record);
     if (entry.problems && entry.problems.length) {
       showServerErrors(entry.problems, {
-        labRows: Array.prototype.slice.call(document.querySelectorAll("#labs-body tr.lab-row")),
+        labRows: Array.prototype.slice.call(document.querySelectorAll("#labs-body .lab-row")),
         regimenRows: Array.prototype.slice.call(document.querySelectorAll("#regimens-body .regimen-row"))
       });
     }

@@ -550,7 +550,7 @@ def _field(driver, row, name):
 
 
 def _lab_rows(driver):
-    return driver.find_elements(By.CSS_SELECTOR, "#labs-body tr.lab-row")
+    return driver.find_elements(By.CSS_SELECTOR, "#labs-body .lab-row")
 
 
 def _fill_lab(driver, row, test, value, unit, date, clock=None):
