@@ -682,21 +682,28 @@ class DeployableModel:
             outside = np.flatnonzero((x < self._low) | (x > self._high))
         for j in outside:
             name = self.feature_names[j]
-            description, unit, _group = self._labels[j]
-            value = float(x[j])
-            side, bound = ("below the lowest", self._low[j])
-            if value > self._high[j]:
-                side, bound = ("above the highest", self._high[j])
             out.append(
                 {
                     "code": "out_of_range",
-                    "message": f"{description} {_number(value)} {unit_text(unit)}".rstrip()
-                    + f" is {side} "
-                    f"value seen in training ({_number(float(bound))}); the model extrapolates",
+                    "message": self._out_of_range_words(int(j), float(x[j])),
                     "feature": name,
                 }
             )
         return out
+
+    def _out_of_range_words(self, j: int, value: float) -> str:
+        """'albumin 61 g/L: above the highest value seen in training (52 g/L); the model
+        extrapolates' (a 0/1 feature: 'not seen in training')."""
+        name = self.feature_names[j]
+        _description, unit, _group = self._labels[j]
+        words = value_words(name, value)
+        if unit == "0/1" or "=" in name:
+            return f"{words}: not seen in training; the model extrapolates"
+        side, bound = ("below the lowest", self._low[j])
+        if value > self._high[j]:
+            side, bound = ("above the highest", self._high[j])
+        limit = f"{_number(float(bound))} {unit_text(unit)}".rstrip()
+        return f"{words}: {side} value seen in training ({limit}); the model extrapolates"
 
     def _unknown_drugs(self, cohort: Any) -> dict[str, list[dict[str, Any]]]:
         """Unknown drug names given up to each episode's index date (their class is not counted)."""
