@@ -225,6 +225,7 @@
       }
       state.options = res.body;
       state.outcome = res.body.outcome || null;
+      renderModelLine();
       // The server answered without a typed token (none needed, or the sign-in cookie is set).
       $("access-panel").hidden = !$("token").value.trim();
       state.analytes = {};
@@ -261,14 +262,21 @@
       }
       var m = res.body.model || res.body;
       state.calibration = calibrationMap(m.calibration_curve);
-      var parts = ["Model: " + (m.name || "unnamed")];
-      if (m.version !== undefined && m.version !== null) parts.push("version " + m.version);
-      if (m.label_definition) parts.push("response = " + labelText(m.label_definition));
-      line.textContent = parts.join(" · ");
+      state.modelInfo = m;
+      renderModelLine();
     }).catch(function () {
       state.calibration = null;
       $("model-line").textContent = "Model: server unreachable";
     });
+  }
+
+  function renderModelLine() {
+    var m = state.modelInfo;
+    if (!m) return;
+    var parts = ["Model: " + (m.name || "unnamed")];
+    if (m.version !== undefined && m.version !== null) parts.push("version " + m.version);
+    if (m.label_definition) parts.push("response: " + outcomeText(m));
+    $("model-line").textContent = parts.join(" · ");
   }
 
   function labelText(def) {
