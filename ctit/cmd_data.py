@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ctit.options import fail_invalid_cohort
 from data.cohort import ValidationReport, load_cohort, validate_cohort
 from data.issues import CohortError, Issue
 from data.labels import (
@@ -77,11 +78,7 @@ def labels(
     try:
         cohort = load_cohort(cohort_dir)
     except CohortError as exc:
-        console = Console(stderr=True)
-        console.print(Text(f"{cohort_dir} is not a valid cohort:", style="bold red"))
-        console.print(_issues_table(exc.errors, "Errors"))
-        console.print("Run `ctit validate` for the full report.")
-        raise typer.Exit(1) from None
+        fail_invalid_cohort(cohort_dir, exc)
     try:
         table = derive_labels(cohort, label_definition)
     except ValueError as exc:
