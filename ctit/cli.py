@@ -117,8 +117,9 @@ def quiet_libraries(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # The CLI prints the sample-size warnings in its own summary; the log line would repeat them.
     logging.getLogger("training.sample_size").setLevel(logging.ERROR)
+    # MLflow sets its own logger's level when it is imported (later): tell it through its variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     warnings.simplefilter("ignore")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the same for server worker processes
 
 
 @app.callback()
