@@ -395,6 +395,7 @@ _LABELS: dict[str, str] = {
     **{f"exposed_{c}": f"Ever received {w}" for c, w in _CLASS_WORDS.items()},
     **{f"current_{c}": f"Current regimen includes {w}" for c, w in _CLASS_WORDS.items()},
     "age_years": "Age",
+    "subtype": "Breast-cancer subtype",
     "ecog": "ECOG performance status",
     "bone_mets": "Bone metastases",
     "liver_mets": "Liver metastases",

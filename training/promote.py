@@ -186,8 +186,7 @@ def _difference(champion: Any, candidate: Any) -> str:
     parts = []
     if champion.label != candidate.label:
         parts.append(
-            f"with another response label ({champion.label} vs {candidate.label} for the "
-            "candidate)"
+            f"with another response label ({champion.label} vs {candidate.label} for the candidate)"
         )
     if champion.fingerprint != candidate.fingerprint or champion.fingerprint is None:
         parts.append(

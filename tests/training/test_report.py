@@ -26,8 +26,8 @@ from training.tracking import TrackingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-# roc, calibration, decision curve, 2 importance, beeswarm, 4 dependence, stability, 3 cases
-N_IMAGES = 14
+# roc, calibration, decision curve, forest, 2 importance, beeswarm, 4 dependence, stability, 3 cases
+N_IMAGES = 15
 EXPERIMENT = {
     "model": {"n_trials": 1, "max_rounds": 40, "early_stopping_rounds": 10},
     "validation": {"n_splits": 3, "n_repeats": 1},
