@@ -549,13 +549,18 @@ def _metrics_html(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> M
 
 def _ci(cell: Mapping[str, float] | None, digits: int = 3) -> str:
     """'0.785 (0.771 to 0.800)': an estimate with its 95% CI, never ambiguous with a minus."""
-    if not cell or cell.get("estimate") is None:
+    if not cell or cell.get("estimate") is None or math.isnan(cell["estimate"]):
         return "—"
-    text = _fmt(cell.get("estimate"), digits)
+
+    def fixed(value: float) -> str:
+        text = f"{value:.{digits}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+    text = fixed(cell["estimate"])
     low, high = cell.get("low"), cell.get("high")
     if low is None or high is None or math.isnan(low) or math.isnan(high):
         return text
-    return f"{text} ({_fmt(low, digits)} to {_fmt(high, digits)})"
+    return f"{text} ({fixed(low)} to {fixed(high)})"
 
 
 #: The key figures of the first screen: (metric, what it says, better when).
