@@ -461,3 +461,27 @@ def test_report_counts_and_names_agree_with_each_other(tracked, report_html: str
     from training.report_plots import LOWER_COLOUR, RAISE_COLOUR
 
     assert f"--raise: {RAISE_COLOUR};" in style and f"--lower: {LOWER_COLOUR};" in style
+
+
+def test_mlflow_run_and_registry_describe_the_model(tracked: tuple[str, str]) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id = tracked
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    description = run.data.tags["mlflow.note.content"]
+    assert "platelets reach 100 ×10⁹/L" in description and "report-slice" in description
+    tuned = {k: v for k, v in run.data.params.items() if k.startswith("tuned.")}
+    assert "tuned.max_depth" in tuned, sorted(run.data.params)
+    registered = client.get_registered_model("ctit-report-test")
+    assert "hetrombopag" in registered.description
+    (version,) = client.search_model_versions("name = 'ctit-report-test'")
+    assert "AUROC" in version.description and "calibration slope" in version.description
+    assert "one string column `record`" in version.description
+    assert "labs (time, test, value, unit" in version.description
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.name == "ctit-report-slice"  # a named logged model, not just "model"
+    mlflow.set_tracking_uri(uri)
+    schema = mlflow.artifacts.load_dict(f"runs:/{run_id}/model_input/record.schema.json")
+    assert set(schema["properties"]) >= {"patient", "episode", "labs", "regimens"}
