@@ -804,6 +804,7 @@ def _gallery(
                 )
             )
         rest = np.setdiff1d(np.arange(row.values.size), order)
+        rest = rest[np.asarray(row.values)[rest] != 0]  # unused features are not "other"
         if rest.size:
             table_rows.append(
                 (

@@ -265,6 +265,7 @@ def waterfall_figure(
     order = np.argsort(-np.abs(values), kind="stable")
     shown = order[: max_display - 1] if values.size > max_display else order
     rest = order[len(shown) :]
+    rest = rest[values[rest] != 0]  # features this episode does not use are not counted
     steps = [(labels.get(explanation_row.feature_names[j], explanation_row.feature_names[j]),
               float(values[j])) for j in shown]  # fmt: skip
     if rest.size:
