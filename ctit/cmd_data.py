@@ -128,6 +128,10 @@ def _issues_table(issues: Iterable[Issue], title: str) -> Table:
     return table
 
 
+#: Files `ctit simulate` writes beside the contract tables (see data/SIMULATOR.md).
+SIMULATOR_COMPANIONS = ("oracle",)
+
+
 def _render_report(report: ValidationReport) -> None:
     console = Console()
     summary = report.summary
@@ -170,8 +174,14 @@ def _render_report(report: ValidationReport) -> None:
                 f"{c['rows']:,}",
             )
         console.print(grid)
-    if report.warnings:
-        console.print(_issues_table(report.warnings, f"Warnings ({len(report.warnings)})"))
+    # The simulator writes its latent truth beside the tables (oracle.csv): a known companion
+    # file, mentioned, not a warning about the user's data.
+    companions = [w for w in report.warnings if w.table in SIMULATOR_COMPANIONS]
+    warnings = [w for w in report.warnings if w.table not in SIMULATOR_COMPANIONS]
+    for issue in companions:
+        console.print(Text(f"{issue.table}.csv: the simulator's own file, not read", style="dim"))
+    if warnings:
+        console.print(_issues_table(warnings, f"Warnings ({len(warnings)})"))
     if report.valid:
         console.print(Text("Cohort is valid.", style="bold green"))
     else:

@@ -257,3 +257,40 @@ def test_python_warnings_are_hidden_without_verbose(tmp_path) -> None:
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert ("integer column schema hint" in done.stderr) is shown
+
+
+# --------------------------------------------------------------------------- cohort messages
+
+
+def test_validate_mentions_the_simulators_oracle_without_warning(runner, cohort_dir) -> None:
+    (cohort_dir / "oracle.csv").write_text("episode_id,p\nE1,0.5\n", encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(cohort_dir)])
+    assert result.exit_code == 0, result.output
+    assert "oracle.csv: the simulator's own file, not read" in result.output
+    assert "not a contract table" not in result.output  # not listed among the warnings
+
+
+def test_an_invalid_cohort_is_reported_one_way_by_every_command(runner, cohort_dir, tmp_path):
+    episodes = cohort_dir / "episodes.csv"
+    lines = episodes.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("index_date")] = "not-a-date"
+    episodes.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n", encoding="utf-8")
+    experiment = tmp_path / "e.toml"
+    experiment.write_text('name = "x"\n', encoding="utf-8")
+    outputs = {}
+    for argv in (
+        ["features", str(cohort_dir), "--out", str(tmp_path / "f.csv")],
+        ["labels", str(cohort_dir), "--out", str(tmp_path / "l.csv")],
+        ["train", str(experiment), "--cohort", str(cohort_dir), "--tracking-uri",
+         f"sqlite:///{tmp_path / 'm.db'}"],
+    ):  # fmt: skip
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 1, (argv[0], result.output)
+        text = " ".join(result.output.split())
+        assert text.startswith(f"error: {cohort_dir} is not a valid cohort"), (argv[0], text)
+        assert "episodes:2: index_date" in text and "ctit validate" in text
+        outputs[argv[0]] = text
+    assert len(set(outputs.values())) == 1  # word for word the same report
+    assert runner.invoke(app, ["validate", str(cohort_dir)]).exit_code == 1
