@@ -892,6 +892,8 @@ def test_with_a_token_the_page_asks_to_sign_in_first(chrome, model_dir, tmp_path
         wait_for(chrome, lambda d: d.find_elements(By.CSS_SELECTOR, "#labs-body option[value=PLT]"))
         wait_for(chrome, lambda d: "version" in find(By.ID, "model-line").text)
         assert chrome.get_cookie("ctit_session")["httpOnly"] is True
+        # Signed in by the cookie: the page does not ask for a token again.
+        assert not find(By.ID, "access-panel").is_displayed()
         find(By.ID, "index_date").send_keys("03102025")
         (row,) = _lab_rows(chrome)
         _fill_lab(chrome, row, "PLT", "30", "10*9/L", "03092025")
