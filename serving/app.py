@@ -22,14 +22,16 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import cds_hooks, web
 from serving.access import AccessGate, token_accepted
-from serving.audit import AuditLog
+from serving.audit import AuditLog, AuditUnavailable
 from serving.fhir import risk_assessment
+from serving.jsonin import JsonRefused, loads_strict
 from serving.records import RecordError
 from serving.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
 from serving.scorer import Scorer, settle_heap
@@ -43,11 +45,22 @@ BATCH_PATH = "/v1/score/batch"
 _INLINE_EPISODES = 4
 _INLINE_LABS = 400
 _bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
+#: Every status a JSON route may answer besides 200 (stated in the OpenAPI schema).
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Not JSON, nested too deeply, or a bad header"},
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
     413: {"model": ErrorOut, "description": "Body or batch too large"},
-    422: {"model": ErrorOut, "description": "The record breaks the contract (paths and reasons)"},
+    422: {
+        "model": ErrorOut,
+        "description": "The record breaks the contract (paths and reasons; never the value); "
+        "also a record without a platelet count on or before the index date (not estimable)",
+    },
+    500: {"model": ErrorOut, "description": "Internal error (logged without patient data)"},
+    503: {"model": ErrorOut, "description": "The audit log is not writable: nothing is scored"},
 }
+#: Methods whose body is checked by `StrictJson`.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
 
 
 async def require_token(
@@ -154,9 +167,156 @@ async def _send_error(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class StrictJson:
+    """ASGI middleware: every request body is read by `serving.jsonin.loads_strict` first.
+
+    Refused before any route sees them: nesting deeper than `jsonin.MAX_DEPTH` (400), duplicate
+    keys, NaN/Infinity/1e309 and unpaired surrogates (422 with the value's path, never the value).
+    A body that is not JSON at all is passed on (the route answers it). Form posts (the sign-in
+    form) are not read here. The parsed body is left in `scope["state"]["json_body"]`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-type" and value.lower().startswith(_FORM_TYPES):
+                await self.app(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay(b"", receive, message), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        if raw.strip():
+            try:
+                scope.setdefault("state", {})["json_body"] = loads_strict(raw)
+            except JsonRefused as exc:
+                if exc.kind != "json_invalid":
+                    await _send_refusal(scope, send, exc)
+                    return
+        await self.app(scope, _replay(raw, receive), send)
+
+
+def _replay(raw: bytes, receive: Receive, first: Message | None = None) -> Receive:
+    """A `receive` that gives `raw` (or `first`) once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first or {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_refusal(scope: Scope, send: Send, exc: JsonRefused) -> None:
+    if scope["path"].startswith("/fhir/"):
+        issue = {
+            "severity": "error",
+            "code": "invalid" if exc.status == 400 else "processing",
+            "diagnostics": f"{'.'.join(map(str, exc.error()['loc']))}: {exc.msg}",
+        }
+        payload: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [issue]}
+        media = b"application/fhir+json"
+    else:
+        payload, media = {"detail": [exc.error()]}, b"application/json"
+    body = json.dumps(payload).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [(b"content-type", media), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware, outermost: `Cache-Control: no-store` on every answer that sets no cache
+    policy of its own, and a bare 500 for any exception that escapes, logged by type only (the
+    message or a traceback could quote patient data; uvicorn would log both)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            log.error("%s %s failed with %s", scope["method"], scope["path"], type(exc).__name__)
+            if not started:
+                await _send_error(guarded_send, 500, "internal error; see the server log")
+
+
+async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 for a body or query that fails validation: paths and reasons, never the input.
+
+    FastAPI's own handler echoes each error's `input` (the whole record, identifiers included)
+    and fails on values JSON cannot encode (NaN); nothing about the request is logged here.
+    """
+    detail = []
+    for error in exc.errors():
+        loc = [part if isinstance(part, int) else _printable(str(part)) for part in error["loc"]]
+        detail.append(
+            {
+                "loc": loc or ["body"],
+                "msg": _printable(str(error.get("msg", "invalid value"))),
+                "type": str(error.get("type", "value_error")),
+            }
+        )
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")[:500]
+
+
 def _record_error(exc: RecordError, prefix: list[str | int]) -> JSONResponse:
     detail = [{**error, "loc": [*prefix, *error["loc"]]} for error in exc.errors]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def audit_refusal(request: Request, failed: bool = False) -> JSONResponse | None:
+    """503 when the audit log cannot take rows (deleted, replaced, closed), else None.
+
+    Nothing is scored while the log is not writable: an answer that is not audited must not
+    leave. `failed`: a write was just refused (always answer 503).
+    """
+    audit: AuditLog | None = getattr(request.app.state, "audit", None)
+    if not failed and audit is not None and audit.writable():
+        return None
+    return JSONResponse(
+        {"detail": "the audit log is not writable (deleted, replaced or closed); nothing is "
+         "scored until it is restored; see the server log"},
+        status_code=503,
+    )
 
 
 def _internal_error(route: str, exc: Exception) -> JSONResponse:
@@ -186,7 +346,11 @@ def _router() -> APIRouter:
         scorer: Scorer | None = getattr(request.app.state, "scorer", None)
         audit: AuditLog | None = getattr(request.app.state, "audit", None)
         if scorer is None or audit is None or not audit.check():
-            return JSONResponse({"detail": "not ready"}, status_code=503)
+            return JSONResponse(
+                {"detail": "not ready: the audit log is not writable (deleted, replaced or "
+                 "closed)" if scorer is not None else "not ready"},
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "model": scorer.model.info})
 
     @router.post(
@@ -209,6 +373,8 @@ def _router() -> APIRouter:
     ) -> JSONResponse:
         """Score one patient record with one episode: probability, interval, band, explanation."""
         scorer: Scorer = request.app.state.scorer
+        if (refusal := audit_refusal(request)) is not None:
+            return refusal
         try:
             answer = scorer.score(body)
             resource = (
@@ -221,12 +387,15 @@ def _router() -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
             return _internal_error("/v1/score", exc)
         raw = await request.body()
-        await request.app.state.audit.arecord_scores(
-            model=answer["model"],
-            items=[(body.patient.patient_id, hashlib.sha256(raw).hexdigest(), [answer])],
-            endpoint="/v1/score",
-            caller=caller_of(request),
-        )
+        try:
+            await request.app.state.audit.arecord_scores(
+                model=answer["model"],
+                items=[(body.patient.patient_id, hashlib.sha256(raw).hexdigest(), [answer])],
+                endpoint="/v1/score",
+                caller=caller_of(request),
+            )
+        except AuditUnavailable:
+            return audit_refusal(request, failed=True)
         if resource is not None:
             return JSONResponse(resource, media_type="application/fhir+json")
         return JSONResponse(answer)
@@ -250,6 +419,8 @@ def _router() -> APIRouter:
                 status_code=413,
             )
         scorer: Scorer = request.app.state.scorer
+        if (refusal := audit_refusal(request)) is not None:
+            return refusal
         try:
             if _small(body.records):  # as quick as /v1/score: no thread hop
                 answers = scorer.score_batch(body.records, body.explain)
@@ -268,9 +439,12 @@ def _router() -> APIRouter:
                 record.model_dump_json(exclude_none=True).encode("utf-8")
             ).hexdigest()
             items.append((record.patient.patient_id, digest, per_record.get(i, [])))
-        await request.app.state.audit.arecord_scores(
-            model=scorer.model.info, items=items, endpoint=BATCH_PATH, caller=caller_of(request)
-        )
+        try:
+            await request.app.state.audit.arecord_scores(
+                model=scorer.model.info, items=items, endpoint=BATCH_PATH, caller=caller_of(request)
+            )
+        except AuditUnavailable:
+            return audit_refusal(request, failed=True)
         return JSONResponse({"results": answers})
 
     @router.get("/v1/model", tags=["model"], dependencies=secured)
@@ -317,10 +491,19 @@ def create_app(
     app.state.scorer = scorer
     app.state.audit = audit
     app.state.model_card = scorer.describe()
+    app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_middleware(StrictJson)
     app.add_middleware(BodyLimit, single=settings.max_body_bytes, batch=settings.max_batch_bytes)
-    # Added last, so it runs first: nothing else sees a request without the token.
+    # Added after the body checks, so it runs before them: nothing else sees a request without
+    # the token.
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    app.add_middleware(AccessGate, token=token)
+    app.add_middleware(
+        AccessGate,
+        token=token,
+        attempts=settings.login_attempts,
+        window_s=settings.login_window_s,
+    )
+    app.add_middleware(Guard)
     app.include_router(_router())
     app.include_router(cds_hooks.router, dependencies=[Depends(require_token)])
     app.include_router(web.router)

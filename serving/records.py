@@ -102,7 +102,6 @@ class RecordBatch:
             for name, value in patient:
                 if name != "patient_id" and value is not None:
                     row[name] = value.isoformat() if isinstance(value, dt.date) else value
-            row.update(patient.model_extra or {})
             tables["patients"].append(row)
             origins["patients"].append((i, ("patient",)))
             for j, episode in enumerate(request.all_episodes()):
@@ -114,7 +113,7 @@ class RecordBatch:
                     "age_years": episode.age_years,
                     "dose_mg": episode.dose_mg,
                 }
-                row.update(episode.model_extra or {})
+                row = {**(episode.model_extra or {}), **row}  # extras never override a column
                 tables["episodes"].append(_present(row))
                 origins["episodes"].append(
                     (i, ("episode",) if request.episode is not None else ("episodes", j))
@@ -128,7 +127,7 @@ class RecordBatch:
                     "value": lab.value,
                     "unit": lab.unit,
                 }
-                row.update(lab.model_extra or {})
+                row = {**(lab.model_extra or {}), **row}  # extras never override a column
                 tables["labs"].append(row)
                 origins["labs"].append((i, ("labs", k)))
             for k, regimen in enumerate(request.regimens):
@@ -141,7 +140,7 @@ class RecordBatch:
                     "line": regimen.line,
                     "cycle": regimen.cycle,
                 }
-                row.update(regimen.model_extra or {})
+                row = {**(regimen.model_extra or {}), **row}  # extras never override a column
                 tables["regimens"].append(_present(row))
                 origins["regimens"].append((i, ("regimens", k)))
             warnings[i] = _record_warnings(request)
