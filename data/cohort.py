@@ -911,11 +911,17 @@ def _labs(
 
     is_known_u = np.array([a is not None for a in analytes] + [False])
     known = is_known_u[tcodes]
-    factors = units.factor_matrix(
-        np.array(analytes + [None], dtype=object), np.array(unit_text + [None], dtype=object)
-    )
-    # Column -1 (missing unit) and row -1 (missing test) index the trailing sentinel entries.
-    factor = factors[tcodes, ucodes]
+    # Factors only for the (test, unit) pairs that occur: linear in the rows, however many
+    # distinct codes and units there are. Code -1 (missing) maps to the trailing sentinel.
+    nt, nu = len(tuniq) + 1, len(uuniq) + 1
+    pair_key = (tcodes % nt).astype(np.int64) * nu + (ucodes % nu)
+    pair_uniq, pcodes = np.unique(pair_key, return_inverse=True)
+    pcodes = pcodes.reshape(-1)
+    pair_t, pair_u = np.divmod(pair_uniq, nu)
+    analyte_ext, unit_ext = analytes + [None], unit_text + [None]
+    factor = units.pair_factors(
+        [analyte_ext[t] for t in pair_t.tolist()], [unit_ext[u] for u in pair_u.tolist()]
+    )[pcodes]
     no_unit = known & (np.array([u is None for u in unit_text] + [True])[ucodes])
     bad_unit = known & np.isnan(factor) & ~no_unit
 
@@ -991,15 +997,14 @@ def _labs(
         )
     parsed.extra["unknown_tests"] = unknown_tests
 
-    nt, nu = len(tuniq) + 1, len(uuniq) + 1
     canonical_unit = [units.CANONICAL_UNITS[a] if a is not None else None for a in analytes]
     converts = known & ~np.isnan(factor)
-    pair = np.bincount((tcodes[converts] % nt) * nu + (ucodes[converts] % nu), minlength=nt * nu)
-    for flat in np.flatnonzero(pair):
-        t, u = divmod(int(flat), nu)
+    pair = np.bincount(pcodes[converts], minlength=len(pair_uniq))
+    for p in np.flatnonzero(pair):  # in (test, unit) order, as the pairs are sorted
+        t, u = int(pair_t[p]), int(pair_u[p])
         if unit_text[u] != canonical_unit[t]:
             key = (analytes[t], unit_text[u])
-            parsed.conversions[key] = parsed.conversions.get(key, 0) + int(pair[flat])
+            parsed.conversions[key] = parsed.conversions.get(key, 0) + int(pair[p])
 
     test_out = np.array(
         [a if a is not None else t for a, t in zip(analytes, test_text, strict=True)] + [None],

@@ -313,8 +313,10 @@ def audit_refusal(request: Request, failed: bool = False) -> JSONResponse | None
     if not failed and audit is not None and audit.writable():
         return None
     return JSONResponse(
-        {"detail": "the audit log is not writable (deleted, replaced or closed); nothing is "
-         "scored until it is restored; see the server log"},
+        {
+            "detail": "the audit log is not writable (deleted, replaced or closed); nothing is "
+            "scored until it is restored; see the server log"
+        },
         status_code=503,
     )
 
@@ -347,8 +349,12 @@ def _router() -> APIRouter:
         audit: AuditLog | None = getattr(request.app.state, "audit", None)
         if scorer is None or audit is None or not audit.check():
             return JSONResponse(
-                {"detail": "not ready: the audit log is not writable (deleted, replaced or "
-                 "closed)" if scorer is not None else "not ready"},
+                {
+                    "detail": "not ready: the audit log is not writable (deleted, replaced or "
+                    "closed)"
+                    if scorer is not None
+                    else "not ready"
+                },
                 status_code=503,
             )
         return JSONResponse({"status": "ready", "model": scorer.model.info})

@@ -32,6 +32,7 @@ the path (restored, or a new one created), the log reopens it and accepts rows a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -98,6 +99,7 @@ _SALT_WARNING = (
 class AuditUnavailable(RuntimeError):
     """The audit database was deleted, replaced or closed: rows cannot be written durably."""
 
+
 _LOCK_WAIT_S = 30.0
 _BUSY_TIMEOUT_S = 30.0  # the connection's own wait, for everything but `_begin`
 
@@ -158,10 +160,8 @@ class AuditLog:
             log.error("audit log %s: cannot reopen (%s)", self.path, type(exc).__name__)
             return False
         old, self._db = self._db, fresh
-        try:
+        with contextlib.suppress(sqlite3.Error):
             old.close()
-        except sqlite3.Error:
-            pass
         log.warning("audit log %s: a new file is at the path; writing to it from now on", self.path)
         return True
 

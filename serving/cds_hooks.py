@@ -452,16 +452,20 @@ def _model_card_url(request: Request) -> str | None:
     return f"{base}/v1/model" if isinstance(base, str) and base else None
 
 
-# `:` and `@` and `.` too: GFM turns bare `https://...`, `www.x.y` and e-mail addresses into links.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>:@])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~:@])")
+_LIST_START = re.compile(r"^([-+]|\d+[.)])")
+_WWW = re.compile(r"(?i)\bwww\.")
 
 
 def md_text(value: Any) -> str:
-    """Untrusted text as inert Markdown: one line, HTML characters as entities, Markdown
-    punctuation backslash-escaped (no links, images, emphasis, headings or raw HTML)."""
+    """Untrusted text as inert Markdown on one line: HTML characters as entities, and the
+    punctuation of links, images, emphasis, code, headings and tables backslash-escaped. `:`,
+    `@` and `www.` too: GFM turns bare URLs and e-mail addresses into links."""
     text = " ".join(str(value).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = _WWW.sub(lambda m: m.group(0)[:3] + "\\.", text)
+    return _LIST_START.sub(r"\\\1", text)
 
 
 def _text(item: Any) -> str:
@@ -501,7 +505,9 @@ def detail_of(answer: Mapping[str, Any], record: Mapping[str, Any], notes: list[
     factors = [md_text(_text(f)) for f in answer.get("top_factors") or []]
     if factors:
         lines += ["", "**Top factors**", *[f"- {factor}" for factor in factors]]
-    warnings = [md_text(w) for w in notes] + [md_text(_text(w)) for w in answer.get("warnings") or []]
+    warnings = [md_text(w) for w in notes] + [
+        md_text(_text(w)) for w in answer.get("warnings") or []
+    ]
     if warnings:
         lines += ["", "**Warnings**", *[f"- {warning}" for warning in warnings]]
     lines += [
@@ -683,6 +689,7 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _CODE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_URI = re.compile(r"[A-Za-z0-9:/._\-#%~]{1,200}")
 
 
 def cds_caller(audit: Any, user: Any) -> str:
@@ -703,29 +710,20 @@ def _opaque(audit: Any, value: Any) -> str | None:
     return f"sha256:{audit.hash_id(text)[:32]}"
 
 
-def _reason_codes(audit: Any, reason: Any) -> list[dict[str, str]] | None:
-    """The override reason's codings as (system, code) only: `display` and `text` are free text.
-
-    A code that does not look like a code (letters, digits, `.-_`, at most 64) is hashed.
-    """
+def _reason_codes(audit: Any, reason: Any) -> dict[str, Any] | None:
+    """The override reason (a Coding) as its `system` and `code` only: `display` and any other
+    key are free text. A code that does not look like one (letters, digits, `.-_`, at most 64
+    characters) is hashed, as is a system that is not a URI."""
     if not isinstance(reason, Mapping):
         return None
-    codings = reason.get("coding") if isinstance(reason.get("coding"), list) else [reason]
-    out = []
-    for coding in codings:
-        if not isinstance(coding, Mapping):
-            continue
-        code, system = coding.get("code"), coding.get("system")
-        item: dict[str, str] = {}
-        if isinstance(code, str) and code:
-            item["code"] = code if _CODE.fullmatch(code) else _opaque(audit, code) or ""
-        if isinstance(system, str) and system:
-            item["system"] = system if system.startswith(("http://", "https://", "urn:")) and len(
-                system
-            ) <= 200 and " " not in system else _opaque(audit, system) or ""
-        if item:
-            out.append(item)
-    return out
+    item: dict[str, Any] = {}
+    code, system = reason.get("code"), reason.get("system")
+    if isinstance(code, str) and code:
+        item["code"] = code if _CODE.fullmatch(code) else _opaque(audit, code)
+    if isinstance(system, str) and system:
+        uri = system.startswith(("http://", "https://", "urn:")) and _URI.fullmatch(system)
+        item["system"] = system if uri else _opaque(audit, system)
+    return item
 
 
 def _about(warning: str, patient_id: str) -> bool:

@@ -20,7 +20,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from serving.audit import AuditUnavailable
-from serving.jsonin import JsonRefused, loads_strict
 from serving.fhir import (
     FhirError,
     fhir_to_patient_records,
@@ -28,6 +27,7 @@ from serving.fhir import (
     patient_reference,
     risk_assessment,
 )
+from serving.jsonin import JsonRefused, loads_strict
 from serving.records import RecordError
 
 router = APIRouter(tags=["FHIR"])
@@ -77,7 +77,9 @@ async def score_fhir(
         return _error(400, "invalid", [(str(exc), None)])
     audit = getattr(request.app.state, "audit", None)
     if audit is not None and not audit.writable():
-        return _error(503, "transient", [("the audit log is not writable; nothing is scored", None)])
+        return _error(
+            503, "transient", [("the audit log is not writable; nothing is scored", None)]
+        )
     scorer = request.app.state.scorer
     try:
         answers = await run_in_threadpool(scorer.score_batch, records)

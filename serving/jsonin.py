@@ -72,9 +72,7 @@ def loads_strict(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if nesting_depth(data) > max_depth:
-        raise JsonRefused(
-            400, [], f"JSON nested deeper than {max_depth} levels", "json_too_deep"
-        )
+        raise JsonRefused(400, [], f"JSON nested deeper than {max_depth} levels", "json_too_deep")
     state = {"non_finite": False, "duplicate": None}
 
     def number(text: str) -> Any:

@@ -97,6 +97,7 @@ class _Row(BaseModel):
                 )
         return handler(data)
 
+
 EXAMPLE_RECORD: dict[str, Any] = {
     "patient": {
         "patient_id": "P1",
@@ -174,9 +175,7 @@ class EpisodeIn(_Row):
 
     episode_id: Identifier
     index_date: Date = Field(description=f"First hetrombopag dose (ISO 8601 date). {_RANGE_NOTE}")
-    age_years: FiniteFloat | None = Field(
-        None, ge=0, le=120, description="Else from birth_date."
-    )
+    age_years: FiniteFloat | None = Field(None, ge=0, le=120, description="Else from birth_date.")
     dose_mg: FiniteFloat | None = Field(None, gt=0, le=100, description="Daily hetrombopag dose.")
 
 
