@@ -557,6 +557,8 @@ def _dates_small(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, 
     items = values.tolist()
     if not all(v is None or (isinstance(v, str) and v) for v in items):
         return None
+    if not all(v is None or _year_within(v) for v in items):
+        return None  # numpy's nanoseconds would wrap; pandas and `_date_column` report it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -736,6 +738,21 @@ def _date_column(
 ) -> tuple[pd.Series, np.ndarray]:
     raw = src.frame[column]
     values, missing, bad, had_offsets = _dates(raw)
+    # Dates outside 1900-2200 are typing errors; pandas cannot even hold those beyond 1677-2262.
+    stamps = values.to_numpy(dtype="datetime64[ns]")
+    with np.errstate(invalid="ignore"):
+        early_late = ~np.isnat(stamps) & ((stamps < _EARLIEST) | (stamps >= _AFTER_LATEST))
+    far = (
+        bad & np.array([_year_outside(v) for v in raw.to_numpy()], dtype=bool) if bad.any() else bad
+    )
+    outside = early_late | far
+    issues.rows(
+        src,
+        outside,
+        column,
+        lambda p: f"{column} {_show(raw, p)} is outside {DATE_RANGE[0]} to {DATE_RANGE[1]}",
+    )
+    bad = bad & ~outside
     issues.rows(src, bad, column, lambda p: f"unparseable date {_show(raw, p)} (use ISO 8601)")
     if required:
         issues.rows(src, missing, column, lambda _: f"missing {column}")
@@ -746,7 +763,25 @@ def _date_column(
             column=column,
             warning=True,
         )
-    return values, missing | bad
+    return values, missing | bad | outside
+
+
+#: Dates accepted anywhere in a cohort (first and last day).
+DATE_RANGE = ("1900-01-01", "2200-12-31")
+_EARLIEST = np.datetime64(DATE_RANGE[0])
+_AFTER_LATEST = np.datetime64("2201-01-01")
+_YEAR = re.compile(r"\s*([+-]?\d{4,})-")
+
+
+def _year_within(text: str) -> bool:
+    """Whether ISO text starts with a plain four-digit year inside `DATE_RANGE`."""
+    return text[4:5] == "-" and text[:4].isdigit() and "1900" <= text[:4] <= "2200"
+
+
+def _year_outside(value: object) -> bool:
+    """Whether a date given as text has a year outside `DATE_RANGE` (for unparseable values)."""
+    match = _YEAR.match(value) if isinstance(value, str) else None
+    return match is not None and not 1900 <= int(match.group(1)) <= 2200
 
 
 def _number_column(
@@ -1449,6 +1484,8 @@ def _small_dates(src: _Rows, name: str, required: bool) -> np.ndarray:
         if not all(_is_na(v) or (type(v) is str and _small_iso(v)) for v in values):
             raise _Decline
         values = [None if _is_na(v) else v for v in values]
+    if not all(v is None or _year_within(v) for v in values):
+        raise _Decline  # numpy's nanoseconds would wrap; `_date_column` reports the date
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -1467,7 +1504,7 @@ _PLAIN_ISO = re.compile(
 
 
 def _small_iso(text: str) -> bool:
-    return _PLAIN_ISO.fullmatch(text) is not None and "1678" <= text[:4] <= "2261"
+    return _PLAIN_ISO.fullmatch(text) is not None and "1900" <= text[:4] <= "2200"
 
 
 def _small_numbers(
