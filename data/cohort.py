@@ -627,12 +627,14 @@ class _Parsed:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     conversions: dict[tuple[str, str], int] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+    #: Building the report of `validate_cohort` (adds its warnings), not a cohort to use.
+    with_summary: bool = False
 
 
 def _build(
     sources: Mapping[str, _Source], issues: _Issues, with_summary: bool = False
 ) -> tuple[Cohort | None, dict]:
-    parsed = _Parsed()
+    parsed = _Parsed(with_summary=with_summary)
     ok = {name: _has_columns(src, issues) for name, src in sources.items()}
     patient_ids: pd.Index | None = None
     if ok.get("patients"):
@@ -1010,6 +1012,28 @@ def _labs(
             f"(above {limits[p]:g} {units.CANONICAL_UNITS[analytes[tcodes[p]]]})"
         ),
     )
+
+    if parsed.with_summary:  # `ctit validate`: the HTTP answers' improbable-value warnings
+        low = np.array(
+            [units.IMPROBABLE.get(a, (-np.inf, np.inf))[0] if a else -np.inf for a in analytes]
+            + [-np.inf]
+        )[tcodes]
+        high = np.array(
+            [units.IMPROBABLE.get(a, (-np.inf, np.inf))[1] if a else np.inf for a in analytes]
+            + [np.inf]
+        )[tcodes]
+        improbable = checkable & ~negative & ~impossible & ((converted < low) | (converted > high))
+        issues.rows(
+            src,
+            improbable,
+            "value",
+            lambda p: (
+                f"improbable {analytes[tcodes[p]]} value {_describe_value(p)}: outside the usual "
+                f"range {low[p]:g}-{high[p]:g} {units.CANONICAL_UNITS[analytes[tcodes[p]]]} "
+                "(check the value and unit)"
+            ),
+            warning=True,
+        )
 
     # Unknown tests are kept under their own code and unit, with one warning per code.
     counts = np.bincount(tcodes[tcodes >= 0], minlength=len(tuniq))

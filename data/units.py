@@ -129,6 +129,23 @@ ANALYTES: Mapping[str, Analyte] = MappingProxyType(
     }
 )
 
+#: Values possible but rare enough to warn about, in the canonical unit of each analyte (the HTTP
+#: answers and `ctit validate` warn with the same ranges). Impossible values (negative, above
+#: `Analyte.limit`) are errors.
+IMPROBABLE: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "PLT": (0.0, 1000.0),
+        "HGB": (40.0, 200.0),
+        "WBC": (0.1, 100.0),
+        "ANC": (0.0, 50.0),
+        "ALT": (0.0, 2000.0),
+        "AST": (0.0, 2000.0),
+        "TBIL": (0.0, 350.0),
+        "CREA": (15.0, 1000.0),
+        "ALB": (15.0, 55.0),
+    }
+)
+
 CANONICAL_UNITS: Mapping[str, str] = MappingProxyType({a.alias: a.unit for a in ANALYTES.values()})
 
 _POWER_PREFIX = re.compile(r"^[x×]\s*(?=10)")

@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving import cds_hooks, web
 from serving.access import AccessGate, token_accepted
@@ -243,19 +244,40 @@ async def _send_refusal(scope: Scope, send: Send, exc: JsonRefused) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _SlowBody(Exception):
+    """The client did not finish sending its body in time."""
+
+
 class Guard:
     """ASGI middleware, outermost: `Cache-Control: no-store` on every answer that sets no cache
-    policy of its own, and a bare 500 for any exception that escapes, logged by type only (the
+    policy of its own; 408 (and the connection closed) when a body is not complete within
+    `body_timeout_s`; and a bare 500 for any exception that escapes, logged by type only (the
     message or a traceback could quote patient data; uvicorn would log both)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, body_timeout_s: float = 30.0) -> None:
         self.app = app
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+            except TimeoutError:
+                raise _SlowBody from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
@@ -268,11 +290,60 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, receive, guarded_send)
+            await self.app(scope, timed_receive, guarded_send)
+        except _SlowBody:
+            log.warning("%s %s: body not complete in time; closed", scope["method"], scope["path"])
+            if not started:
+                await _send_error(guarded_send, 408, "request body not complete in time")
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             log.error("%s %s failed with %s", scope["method"], scope["path"], type(exc).__name__)
             if not started:
                 await _send_error(guarded_send, 500, "internal error; see the server log")
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request head is not complete within
+    `header_timeout_s` of its first byte (or of the connection, or of the previous answer).
+
+    uvicorn's own `timeout_keep_alive` only covers idle connections between requests; a client
+    that sends half a request line and stops (slowloris) would hold its connection forever.
+    Bodies are timed by `Guard`. `ctit serve` sets `header_timeout_s` from the settings.
+    """
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if getattr(self, "_head_timer", None) is None:
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def _disarm_head_timer(self) -> None:
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        waiting_head = self.cycle is None or self.cycle.response_complete
+        if waiting_head and not self.transport.is_closing():
+            self.logger.warning("request head not complete in time; connection closed")
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm_head_timer()
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
 
 
 async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -509,7 +580,7 @@ def create_app(
         attempts=settings.login_attempts,
         window_s=settings.login_window_s,
     )
-    app.add_middleware(Guard)
+    app.add_middleware(Guard, body_timeout_s=settings.body_timeout_s)
     app.include_router(_router())
     app.include_router(cds_hooks.router, dependencies=[Depends(require_token)])
     app.include_router(web.router)

@@ -16,23 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from data import units
 from data.issues import CohortError, Issue
 from data.units import canonical_test, unit_factor
 from serving.schemas import ScoreRequest
 
-#: Values that are possible but rare enough to warn about, in the canonical unit of each analyte.
-#: Impossible values (negative, above the analyte's limit) are rejected by `data.units`.
-IMPROBABLE: dict[str, tuple[float, float]] = {
-    "PLT": (0.0, 1000.0),
-    "HGB": (40.0, 200.0),
-    "WBC": (0.1, 100.0),
-    "ANC": (0.0, 50.0),
-    "ALT": (0.0, 2000.0),
-    "AST": (0.0, 2000.0),
-    "TBIL": (0.0, 350.0),
-    "CREA": (15.0, 1000.0),
-    "ALB": (15.0, 55.0),
-}
+#: Values that are possible but rare enough to warn about (owned by `data.units`).
+IMPROBABLE = units.IMPROBABLE
 
 
 class RecordError(ValueError):
