@@ -369,6 +369,62 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")[:500]
 
 
+_ERROR_WORDS = {
+    "400": "Not JSON, JSON nested too deeply, or a malformed request",
+    "401": "Missing or wrong bearer token",
+    "404": "No such resource (e.g. an unknown CDS service)",
+    "408": "The request body was not complete in time",
+    "412": "CDS Hooks: required prefetch data missing and not fetchable",
+    "413": "Body or batch too large",
+    "422": "The body breaks the contract: paths and reasons, never the values",
+    "429": "Too many wrong sign-ins from this address",
+    "500": "Internal error (logged without patient data)",
+    "503": "Not ready, or the audit log is not writable: nothing is scored",
+}
+_FHIR_ERRORS = ("400", "422", "503")
+
+
+def _documented_errors(app: FastAPI) -> Any:
+    """`app.openapi` completed with every status each operation can answer (schemathesis checks
+    that none is undocumented): the gate's 401 and 429, the body checks' 400, 408, 413 and 422,
+    404 on path parameters, 500 and 503. The FHIR route's errors are OperationOutcomes."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None and app.openapi_schema.get("x-ctit-errors"):
+            return app.openapi_schema
+        schema = build()
+        error = {"$ref": "#/components/schemas/ErrorOut"}
+        schema.setdefault("components", {}).setdefault("schemas", {})
+        schema["components"]["schemas"].setdefault("ErrorOut", ErrorOut.model_json_schema())
+        outcome = {"type": "object", "required": ["resourceType"]}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                codes = ["500"]
+                if path != "/healthz":
+                    codes += ["401", "429"]
+                if method in ("post", "put", "patch"):
+                    codes += ["400", "408", "413", "422", "503"]
+                if "{" in path:
+                    codes.append("404")
+                if path.startswith("/cds-services/"):
+                    codes.append("412")
+                if path == "/readyz":
+                    codes.append("503")
+                responses = operation.setdefault("responses", {})
+                for code in codes:
+                    entry = responses.setdefault(code, {"description": _ERROR_WORDS[code]})
+                    content = entry.setdefault("content", {})
+                    content.setdefault("application/json", {"schema": error})
+                    if path.startswith("/fhir/") and code in _FHIR_ERRORS:
+                        content.setdefault("application/fhir+json", {"schema": outcome})
+        schema["x-ctit-errors"] = True
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
 def _record_error(exc: RecordError, prefix: list[str | int]) -> JSONResponse:
     detail = [{**error, "loc": [*prefix, *error["loc"]]} for error in exc.errors]
     return JSONResponse({"detail": detail}, status_code=422)
@@ -435,7 +491,14 @@ def _router() -> APIRouter:
         tags=["scoring"],
         dependencies=secured,
         response_model=ScoreOut,
-        responses=_ERRORS,
+        responses={
+            **_ERRORS,
+            200: {
+                "description": "The answer (JSON), or with `format=fhir` a FHIR R4 "
+                "RiskAssessment (application/fhir+json).",
+                "content": {"application/fhir+json": {"schema": {"type": "object"}}},
+            },
+        },
     )
     async def score(
         body: ScoreRequest,
@@ -568,6 +631,7 @@ def create_app(
     app.state.scorer = scorer
     app.state.audit = audit
     app.state.model_card = scorer.describe()
+    app.openapi = _documented_errors(app)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_middleware(StrictJson)
     app.add_middleware(BodyLimit, single=settings.max_body_bytes, batch=settings.max_batch_bytes)

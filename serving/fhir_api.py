@@ -52,7 +52,34 @@ def _error(status: int, code: str, issues: list[tuple[str, str | None]]) -> JSON
     return JSONResponse(outcome, status_code=status, media_type=FHIR_JSON)
 
 
-@router.post(SCORE_PATH)
+_BODY_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType"],
+    "properties": {"resourceType": {"type": "string"}},
+}
+
+
+@router.post(
+    SCORE_PATH,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A FHIR R4 Bundle (or one resource) with Patient, Observation, "
+            "MedicationStatement/MedicationRequest and Condition resources.",
+            "content": {
+                FHIR_JSON: {"schema": _BODY_SCHEMA},
+                "application/json": {"schema": _BODY_SCHEMA},
+            },
+        }
+    },
+    responses={
+        200: {
+            "description": "A collection Bundle: one RiskAssessment per patient, then an "
+            "OperationOutcome with the adapter's warnings.",
+            "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def score_fhir(
     request: Request,
     index_date: dt.date | None = Query(

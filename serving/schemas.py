@@ -224,10 +224,30 @@ CONTRACT_COLUMNS = _contract_columns().union(
 )
 
 
+def _one_of_episodes(schema: dict[str, Any]) -> None:
+    """State the rule of `_one_episode_field` in the JSON schema: exactly one of `episode` and
+    `episodes` is given (present and not null)."""
+    schema["examples"] = [EXAMPLE_RECORD]
+    schema["oneOf"] = [
+        {
+            "required": ["episode"],
+            "properties": {"episode": {"type": "object"}, "episodes": {"type": "null"}},
+        },
+        {
+            "required": ["episodes"],
+            "properties": {"episodes": {"type": "array"}, "episode": {"type": "null"}},
+        },
+    ]
+    schema["description"] = (
+        "One patient: the patient row, one episode (or several), the labs and the regimens. "
+        "Give exactly one of `episode` (an object) and `episodes` (a list)."
+    )
+
+
 class ScoreRequest(BaseModel):
     """One patient: the patient row, one episode (or several), the labs and the regimens."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_RECORD]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of_episodes)
 
     patient: PatientIn
     episode: EpisodeIn | None = None
