@@ -483,6 +483,23 @@ def test_a_wrong_bearer_token_counts_as_a_sign_in_attempt(
         live.stop()
 
 
+def test_salt_policy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError, match="production mode needs CTIT_AUDIT_SALT"):
+        ServingSettings.from_env({"CTIT_MODE": "production"}, model_uri="m")
+    production = ServingSettings.from_env(
+        {"CTIT_MODE": "production", "CTIT_AUDIT_SALT": "a-long-secret"}, model_uri="m"
+    )
+    assert production.mode == "production"
+    salted = AuditLog(tmp_path / "salted.db", salt="a-long-secret")
+    salted.close()
+    with sqlite3.connect(tmp_path / "salted.db") as db:
+        assert db.execute("SELECT count(*) FROM meta WHERE key = 'salt'").fetchone()[0] == 0
+    with caplog.at_level("WARNING", logger="serving.audit"):
+        AuditLog(tmp_path / "unsalted.db").close()
+    assert "CTIT_AUDIT_SALT is not set" in caplog.text
+    assert "recover short patient identifiers" in caplog.text
+
+
 def test_schema_states_the_episode_one_of_rule_and_every_status(client: httpx.Client) -> None:
     schema = client.get("/openapi.json").json()
     request = schema["components"]["schemas"]["ScoreRequest"]
