@@ -516,7 +516,10 @@ def _router() -> APIRouter:
         if (refusal := audit_refusal(request)) is not None:
             return refusal
         try:
-            answer = scorer.score(body)
+            if _small([body]):
+                answer = scorer.score(body)
+            else:  # thousands of labs: keep the event loop free for health checks meanwhile
+                answer = await asyncio.to_thread(scorer.score, body)
             resource = (
                 risk_assessment(answer, body.model_dump(mode="json", exclude_none=True))
                 if answer_format == "fhir"
