@@ -303,7 +303,10 @@ def serve(
         )
     TimedH11Protocol.header_timeout_s = settings.header_timeout_s
     server_options: dict[str, Any] = {
-        "http": TimedH11Protocol,
+        # By name: a worker process imports it only after it answers the supervisor's health
+        # pings (unpickling a class would import the whole service first, and under load the
+        # supervisor kills a worker silent for 5 s).
+        "http": "serving.app:TimedH11Protocol",
         "timeout_keep_alive": settings.keep_alive_s,
         "h11_max_incomplete_event_size": 64 * 1024,
     }
