@@ -332,6 +332,10 @@ def serve(
         workers=workers,
         log_level="info",
         access_log=access_log,
+        # A worker imports the whole service and loads its model before it can answer the
+        # supervisor's pings; uvicorn's default 5 s killed (and restarted) every worker of a
+        # busy host in a loop.
+        timeout_worker_healthcheck=60,
         **server_options,
     )
 
