@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data.units import ANALYTES, canonical_test, convert
 from serving import fhir_api
+from serving.audit import AuditUnavailable
 from serving.fhir import (
     ECOG_LOINC,
     LOINC,
@@ -675,15 +676,18 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
     episode_id = str(record["episode"]["episode_id"])
     _ledger(request, settings).add(card["uuid"], patient_id, episode_id, str(model["version"]))
     if audit is not None:
-        await run_in_threadpool(
-            audit.record_score,
-            model=model,
-            patient_id=patient_id,
-            input_sha256=hashlib.sha256(await request.body()).hexdigest(),
-            answers=[{**answer, "cds_card_uuid": card["uuid"], "cds_hook": body.hook}],
-            endpoint=f"/cds-services/{service_id}",
-            caller=cds_caller(audit, body.context.get("userId")),
-        )
+        try:
+            await run_in_threadpool(
+                audit.record_score,
+                model=model,
+                patient_id=patient_id,
+                input_sha256=hashlib.sha256(await request.body()).hexdigest(),
+                answers=[{**answer, "cds_card_uuid": card["uuid"], "cds_hook": body.hook}],
+                endpoint=f"/cds-services/{service_id}",
+                caller=cds_caller(audit, body.context.get("userId")),
+            )
+        except AuditUnavailable:
+            raise HTTPException(503, "the audit log is not writable; nothing is scored") from None
     return {"cards": [card]}
 
 
@@ -742,7 +746,7 @@ async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> 
     if service_id not in SERVICES:
         raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
     audit = getattr(request.app.state, "audit", None)
-    if audit is None:
+    if audit is None or not audit.writable():
         raise HTTPException(503, "the audit log is not available; feedback not stored")
     ledger = _ledger(request, _settings(request))
     scorer = getattr(request.app.state, "scorer", None)
@@ -769,12 +773,15 @@ async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> 
                 audit, item.overrideReason.reason if item.overrideReason else None
             ),
         }
-        await run_in_threadpool(
-            audit.record_feedback,
-            model_version=version,
-            patient_id=patient_id,
-            episode_id=episode_id,
-            feedback=stored,
-            caller="cds-client",
-        )
+        try:
+            await run_in_threadpool(
+                audit.record_feedback,
+                model_version=version,
+                patient_id=patient_id,
+                episode_id=episode_id,
+                feedback=stored,
+                caller="cds-client",
+            )
+        except AuditUnavailable:
+            raise HTTPException(503, "the audit log is not writable; feedback not stored") from None
     return {}

@@ -270,6 +270,17 @@ def test_a_deleted_audit_database_stops_scoring_until_it_is_back(
             assert refused.status_code == 503
             assert "audit" in refused.json()["detail"]
             assert client.post("/v1/score/batch", json={"records": [record]}).status_code == 503
+            hook = _cds_request("mmol/L", "docetaxel")
+            assert client.post(f"/cds-services/{ORDER_SELECT}", json=hook).status_code == 503
+            bundle = MIXED.read_bytes()
+            fhir = client.post(
+                "/fhir/RiskAssessment/$score",
+                params={"index_date": "2025-05-20"},
+                content=bundle,
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            assert fhir.status_code == 503
+            assert fhir.json()["resourceType"] == "OperationOutcome"
             path.touch()  # the operator puts a (new, empty) log back
             assert client.get("/readyz").status_code == 200
             assert client.post("/v1/score", json=record).status_code == 200
