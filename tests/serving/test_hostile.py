@@ -523,7 +523,7 @@ def test_schema_states_the_episode_one_of_rule_and_every_status(client: httpx.Cl
     assert "application/fhir+json" in fhir["responses"]["422"]["content"]
 
 
-def test_schemathesis_checks_all_pass_over_the_whole_schema(server) -> None:
+def test_schemathesis_checks_all_pass_over_the_whole_schema(server, tmp_path: Path) -> None:
     """`schemathesis run --checks all` (bounded examples) against the live server."""
     config = Path(__file__).with_name("schemathesis.toml")
     command = [
@@ -532,7 +532,9 @@ def test_schemathesis_checks_all_pass_over_the_whole_schema(server) -> None:
         "--checks", "all", "--max-examples", "8", "--workers", "1", "--seed", "16",
         "--suppress-health-check", "all", "--phases", "examples,coverage,fuzzing",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path
+    )
     tail = (done.stdout + done.stderr)[-6000:]
     assert done.returncode == 0, tail
     assert "passed" in done.stdout
