@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -23,9 +24,10 @@ from data.cohort import load_cohort
 from data.issues import CohortError
 from data.outputs import OutputError, atomic_output
 from serving import fhir
+from serving.jsonin import JsonRefused, loads_strict
 from serving.model import ModelLoadError
 from serving.records import RecordError, validate_record
-from serving.scorer import Scorer
+from serving.scorer import NotEstimable, Scorer
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -82,11 +84,12 @@ def _progress(console: Console) -> Progress:
 def _records_of(path: Path, index_date: str | None) -> tuple[list[Any], list[str]]:
     """Patient records (and input warnings) from a JSON file: one, a list, or a FHIR Bundle."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"{path}: cannot read ({exc})")
-    except ValueError as exc:
-        _fail(f"{path}: not valid JSON ({exc})")
+        obj = loads_strict(path.read_bytes())
+    except OSError as exc:
+        _fail(f"{path}: cannot read ({exc.strerror or exc})")
+    except JsonRefused as exc:
+        where = ".".join(str(part) for part in exc.loc)
+        _fail(f"{path}: {where + ': ' if where else ''}{exc.msg}")
     if hasattr(fhir, "is_fhir") and hasattr(fhir, "fhir_to_patient_records") and fhir.is_fhir(obj):
         try:
             return fhir.fhir_to_patient_records(obj, index_date=index_date)
@@ -148,13 +151,16 @@ def _score_cohort(
     except CohortError as exc:
         fail_invalid_cohort(directory, exc)
     total = len(cohort.episodes)
-    if total < PROGRESS_FROM:
-        return scorer.score_cohort(cohort, explain=explain)
-    with _progress(console) as progress:
-        task = progress.add_task("score", total=total)
-        return scorer.score_cohort(
-            cohort, explain=explain, progress=lambda n: progress.advance(task, n)
-        )
+    try:
+        if total < PROGRESS_FROM:
+            return scorer.score_cohort(cohort, explain=explain)
+        with _progress(console) as progress:
+            task = progress.add_task("score", total=total)
+            return scorer.score_cohort(
+                cohort, explain=explain, progress=lambda n: progress.advance(task, n)
+            )
+    except NotEstimable as exc:
+        _fail(f"{directory}: nothing written; {exc}")
 
 
 def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
@@ -318,7 +324,7 @@ def serve(
     _use_tracking_uri(tracking_uri)
     import uvicorn
 
-    from serving.app import create_app
+    from serving.app import TimedH11Protocol, create_app
 
     try:
         settings = ServingSettings.from_env(
@@ -330,14 +336,41 @@ def serve(
         app = create_app(settings)
     except ModelLoadError as exc:
         _fail(str(exc), code=2)
+    except (sqlite3.Error, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        _fail(
+            f"audit log {settings.audit_path}: cannot open it for writing ({reason}); choose a "
+            "writable path with --audit-db or CTIT_AUDIT_DB",
+            code=2,
+        )
     info = app.state.scorer.model.info
+    if settings.audit_salt is None:
+        Console(stderr=True, soft_wrap=True).print(
+            Text(
+                "WARNING: CTIT_AUDIT_SALT is not set: the audit log keeps its own random salt, "
+                "so whoever can read the file can recover short patient identifiers from the "
+                "hashes. Set CTIT_AUDIT_SALT (required with CTIT_MODE=production).",
+                style="bold yellow",
+            )
+        )
+    TimedH11Protocol.header_timeout_s = settings.header_timeout_s
+    server_options: dict[str, Any] = {
+        # By name: a worker process imports it only after it answers the supervisor's health
+        # pings (unpickling a class would import the whole service first, and under load the
+        # supervisor kills a worker silent for 5 s).
+        "http": "serving.app:TimedH11Protocol",
+        "timeout_keep_alive": settings.keep_alive_s,
+        "h11_max_incomplete_event_size": 64 * 1024,
+    }
     Console(stderr=True, soft_wrap=True).print(
         f"serving {info['name']} version {info['version']} on http://{host}:{port} "
         f"(docs at /docs; token {'required' if settings.api_token else 'not required'}; "
         f"{workers} worker{'s' if workers != 1 else ''})"
     )
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+        uvicorn.run(
+            app, host=host, port=port, log_level="info", access_log=access_log, **server_options
+        )
         return
     # The model was loaded once above to fail fast; each worker process loads its own copy
     # from the same settings, handed over through the environment of the child processes.
@@ -351,6 +384,11 @@ def serve(
         workers=workers,
         log_level="info",
         access_log=access_log,
+        # A worker imports the whole service and loads its model before it can answer the
+        # supervisor's pings; uvicorn's default 5 s killed (and restarted) every worker of a
+        # busy host in a loop.
+        timeout_worker_healthcheck=60,
+        **server_options,
     )
 
 
@@ -367,7 +405,8 @@ def _settings_json(settings: ServingSettings) -> str:
 
 def worker_app() -> Any:
     """The app of one `ctit serve --workers N` process (uvicorn calls this factory)."""
-    from serving.app import create_app
+    from serving.app import TimedH11Protocol, create_app
 
     settings = ServingSettings.model_validate_json(os.environ[_SETTINGS_VARIABLE])
+    TimedH11Protocol.header_timeout_s = settings.header_timeout_s
     return create_app(settings)

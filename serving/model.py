@@ -597,6 +597,7 @@ class DeployableModel:
                     + self._warnings(X[i], options)
                     + unknown.get(episode_id, [])
                 )
+                answer["warnings"] += missing_input_warnings(self, X[i], answer["warnings"])
             out.append(answer)
         return out
 
@@ -839,3 +840,134 @@ def _dumps(value: Any) -> bytes:
 
 def _number(value: float) -> str:
     return "NA" if math.isnan(value) else number_text(value)
+
+
+RARELY_MISSING = 0.05
+#: Request fields behind the clinical features whose name is not the field's (one-hot levels).
+_FIELD_OF_PREFIX = (("subtype=", "subtype"), ("race_", "race"), ("sex_", "sex"), ("site_", "site"))
+#: Clinical fields as a clinician reads them.
+_FIELD_WORDS = {
+    "age_years": "age (age_years or birth_date)",
+    "ecog": "ECOG performance status",
+    "subtype": "breast cancer subtype",
+    "race": "race",
+    "sex": "sex",
+    "bone_mets": "bone metastases",
+    "liver_mets": "liver metastases",
+    "marrow_involvement": "bone marrow involvement",
+    "splenomegaly": "splenomegaly",
+    "prior_radiotherapy": "prior radiotherapy",
+    "dose_mg": "hetrombopag dose (dose_mg)",
+}
+
+
+def training_missing_share(model: DeployableModel) -> dict[str, float]:
+    """Share of training episodes in which each feature was missing (from the model bundle's
+    reference, `summarise_reference`); features without a stored share are absent."""
+    out = {}
+    for name, stats in _reference_features(model.reference).items():
+        share = stats.get("missing_share") if isinstance(stats, Mapping) else None
+        if isinstance(share, int | float) and math.isfinite(share):
+            out[name] = float(share)
+    return out
+
+
+def field_of(feature: str) -> str:
+    """The request field a clinical feature comes from (`subtype=TNBC` -> `subtype`)."""
+    for prefix, field_name in _FIELD_OF_PREFIX:
+        if feature.startswith(prefix):
+            return field_name
+    return feature
+
+
+def missing_input_warnings(
+    model: DeployableModel, x: np.ndarray, already: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """`missing_lab` / `missing_field` warnings for features missing in this row that were
+    missing in under `RARELY_MISSING` of the training episodes.
+
+    One `missing_lab` per analyte without any value (unless the key-lab check already warned),
+    then one per other lab feature missing while its analyte is present (a trend needs two
+    values); one `missing_field` per clinical field, listing it by name, so a clinician sees which
+    inputs the model had to treat as unknown.
+    """
+    shares = _missing_shares(model)
+    warned = {w.get("feature") for w in already if w.get("code") == "missing_lab"}
+    out: list[dict[str, Any]] = []
+    fields: dict[str, float] = {}
+    absent_analytes: set[str] = set()
+    for alias, (prefix, name, _unit) in LAB_ANALYTES.items():
+        j = model._column.get(f"{prefix}_last")
+        if j is None or not math.isnan(float(x[j])):
+            continue
+        absent_analytes.add(prefix)
+        share = shares.get(f"{prefix}_last")
+        if share is None or share >= RARELY_MISSING or f"{prefix}_last" in warned:
+            continue
+        out.append(
+            {
+                "code": "missing_lab",
+                "message": f"no {name} ({alias}) on or before the index date; measured in "
+                f"{_percent(1 - share)} of the training episodes",
+                "feature": f"{prefix}_last",
+            }
+        )
+    for j, feature in enumerate(model.feature_names):
+        if not math.isnan(float(x[j])):
+            continue
+        share = shares.get(feature)
+        if share is None or share >= RARELY_MISSING:
+            continue
+        group = model.groups[j]
+        if group in ("labs", "platelet_history"):
+            prefix = feature.split("_", 1)[0]
+            if prefix in absent_analytes or feature in warned:
+                continue
+            description = model._labels[j][0]
+            out.append(
+                {
+                    "code": "missing_lab",
+                    "message": f"{description} could not be computed from the labs given; "
+                    f"available in {_percent(1 - share)} of the training episodes",
+                    "feature": feature,
+                }
+            )
+        elif group == "clinical":
+            field_name = field_of(feature)
+            fields[field_name] = min(share, fields.get(field_name, 1.0))
+    for field_name, share in fields.items():
+        out.append(
+            {
+                "code": "missing_field",
+                "message": f"{_FIELD_WORDS.get(field_name, field_name)} not given; recorded for "
+                f"{_percent(1 - share)} of the training episodes (the model treats it as unknown)",
+                "feature": field_name,
+            }
+        )
+    return out
+
+
+def _missing_shares(model: DeployableModel) -> dict[str, float]:
+    cached = getattr(model, "_missing_share_cache", None)
+    if cached is None:
+        cached = training_missing_share(model)
+        model._missing_share_cache = cached
+    return cached
+
+
+def _percent(share: float) -> str:
+    value = 100 * share
+    return f"{value:.0f}%" if value < 99.5 or value == 100 else ">99%"
+
+
+def episodes_without_platelets(model: DeployableModel, prepared: _Prepared) -> list[int]:
+    """Rows (positions) of episodes with no platelet count on or before the index date.
+
+    Such an episode is not estimable: the response label is defined from the platelet count at
+    the index date, and a score without one would be a guess (a record with no labs at all scored
+    0.71). Uses the model's `plt_last` feature, the same cut-off as every other feature.
+    """
+    j = model._column.get("plt_last")
+    if j is None or prepared.X.shape[0] == 0:
+        return []
+    return np.flatnonzero(np.isnan(prepared.X[:, j])).tolist()
