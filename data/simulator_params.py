@@ -55,7 +55,9 @@ class PlateletModel:
     pool_max: float = 4.0
     drug_sensitivity_omega: float = 0.35
     potency_scale: float = 0.55
-    reserve_loss_scale: float = 6.0
+    reserve_loss_scale: float = 2.0
+    acute_damage_scale: float = 4.0
+    reserve_recovery_days: float = 40.0
     reserve_factor_marrow: float = 0.45
     circ0_factor_splenomegaly: float = 0.70
     reserve_factor_radiotherapy: float = 0.70
@@ -69,29 +71,31 @@ class PlateletModel:
 
 @dataclass(frozen=True)
 class HetrombopagModel:
-    """Hetrombopag stimulation of proliferation: E = Emax * onset(t) on top of the feedback."""
+    """Hetrombopag: added platelet output S(t) x own pool, S = Smax x envelope(t) >= 0.
 
-    emax_max: float = 1.5
-    emax_reserve_exponent: float = 1.0
-    logit_intercept: float = 0.5
+    Smax = emax_max x R^reserve_exponent x exposure effect x frailty and marrow factors x
+    exp(latent_omega x u), with u ~ N(0, 1) the patient's unexplained responsiveness (kept
+    across the patient's episodes). The exposure effect is a sigmoid Emax of the relative
+    exposure (dose / reference dose x hepatic and renal factors).
+    """
+
+    emax_max: float = 2.0
+    reserve_exponent: float = 1.0
     reference_dose_mg: float = 7.5
-    beta_log_dose: float = 0.8
     dose_mg_levels: tuple[float, float] = (5.0, 7.5)
     dose_mg_shares: tuple[float, float] = (0.45, 0.55)
+    ec50_relative_exposure: float = 0.9
+    exposure_hill: float = 2.0
+    exposure_bilirubin_exponent: float = 0.4
+    exposure_creatinine_exponent: float = 0.3
+    bilirubin_reference_umol: float = 9.0
+    creatinine_reference_umol: float = 60.0
+    factor_marrow: float = 0.5
+    factor_ecog_ge2: float = 0.55
+    latent_omega: float = 0.6
     onset_tau_days: float = 2.0
     offset_tau_days: float = 3.0
     duration_days: int = 14
-    beta_marrow: float = -2.0
-    beta_radiotherapy: float = -1.5
-    beta_per_prior_line: float = -0.18
-    beta_gem_platinum: float = -1.8
-    beta_ecog_ge2: float = -0.3
-    beta_very_low_baseline: float = -2.0
-    very_low_baseline_plt: float = 30.0
-    eta_omega: float = 1.0
-    production_kappa: float = 1.2
-    production_very_low_baseline: float = -0.4
-    production_gem_platinum: float = -0.3
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,17 @@ class CarePattern:
     episode_lost_to_follow_up: float = 0.03
     episode_follow_up_days_range: tuple[int, int] = (14, 21)
     repeat_course_share: float = 0.3
+    episode_dropout_share: float = 0.08
+    episode_dropout_day_range: tuple[int, int] = (3, 12)
+    # a count < 75 starts hetrombopag only if a cycle began within this many days (CTIT)
+    episode_max_days_since_cycle: int = 60
+    # platelet transfusion (CSCO 2018 bleeding-risk bands; policy a prior)
+    transfuse_below_plt: float = 10.0
+    transfuse_below_plt_bleeding_risk: float = 20.0
+    bleeding_risk_share: float = 0.3
+    transfusion_increment_plt: float = 25.0
+    transfused_platelet_mean_life_days: float = 3.0
+    red_cells_below_hgb: float = 70.0
     observation_after_first_episode_days: tuple[int, int] = (21, 240)
     horizon_days: int = 1500
 
