@@ -14,7 +14,7 @@ from rich.text import Text
 
 from data.issues import CohortError
 from data.simulator import SimulationConfig, simulate_cohort
-from data.simulator_report import compare_to_targets, episode_table
+from data.simulator_report import compare_to_targets, episode_table, read_population
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,10 @@ def simulate(
         bool,
         typer.Option(
             "--check/--no-check",
-            help="Derive labels with data.labels and compare the cohort with its targets.",
+            help=(
+                "Derive labels with data.labels, compare the cohort with every target and exit "
+                "with status 1 if one is missed."
+            ),
         ),
     ] = True,
 ) -> None:
@@ -94,7 +97,7 @@ def simulate(
     if not check:
         return
     try:
-        checks = compare_to_targets(episode_table(out))
+        checks = compare_to_targets(episode_table(out), read_population(out))
     except CohortError as exc:
         _fail(f"the simulated cohort does not load: {exc}")
     table = Table(title="Simulated cohort vs LITERATURE.md targets", title_justify="left")
@@ -105,6 +108,9 @@ def simulate(
             c.name, c.value, c.target, Text("ok", "green") if c.ok else Text("off", "red")
         )
     console.print(table)
+    missed = [c for c in checks if not c.ok]
+    if missed:
+        _fail(f"{len(missed)} of {len(checks)} targets missed: {', '.join(c.name for c in missed)}")
 
 
 def _fail(message: str) -> None:

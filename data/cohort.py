@@ -662,9 +662,7 @@ def _build(
     if ok.get("outcomes"):
         parsed.frames["outcomes"] = _outcomes(sources["outcomes"], issues, episode_ids)
     if ok.get("transfusions"):
-        parsed.frames["transfusions"] = _transfusions(
-            sources["transfusions"], issues, patient_ids
-        )
+        parsed.frames["transfusions"] = _transfusions(sources["transfusions"], issues, patient_ids)
     for name in ("patients", "episodes"):
         if ok.get(name) and len(parsed.frames[name]) == 0:
             issues.add(name, f"table {name!r} has no rows")
@@ -1195,9 +1193,7 @@ def _transfusions(src: _Source, issues: _Issues, patient_ids: pd.Index | None) -
         src,
         bad,
         "product",
-        lambda p: (
-            f"product must be one of {', '.join(TRANSFUSION_PRODUCTS)}, got {_show(raw, p)}"
-        ),
+        lambda p: f"product must be one of {', '.join(TRANSFUSION_PRODUCTS)}, got {_show(raw, p)}",
     )
     columns["product"] = product.where(~bad)
     columns["units"] = (

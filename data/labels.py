@@ -107,9 +107,7 @@ class LabelDefinition:
             parts.append(f"PLT - baseline >= {self.rise:g}")
         text = f"{' or '.join(parts)} x10^9/L on any day 1-{self.horizon_days} after the index date"
         if self.rescue_window_days:
-            text += (
-                f", not within {self.rescue_window_days} days after a platelet transfusion"
-            )
+            text += f", not within {self.rescue_window_days} days after a platelet transfusion"
         if self.confirm_days is not None:
             text += f", still met at the next PLT {self.confirm_days} or more days later"
         return text
@@ -306,9 +304,7 @@ def _derive(
     lab_key = lab_key[order]
     lab_day = lab_day[order]
     lab_value = plt["value"].to_numpy(dtype=float)[order]
-    rescued = _after_transfusion(
-        cohort, uniques, lab_key, origin, definition.rescue_window_days
-    )
+    rescued = _after_transfusion(cohort, uniques, lab_key, origin, definition.rescue_window_days)
 
     index = episodes["index_date"].to_numpy().astype("datetime64[s]").astype(np.int64)
     index_day = np.floor_divide(index, 86_400)

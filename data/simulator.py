@@ -43,6 +43,7 @@ from data.simulator_params import (
     GEM_PLATINUM_REGIMENS,
     INTERNATIONAL_SITES,
     LINE_WEIGHTS,
+    REGIMEN_TOXICITY,
     REGIMENS,
     SITE_CODES,
     SITE_SIZE_WEIGHTS,
@@ -177,8 +178,9 @@ def _hazard_tables(params: ModelParameters) -> tuple[np.ndarray, np.ndarray, np.
                 hazard[0, r, lo:hi] += h
                 hazard[1, r, lo:hi] += h * asian
             reserve[r] += effect.reserve_loss
-    hazard *= params.platelets.potency_scale
-    reserve *= params.platelets.reserve_loss_scale
+    factor = np.array([REGIMEN_TOXICITY.get(r.code, 1.0) for r in REGIMENS])
+    hazard *= params.platelets.potency_scale * factor[None, :, None]
+    reserve *= params.platelets.reserve_loss_scale * factor
     gem_plat = np.array([r.code in GEM_PLATINUM_REGIMENS for r in REGIMENS])
     return hazard, reserve, gem_plat
 
@@ -385,15 +387,11 @@ def _run_batch(
     plan, plan_cycles, line_gap = batch.plan, batch.plan_cycles, batch.line_gap
     rows = np.arange(n)
 
-    def measure(
-        sel: np.ndarray, rng: np.random.Generator = noise
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def measure(sel: np.ndarray, rng: np.random.Generator = noise) -> tuple[np.ndarray, np.ndarray]:
         """Measured counts with and without hetrombopag (same noise), and the noise factor."""
         factor = np.exp(lm.plt_noise_sd_log * rng.standard_normal(sel.shape[0]))
         untreated = np.round((state.circ[sel] + s["transfused"][sel]) * factor)
-        treated = np.round(
-            (state.circ[sel] + s["transfused"][sel] + drug.circ[sel]) * factor
-        )
+        treated = np.round((state.circ[sel] + s["transfused"][sel] + drug.circ[sel]) * factor)
         return treated, untreated
 
     def record_visit(
@@ -490,7 +488,9 @@ def _run_batch(
         s["ep_k"][sel] = k
         s["ep_end"][sel] = day + follow
         s["ep_stop"][sel] = stop
-        s["stim_max"][sel] = hetrombopag_stimulation(fixed, batch.latent[c], hp.latent_omega)
+        s["stim_max"][sel] = hetrombopag_stimulation(
+            fixed, batch.latent[c], hp.latent_omega, hp.latent_cap
+        )
         first = s["n_ep"][sel] == 0
         s["n_ep"][sel] += 1
         s["dose_factor"][sel] = np.maximum(
@@ -576,11 +576,11 @@ def _run_batch(
             plt = measure(sel)
             record_visit(sel, day, plt, 0, lm.chemistry_share_pre_cycle)
             count = plt[0]
-            share = care.treat_share_pre_cycle
+            share = np.where(
+                count < 50.0, care.treat_share_pre_cycle_below_50, care.treat_share_pre_cycle
+            )
             treat = (
-                (count < care.trigger_plt)
-                & may_treat(sel, day)
-                & (ev.random(sel.shape[0]) < share)
+                (count < care.trigger_plt) & may_treat(sel, day) & (ev.random(sel.shape[0]) < share)
             )
             go = (count >= care.cycle_start_min_plt) & ~treat
             # a patient never treated here whose count is too low does not start therapy
@@ -608,7 +608,7 @@ def _run_batch(
                 s["cycle_no"][g] += 1
                 s["cycle_start"][g] = day
                 s["last_cycle"][g] = day
-                loss = reserve_loss[reg] * s["dose_factor"][g]
+                loss = reserve_loss[reg] * s["dose_factor"][g] * batch.psi[c]
                 reserve[g] *= np.exp(-loss)
                 damage[g] *= np.exp(-pl.acute_damage_scale * loss)
                 r_now = reserve[g] * damage[g]
@@ -644,9 +644,7 @@ def _run_batch(
             count = plt[0]
             share = care.treat_share_mid_cycle
             treat = (
-                (count < care.trigger_plt)
-                & may_treat(sel, day)
-                & (ev.random(sel.shape[0]) < share)
+                (count < care.trigger_plt) & may_treat(sel, day) & (ev.random(sel.shape[0]) < share)
             )
             watch(sel[~treat], day, count[~treat])
             if treat.any():

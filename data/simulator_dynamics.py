@@ -180,8 +180,10 @@ def episode_envelope(
 
 
 def hetrombopag_stimulation(
-    sensitivity_fixed: np.ndarray, latent: np.ndarray, omega: float
+    sensitivity_fixed: np.ndarray, latent: np.ndarray, omega: float, cap: float
 ) -> np.ndarray:
     """Maximal added platelet output per unit of pool, >= 0: the fixed part (marrow reserve,
-    exposure, frailty) times the patient's unexplained log-normal variation `exp(omega x latent)`."""
-    return sensitivity_fixed * np.exp(omega * latent)
+    exposure, frailty) times the patient's unexplained variation, a logistic function of
+    `omega x latent` equal to 1 at latent 0 and bounded by `cap` (a receptor agonist's effect
+    saturates)."""
+    return sensitivity_fixed * cap / (1.0 + (cap - 1.0) * np.exp(-omega * latent))

@@ -31,6 +31,7 @@ from data.simulator_dynamics import (
     advance,
     advance_drug,
     episode_envelope,
+    hetrombopag_stimulation,
 )
 from data.simulator_params import CarePattern, HetrombopagModel, LabModel, PlateletModel
 
@@ -199,14 +200,14 @@ def oracle_probabilities(
     x_all = np.concatenate([x_full, x_half])
     sch = schedules(care)
     miss = care.episode_visit_missed
-    own, unit = daily_counts(
-        state, drug, transfused, params, marrow, hetrombopag, platelets, care
-    )
+    own, unit = daily_counts(state, drug, transfused, params, marrow, hetrombopag, platelets, care)
     rows = np.arange(own.shape[0])
     which = np.where(low_interval, 0, 1)
     threshold = np.minimum(99.5, baseline_plt + 49.5)[:, None]
     resp0, eval0 = _evaluate(own, threshold, sch, labs, miss)
-    smax = stim_fixed[:, None] * np.exp(hetrombopag.latent_omega * x_all)[None, :]
+    smax = hetrombopag_stimulation(
+        stim_fixed[:, None], x_all[None, :], hetrombopag.latent_omega, hetrombopag.latent_cap
+    )
     counts = own[:, None, :] + smax[:, :, None] * unit[:, None, :]
     resp, evaluable = _evaluate(counts, threshold[:, :, None], sch, labs, miss)
     resp, evaluable = resp[rows, :, which], evaluable[rows, :, which]

@@ -47,17 +47,17 @@ class PlateletModel:
     mtt_days_median: float = 6.0
     mtt_omega: float = 0.15
     n_transit: int = 3
-    gamma_median: float = 0.25
+    gamma_median: float = 0.10
     gamma_omega: float = 0.20
-    feedback_max: float = 4.0
+    feedback_max: float = 2.5
     feedback_max_reserve_exponent: float = 2.0
     stimulation_ceiling: float = 2.5
     pool_max: float = 4.0
-    drug_sensitivity_omega: float = 0.35
-    potency_scale: float = 0.55
-    reserve_loss_scale: float = 2.0
-    acute_damage_scale: float = 4.0
-    reserve_recovery_days: float = 40.0
+    drug_sensitivity_omega: float = 0.7
+    potency_scale: float = 0.35
+    reserve_loss_scale: float = 1.0
+    acute_damage_scale: float = 16.0
+    reserve_recovery_days: float = 300.0
     reserve_factor_marrow: float = 0.45
     circ0_factor_splenomegaly: float = 0.70
     reserve_factor_radiotherapy: float = 0.70
@@ -79,7 +79,7 @@ class HetrombopagModel:
     exposure (dose / reference dose x hepatic and renal factors).
     """
 
-    emax_max: float = 2.0
+    emax_max: float = 3.5
     reserve_exponent: float = 1.0
     reference_dose_mg: float = 7.5
     dose_mg_levels: tuple[float, float] = (5.0, 7.5)
@@ -92,7 +92,8 @@ class HetrombopagModel:
     creatinine_reference_umol: float = 60.0
     factor_marrow: float = 0.5
     factor_ecog_ge2: float = 0.55
-    latent_omega: float = 0.6
+    latent_omega: float = 3.0
+    latent_cap: float = 3.0
     onset_tau_days: float = 2.0
     offset_tau_days: float = 3.0
     duration_days: int = 14
@@ -104,10 +105,11 @@ class CarePattern:
 
     cycle_start_min_plt: float = 100.0
     trigger_plt: float = 75.0
-    treat_share_pre_cycle: float = 0.85
-    treat_share_mid_cycle: float = 0.6
+    treat_share_pre_cycle: float = 0.3
+    treat_share_pre_cycle_below_50: float = 0.95
+    treat_share_mid_cycle: float = 0.9
     delay_days: int = 7
-    mid_cycle_check_share: float = 0.15
+    mid_cycle_check_share: float = 0.4
     mid_cycle_day_range: tuple[int, int] = (7, 13)
     # Routine nadir count (informs, never triggers: the decision waits for the pre-cycle count or
     # a clinically prompted mid-cycle check) and rechecks every 2-4 days while the last measured
@@ -276,6 +278,24 @@ REGIMENS: tuple[Regimen, ...] = (
     Regimen("nab-P+Pembro", ("nab-paclitaxel", "pembrolizumab"), 28, 6),
     Regimen("Olaparib", ("olaparib",), 28, 8),
 )
+# Toxicity of a regimen relative to the sum of its drugs (hazard and marrow damage), calibrated to
+# the per-regimen grade >= 3 rates of LITERATURE.md (e.g. cisplatin + gemcitabine 32.2% against
+# paclitaxel + gemcitabine 2.5% in CBCSG006); 1 where no figure is published.
+REGIMEN_TOXICITY: dict[str, float] = {
+    "GP": 0.6,
+    "GCb": 0.5,
+    "GT": 0.35,
+    "TCb": 0.7,
+    "EC": 0.5,
+    "X": 1.5,
+    "T-DM1": 0.85,
+    "T-DXd": 1.0,
+    "SG": 0.85,
+    "THP": 1.6,
+    "PyroX": 1.6,
+    "NH": 1.6,
+    "NX": 0.7,
+}
 GEM_PLATINUM_REGIMENS: frozenset[str] = frozenset({"GP", "GCb"})
 
 # Choice of regimen by subtype and line (1, 2, 3, 4+): prior shaped on Chinese metastatic
@@ -291,8 +311,8 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "nab-P": 0.08,
             "EC": 0.08,
             "NX": 0.04,
-            "GCb": 0.05,
-            "GP": 0.05,
+            "GCb": 0.020,
+            "GP": 0.020,
         },
         {
             "Abema+F": 0.08,
@@ -302,9 +322,9 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "EC": 0.06,
             "NX": 0.08,
             "E": 0.08,
-            "GCb": 0.07,
-            "GP": 0.05,
-            "T-DXd": 0.10,
+            "GCb": 0.028,
+            "GP": 0.020,
+            "T-DXd": 0.14,
             "N": 0.05,
             "Olaparib": 0.02,
             "SG": 0.05,
@@ -314,10 +334,10 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "nab-P": 0.09,
             "NX": 0.08,
             "E": 0.14,
-            "GCb": 0.09,
-            "GP": 0.07,
+            "GCb": 0.036,
+            "GP": 0.028,
             "GT": 0.05,
-            "T-DXd": 0.13,
+            "T-DXd": 0.16,
             "SG": 0.12,
             "N": 0.08,
             "Olaparib": 0.02,
@@ -325,10 +345,10 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
         },
         {
             "E": 0.16,
-            "GCb": 0.10,
-            "GP": 0.08,
+            "GCb": 0.040,
+            "GP": 0.032,
             "GT": 0.06,
-            "T-DXd": 0.12,
+            "T-DXd": 0.15,
             "SG": 0.16,
             "N": 0.12,
             "X": 0.08,
@@ -339,14 +359,14 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
     "HER2+": (
         {"THP": 0.60, "NH": 0.10, "T-DXd": 0.10, "PyroX": 0.20},
         {"T-DXd": 0.40, "T-DM1": 0.20, "PyroX": 0.30, "NH": 0.10},
-        {"T-DM1": 0.30, "T-DXd": 0.20, "PyroX": 0.15, "NH": 0.15, "GCb": 0.10, "E": 0.10},
-        {"T-DM1": 0.20, "NH": 0.20, "E": 0.20, "GCb": 0.15, "GP": 0.10, "X": 0.15},
+        {"T-DM1": 0.30, "T-DXd": 0.20, "PyroX": 0.15, "NH": 0.15, "GCb": 0.040, "E": 0.10},
+        {"T-DM1": 0.20, "NH": 0.20, "E": 0.20, "GCb": 0.060, "GP": 0.040, "X": 0.15},
     ),
     "TNBC": (
-        {"nab-P+Pembro": 0.25, "GP": 0.25, "TCb": 0.15, "GCb": 0.15, "T": 0.10, "EC": 0.10},
-        {"SG": 0.30, "GP": 0.15, "GCb": 0.10, "E": 0.15, "X": 0.10, "nab-P": 0.10, "NX": 0.10},
-        {"SG": 0.20, "E": 0.20, "GCb": 0.15, "GP": 0.10, "X": 0.15, "N": 0.10, "T-DXd": 0.10},
-        {"E": 0.20, "N": 0.20, "X": 0.20, "GCb": 0.15, "SG": 0.15, "T-DXd": 0.10},
+        {"nab-P+Pembro": 0.25, "GP": 0.100, "TCb": 0.15, "GCb": 0.060, "T": 0.10, "EC": 0.10},
+        {"SG": 0.30, "GP": 0.060, "GCb": 0.040, "E": 0.15, "X": 0.10, "nab-P": 0.10, "NX": 0.10},
+        {"SG": 0.20, "E": 0.20, "GCb": 0.060, "GP": 0.040, "X": 0.15, "N": 0.10, "T-DXd": 0.14},
+        {"E": 0.20, "N": 0.20, "X": 0.20, "GCb": 0.060, "SG": 0.15, "T-DXd": 0.14},
     ),
 }
 

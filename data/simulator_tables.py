@@ -467,7 +467,9 @@ class CohortWriter:
         parameters per episode."""
         ep, p = records.episodes, records.patients
         hp = self._config.parameters.hetrombopag
-        smax = hetrombopag_stimulation(ep["stim_fixed"], ep["latent"], hp.latent_omega)
+        smax = hetrombopag_stimulation(
+            ep["stim_fixed"], ep["latent"], hp.latent_omega, hp.latent_cap
+        )
         return pa.table(
             {
                 "episode_id": eid,

@@ -390,7 +390,9 @@ def test_rise_within_the_rescue_window_after_a_platelet_transfusion_does_not_cou
     # red cells are not a platelet rescue
     assert _label(_one(plt, transfusions=[("2024-06-02T10:00:00", "red_cells")])) == 1
     # a window of 0 days turns the rule off; the count 4 days after is outside 3 days
-    assert _label(_one(plt, "custom:threshold=100,rise=50,rescue_window_days=0", transfusions=tx)) == 1
+    assert (
+        _label(_one(plt, "custom:threshold=100,rise=50,rescue_window_days=0", transfusions=tx)) == 1
+    )
     late = [("2024-06-01", 15.0), ("2024-06-07", 70.0), ("2024-06-12", 30.0)]
     row = _one(late, transfusions=[("2024-06-03T10:00:00", "platelets")])
     assert (_label(row), row["days_to_response"]) == (1, 6)  # 3 days 14 h after: counts
