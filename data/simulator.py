@@ -340,7 +340,7 @@ def _run_batch(
         dt,
     )
     state = steady_state(params, pl.n_transit)
-    drug = DrugState.zeros(n, pl.n_transit)
+    drug = DrugState.zeros(n, pl.n_transit - hp.entry_compartment)
     reserve = batch.reserve0.copy()
     # acute marrow damage of recent cycles (1 = none), recovering with reserve_recovery_days
     damage = np.ones(n)
@@ -464,7 +464,7 @@ def _run_batch(
         reg = s["cur_reg"][sel]
         exposure = _relative_exposure(dose, batch.tbil0[c], batch.crea0[c], batch.liver[c], hp)
         fixed = _stimulation_fixed(
-            reserve[sel] * damage[sel], exposure, batch.marrow[c], batch.ecog[c], hp
+            reserve[sel], damage[sel], exposure, batch.marrow[c], batch.ecog[c], hp
         )
         low = base < care.episode_interval_low_below_plt
         shares = np.where(
@@ -520,9 +520,7 @@ def _run_batch(
             t2=state.transit[1][sel].copy(),
             t3=state.transit[2][sel].copy(),
             circ=state.circ[sel].copy(),
-            d1=drug.transit[0][sel].copy(),
-            d2=drug.transit[1][sel].copy(),
-            d3=drug.transit[2][sel].copy(),
+            dtransit=np.stack([t[sel] for t in drug.transit], axis=1),
             dcirc=drug.circ[sel].copy(),
             transfused=s["transfused"][sel].copy(),
             ktr=params.ktr[sel].copy(),
@@ -642,7 +640,9 @@ def _run_batch(
             record_visit(sel, day, plt, 1, lm.chemistry_share_other)
             s["mid_day"][sel] = -1
             count = plt[0]
-            share = care.treat_share_mid_cycle
+            share = np.where(
+                count < 50.0, care.treat_share_pre_cycle_below_50, care.treat_share_mid_cycle
+            )
             treat = (
                 (count < care.trigger_plt) & may_treat(sel, day) & (ev.random(sel.shape[0]) < share)
             )
@@ -766,18 +766,21 @@ def _relative_exposure(
 
 def _stimulation_fixed(
     reserve: np.ndarray,
+    damage: np.ndarray,
     exposure: np.ndarray,
     marrow: np.ndarray,
     ecog: np.ndarray,
     hp: HetrombopagModel,
 ) -> np.ndarray:
-    """Smax before the patient's unexplained variation: marrow reserve x exposure effect x
-    marrow-infiltration and frailty factors."""
+    """Smax before the patient's unexplained variation: lasting marrow reserve (prior lines,
+    radiotherapy, infiltration, cumulative cycles) and acute damage of the last cycles x
+    exposure effect x marrow-infiltration and frailty factors."""
     e = exposure**hp.exposure_hill
     effect = e / (e + hp.ec50_relative_exposure**hp.exposure_hill)
     return (
         hp.emax_max
         * reserve**hp.reserve_exponent
+        * damage**hp.damage_exponent
         * effect
         * np.where(marrow, hp.factor_marrow, 1.0)
         * np.where(ecog >= 2, hp.factor_ecog_ge2, 1.0)
@@ -875,7 +878,7 @@ def _oracle(config: SimulationConfig, ep: dict[str, np.ndarray]) -> dict[str, np
     for a in range(0, n_ep, _ORACLE_CHUNK):
         c = {k: v[a : a + _ORACLE_CHUNK] for k, v in ep.items()}
         state = PlateletState(c["prolif"], [c["t1"], c["t2"], c["t3"]], c["circ"])
-        drug = DrugState([c["d1"], c["d2"], c["d3"]], c["dcirc"])
+        drug = DrugState(list(c["dtransit"].T), c["dcirc"])
         params = PlateletParams(
             c["ktr"], c["kcirc"], c["gamma"], c["circ0"], c["feedback_max"], prm.platelets.dt_days
         )

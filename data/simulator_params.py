@@ -57,11 +57,11 @@ class PlateletModel:
     potency_scale: float = 0.35
     reserve_loss_scale: float = 1.0
     acute_damage_scale: float = 16.0
-    reserve_recovery_days: float = 300.0
+    reserve_recovery_days: float = 150.0
     reserve_factor_marrow: float = 0.45
     circ0_factor_splenomegaly: float = 0.70
-    reserve_factor_radiotherapy: float = 0.70
-    reserve_loss_per_unobserved_line: float = 0.12
+    reserve_factor_radiotherapy: float = 0.6
+    reserve_loss_per_unobserved_line: float = 0.25
     asian_factor_tdm1: float = 1.8
     asian_factor_tdxd: float = 1.5
     dose_reduction_after_episode: float = 0.8
@@ -79,21 +79,24 @@ class HetrombopagModel:
     exposure (dose / reference dose x hepatic and renal factors).
     """
 
-    emax_max: float = 3.5
-    reserve_exponent: float = 1.0
+    emax_max: float = 6.0
+    reserve_exponent: float = 2.5
+    damage_exponent: float = 1.0
+    # the drug's added output enters the transit chain at this compartment (0: the first)
+    entry_compartment: int = 1
     reference_dose_mg: float = 7.5
     dose_mg_levels: tuple[float, float] = (5.0, 7.5)
     dose_mg_shares: tuple[float, float] = (0.45, 0.55)
-    ec50_relative_exposure: float = 0.9
-    exposure_hill: float = 2.0
+    ec50_relative_exposure: float = 1.0
+    exposure_hill: float = 3.0
     exposure_bilirubin_exponent: float = 0.4
     exposure_creatinine_exponent: float = 0.3
     bilirubin_reference_umol: float = 9.0
     creatinine_reference_umol: float = 60.0
     factor_marrow: float = 0.5
-    factor_ecog_ge2: float = 0.55
-    latent_omega: float = 3.0
-    latent_cap: float = 3.0
+    factor_ecog_ge2: float = 0.4
+    latent_omega: float = 4.0
+    latent_cap: float = 4.0
     onset_tau_days: float = 2.0
     offset_tau_days: float = 3.0
     duration_days: int = 14
@@ -105,9 +108,9 @@ class CarePattern:
 
     cycle_start_min_plt: float = 100.0
     trigger_plt: float = 75.0
-    treat_share_pre_cycle: float = 0.3
+    treat_share_pre_cycle: float = 0.15
     treat_share_pre_cycle_below_50: float = 0.95
-    treat_share_mid_cycle: float = 0.9
+    treat_share_mid_cycle: float = 0.4
     delay_days: int = 7
     mid_cycle_check_share: float = 0.4
     mid_cycle_day_range: tuple[int, int] = (7, 13)
@@ -133,7 +136,7 @@ class CarePattern:
     episode_dropout_share: float = 0.08
     episode_dropout_day_range: tuple[int, int] = (3, 12)
     # a count < 75 starts hetrombopag only if a cycle began within this many days (CTIT)
-    episode_max_days_since_cycle: int = 60
+    episode_max_days_since_cycle: int = 56
     # platelet transfusion (CSCO 2018 bleeding-risk bands; policy a prior)
     transfuse_below_plt: float = 10.0
     transfuse_below_plt_bleeding_risk: float = 20.0
@@ -284,17 +287,20 @@ REGIMENS: tuple[Regimen, ...] = (
 REGIMEN_TOXICITY: dict[str, float] = {
     "GP": 0.6,
     "GCb": 0.5,
-    "GT": 0.35,
+    "GT": 0.3,
     "TCb": 0.7,
     "EC": 0.5,
     "X": 1.5,
-    "T-DM1": 0.85,
+    "T-DM1": 0.75,
     "T-DXd": 1.0,
     "SG": 0.85,
     "THP": 1.6,
     "PyroX": 1.6,
     "NH": 1.6,
     "NX": 0.7,
+    "Palbo+AI": 1.1,
+    "Dalpi+F": 1.1,
+    "Abema+F": 1.1,
 }
 GEM_PLATINUM_REGIMENS: frozenset[str] = frozenset({"GP", "GCb"})
 
