@@ -79,7 +79,7 @@ class HetrombopagModel:
     exposure (dose / reference dose x hepatic and renal factors).
     """
 
-    emax_max: float = 6.0
+    emax_max: float = 8.0
     reserve_exponent: float = 2.5
     damage_exponent: float = 1.0
     # the drug's added output enters the transit chain at this compartment (0: the first)
