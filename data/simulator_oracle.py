@@ -156,7 +156,10 @@ def _evaluate(
     1 - prod q_d; it is evaluable unless no count responds and no count is seen on or after
     LATE_FROM_DAY: 1 - prod_early q_d x miss^(late visits).
     """
-    below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
+    if labs.plt_noise_sd_log > 0:
+        below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
+    else:  # exact counts: below or not
+        below = (counts < threshold).astype(float)
     log_not = np.log(miss + (1.0 - miss) * below)
     no_response = np.exp(log_not @ sch.masks)
     no_early = np.exp(log_not @ sch.early)

@@ -119,7 +119,7 @@ class CarePattern:
     # count is below `recheck_below_plt`, up to the next decision.
     nadir_check_share: float = 0.8
     nadir_check_day_range: tuple[int, int] = (7, 14)
-    recheck_below_plt: float = 100.0
+    recheck_below_plt: float = 75.0
     recheck_interval_days: tuple[int, int, int] = (2, 3, 4)
     recheck_interval_shares: tuple[float, float, float] = (0.35, 0.40, 0.25)
     recheck_missed: float = 0.08
