@@ -8,6 +8,7 @@ values (test codes, units, drug lists, booleans) or on the rows that are reporte
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -125,6 +126,8 @@ class Cohort:
     outcomes: pd.DataFrame | None = None
     warnings: tuple[Issue, ...] = ()
     transfusions: pd.DataFrame | None = None
+    # The simulator's true response probabilities (oracle.csv) when the directory has them.
+    simulation: Mapping[str, object] | None = None
     conversions: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
@@ -218,7 +221,31 @@ def load_cohort(path: str | Path) -> Cohort:
     cohort, _ = _build(sources, issues)
     if issues.errors or cohort is None:
         raise CohortError(issues.errors, issues.warnings)
+    simulation = _simulation_summary(Path(path))
+    if simulation is not None:
+        cohort = dataclasses.replace(cohort, simulation=simulation)
     return cohort
+
+
+def _simulation_summary(directory: Path) -> dict[str, object] | None:
+    """Facts of the simulator's `oracle.csv` beside a simulated cohort (not a contract table):
+    the mean true response probability with and without hetrombopag over all episodes."""
+    path = directory / "oracle.csv"
+    if not path.is_file():
+        return None
+    try:
+        oracle = pd.read_csv(path, usecols=["p_response", "p_response_untreated"])
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None
+    treated = float(oracle["p_response"].mean())
+    untreated = float(oracle["p_response_untreated"].mean())
+    return {
+        "source": "simulated (data.simulator oracle.csv)",
+        "episodes": len(oracle),
+        "response_with_hetrombopag": round(treated, 4),
+        "response_untreated": round(untreated, 4),
+        "mean_benefit": round(treated - untreated, 4),
+    }
 
 
 def validate_cohort(path: str | Path) -> ValidationReport:
@@ -290,7 +317,7 @@ def summarise(cohort: Cohort) -> dict[str, object]:
         },
         cohort.conversions,
         {},
-    )
+    ) | ({"simulation": dict(cohort.simulation)} if cohort.simulation else {})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,7 +51,6 @@ class PlateletModel:
     gamma_omega: float = 0.20
     feedback_max: float = 2.5
     feedback_max_reserve_exponent: float = 2.0
-    stimulation_ceiling: float = 2.5
     pool_max: float = 4.0
     drug_sensitivity_omega: float = 0.7
     potency_scale: float = 0.35
@@ -73,10 +72,12 @@ class PlateletModel:
 class HetrombopagModel:
     """Hetrombopag: added platelet output S(t) x own pool, S = Smax x envelope(t) >= 0.
 
-    Smax = emax_max x R^reserve_exponent x exposure effect x frailty and marrow factors x
-    exp(latent_omega x u), with u ~ N(0, 1) the patient's unexplained responsiveness (kept
-    across the patient's episodes). The exposure effect is a sigmoid Emax of the relative
-    exposure (dose / reference dose x hepatic and renal factors).
+    Smax = emax_max x R^reserve_exponent x D^damage_exponent x exposure effect x frailty and
+    marrow factors x v(u), with R the lasting marrow reserve, D the acute damage of recent
+    cycles, u ~ N(0, 1) the patient's unexplained responsiveness (kept across the patient's
+    episodes) and v(u) = cap / (1 + (cap - 1) exp(-latent_omega u)) (1 at u = 0, below `cap`).
+    The exposure effect is a sigmoid Emax of the relative exposure (dose / reference dose x
+    hepatic and renal factors).
     """
 
     emax_max: float = 8.0
@@ -287,7 +288,7 @@ REGIMENS: tuple[Regimen, ...] = (
 REGIMEN_TOXICITY: dict[str, float] = {
     "GP": 0.6,
     "GCb": 0.5,
-    "GT": 0.3,
+    "GT": 0.33,
     "TCb": 0.7,
     "EC": 0.5,
     "X": 1.5,
