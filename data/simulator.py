@@ -464,7 +464,7 @@ def _run_batch(
         reg = s["cur_reg"][sel]
         exposure = _relative_exposure(dose, batch.tbil0[c], batch.crea0[c], batch.liver[c], hp)
         fixed = _stimulation_fixed(
-            reserve[sel], damage[sel], exposure, batch.marrow[c], batch.ecog[c], hp
+            reserve[sel], damage[sel], exposure, batch.marrow[c], batch.ecog[c], line, hp
         )
         low = base < care.episode_interval_low_below_plt
         shares = np.where(
@@ -489,7 +489,7 @@ def _run_batch(
         s["ep_end"][sel] = day + follow
         s["ep_stop"][sel] = stop
         s["stim_max"][sel] = hetrombopag_stimulation(
-            fixed, batch.latent[c], hp.latent_omega, hp.latent_cap
+            fixed, batch.latent[c], hp.latent_omega, hp.latent_cap, hp.stimulation_ceiling
         )
         first = s["n_ep"][sel] == 0
         s["n_ep"][sel] += 1
@@ -770,11 +770,13 @@ def _stimulation_fixed(
     exposure: np.ndarray,
     marrow: np.ndarray,
     ecog: np.ndarray,
+    line: np.ndarray,
     hp: HetrombopagModel,
 ) -> np.ndarray:
     """Smax before the patient's unexplained variation: lasting marrow reserve (prior lines,
     radiotherapy, infiltration, cumulative cycles) and acute damage of the last cycles x
-    exposure effect x marrow-infiltration and frailty factors."""
+    exposure effect x marrow-infiltration, frailty and pretreatment factors (progenitors left
+    after many lines answer less, beyond what the reserve says: Al-Samkari 2021)."""
     e = exposure**hp.exposure_hill
     effect = e / (e + hp.ec50_relative_exposure**hp.exposure_hill)
     return (
@@ -784,6 +786,7 @@ def _stimulation_fixed(
         * effect
         * np.where(marrow, hp.factor_marrow, 1.0)
         * np.where(ecog >= 2, hp.factor_ecog_ge2, 1.0)
+        * hp.factor_per_prior_line ** (line - 1)
     )
 
 

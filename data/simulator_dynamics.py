@@ -180,10 +180,11 @@ def episode_envelope(
 
 
 def hetrombopag_stimulation(
-    sensitivity_fixed: np.ndarray, latent: np.ndarray, omega: float, cap: float
+    sensitivity_fixed: np.ndarray, latent: np.ndarray, omega: float, cap: float, ceiling: float
 ) -> np.ndarray:
     """Maximal added platelet output per unit of pool, >= 0: the fixed part (marrow reserve,
-    exposure, frailty) times the patient's unexplained variation, a logistic function of
-    `omega x latent` equal to 1 at latent 0 and bounded by `cap` (a receptor agonist's effect
-    saturates)."""
-    return sensitivity_fixed * cap / (1.0 + (cap - 1.0) * np.exp(-omega * latent))
+    exposure, frailty) times the patient's unexplained variation (a logistic function of
+    `omega x latent`, 1 at latent 0 and below `cap`), saturating below `ceiling` (a marrow
+    cannot make more than so many times its own platelets): s x ceiling / (ceiling + s)."""
+    raw = sensitivity_fixed * cap / (1.0 + (cap - 1.0) * np.exp(-omega * latent))
+    return raw * ceiling / (ceiling + raw)

@@ -209,7 +209,11 @@ def oracle_probabilities(
     threshold = np.minimum(99.5, baseline_plt + 49.5)[:, None]
     resp0, eval0 = _evaluate(own, threshold, sch, labs, miss)
     smax = hetrombopag_stimulation(
-        stim_fixed[:, None], x_all[None, :], hetrombopag.latent_omega, hetrombopag.latent_cap
+        stim_fixed[:, None],
+        x_all[None, :],
+        hetrombopag.latent_omega,
+        hetrombopag.latent_cap,
+        hetrombopag.stimulation_ceiling,
     )
     counts = own[:, None, :] + smax[:, :, None] * unit[:, None, :]
     resp, evaluable = _evaluate(counts, threshold[:, :, None], sch, labs, miss)

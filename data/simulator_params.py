@@ -80,24 +80,26 @@ class HetrombopagModel:
     hepatic and renal factors).
     """
 
-    emax_max: float = 8.0
-    reserve_exponent: float = 2.5
+    emax_max: float = 28.0
+    reserve_exponent: float = 3.5
     damage_exponent: float = 1.0
     # the drug's added output enters the transit chain at this compartment (0: the first)
     entry_compartment: int = 1
     reference_dose_mg: float = 7.5
     dose_mg_levels: tuple[float, float] = (5.0, 7.5)
     dose_mg_shares: tuple[float, float] = (0.45, 0.55)
-    ec50_relative_exposure: float = 1.0
+    ec50_relative_exposure: float = 1.25
     exposure_hill: float = 3.0
     exposure_bilirubin_exponent: float = 0.4
     exposure_creatinine_exponent: float = 0.3
     bilirubin_reference_umol: float = 9.0
     creatinine_reference_umol: float = 60.0
     factor_marrow: float = 0.5
-    factor_ecog_ge2: float = 0.4
-    latent_omega: float = 4.0
+    factor_ecog_ge2: float = 0.25
+    factor_per_prior_line: float = 0.85
+    latent_omega: float = 6.0
     latent_cap: float = 4.0
+    stimulation_ceiling: float = 8.0
     onset_tau_days: float = 2.0
     offset_tau_days: float = 3.0
     duration_days: int = 14
@@ -318,8 +320,8 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "nab-P": 0.08,
             "EC": 0.08,
             "NX": 0.04,
-            "GCb": 0.020,
-            "GP": 0.020,
+            "GCb": 0.017,
+            "GP": 0.017,
         },
         {
             "Abema+F": 0.08,
@@ -329,8 +331,8 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "EC": 0.06,
             "NX": 0.08,
             "E": 0.08,
-            "GCb": 0.028,
-            "GP": 0.020,
+            "GCb": 0.024,
+            "GP": 0.017,
             "T-DXd": 0.14,
             "N": 0.05,
             "Olaparib": 0.02,
@@ -341,8 +343,8 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "nab-P": 0.09,
             "NX": 0.08,
             "E": 0.14,
-            "GCb": 0.036,
-            "GP": 0.028,
+            "GCb": 0.031,
+            "GP": 0.024,
             "GT": 0.05,
             "T-DXd": 0.16,
             "SG": 0.12,
@@ -352,8 +354,8 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
         },
         {
             "E": 0.16,
-            "GCb": 0.040,
-            "GP": 0.032,
+            "GCb": 0.034,
+            "GP": 0.027,
             "GT": 0.06,
             "T-DXd": 0.15,
             "SG": 0.16,
@@ -366,14 +368,14 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
     "HER2+": (
         {"THP": 0.60, "NH": 0.10, "T-DXd": 0.10, "PyroX": 0.20},
         {"T-DXd": 0.40, "T-DM1": 0.20, "PyroX": 0.30, "NH": 0.10},
-        {"T-DM1": 0.30, "T-DXd": 0.20, "PyroX": 0.15, "NH": 0.15, "GCb": 0.040, "E": 0.10},
-        {"T-DM1": 0.20, "NH": 0.20, "E": 0.20, "GCb": 0.060, "GP": 0.040, "X": 0.15},
+        {"T-DM1": 0.30, "T-DXd": 0.20, "PyroX": 0.15, "NH": 0.15, "GCb": 0.034, "E": 0.10},
+        {"T-DM1": 0.20, "NH": 0.20, "E": 0.20, "GCb": 0.051, "GP": 0.034, "X": 0.15},
     ),
     "TNBC": (
-        {"nab-P+Pembro": 0.25, "GP": 0.100, "TCb": 0.15, "GCb": 0.060, "T": 0.10, "EC": 0.10},
-        {"SG": 0.30, "GP": 0.060, "GCb": 0.040, "E": 0.15, "X": 0.10, "nab-P": 0.10, "NX": 0.10},
-        {"SG": 0.20, "E": 0.20, "GCb": 0.060, "GP": 0.040, "X": 0.15, "N": 0.10, "T-DXd": 0.14},
-        {"E": 0.20, "N": 0.20, "X": 0.20, "GCb": 0.060, "SG": 0.15, "T-DXd": 0.14},
+        {"nab-P+Pembro": 0.25, "GP": 0.085, "TCb": 0.15, "GCb": 0.051, "T": 0.10, "EC": 0.10},
+        {"SG": 0.30, "GP": 0.051, "GCb": 0.034, "E": 0.15, "X": 0.10, "nab-P": 0.10, "NX": 0.10},
+        {"SG": 0.20, "E": 0.20, "GCb": 0.051, "GP": 0.034, "X": 0.15, "N": 0.10, "T-DXd": 0.14},
+        {"E": 0.20, "N": 0.20, "X": 0.20, "GCb": 0.051, "SG": 0.15, "T-DXd": 0.14},
     ),
 }
 

@@ -468,7 +468,7 @@ class CohortWriter:
         ep, p = records.episodes, records.patients
         hp = self._config.parameters.hetrombopag
         smax = hetrombopag_stimulation(
-            ep["stim_fixed"], ep["latent"], hp.latent_omega, hp.latent_cap
+            ep["stim_fixed"], ep["latent"], hp.latent_omega, hp.latent_cap, hp.stimulation_ceiling
         )
         return pa.table(
             {
