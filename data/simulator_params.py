@@ -80,7 +80,7 @@ class HetrombopagModel:
     hepatic and renal factors).
     """
 
-    emax_max: float = 28.0
+    emax_max: float = 40.0
     reserve_exponent: float = 3.5
     damage_exponent: float = 1.0
     # the drug's added output enters the transit chain at this compartment (0: the first)
