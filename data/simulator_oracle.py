@@ -157,7 +157,8 @@ def _evaluate(
     LATE_FROM_DAY: 1 - prod_early q_d x miss^(late visits).
     """
     if labs.plt_noise_sd_log > 0:
-        below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
+        with np.errstate(over="ignore", divide="ignore"):  # a tiny noise gives +-inf: exact
+            below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
     else:  # exact counts: below or not
         below = (counts < threshold).astype(float)
     log_not = np.log(miss + (1.0 - miss) * below)
