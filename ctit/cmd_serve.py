@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -14,17 +15,19 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 from rich.text import Text
 
-from ctit.options import TrackingUri
+from ctit.options import TrackingUri, fail_invalid_cohort, require_registered_model
 from ctit.options import tracking_uri as resolve_tracking_uri
 from data.cohort import load_cohort
 from data.issues import CohortError
 from data.outputs import OutputError, atomic_output
 from serving import fhir
+from serving.jsonin import JsonRefused, loads_strict
 from serving.model import ModelLoadError
 from serving.records import RecordError, validate_record
-from serving.scorer import Scorer
+from serving.scorer import NotEstimable, Scorer
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,9 @@ ModelUri = Annotated[
     str,
     typer.Option(
         "--model",
-        help="Model: models:/name@alias, models:/name/1, runs:/<id>/<path> or a local directory.",
+        help="Model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local "
+        "directory.",
+        metavar="URI",
     ),
 ]
 
@@ -79,11 +84,12 @@ def _progress(console: Console) -> Progress:
 def _records_of(path: Path, index_date: str | None) -> tuple[list[Any], list[str]]:
     """Patient records (and input warnings) from a JSON file: one, a list, or a FHIR Bundle."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"{path}: cannot read ({exc})")
-    except ValueError as exc:
-        _fail(f"{path}: not valid JSON ({exc})")
+        obj = loads_strict(path.read_bytes())
+    except OSError as exc:
+        _fail(f"{path}: cannot read ({exc.strerror or exc})")
+    except JsonRefused as exc:
+        where = ".".join(str(part) for part in exc.loc)
+        _fail(f"{path}: {where + ': ' if where else ''}{exc.msg}")
     if hasattr(fhir, "is_fhir") and hasattr(fhir, "fhir_to_patient_records") and fhir.is_fhir(obj):
         try:
             return fhir.fhir_to_patient_records(obj, index_date=index_date)
@@ -143,15 +149,18 @@ def _score_cohort(
     try:
         cohort = load_cohort(directory)
     except CohortError as exc:
-        _fail(f"{directory} is not a valid cohort:\n{exc}")
+        fail_invalid_cohort(directory, exc)
     total = len(cohort.episodes)
-    if total < PROGRESS_FROM:
-        return scorer.score_cohort(cohort, explain=explain)
-    with _progress(console) as progress:
-        task = progress.add_task("score", total=total)
-        return scorer.score_cohort(
-            cohort, explain=explain, progress=lambda n: progress.advance(task, n)
-        )
+    try:
+        if total < PROGRESS_FROM:
+            return scorer.score_cohort(cohort, explain=explain)
+        with _progress(console) as progress:
+            task = progress.add_task("score", total=total)
+            return scorer.score_cohort(
+                cohort, explain=explain, progress=lambda n: progress.advance(task, n)
+            )
+    except NotEstimable as exc:
+        _fail(f"{directory}: nothing written; {exc}")
 
 
 def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
@@ -182,6 +191,33 @@ def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+#: `ctit score` prints at most this many rows of its table (the file holds them all).
+TABLE_ROWS = 20
+
+
+def probability_table(answers: list[dict[str, Any]], limit: int = TABLE_ROWS) -> Table:
+    """A short table: episode, probability, interval, band and the main factor."""
+    table = Table(title="Probability of response (calibrated)", title_justify="left")
+    table.add_column("Episode")
+    table.add_column("Probability", justify="right")
+    table.add_column("Interval", justify="right")
+    table.add_column("Band")
+    table.add_column("Main factor", overflow="fold")
+    for answer in answers[:limit]:
+        low, high = answer["interval"]
+        factors = answer.get("top_factors") or []
+        table.add_row(
+            str(answer["episode_id"]),
+            f"{100 * answer['probability']:.0f}%",
+            f"{100 * low:.0f}% to {100 * high:.0f}%",
+            str(answer["band"]),
+            factors[0]["text"] if factors else "",
+        )
+    if len(answers) > limit:
+        table.caption = f"first {limit} of {len(answers)} episodes"
+    return table
+
+
 def score(
     input_path: Annotated[
         Path,
@@ -192,7 +228,15 @@ def score(
         ),
     ],
     model: ModelUri,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the answers: .json or .csv.")],
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help="Also write every answer in full: a .json or .csv file, or - for JSON on "
+            "standard output.",
+            metavar="PATH",
+        ),
+    ] = None,
     explain: Annotated[
         bool,
         typer.Option(
@@ -205,13 +249,16 @@ def score(
     ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Score patients from a file or a cohort directory with a logged model."""
-    _use_tracking_uri(tracking_uri)
-    suffix = out.suffix.lower()
+    """Score patients from a file or a cohort directory and print their probabilities."""
+    to_stdout = out == "-"
+    path = None if out is None or to_stdout else Path(out)
+    suffix = path.suffix.lower() if path is not None else ".json"
     if suffix not in (".json", ".csv"):
-        _fail(f"--out {out}: use a .json or .csv file name")
+        _fail(f"--out {out}: use a .json or .csv file name, or - for JSON on standard output")
     if not input_path.exists():
         _fail(f"{input_path}: no such file or directory")
+    require_registered_model(model, tracking_uri)
+    _use_tracking_uri(tracking_uri)
     console = Console(stderr=True, soft_wrap=True)
     scorer = _load(model)
     if input_path.is_dir():
@@ -222,30 +269,39 @@ def score(
         answers = _score_records(scorer, records, explain, console)
     for note in notes:
         console.print(Text(f"warning: {note}", style="yellow"))
-    try:
-        with atomic_output(out) as partial:
-            if suffix == ".json":
-                partial.write_text(json.dumps(answers, indent=1), encoding="utf-8")
-            else:
-                answers_frame(answers).to_csv(partial, index=False)
-    except OutputError as exc:
-        _fail(exc.strerror)
+    if to_stdout:  # the JSON alone on stdout (for pipes); the table and notes on stderr
+        typer.echo(json.dumps(answers, indent=1))
+    elif path is not None:
+        try:
+            with atomic_output(path) as partial:
+                if suffix == ".json":
+                    partial.write_text(json.dumps(answers, indent=1), encoding="utf-8")
+                else:
+                    answers_frame(answers).to_csv(partial, index=False)
+        except OutputError as exc:
+            _fail(exc.strerror)
+    (console if to_stdout else Console(soft_wrap=False)).print(probability_table(answers))
     info = scorer.model.info
+    where = "" if path is None else f" -> {path}"
     console.print(
         f"scored {len(answers)} episode{'s' if len(answers) != 1 else ''} with {info['name']} "
-        f"version {info['version']} -> {out}"
+        f"version {info['version']}{where}",
+        highlight=False,
     )
 
 
 def serve(
     model: ModelUri,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on.", metavar="HOST")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", metavar="PORT")] = 8000,
     audit_db: Annotated[
         Path | None,
         typer.Option(
             "--audit-db",
-            help="SQLite audit log (default: CTIT_AUDIT_DB, else ./ctit-audit.db).",
+            help="SQLite audit log (default: $CTIT_AUDIT_DB, else ./ctit-audit.db).",
+            metavar="PATH",
         ),
     ] = None,
     access_log: Annotated[
@@ -258,15 +314,17 @@ def serve(
             min=1,
             max=32,
             help="Server processes (each loads the model; they share the audit log).",
+            metavar="N",
         ),
     ] = 1,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Serve the model over HTTP (FastAPI on uvicorn); CTIT_API_TOKEN turns on bearer tokens."""
+    require_registered_model(model, tracking_uri)
     _use_tracking_uri(tracking_uri)
     import uvicorn
 
-    from serving.app import create_app
+    from serving.app import TimedH11Protocol, create_app
 
     try:
         settings = ServingSettings.from_env(
@@ -278,14 +336,41 @@ def serve(
         app = create_app(settings)
     except ModelLoadError as exc:
         _fail(str(exc), code=2)
+    except (sqlite3.Error, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        _fail(
+            f"audit log {settings.audit_path}: cannot open it for writing ({reason}); choose a "
+            "writable path with --audit-db or CTIT_AUDIT_DB",
+            code=2,
+        )
     info = app.state.scorer.model.info
+    if settings.audit_salt is None:
+        Console(stderr=True, soft_wrap=True).print(
+            Text(
+                "WARNING: CTIT_AUDIT_SALT is not set: the audit log keeps its own random salt, "
+                "so whoever can read the file can recover short patient identifiers from the "
+                "hashes. Set CTIT_AUDIT_SALT (required with CTIT_MODE=production).",
+                style="bold yellow",
+            )
+        )
+    TimedH11Protocol.header_timeout_s = settings.header_timeout_s
+    server_options: dict[str, Any] = {
+        # By name: a worker process imports it only after it answers the supervisor's health
+        # pings (unpickling a class would import the whole service first, and under load the
+        # supervisor kills a worker silent for 5 s).
+        "http": "serving.app:TimedH11Protocol",
+        "timeout_keep_alive": settings.keep_alive_s,
+        "h11_max_incomplete_event_size": 64 * 1024,
+    }
     Console(stderr=True, soft_wrap=True).print(
         f"serving {info['name']} version {info['version']} on http://{host}:{port} "
         f"(docs at /docs; token {'required' if settings.api_token else 'not required'}; "
         f"{workers} worker{'s' if workers != 1 else ''})"
     )
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+        uvicorn.run(
+            app, host=host, port=port, log_level="info", access_log=access_log, **server_options
+        )
         return
     # The model was loaded once above to fail fast; each worker process loads its own copy
     # from the same settings, handed over through the environment of the child processes.
@@ -299,6 +384,11 @@ def serve(
         workers=workers,
         log_level="info",
         access_log=access_log,
+        # A worker imports the whole service and loads its model before it can answer the
+        # supervisor's pings; uvicorn's default 5 s killed (and restarted) every worker of a
+        # busy host in a loop.
+        timeout_worker_healthcheck=60,
+        **server_options,
     )
 
 
@@ -315,7 +405,8 @@ def _settings_json(settings: ServingSettings) -> str:
 
 def worker_app() -> Any:
     """The app of one `ctit serve --workers N` process (uvicorn calls this factory)."""
-    from serving.app import create_app
+    from serving.app import TimedH11Protocol, create_app
 
     settings = ServingSettings.model_validate_json(os.environ[_SETTINGS_VARIABLE])
+    TimedH11Protocol.header_timeout_s = settings.header_timeout_s
     return create_app(settings)

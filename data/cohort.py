@@ -597,6 +597,8 @@ def _dates_small(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, 
     items = values.tolist()
     if not all(v is None or (isinstance(v, str) and v) for v in items):
         return None
+    if not all(v is None or _year_within(v) for v in items):
+        return None  # numpy's nanoseconds would wrap; pandas and `_date_column` report it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -665,12 +667,14 @@ class _Parsed:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     conversions: dict[tuple[str, str], int] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+    #: Building the report of `validate_cohort` (adds its warnings), not a cohort to use.
+    with_summary: bool = False
 
 
 def _build(
     sources: Mapping[str, _Source], issues: _Issues, with_summary: bool = False
 ) -> tuple[Cohort | None, dict]:
-    parsed = _Parsed()
+    parsed = _Parsed(with_summary=with_summary)
     ok = {name: _has_columns(src, issues) for name, src in sources.items()}
     patient_ids: pd.Index | None = None
     if ok.get("patients"):
@@ -779,6 +783,21 @@ def _date_column(
 ) -> tuple[pd.Series, np.ndarray]:
     raw = src.frame[column]
     values, missing, bad, had_offsets = _dates(raw)
+    # Dates outside 1900-2200 are typing errors; pandas cannot even hold those beyond 1677-2262.
+    stamps = values.to_numpy(dtype="datetime64[ns]")
+    with np.errstate(invalid="ignore"):
+        early_late = ~np.isnat(stamps) & ((stamps < _EARLIEST) | (stamps >= _AFTER_LATEST))
+    far = (
+        bad & np.array([_year_outside(v) for v in raw.to_numpy()], dtype=bool) if bad.any() else bad
+    )
+    outside = early_late | far
+    issues.rows(
+        src,
+        outside,
+        column,
+        lambda p: f"{column} {_show(raw, p)} is outside {DATE_RANGE[0]} to {DATE_RANGE[1]}",
+    )
+    bad = bad & ~outside
     issues.rows(src, bad, column, lambda p: f"unparseable date {_show(raw, p)} (use ISO 8601)")
     if required:
         issues.rows(src, missing, column, lambda _: f"missing {column}")
@@ -789,7 +808,25 @@ def _date_column(
             column=column,
             warning=True,
         )
-    return values, missing | bad
+    return values, missing | bad | outside
+
+
+#: Dates accepted anywhere in a cohort (first and last day).
+DATE_RANGE = ("1900-01-01", "2200-12-31")
+_EARLIEST = np.datetime64(DATE_RANGE[0])
+_AFTER_LATEST = np.datetime64("2201-01-01")
+_YEAR = re.compile(r"\s*([+-]?\d{4,})-")
+
+
+def _year_within(text: str) -> bool:
+    """Whether ISO text starts with a plain four-digit year inside `DATE_RANGE`."""
+    return text[4:5] == "-" and text[:4].isdigit() and "1900" <= text[:4] <= "2200"
+
+
+def _year_outside(value: object) -> bool:
+    """Whether a date given as text has a year outside `DATE_RANGE` (for unparseable values)."""
+    match = _YEAR.match(value) if isinstance(value, str) else None
+    return match is not None and not 1900 <= int(match.group(1)) <= 2200
 
 
 def _number_column(
@@ -954,11 +991,17 @@ def _labs(
 
     is_known_u = np.array([a is not None for a in analytes] + [False])
     known = is_known_u[tcodes]
-    factors = units.factor_matrix(
-        np.array(analytes + [None], dtype=object), np.array(unit_text + [None], dtype=object)
-    )
-    # Column -1 (missing unit) and row -1 (missing test) index the trailing sentinel entries.
-    factor = factors[tcodes, ucodes]
+    # Factors only for the (test, unit) pairs that occur: linear in the rows, however many
+    # distinct codes and units there are. Code -1 (missing) maps to the trailing sentinel.
+    nt, nu = len(tuniq) + 1, len(uuniq) + 1
+    pair_key = (tcodes % nt).astype(np.int64) * nu + (ucodes % nu)
+    pair_uniq, pcodes = np.unique(pair_key, return_inverse=True)
+    pcodes = pcodes.reshape(-1)
+    pair_t, pair_u = np.divmod(pair_uniq, nu)
+    analyte_ext, unit_ext = analytes + [None], unit_text + [None]
+    factor = units.pair_factors(
+        [analyte_ext[t] for t in pair_t.tolist()], [unit_ext[u] for u in pair_u.tolist()]
+    )[pcodes]
     no_unit = known & (np.array([u is None for u in unit_text] + [True])[ucodes])
     bad_unit = known & np.isnan(factor) & ~no_unit
 
@@ -1013,6 +1056,28 @@ def _labs(
         ),
     )
 
+    if parsed.with_summary:  # `ctit validate`: the HTTP answers' improbable-value warnings
+        low = np.array(
+            [units.IMPROBABLE.get(a, (-np.inf, np.inf))[0] if a else -np.inf for a in analytes]
+            + [-np.inf]
+        )[tcodes]
+        high = np.array(
+            [units.IMPROBABLE.get(a, (-np.inf, np.inf))[1] if a else np.inf for a in analytes]
+            + [np.inf]
+        )[tcodes]
+        improbable = checkable & ~negative & ~impossible & ((converted < low) | (converted > high))
+        issues.rows(
+            src,
+            improbable,
+            "value",
+            lambda p: (
+                f"improbable {analytes[tcodes[p]]} value {_describe_value(p)}: outside the usual "
+                f"range {low[p]:g}-{high[p]:g} {units.CANONICAL_UNITS[analytes[tcodes[p]]]} "
+                "(check the value and unit)"
+            ),
+            warning=True,
+        )
+
     # Unknown tests are kept under their own code and unit, with one warning per code.
     counts = np.bincount(tcodes[tcodes >= 0], minlength=len(tuniq))
     firsts = _first_positions(tcodes, len(tuniq))
@@ -1034,15 +1099,14 @@ def _labs(
         )
     parsed.extra["unknown_tests"] = unknown_tests
 
-    nt, nu = len(tuniq) + 1, len(uuniq) + 1
     canonical_unit = [units.CANONICAL_UNITS[a] if a is not None else None for a in analytes]
     converts = known & ~np.isnan(factor)
-    pair = np.bincount((tcodes[converts] % nt) * nu + (ucodes[converts] % nu), minlength=nt * nu)
-    for flat in np.flatnonzero(pair):
-        t, u = divmod(int(flat), nu)
+    pair = np.bincount(pcodes[converts], minlength=len(pair_uniq))
+    for p in np.flatnonzero(pair):  # in (test, unit) order, as the pairs are sorted
+        t, u = int(pair_t[p]), int(pair_u[p])
         if unit_text[u] != canonical_unit[t]:
             key = (analytes[t], unit_text[u])
-            parsed.conversions[key] = parsed.conversions.get(key, 0) + int(pair[flat])
+            parsed.conversions[key] = parsed.conversions.get(key, 0) + int(pair[p])
 
     test_out = np.array(
         [a if a is not None else t for a, t in zip(analytes, test_text, strict=True)] + [None],
@@ -1517,6 +1581,8 @@ def _small_dates(src: _Rows, name: str, required: bool) -> np.ndarray:
         if not all(_is_na(v) or (type(v) is str and _small_iso(v)) for v in values):
             raise _Decline
         values = [None if _is_na(v) else v for v in values]
+    if not all(v is None or _year_within(v) for v in values):
+        raise _Decline  # numpy's nanoseconds would wrap; `_date_column` reports the date
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -1535,7 +1601,7 @@ _PLAIN_ISO = re.compile(
 
 
 def _small_iso(text: str) -> bool:
-    return _PLAIN_ISO.fullmatch(text) is not None and "1678" <= text[:4] <= "2261"
+    return _PLAIN_ISO.fullmatch(text) is not None and "1900" <= text[:4] <= "2200"
 
 
 def _small_numbers(

@@ -9,7 +9,7 @@ leading `x` before a power of ten).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -129,6 +129,23 @@ ANALYTES: Mapping[str, Analyte] = MappingProxyType(
     }
 )
 
+#: Values possible but rare enough to warn about, in the canonical unit of each analyte (the HTTP
+#: answers and `ctit validate` warn with the same ranges). Impossible values (negative, above
+#: `Analyte.limit`) are errors.
+IMPROBABLE: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "PLT": (0.0, 1000.0),
+        "HGB": (40.0, 200.0),
+        "WBC": (0.1, 100.0),
+        "ANC": (0.0, 50.0),
+        "ALT": (0.0, 2000.0),
+        "AST": (0.0, 2000.0),
+        "TBIL": (0.0, 350.0),
+        "CREA": (15.0, 1000.0),
+        "ALB": (15.0, 55.0),
+    }
+)
+
 CANONICAL_UNITS: Mapping[str, str] = MappingProxyType({a.alias: a.unit for a in ANALYTES.values()})
 
 _POWER_PREFIX = re.compile(r"^[x×]\s*(?=10)")
@@ -188,19 +205,27 @@ def convert(analyte: str, value: float, unit: str) -> float:
     return float(value) * factor
 
 
-def factor_matrix(analytes: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """Factors for every (analyte, unit) pair of two arrays of distinct values; NaN when refused.
+def pair_factors(analytes: Sequence[str | None], units: Sequence[object]) -> np.ndarray:
+    """Factor of each (analyte, unit) pair, position by position; NaN when the unit is refused.
 
-    `analytes` holds canonical aliases or None (unknown test: factor 1, kept as given).
+    An analyte of None (an unknown test, kept as given) has factor 1. Callers pass only the
+    distinct pairs that occur, so the work and memory are linear in the rows (a dense matrix of
+    every distinct test by every distinct unit grows with their product).
     """
-    out = np.full((len(analytes), len(units)), np.nan)
-    unit_keys = [unit_key(u) if isinstance(u, str) else None for u in units]
-    for i, analyte in enumerate(analytes):
+    if len(analytes) != len(units):
+        raise ValueError("analytes and units differ in length")
+    out = np.full(len(analytes), np.nan)
+    keys: dict[object, str | None] = {}
+    for i, (analyte, unit) in enumerate(zip(analytes, units, strict=True)):
         if analyte is None:
-            out[i, :] = 1.0
+            out[i] = 1.0
             continue
-        index = _UNIT_INDEX[analyte]
-        for j, key in enumerate(unit_keys):
-            if key is not None and key in index:
-                out[i, j] = index[key]
+        if not isinstance(unit, str):
+            continue
+        key = keys.get(unit)
+        if key is None:
+            key = keys[unit] = unit_key(unit)
+        factor = _UNIT_INDEX[analyte].get(key)
+        if factor is not None:
+            out[i] = factor
     return out

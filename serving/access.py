@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
@@ -85,31 +87,105 @@ def token_accepted(headers: Iterable[tuple[bytes, bytes]], token: str) -> bool:
     return False
 
 
-class AccessGate:
-    """ASGI middleware: refuse (401) every request without the token, except `OPEN_PATHS`."""
+class AttemptLimit:
+    """Wrong sign-ins per client address in a sliding window (in memory, per server process).
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    Counts failed `/ui/login` posts and requests carrying a wrong bearer token; a request that
+    carries no credentials at all is not an attempt. At most `_MAX_CLIENTS` addresses are
+    remembered (the oldest forgotten first), so the table cannot grow without bound.
+    """
+
+    _MAX_CLIENTS = 10000
+
+    def __init__(self, attempts: int, window_s: float) -> None:
+        self.attempts = attempts
+        self.window_s = window_s
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        times = self._failures.get(client)
+        if times is None:
+            return deque()
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        return times
+
+    def blocked(self, client: str) -> float | None:
+        """Seconds until `client` may try again, or None when it may try now."""
+        now = time.monotonic()
+        times = self._recent(client, now)
+        if len(times) < self.attempts:
+            return None
+        return max(self.window_s - (now - times[0]), 0.0)
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        times = self._recent(client, now)
+        times.append(now)
+        self._failures[client] = times
+        self._failures.move_to_end(client)
+        while len(self._failures) > self._MAX_CLIENTS:
+            self._failures.popitem(last=False)
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _has_credentials(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the request offers a bearer token (a stale session cookie is not an attempt:
+    a browser sends it with every asset)."""
+    return any(name == b"authorization" for name, _ in headers)
+
+
+class AccessGate:
+    """ASGI middleware: refuse (401) every request without the token, except `OPEN_PATHS`.
+
+    After `attempts` wrong sign-ins (form or bearer) from one address within `window_s` seconds,
+    further attempts from it get 429 with `Retry-After` until the window has passed.
+    """
+
+    def __init__(
+        self, app: ASGIApp, token: str | None, attempts: int = 10, window_s: float = 60.0
+    ) -> None:
         self.app = app
         self.token = token
+        self.limit = AttemptLimit(attempts, window_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.token is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        if scope["path"] == LOGIN_PATH and scope["method"] == "POST":
-            await self._login(receive, send)
+        client = _client(scope)
+        login = scope["path"] == LOGIN_PATH and scope["method"] == "POST"
+        if login or _has_credentials(scope["headers"]):
+            wait = self.limit.blocked(client)
+            if wait is not None:
+                await _send(
+                    send,
+                    429,
+                    b'{"detail": "too many wrong sign-ins from this address; try again later"}',
+                    "application/json",
+                    [(b"retry-after", str(max(int(wait) + 1, 1)).encode("ascii"))],
+                )
+                return
+        if login:
+            await self._login(receive, send, client)
             return
         if token_accepted(scope["headers"], self.token):
             scope.setdefault("state", {})["authenticated"] = True
             await self.app(scope, receive, send)
             return
+        if _has_credentials(scope["headers"]):
+            self.limit.failed(client)
         if scope["method"] == "GET" and _wants_html(scope["headers"]):
             await _send(send, 401, _page(""), "text/html; charset=utf-8", [_csp()])
             return
         body = json.dumps({"detail": "missing or invalid bearer token"}).encode("utf-8")
         await _send(send, 401, body, "application/json", [(b"www-authenticate", b"Bearer")])
 
-    async def _login(self, receive: Receive, send: Send) -> None:
+    async def _login(self, receive: Receive, send: Send, client: str) -> None:
         raw = b""
         while True:
             message = await receive()
@@ -121,6 +197,7 @@ class AccessGate:
                 break
         given = parse_qs(raw.decode("utf-8", "replace")).get("token", [""])[0]
         if not hmac.compare_digest(given.encode("utf-8"), self.token.encode("utf-8")):
+            self.limit.failed(client)
             page = _page("That token is not right. Nothing was stored.")
             await _send(send, 401, page, "text/html; charset=utf-8", [_csp()])
             return

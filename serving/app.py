@@ -22,14 +22,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving import cds_hooks, web
 from serving.access import AccessGate, token_accepted
-from serving.audit import AuditLog
+from serving.audit import AuditLog, AuditUnavailable
 from serving.fhir import risk_assessment
+from serving.jsonin import JsonRefused, loads_strict
 from serving.records import RecordError
 from serving.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
 from serving.scorer import Scorer, settle_heap
@@ -43,11 +46,22 @@ BATCH_PATH = "/v1/score/batch"
 _INLINE_EPISODES = 4
 _INLINE_LABS = 400
 _bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
+#: Every status a JSON route may answer besides 200 (stated in the OpenAPI schema).
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Not JSON, nested too deeply, or a bad header"},
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
     413: {"model": ErrorOut, "description": "Body or batch too large"},
-    422: {"model": ErrorOut, "description": "The record breaks the contract (paths and reasons)"},
+    422: {
+        "model": ErrorOut,
+        "description": "The record breaks the contract (paths and reasons; never the value); "
+        "also a record without a platelet count on or before the index date (not estimable)",
+    },
+    500: {"model": ErrorOut, "description": "Internal error (logged without patient data)"},
+    503: {"model": ErrorOut, "description": "The audit log is not writable: nothing is scored"},
 }
+#: Methods whose body is checked by `StrictJson`.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
 
 
 async def require_token(
@@ -154,9 +168,284 @@ async def _send_error(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class StrictJson:
+    """ASGI middleware: every request body is read by `serving.jsonin.loads_strict` first.
+
+    Refused before any route sees them: nesting deeper than `jsonin.MAX_DEPTH` (400), duplicate
+    keys, NaN/Infinity/1e309 and unpaired surrogates (422 with the value's path, never the value).
+    A body that is not JSON at all is passed on (the route answers it). Form posts (the sign-in
+    form) are not read here. The parsed body is left in `scope["state"]["json_body"]`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-type" and value.lower().startswith(_FORM_TYPES):
+                await self.app(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay(b"", receive, message), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        if raw.strip():
+            try:
+                scope.setdefault("state", {})["json_body"] = loads_strict(raw)
+            except JsonRefused as exc:
+                if exc.kind != "json_invalid":
+                    await _send_refusal(scope, send, exc)
+                    return
+        await self.app(scope, _replay(raw, receive), send)
+
+
+def _replay(raw: bytes, receive: Receive, first: Message | None = None) -> Receive:
+    """A `receive` that gives `raw` (or `first`) once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first or {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_refusal(scope: Scope, send: Send, exc: JsonRefused) -> None:
+    if scope["path"].startswith("/fhir/"):
+        issue = {
+            "severity": "error",
+            "code": "invalid" if exc.status == 400 else "processing",
+            "diagnostics": f"{'.'.join(map(str, exc.error()['loc']))}: {exc.msg}",
+        }
+        payload: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [issue]}
+        media = b"application/fhir+json"
+    else:
+        payload, media = {"detail": [exc.error()]}, b"application/json"
+    body = json.dumps(payload).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [(b"content-type", media), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _SlowBody(Exception):
+    """The client did not finish sending its body in time."""
+
+
+class Guard:
+    """ASGI middleware, outermost: `Cache-Control: no-store` on every answer that sets no cache
+    policy of its own; 408 (and the connection closed) when a body is not complete within
+    `body_timeout_s`; and a bare 500 for any exception that escapes, logged by type only (the
+    message or a traceback could quote patient data; uvicorn would log both)."""
+
+    def __init__(self, app: ASGIApp, body_timeout_s: float = 30.0) -> None:
+        self.app = app
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+            except TimeoutError:
+                raise _SlowBody from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except _SlowBody:
+            log.warning("%s %s: body not complete in time; closed", scope["method"], scope["path"])
+            if not started:
+                await _send_error(guarded_send, 408, "request body not complete in time")
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            log.error("%s %s failed with %s", scope["method"], scope["path"], type(exc).__name__)
+            if not started:
+                await _send_error(guarded_send, 500, "internal error; see the server log")
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request head is not complete within
+    `header_timeout_s` of its first byte (or of the connection, or of the previous answer).
+
+    uvicorn's own `timeout_keep_alive` only covers idle connections between requests; a client
+    that sends half a request line and stops (slowloris) would hold its connection forever.
+    Bodies are timed by `Guard`. `ctit serve` sets `header_timeout_s` from the settings.
+    """
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if getattr(self, "_head_timer", None) is None:
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def _disarm_head_timer(self) -> None:
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        waiting_head = self.cycle is None or self.cycle.response_complete
+        if waiting_head and not self.transport.is_closing():
+            self.logger.warning("request head not complete in time; connection closed")
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm_head_timer()
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+
+async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 for a body or query that fails validation: paths and reasons, never the input.
+
+    FastAPI's own handler echoes each error's `input` (the whole record, identifiers included)
+    and fails on values JSON cannot encode (NaN); nothing about the request is logged here.
+    """
+    detail = []
+    for error in exc.errors():
+        loc = [part if isinstance(part, int) else _printable(str(part)) for part in error["loc"]]
+        detail.append(
+            {
+                "loc": loc or ["body"],
+                "msg": _printable(str(error.get("msg", "invalid value"))),
+                "type": str(error.get("type", "value_error")),
+            }
+        )
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")[:500]
+
+
+_ERROR_WORDS = {
+    "400": "Not JSON, JSON nested too deeply, or a malformed request",
+    "401": "Missing or wrong bearer token",
+    "404": "No such resource (e.g. an unknown CDS service)",
+    "408": "The request body was not complete in time",
+    "412": "CDS Hooks: required prefetch data missing and not fetchable",
+    "413": "Body or batch too large",
+    "422": "The body breaks the contract: paths and reasons, never the values",
+    "429": "Too many wrong sign-ins from this address",
+    "500": "Internal error (logged without patient data)",
+    "503": "Not ready, or the audit log is not writable: nothing is scored",
+}
+_FHIR_ERRORS = ("400", "422", "503")
+
+
+def _documented_errors(app: FastAPI) -> Any:
+    """`app.openapi` completed with every status each operation can answer (schemathesis checks
+    that none is undocumented): the gate's 401 and 429, the body checks' 400, 408, 413 and 422,
+    404 on path parameters, 500 and 503. The FHIR route's errors are OperationOutcomes."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None and app.openapi_schema.get("x-ctit-errors"):
+            return app.openapi_schema
+        schema = build()
+        error = {"$ref": "#/components/schemas/ErrorOut"}
+        schema.setdefault("components", {}).setdefault("schemas", {})
+        schema["components"]["schemas"].setdefault("ErrorOut", ErrorOut.model_json_schema())
+        outcome = {"type": "object", "required": ["resourceType"]}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                codes = ["500"]
+                if path != "/healthz":
+                    codes += ["401", "429"]
+                if method in ("post", "put", "patch"):
+                    codes += ["400", "408", "413", "422", "503"]
+                if "{" in path:
+                    codes.append("404")
+                if path.startswith("/cds-services/"):
+                    codes.append("412")
+                if path == "/readyz":
+                    codes.append("503")
+                responses = operation.setdefault("responses", {})
+                for code in codes:
+                    entry = responses.setdefault(code, {"description": _ERROR_WORDS[code]})
+                    content = entry.setdefault("content", {})
+                    content.setdefault("application/json", {"schema": error})
+                    if path.startswith("/fhir/") and code in _FHIR_ERRORS:
+                        content.setdefault("application/fhir+json", {"schema": outcome})
+        schema["x-ctit-errors"] = True
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
 def _record_error(exc: RecordError, prefix: list[str | int]) -> JSONResponse:
     detail = [{**error, "loc": [*prefix, *error["loc"]]} for error in exc.errors]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def audit_refusal(request: Request, failed: bool = False) -> JSONResponse | None:
+    """503 when the audit log cannot take rows (deleted, replaced, closed), else None.
+
+    Nothing is scored while the log is not writable: an answer that is not audited must not
+    leave. `failed`: a write was just refused (always answer 503).
+    """
+    audit: AuditLog | None = getattr(request.app.state, "audit", None)
+    if not failed and audit is not None and audit.writable():
+        return None
+    return JSONResponse(
+        {
+            "detail": "the audit log is not writable (deleted, replaced or closed); nothing is "
+            "scored until it is restored; see the server log"
+        },
+        status_code=503,
+    )
 
 
 def _internal_error(route: str, exc: Exception) -> JSONResponse:
@@ -186,7 +475,15 @@ def _router() -> APIRouter:
         scorer: Scorer | None = getattr(request.app.state, "scorer", None)
         audit: AuditLog | None = getattr(request.app.state, "audit", None)
         if scorer is None or audit is None or not audit.check():
-            return JSONResponse({"detail": "not ready"}, status_code=503)
+            return JSONResponse(
+                {
+                    "detail": "not ready: the audit log is not writable (deleted, replaced or "
+                    "closed)"
+                    if scorer is not None
+                    else "not ready"
+                },
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "model": scorer.model.info})
 
     @router.post(
@@ -194,7 +491,14 @@ def _router() -> APIRouter:
         tags=["scoring"],
         dependencies=secured,
         response_model=ScoreOut,
-        responses=_ERRORS,
+        responses={
+            **_ERRORS,
+            200: {
+                "description": "The answer (JSON), or with `format=fhir` a FHIR R4 "
+                "RiskAssessment (application/fhir+json).",
+                "content": {"application/fhir+json": {"schema": {"type": "object"}}},
+            },
+        },
     )
     async def score(
         body: ScoreRequest,
@@ -209,8 +513,13 @@ def _router() -> APIRouter:
     ) -> JSONResponse:
         """Score one patient record with one episode: probability, interval, band, explanation."""
         scorer: Scorer = request.app.state.scorer
+        if (refusal := audit_refusal(request)) is not None:
+            return refusal
         try:
-            answer = scorer.score(body)
+            if _small([body]):
+                answer = scorer.score(body)
+            else:  # thousands of labs: keep the event loop free for health checks meanwhile
+                answer = await asyncio.to_thread(scorer.score, body)
             resource = (
                 risk_assessment(answer, body.model_dump(mode="json", exclude_none=True))
                 if answer_format == "fhir"
@@ -221,12 +530,15 @@ def _router() -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
             return _internal_error("/v1/score", exc)
         raw = await request.body()
-        await request.app.state.audit.arecord_scores(
-            model=answer["model"],
-            items=[(body.patient.patient_id, hashlib.sha256(raw).hexdigest(), [answer])],
-            endpoint="/v1/score",
-            caller=caller_of(request),
-        )
+        try:
+            await request.app.state.audit.arecord_scores(
+                model=answer["model"],
+                items=[(body.patient.patient_id, hashlib.sha256(raw).hexdigest(), [answer])],
+                endpoint="/v1/score",
+                caller=caller_of(request),
+            )
+        except AuditUnavailable:
+            return audit_refusal(request, failed=True)
         if resource is not None:
             return JSONResponse(resource, media_type="application/fhir+json")
         return JSONResponse(answer)
@@ -250,6 +562,8 @@ def _router() -> APIRouter:
                 status_code=413,
             )
         scorer: Scorer = request.app.state.scorer
+        if (refusal := audit_refusal(request)) is not None:
+            return refusal
         try:
             if _small(body.records):  # as quick as /v1/score: no thread hop
                 answers = scorer.score_batch(body.records, body.explain)
@@ -268,9 +582,12 @@ def _router() -> APIRouter:
                 record.model_dump_json(exclude_none=True).encode("utf-8")
             ).hexdigest()
             items.append((record.patient.patient_id, digest, per_record.get(i, [])))
-        await request.app.state.audit.arecord_scores(
-            model=scorer.model.info, items=items, endpoint=BATCH_PATH, caller=caller_of(request)
-        )
+        try:
+            await request.app.state.audit.arecord_scores(
+                model=scorer.model.info, items=items, endpoint=BATCH_PATH, caller=caller_of(request)
+            )
+        except AuditUnavailable:
+            return audit_refusal(request, failed=True)
         return JSONResponse({"results": answers})
 
     @router.get("/v1/model", tags=["model"], dependencies=secured)
@@ -312,15 +629,28 @@ def create_app(
         f"label {info['label_definition']}.",
         version=str(info["version"]),
         lifespan=lifespan,
+        # /docs is `serving.web`'s: Swagger UI from local, pinned files (FastAPI's own loads a CDN)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.scorer = scorer
     app.state.audit = audit
     app.state.model_card = scorer.describe()
+    app.openapi = _documented_errors(app)  # type: ignore[method-assign]
+    app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_middleware(StrictJson)
     app.add_middleware(BodyLimit, single=settings.max_body_bytes, batch=settings.max_batch_bytes)
-    # Added last, so it runs first: nothing else sees a request without the token.
+    # Added after the body checks, so it runs before them: nothing else sees a request without
+    # the token.
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    app.add_middleware(AccessGate, token=token)
+    app.add_middleware(
+        AccessGate,
+        token=token,
+        attempts=settings.login_attempts,
+        window_s=settings.login_window_s,
+    )
+    app.add_middleware(Guard, body_timeout_s=settings.body_timeout_s)
     app.include_router(_router())
     app.include_router(cds_hooks.router, dependencies=[Depends(require_token)])
     app.include_router(web.router)

@@ -13,18 +13,31 @@ for hosts that accept the power-loss window (then a commit costs about 0.1 ms). 
 (processes) share the file; a writer waiting for another's lock retries every 0.1-2 ms instead of
 SQLite's 1-100 ms busy sleeps (with two workers: about 230 -> 300 requests/s here).
 
-Salt: `ServingSettings.audit_salt` (CTIT_AUDIT_SALT). Without one, a random salt is created once
-and kept in the database's `meta` table, so hashes stay stable across restarts; set the variable
-to keep the salt away from readers of the database file.
+Salt: `ServingSettings.audit_salt` (CTIT_AUDIT_SALT), never written to the database. Without one
+(development only; production mode refuses to start), a random salt is created once and kept in
+the database's `meta` table so hashes stay stable across restarts, and a loud warning is logged:
+whoever reads the file can then recover short identifiers (MRNs) by trying them all.
+
+Free text: the stored answer keeps each warning's code, feature and path but not its message
+(messages quote drug names, test codes and units as the client wrote them); callers hash every
+identifier (CDS `userId`, unknown card ids) before they get here.
+
+A deleted or replaced file: SQLite keeps writing to the open (unlinked) file, and the rows would
+vanish at the next restart. Before every commit the writer compares the path's device and inode
+with those of the file it opened; when they differ it refuses the rows (`AuditUnavailable`) and
+`writable()` turns false, so the service answers 503 and scores nothing. When a file is back at
+the path (restored, or a new one created), the log reopens it and accepts rows again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import queue
 import secrets
 import sqlite3
@@ -76,6 +89,17 @@ _INSERT = {
     " caller) VALUES (?, ?, ?, ?, ?, ?)",
 }
 _GROUP_MAX = 512
+_SALT_WARNING = (
+    "audit log %s: CTIT_AUDIT_SALT is not set; a random salt is stored IN the audit database, "
+    "so anyone who can read the file can recover short patient identifiers from the hashes. "
+    "Set CTIT_AUDIT_SALT (required with CTIT_MODE=production)."
+)
+
+
+class AuditUnavailable(RuntimeError):
+    """The audit database was deleted, replaced or closed: rows cannot be written durably."""
+
+
 _LOCK_WAIT_S = 30.0
 _BUSY_TIMEOUT_S = 30.0  # the connection's own wait, for everything but `_begin`
 
@@ -97,19 +121,63 @@ class AuditLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_S
-        )
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RuntimeError(f"audit log {self.path}: WAL mode refused (journal_mode={mode})")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(_SCHEMA)
+        self._synchronous = synchronous
+        self._identity: tuple[int, int] | None = None
+        self._db = self._open()
         self._salt = (salt or self._stored_salt()).encode("utf-8")
         self._queue: queue.SimpleQueue[tuple[str, list[tuple], Future] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="ctit-audit", daemon=True)
         self._writer.start()
         self._closed = False
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_S
+        )
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"audit log {self.path}: WAL mode refused (journal_mode={mode})")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        self._identity = _identity(self.path)
+        return db
+
+    def _same_file(self) -> bool:
+        """Whether the path still names the file this log opened (not deleted or replaced)."""
+        return self._identity is not None and _identity(self.path) == self._identity
+
+    def _reopen(self) -> bool:
+        """Open the file now at the path (restored or new) in place of a lost one; under _lock."""
+        if not self.path.exists():
+            return False
+        try:
+            fresh = self._open()
+        except (sqlite3.Error, RuntimeError, OSError) as exc:
+            log.error("audit log %s: cannot reopen (%s)", self.path, type(exc).__name__)
+            return False
+        old, self._db = self._db, fresh
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        log.warning("audit log %s: a new file is at the path; writing to it from now on", self.path)
+        return True
+
+    def writable(self) -> bool:
+        """Whether rows can be written now: open, writer running, the same file at the path.
+
+        A lost file that has come back is reopened here (so `/readyz` recovers without a write).
+        """
+        if self._closed or not self._writer.is_alive():
+            return False
+        if self._same_file():
+            return True
+        with self._lock:
+            if self._same_file():
+                return True
+            return self._reopen()
 
     def _stored_salt(self) -> str:
         with self._lock:
@@ -119,7 +187,7 @@ class AuditLog:
                 (secrets.token_hex(32),),
             )
             row = self._db.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
-        log.warning("audit log %s: no salt configured; a random salt is kept in it", self.path)
+        log.warning(_SALT_WARNING, self.path)
         return str(row[0])
 
     def hash_id(self, identifier: str) -> str:
@@ -232,7 +300,7 @@ class AuditLog:
     def _submit(self, table: str, rows: list[tuple]) -> Future:
         done: Future = Future()
         if self._closed:
-            done.set_exception(RuntimeError(f"audit log {self.path} is closed"))
+            done.set_exception(AuditUnavailable(f"audit log {self.path} is closed"))
         elif not rows:
             done.set_result(None)
         else:
@@ -256,6 +324,13 @@ class AuditLog:
                 group.append(more)
             try:
                 with self._lock:
+                    if not self._same_file() and not self._reopen():
+                        log.error(
+                            "audit log %s: the database file was deleted or replaced; rows "
+                            "refused until it is back",
+                            self.path,
+                        )
+                        raise AuditUnavailable(f"audit log {self.path} was deleted or replaced")
                     self._begin()
                     try:
                         for table, rows, _done in group:
@@ -300,8 +375,8 @@ class AuditLog:
     # -- reading --------------------------------------------------------------------------------
 
     def check(self) -> bool:
-        """Whether the log answers and its writer runs (for /readyz)."""
-        if self._closed or not self._writer.is_alive():
+        """Whether the log answers, its writer runs and its file is in place (for /readyz)."""
+        if not self.writable():
             return False
         try:
             with self._lock:
@@ -331,10 +406,26 @@ class AuditLog:
 
 
 def _output(answer: dict[str, Any], episode_hash: str) -> str:
-    """The answer as canonical JSON, its episode id replaced by the id's salted hash."""
+    """The answer as canonical JSON, its episode id replaced by the id's salted hash and its
+    warnings without their free-text messages (which quote the client's own words)."""
     kept = {key: value for key, value in answer.items() if key != "episode_id"}
     kept["episode_hash"] = episode_hash
+    if isinstance(kept.get("warnings"), list):
+        kept["warnings"] = [
+            {k: v for k, v in w.items() if k in ("code", "feature", "loc")}
+            if isinstance(w, dict)
+            else None
+            for w in kept["warnings"]
+        ]
     return json.dumps(kept, sort_keys=True, separators=(",", ":"))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -37,6 +37,7 @@ import datetime as dt
 import hashlib
 import importlib.util
 import logging
+import re
 import threading
 import uuid
 from collections import OrderedDict
@@ -50,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data.units import ANALYTES, canonical_test, convert
 from serving import fhir_api
+from serving.audit import AuditUnavailable
 from serving.fhir import (
     ECOG_LOINC,
     LOINC,
@@ -444,8 +446,27 @@ def _ledger(request: Request, settings: CdsSettings) -> _CardLedger:
     return ledger
 
 
-def _model_card_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/v1/model"
+def _model_card_url(request: Request) -> str | None:
+    """The model card's URL under the configured public URL; None (no link) without one."""
+    settings = getattr(request.app.state, "settings", None)
+    base = getattr(settings, "public_url", None)
+    return f"{base}/v1/model" if isinstance(base, str) and base else None
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~:@])")
+_LIST_START = re.compile(r"^([-+]|\d+[.)])")
+_WWW = re.compile(r"(?i)\bwww\.")
+
+
+def md_text(value: Any) -> str:
+    """Untrusted text as inert Markdown on one line: HTML characters as entities, and the
+    punctuation of links, images, emphasis, code, headings and tables backslash-escaped. `:`,
+    `@` and `www.` too: GFM turns bare URLs and e-mail addresses into links."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = _WWW.sub(lambda m: m.group(0)[:3] + "\\.", text)
+    return _LIST_START.sub(r"\\\1", text)
 
 
 def _text(item: Any) -> str:
@@ -468,36 +489,44 @@ def summary_of(answer: Mapping[str, Any]) -> str:
 
 
 def detail_of(answer: Mapping[str, Any], record: Mapping[str, Any], notes: list[str]) -> str:
-    """Markdown detail: the score, its interval, top factors and every warning."""
+    """Markdown detail: the score, its interval, top factors and every warning.
+
+    Every interpolated text passes `md_text` (FHIR free text reaches the warnings).
+    """
     model = answer.get("model") or {}
     interval = answer.get("interval") or (answer["probability"], answer["probability"])
     lines = [
         f"**Probability of platelet response to hetrombopag: {float(answer['probability']):.0%}** "
         f"(interval {float(interval[0]):.0%}-{float(interval[1]):.0%}), band "
-        f"**{answer.get('band')}**.",
+        f"**{md_text(answer.get('band'))}**.",
         "",
-        f"Response definition: `{model.get('label_definition', '?')}`. Index date (first "
-        f"hetrombopag dose): {record['episode']['index_date']}.",
+        f"Response definition: {md_text(model.get('label_definition', '?'))}. Index date (first "
+        f"hetrombopag dose): {md_text(record['episode']['index_date'])}.",
     ]
-    factors = [_text(f) for f in answer.get("top_factors") or []]
+    factors = [md_text(_text(f)) for f in answer.get("top_factors") or []]
     if factors:
         lines += ["", "**Top factors**", *[f"- {factor}" for factor in factors]]
-    warnings = notes + [_text(w) for w in answer.get("warnings") or []]
+    warnings = [md_text(w) for w in notes] + [
+        md_text(_text(w)) for w in answer.get("warnings") or []
+    ]
     if warnings:
         lines += ["", "**Warnings**", *[f"- {warning}" for warning in warnings]]
     lines += [
         "",
-        f"Model {model.get('name', '?')} version {model.get('version', '?')}. Decision support "
-        "only: the estimate does not replace clinical judgement.",
+        f"Model {md_text(model.get('name', '?'))} version {md_text(model.get('version', '?'))}. "
+        "Decision support only: the estimate does not replace clinical judgement.",
     ]
     return "\n".join(lines)
 
 
 def _source(request: Request, model: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    source = {
         "label": f"ctit {model.get('name', '')} v{model.get('version', '?')}".replace("  ", " "),
-        "url": _model_card_url(request),
     }
+    url = _model_card_url(request)
+    if url is not None:
+        source["url"] = url
+    return source
 
 
 def _score_card(
@@ -510,7 +539,7 @@ def _score_card(
     probability = float(answer["probability"])
     low = answer.get("band") == "low" or (low_threshold is not None and probability < low_threshold)
     assessment = risk_assessment(answer, record)
-    return {
+    card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": summary_of(answer),
         "detail": detail_of(answer, record, notes),
@@ -531,8 +560,11 @@ def _score_card(
             }
         ],
         "selectionBehavior": "any",
-        "links": [{"label": "Model card", "url": _model_card_url(request), "type": "absolute"}],
     }
+    url = _model_card_url(request)
+    if url is not None:
+        card["links"] = [{"label": "Model card", "url": url, "type": "absolute"}]
+    return card
 
 
 def _error_card(request: Request, model: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
@@ -540,7 +572,7 @@ def _error_card(request: Request, model: Mapping[str, Any], problems: list[str])
         "uuid": str(uuid.uuid4()),
         "summary": "Hetrombopag response: no estimate (patient data incomplete or invalid)",
         "detail": "ctit could not score this patient:\n\n"
-        + "\n".join(f"- {problem}" for problem in problems[:20]),
+        + "\n".join(f"- {md_text(problem)}" for problem in problems[:20]),
         "indicator": "warning",
         "source": _source(request, model),
     }
@@ -629,6 +661,9 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
         if not (active or _has_ctit(record)):
             return {"cards": []}
     notes += missing + [w for w in warnings if _about(w, patient_id)]
+    audit = getattr(request.app.state, "audit", None)
+    if audit is not None and not audit.writable():
+        raise HTTPException(503, "the audit log is not writable; nothing is scored")
     scorer = request.app.state.scorer
     model_info, threshold = _model_of(scorer)
     try:
@@ -640,18 +675,59 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
     model = answer.get("model") or model_info
     episode_id = str(record["episode"]["episode_id"])
     _ledger(request, settings).add(card["uuid"], patient_id, episode_id, str(model["version"]))
-    audit = getattr(request.app.state, "audit", None)
     if audit is not None:
-        await run_in_threadpool(
-            audit.record_score,
-            model=model,
-            patient_id=patient_id,
-            input_sha256=hashlib.sha256(await request.body()).hexdigest(),
-            answers=[{**answer, "cds_card_uuid": card["uuid"], "cds_hook": body.hook}],
-            endpoint=f"/cds-services/{service_id}",
-            caller=str(body.context.get("userId") or "cds-client"),
-        )
+        try:
+            await run_in_threadpool(
+                audit.record_score,
+                model=model,
+                patient_id=patient_id,
+                input_sha256=hashlib.sha256(await request.body()).hexdigest(),
+                answers=[{**answer, "cds_card_uuid": card["uuid"], "cds_hook": body.hook}],
+                endpoint=f"/cds-services/{service_id}",
+                caller=cds_caller(audit, body.context.get("userId")),
+            )
+        except AuditUnavailable:
+            raise HTTPException(503, "the audit log is not writable; nothing is scored") from None
     return {"cards": [card]}
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_CODE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_URI = re.compile(r"[A-Za-z0-9:/._\-#%~]{1,200}")
+
+
+def cds_caller(audit: Any, user: Any) -> str:
+    """The audit `caller` of a CDS call: the salted hash of `context.userId` (it names a person,
+    `Practitioner/...`, or with careless clients a patient), never the id itself."""
+    if not isinstance(user, str) or not user:
+        return "cds-client"
+    return f"cds-user:{audit.hash_id(user)[:32]}"
+
+
+def _opaque(audit: Any, value: Any) -> str | None:
+    """A client-chosen id as stored: kept when it is a UUID, else its salted hash."""
+    if value is None:
+        return None
+    text = str(value)
+    if _UUID.fullmatch(text):
+        return text.lower()
+    return f"sha256:{audit.hash_id(text)[:32]}"
+
+
+def _reason_codes(audit: Any, reason: Any) -> dict[str, Any] | None:
+    """The override reason (a Coding) as its `system` and `code` only: `display` and any other
+    key are free text. A code that does not look like one (letters, digits, `.-_`, at most 64
+    characters) is hashed, as is a system that is not a URI."""
+    if not isinstance(reason, Mapping):
+        return None
+    item: dict[str, Any] = {}
+    code, system = reason.get("code"), reason.get("system")
+    if isinstance(code, str) and code:
+        item["code"] = code if _CODE.fullmatch(code) else _opaque(audit, code)
+    if isinstance(system, str) and system:
+        uri = system.startswith(("http://", "https://", "urn:")) and _URI.fullmatch(system)
+        item["system"] = system if uri else _opaque(audit, system)
+    return item
 
 
 def _about(warning: str, patient_id: str) -> bool:
@@ -663,13 +739,14 @@ def _about(warning: str, patient_id: str) -> bool:
 async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
     """Store card outcomes in the audit log with the version of the model that made the card.
 
-    Free-text `overrideReason.userComment` is not stored (the audit log holds no free text that
-    may carry identifiers); the reason coding is.
+    Free text is not stored (the audit log holds no free text that may carry identifiers):
+    not `overrideReason.userComment`, nor the reason's `display` or `text`; the reason's codes
+    are. Card and suggestion ids are kept when they are UUIDs, else hashed.
     """
     if service_id not in SERVICES:
         raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
     audit = getattr(request.app.state, "audit", None)
-    if audit is None:
+    if audit is None or not audit.writable():
         raise HTTPException(503, "the audit log is not available; feedback not stored")
     ledger = _ledger(request, _settings(request))
     scorer = getattr(request.app.state, "scorer", None)
@@ -683,21 +760,28 @@ async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> 
             patient_id, episode_id, version = known
         stored = {
             "service": service_id,
-            "card": item.card,
+            "card": _opaque(audit, item.card),
             "card_known": known is not None,
             "outcome": item.outcome,
             "outcomeTimestamp": item.outcomeTimestamp.isoformat(),
             "acceptedSuggestions": [
-                s.get("id") for s in item.acceptedSuggestions or [] if isinstance(s, dict)
+                _opaque(audit, s.get("id"))
+                for s in item.acceptedSuggestions or []
+                if isinstance(s, dict)
             ],
-            "overrideReason": (item.overrideReason.reason if item.overrideReason else None),
+            "overrideReason": _reason_codes(
+                audit, item.overrideReason.reason if item.overrideReason else None
+            ),
         }
-        await run_in_threadpool(
-            audit.record_feedback,
-            model_version=version,
-            patient_id=patient_id,
-            episode_id=episode_id,
-            feedback=stored,
-            caller="cds-client",
-        )
+        try:
+            await run_in_threadpool(
+                audit.record_feedback,
+                model_version=version,
+                patient_id=patient_id,
+                episode_id=episode_id,
+                feedback=stored,
+                caller="cds-client",
+            )
+        except AuditUnavailable:
+            raise HTTPException(503, "the audit log is not writable; feedback not stored") from None
     return {}

@@ -34,6 +34,7 @@ FHIR at all raises `FhirError`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import re
@@ -983,7 +984,7 @@ def risk_assessment(
         "resourceType": "RiskAssessment",
         "status": "final",
         "identifier": [{"system": "urn:ctit:episode", "value": str(episode["episode_id"])}],
-        "subject": {"reference": f"Patient/{patient_id}"},
+        "subject": subject_of(patient_id),
         "occurrenceDateTime": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "method": {
             "coding": [{"system": "urn:ctit:model", "code": name, "version": version}],
@@ -1005,6 +1006,30 @@ def risk_assessment(
     if notes:
         resource["note"] = [{"text": text} for text in notes]
     return resource
+
+
+#: A FHIR resource id (R4 `id` datatype).
+FHIR_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
+PATIENT_ID_SYSTEM = "urn:ctit:patient-id"
+
+
+def patient_reference(patient_id: Any) -> str:
+    """`Patient/<id>` when the id is a valid FHIR id, else `Patient/<SHA-256 of it>` (64 hex)."""
+    text = str(patient_id)
+    if FHIR_ID.fullmatch(text):
+        return f"Patient/{text}"
+    return f"Patient/{hashlib.sha256(text.encode('utf-8', 'replace')).hexdigest()}"
+
+
+def subject_of(patient_id: Any) -> dict[str, Any]:
+    """A valid FHIR Reference to the patient: the id itself when it is a valid FHIR id; else a
+    hashed id plus an `identifier` element holding the id as given (any string is allowed
+    there)."""
+    text = str(patient_id)
+    reference: dict[str, Any] = {"reference": patient_reference(text)}
+    if not FHIR_ID.fullmatch(text):
+        reference["identifier"] = {"system": PATIENT_ID_SYSTEM, "value": text}
+    return reference
 
 
 def _scored_episode(record: Mapping[str, Any], episode_id: Any) -> Mapping[str, Any]:
@@ -1066,6 +1091,8 @@ __all__ = [
     "fhir_to_patient_records",
     "is_fhir",
     "is_index_order",
+    "patient_reference",
+    "subject_of",
     "resources_in",
     "risk_assessment",
     "rxnorm_table",

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from serving.fhir import FhirError, fhir_to_patient_records, is_fhir, risk_assessment
+from serving.audit import AuditUnavailable
+from serving.fhir import (
+    FhirError,
+    fhir_to_patient_records,
+    is_fhir,
+    patient_reference,
+    risk_assessment,
+)
+from serving.jsonin import JsonRefused, loads_strict
 from serving.records import RecordError
 
 router = APIRouter(tags=["FHIR"])
@@ -45,7 +52,34 @@ def _error(status: int, code: str, issues: list[tuple[str, str | None]]) -> JSON
     return JSONResponse(outcome, status_code=status, media_type=FHIR_JSON)
 
 
-@router.post(SCORE_PATH)
+_BODY_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType"],
+    "properties": {"resourceType": {"type": "string"}},
+}
+
+
+@router.post(
+    SCORE_PATH,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A FHIR R4 Bundle (or one resource) with Patient, Observation, "
+            "MedicationStatement/MedicationRequest and Condition resources.",
+            "content": {
+                FHIR_JSON: {"schema": _BODY_SCHEMA},
+                "application/json": {"schema": _BODY_SCHEMA},
+            },
+        }
+    },
+    responses={
+        200: {
+            "description": "A collection Bundle: one RiskAssessment per patient, then an "
+            "OperationOutcome with the adapter's warnings.",
+            "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def score_fhir(
     request: Request,
     index_date: dt.date | None = Query(
@@ -56,16 +90,23 @@ async def score_fhir(
 ) -> JSONResponse:
     """Score a FHIR R4 Bundle (or list of resources): one RiskAssessment per patient."""
     raw = await request.body()
-    try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        return _error(400, "invalid", [(f"body: not valid JSON ({exc})", None)])
+    state = request.scope.get("state") or {}
+    try:  # `serving.app.StrictJson` has usually parsed it already
+        payload = state["json_body"] if "json_body" in state else loads_strict(raw)
+    except JsonRefused as exc:
+        return _error(exc.status, "invalid" if exc.status == 400 else "processing",
+                      [(f"body: {exc.msg}", ".".join(map(str, exc.loc)) or None)])  # fmt: skip
     if not is_fhir(payload):
         return _error(400, "invalid", [("body: not FHIR (no resourceType)", None)])
     try:
         records, warnings = fhir_to_patient_records(payload, index_date=index_date)
     except FhirError as exc:
         return _error(400, "invalid", [(str(exc), None)])
+    audit = getattr(request.app.state, "audit", None)
+    if audit is not None and not audit.writable():
+        return _error(
+            503, "transient", [("the audit log is not writable; nothing is scored", None)]
+        )
     scorer = request.app.state.scorer
     try:
         answers = await run_in_threadpool(scorer.score_batch, records)
@@ -75,23 +116,27 @@ async def score_fhir(
             loc = [str(part) for part in error["loc"]]
             where = None
             if loc and loc[0].isdigit():
-                where = f"Patient/{records[int(loc[0])]['patient']['patient_id']}"
+                where = patient_reference(records[int(loc[0])]["patient"]["patient_id"])
                 loc = loc[1:]
             problems.append((f"{'.'.join(loc)}: {error['msg']}", where))
         return _error(422, "processing", problems)
     digest = hashlib.sha256(raw).hexdigest()
-    audit = getattr(request.app.state, "audit", None)
     if audit is not None and answers:
         items = [
             (records[a["record_index"]]["patient"]["patient_id"], digest, [a]) for a in answers
         ]
-        await run_in_threadpool(
-            audit.record_scores,
-            model=answers[0]["model"],
-            items=items,
-            endpoint=SCORE_PATH,
-            caller="fhir",
-        )
+        try:
+            await run_in_threadpool(
+                audit.record_scores,
+                model=answers[0]["model"],
+                items=items,
+                endpoint=SCORE_PATH,
+                caller="fhir",
+            )
+        except AuditUnavailable:
+            return _error(
+                503, "transient", [("the audit log is not writable; nothing is scored", None)]
+            )
     entries = [
         {"resource": risk_assessment(answer, records[answer["record_index"]])} for answer in answers
     ]

@@ -16,23 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from data import units
 from data.issues import CohortError, Issue
 from data.units import canonical_test, unit_factor
 from serving.schemas import ScoreRequest
 
-#: Values that are possible but rare enough to warn about, in the canonical unit of each analyte.
-#: Impossible values (negative, above the analyte's limit) are rejected by `data.units`.
-IMPROBABLE: dict[str, tuple[float, float]] = {
-    "PLT": (0.0, 1000.0),
-    "HGB": (40.0, 200.0),
-    "WBC": (0.1, 100.0),
-    "ANC": (0.0, 50.0),
-    "ALT": (0.0, 2000.0),
-    "AST": (0.0, 2000.0),
-    "TBIL": (0.0, 350.0),
-    "CREA": (15.0, 1000.0),
-    "ALB": (15.0, 55.0),
-}
+#: Values that are possible but rare enough to warn about (owned by `data.units`).
+IMPROBABLE = units.IMPROBABLE
 
 
 class RecordError(ValueError):
@@ -102,7 +92,6 @@ class RecordBatch:
             for name, value in patient:
                 if name != "patient_id" and value is not None:
                     row[name] = value.isoformat() if isinstance(value, dt.date) else value
-            row.update(patient.model_extra or {})
             tables["patients"].append(row)
             origins["patients"].append((i, ("patient",)))
             for j, episode in enumerate(request.all_episodes()):
@@ -114,7 +103,7 @@ class RecordBatch:
                     "age_years": episode.age_years,
                     "dose_mg": episode.dose_mg,
                 }
-                row.update(episode.model_extra or {})
+                row = {**(episode.model_extra or {}), **row}  # extras never override a column
                 tables["episodes"].append(_present(row))
                 origins["episodes"].append(
                     (i, ("episode",) if request.episode is not None else ("episodes", j))
@@ -128,7 +117,7 @@ class RecordBatch:
                     "value": lab.value,
                     "unit": lab.unit,
                 }
-                row.update(lab.model_extra or {})
+                row = {**(lab.model_extra or {}), **row}  # extras never override a column
                 tables["labs"].append(row)
                 origins["labs"].append((i, ("labs", k)))
             for k, regimen in enumerate(request.regimens):
@@ -141,7 +130,7 @@ class RecordBatch:
                     "line": regimen.line,
                     "cycle": regimen.cycle,
                 }
-                row.update(regimen.model_extra or {})
+                row = {**(regimen.model_extra or {}), **row}  # extras never override a column
                 tables["regimens"].append(_present(row))
                 origins["regimens"].append((i, ("regimens", k)))
             warnings[i] = _record_warnings(request)

@@ -19,15 +19,84 @@ import datetime as dt
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from data.cohort import REQUIRED_COLUMNS
+
+#: Dates outside these are refused: they are typing errors (0001-01-01, 9999-12-31) and lie
+#: outside the nanosecond range of the feature code (1677-2262), where they would wrap.
+EARLIEST = dt.date(1900, 1, 1)
+LATEST = dt.date(2200, 12, 31)
+
+
+def _bounded(value: dt.date) -> dt.date:
+    day = value.date() if isinstance(value, dt.datetime) else value
+    if not EARLIEST <= day <= LATEST:
+        raise PydanticCustomError(
+            "date_range",
+            "{given} is outside {earliest} to {latest}",
+            {
+                "given": value.isoformat(),
+                "earliest": EARLIEST.isoformat(),
+                "latest": LATEST.isoformat(),
+            },
+        )
+    return value
+
+
+_RANGE_NOTE = f"Between {EARLIEST.isoformat()} and {LATEST.isoformat()}."
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+Date = Annotated[dt.date, AfterValidator(_bounded), Field(description=_RANGE_NOTE)]
+DateTime = Annotated[dt.datetime, AfterValidator(_bounded)]
+
+
+def _contract_columns() -> frozenset[str]:
+    """Every column name of the cohort contract (all tables), plus the request's own fields."""
+    names = {name for columns in REQUIRED_COLUMNS.values() for name in columns}
+    names |= {"response", "product", "units", "episode", "episodes", "labs", "regimens"}
+    return frozenset(names)
+
+
+class _Row(BaseModel):
+    """A contract row: unknown extra keys are kept, but never under a contract column's name
+    (an extra `patient_id` on a lab would move the lab to another patient)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_clash(cls, data: Any, handler: Any) -> Any:
+        if isinstance(data, dict):
+            own = set(cls.model_fields)
+            clashes = [k for k in data if k not in own and k in CONTRACT_COLUMNS]
+            if clashes:
+                raise ValidationError.from_exception_data(
+                    cls.__name__,
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError(
+                                "extra_clash",
+                                "extra key '{key}' is a column of the cohort contract and not a "
+                                "field of this row; refused (it would change another row's data)",
+                                {"key": key},
+                            ),
+                            loc=(key,),
+                            input=None,
+                        )
+                        for key in clashes
+                    ],
+                )
+        return handler(data)
+
 
 EXAMPLE_RECORD: dict[str, Any] = {
     "patient": {
@@ -78,14 +147,14 @@ def _naive(value: Any) -> Any:
     return value
 
 
-class PatientIn(BaseModel):
+class PatientIn(_Row):
     """The patient's row of the `patients` table; unknown extra columns are kept."""
 
     model_config = ConfigDict(extra="allow")
 
     patient_id: Identifier
     sex: Annotated[str, Field(max_length=32)] | None = None
-    birth_date: dt.date | None = None
+    birth_date: Date | None = None
     race: str | None = None
     site: str | None = None
     ecog: int | None = Field(None, ge=0, le=4, description="ECOG performance status 0-4.")
@@ -99,23 +168,23 @@ class PatientIn(BaseModel):
     prior_radiotherapy: bool | None = None
 
 
-class EpisodeIn(BaseModel):
+class EpisodeIn(_Row):
     """One CTIT episode; `index_date` is the first hetrombopag dose."""
 
     model_config = ConfigDict(extra="allow")
 
     episode_id: Identifier
-    index_date: dt.date = Field(description="First hetrombopag dose (ISO 8601 date).")
-    age_years: float | None = Field(None, ge=0, le=120, description="Else from birth_date.")
-    dose_mg: float | None = Field(None, gt=0, le=100, description="Daily hetrombopag dose.")
+    index_date: Date = Field(description=f"First hetrombopag dose (ISO 8601 date). {_RANGE_NOTE}")
+    age_years: FiniteFloat | None = Field(None, ge=0, le=120, description="Else from birth_date.")
+    dose_mg: FiniteFloat | None = Field(None, gt=0, le=100, description="Daily hetrombopag dose.")
 
 
-class LabIn(BaseModel):
+class LabIn(_Row):
     """One lab result: `test` is a LOINC code or canonical alias (PLT, HGB, ...)."""
 
     model_config = ConfigDict(extra="allow")
 
-    time: dt.datetime = Field(description="ISO 8601 date or datetime, local time.")
+    time: DateTime = Field(description=f"ISO 8601 date or datetime, local time. {_RANGE_NOTE}")
     test: Annotated[str, Field(min_length=1, max_length=64)]
     value: FiniteFloat
     unit: Annotated[str, Field(min_length=1, max_length=32)]
@@ -123,13 +192,13 @@ class LabIn(BaseModel):
     _naive_time = field_validator("time", mode="after")(_naive)
 
 
-class RegimenIn(BaseModel):
+class RegimenIn(_Row):
     """One anticancer regimen: generic drug names as a list (or one `;`-separated string)."""
 
     model_config = ConfigDict(extra="allow")
 
-    start_date: dt.date
-    end_date: dt.date | None = None
+    start_date: Date
+    end_date: Date | None = None
     drugs: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     regimen: str | None = None
     line: int | None = Field(None, ge=1, le=30)
@@ -149,10 +218,36 @@ class RegimenIn(BaseModel):
         return self
 
 
+#: Names an extra key may not take (see `_Row`).
+CONTRACT_COLUMNS = _contract_columns().union(
+    *(set(model.model_fields) for model in (PatientIn, EpisodeIn, LabIn, RegimenIn))
+)
+
+
+def _one_of_episodes(schema: dict[str, Any]) -> None:
+    """State the rule of `_one_episode_field` in the JSON schema: exactly one of `episode` and
+    `episodes` is given (present and not null)."""
+    schema["examples"] = [EXAMPLE_RECORD]
+    schema["oneOf"] = [
+        {
+            "required": ["episode"],
+            "properties": {"episode": {"type": "object"}, "episodes": {"type": "null"}},
+        },
+        {
+            "required": ["episodes"],
+            "properties": {"episodes": {"type": "array"}, "episode": {"type": "null"}},
+        },
+    ]
+    schema["description"] = (
+        "One patient: the patient row, one episode (or several), the labs and the regimens. "
+        "Give exactly one of `episode` (an object) and `episodes` (a list)."
+    )
+
+
 class ScoreRequest(BaseModel):
     """One patient: the patient row, one episode (or several), the labs and the regimens."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_RECORD]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of_episodes)
 
     patient: PatientIn
     episode: EpisodeIn | None = None

@@ -22,7 +22,7 @@ import pandas as pd
 
 from data.cohort import cohort_from_tables
 from data.issues import CohortError
-from serving.model import DeployableModel
+from serving.model import DeployableModel, episodes_without_platelets
 from serving.pyfunc import load_deployable_model
 from serving.records import RecordBatch, RecordError, validate_record
 from serving.schemas import ScoreRequest
@@ -31,6 +31,39 @@ from serving.settings import ScoringOptions
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+
+
+NOT_ESTIMABLE = (
+    "no platelet count (PLT) on or before the index date: the response cannot be estimated "
+    "without one; not scored"
+)
+
+
+class NotEstimable(ValueError):
+    """Episodes of a cohort without a platelet count on or before their index date."""
+
+    def __init__(self, episode_ids: list[str]) -> None:
+        self.episode_ids = episode_ids
+        shown = ", ".join(episode_ids[:20]) + (" ..." if len(episode_ids) > 20 else "")
+        super().__init__(f"{len(episode_ids)} episode(s) {NOT_ESTIMABLE}: {shown}")
+
+
+def not_estimable(records: RecordBatch, internal_ids: list[str], batch: bool) -> RecordError:
+    """A `RecordError` (422) naming, per record, the episode that has no platelet count."""
+    lacking = set(internal_ids)
+    errors = []
+    for ref in records.episodes:
+        if ref.internal_id not in lacking:
+            continue
+        loc: list[str | int] = [ref.record_index] if batch else []
+        errors.append(
+            {
+                "loc": [*loc, "labs"],
+                "msg": f"episode with index date {ref.index_date.isoformat()}: {NOT_ESTIMABLE}",
+                "type": "not_estimable",
+            }
+        )
+    return RecordError(errors)
 
 
 class Scorer:
@@ -117,7 +150,11 @@ class Scorer:
             records.issue_warnings(
                 w for w in getattr(cohort, "warnings", ()) if w.column != "drugs"
             )
-        answers = self.model.score(cohort, explain=explain, options=self.options)
+        prepared = self.model.prepare(cohort)
+        lacking = episodes_without_platelets(self.model, prepared)
+        if lacking:
+            raise not_estimable(records, [prepared.episode_ids[k] for k in lacking], batch)
+        answers = self.model.answers(prepared, cohort, explain, self.options)
         by_id = {answer["episode_id"]: answer for answer in answers}
         out = []
         for ref in records.episodes:
@@ -144,7 +181,11 @@ class Scorer:
         """
         out: list[dict[str, Any]] = []
         for part in _chunks(cohort, chunk_size):
-            out.extend(self.model.score(part, explain=explain, options=self.options))
+            prepared = self.model.prepare(part)
+            lacking = episodes_without_platelets(self.model, prepared)
+            if lacking:
+                raise NotEstimable([prepared.episode_ids[k] for k in lacking])
+            out.extend(self.model.answers(prepared, part, explain, self.options))
             if progress is not None:
                 progress(len(part.episodes))
         return out

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 MIB = 1024 * 1024
 
@@ -21,6 +21,11 @@ ENVIRONMENT = {
     "CTIT_MAX_BATCH_BYTES": "max_batch_bytes",
     "CTIT_MAX_BATCH_RECORDS": "max_batch_records",
     "CTIT_CDS_FHIR_SERVERS": "cds_fhir_servers",
+    "CTIT_MODE": "mode",
+    "CTIT_PUBLIC_URL": "public_url",
+    "CTIT_LOGIN_ATTEMPTS": "login_attempts",
+    "CTIT_HEADER_TIMEOUT_S": "header_timeout_s",
+    "CTIT_BODY_TIMEOUT_S": "body_timeout_s",
 }
 
 
@@ -90,7 +95,38 @@ class ServingSettings(BaseModel):
     audit_path: Path = Field(Path("ctit-audit.db"), description="SQLite file of the audit log.")
     audit_salt: SecretStr | None = Field(
         None,
-        description="Salt of the patient-id hashes; when unset a random salt is kept in the log.",
+        description="Salt of the identifier hashes (env CTIT_AUDIT_SALT). Required in production "
+        "mode. When unset (development only) a random salt is kept in the log itself, where "
+        "anyone who can read the file can brute-force short identifiers: a loud warning is "
+        "logged.",
+    )
+    mode: Literal["development", "production"] = Field(
+        "development",
+        description="env CTIT_MODE. `production` refuses to start without CTIT_AUDIT_SALT, so "
+        "the salt never lives in the audit database.",
+    )
+    login_attempts: int = Field(
+        10,
+        ge=1,
+        description="Wrong sign-ins allowed per client address in `login_window_s`; more get 429.",
+    )
+    login_window_s: float = Field(60.0, gt=0, description="Window of the sign-in limit.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A connection whose request line and headers are not complete this long "
+        "after its first byte (or after the previous answer) is closed (slowloris).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="A request body not complete this long after the headers gets 408 and "
+        "the connection is closed.",
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, le=300, description="Idle keep-alive connections are closed after this long."
     )
     audit_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL",
@@ -109,6 +145,18 @@ class ServingSettings(BaseModel):
         "Empty (the default): nothing is ever fetched.",
     )
 
+    public_url: str | None = Field(
+        None,
+        description="env CTIT_PUBLIC_URL: the service's public base URL. CDS Hooks cards link to "
+        "the model card only under it; unset, cards carry no links (never one built from the "
+        "request's Host header).",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return fhir_base_url(value) if value else None
+
     @field_validator("cds_fhir_servers", mode="before")
     @classmethod
     def _split_servers(cls, value: Any) -> Any:
@@ -120,6 +168,15 @@ class ServingSettings(BaseModel):
     @classmethod
     def _check_servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(fhir_base_url(url) for url in value))
+
+    @model_validator(mode="after")
+    def _production_salt(self) -> ServingSettings:
+        if self.mode == "production" and self.audit_salt is None:
+            raise ValueError(
+                "production mode needs CTIT_AUDIT_SALT (a long random secret kept outside the "
+                "audit database); without it short identifiers can be recovered from the hashes"
+            )
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **values: Any) -> ServingSettings:

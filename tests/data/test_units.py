@@ -141,3 +141,20 @@ def test_round_trip_to_canonical_and_back(spec: tuple[str, str, float], value: f
                 rel_tol=1e-12,
                 abs_tol=1e-12,
             )
+
+
+def test_pair_factors_are_computed_per_pair_given() -> None:
+    got = units.pair_factors(
+        ["PLT", "PLT", "HGB", None, "TBIL", "CREA"],
+        ["/uL", "mmol/L", "g/dL", "whatever", "mg/dL", None],
+    )
+    assert got[0] == 1e-3 and got[2] == 10.0 and got[3] == 1.0 and got[4] == 17.104
+    assert math.isnan(got[1]) and math.isnan(got[5])
+    with pytest.raises(ValueError, match="differ in length"):
+        units.pair_factors(["PLT"], [])
+
+
+def test_improbable_ranges_lie_inside_the_possible_ones() -> None:
+    assert set(units.IMPROBABLE) == set(units.ANALYTES)
+    for alias, (low, high) in units.IMPROBABLE.items():
+        assert 0.0 <= low < high < units.ANALYTES[alias].limit

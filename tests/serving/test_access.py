@@ -41,6 +41,7 @@ def gated(deployable_model, tmp_path_factory) -> Iterator[tuple[str, list[tuple[
         api_token=TOKEN,
         audit_path=tmp_path_factory.mktemp("gate") / "audit.db",
         audit_salt="pepper",
+        login_attempts=10_000,  # this test sends a wrong token to every route; see test_hostile
     )
     app = create_app(settings, scorer=Scorer(deployable_model, uri="in-memory"))
     routes = []

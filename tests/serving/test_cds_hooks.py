@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import html
 import json
 import re
 import threading
@@ -168,6 +169,11 @@ class SpecFeedback(BaseModel):
 
 
 # --------------------------------------------------------------------------- data
+
+
+def plain(markdown: str) -> str:
+    """Card Markdown as read: backslash escapes and HTML entities undone."""
+    return html.unescape(re.sub(r"\\(.)", r"\1", markdown))
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -333,7 +339,9 @@ def audit(tmp_path: Path) -> Iterator[AuditLog]:
 
 @pytest.fixture
 def client(scorer, audit: AuditLog, tmp_path: Path) -> Iterator[TestClient]:
-    settings = ServingSettings(model_uri="test", audit_path=tmp_path / "audit.db")
+    settings = ServingSettings(
+        model_uri="test", audit_path=tmp_path / "audit.db", public_url="https://ctit.example"
+    )
     app = create_app(settings, scorer=scorer, audit=audit)
     with TestClient(app) as test_client:
         yield test_client
@@ -394,10 +402,10 @@ def test_order_select_card_from_prefetch(client: TestClient, scorer, risk_valida
     assert "v7" in card.summary and len(card.summary) < 140
     assert card.indicator == ("warning" if expected["band"] == "low" else "info")
     assert card.source.url is not None and str(card.source.url).endswith("/v1/model")
-    assert "**Top factors**" in card.detail
-    assert expected["top_factors"][0]["text"] in card.detail
-    assert "Observation/plt-bad-unit: unit 'mmol/L' is not accepted" in card.detail
-    assert "Index date (first hetrombopag dose): 2025-05-20" in card.detail
+    assert "**Top factors**" in plain(card.detail)
+    assert expected["top_factors"][0]["text"] in plain(card.detail)
+    assert "Observation/plt-bad-unit: unit 'mmol/L' is not accepted" in plain(card.detail)
+    assert "Index date (first hetrombopag dose): 2025-05-20" in plain(card.detail)
     assessment = card.suggestions[0].actions[0].resource
     assert not list(risk_validator.iter_errors(assessment))
     assert assessment["prediction"][0]["probabilityDecimal"] == round(expected["probability"], 4)
@@ -422,7 +430,7 @@ def test_patient_view_card_only_for_ctit(client: TestClient, scorer) -> None:
     # no hetrombopag order in this prefetch: index date is today, and the latest PLT (34) < 100
     cards = SpecResponse.model_validate(response.json()).cards
     assert len(cards) == 1
-    assert "index date = today" in cards[0].detail
+    assert "index date = today" in plain(cards[0].detail)
     # a generator patient with a normal platelet count gets no card
     bundle = json.loads(CAREBUNDLE.read_text(encoding="utf-8"))
     others = [e["resource"] for e in bundle["entry"]]
@@ -452,7 +460,7 @@ def test_null_prefetch_means_no_data_not_a_fetch(client: TestClient) -> None:
     prefetch = _prefetch(_resources()) | {"conditions": None, "medicationStatements": None}
     response = client.post(f"/cds-services/{ORDER_SELECT}", json=_request("order-select", prefetch))
     assert response.status_code == 200
-    detail = response.json()["cards"][0]["detail"]
+    detail = plain(response.json()["cards"][0]["detail"])
     assert "no coded condition for bone_mets, liver_mets, marrow_involvement" in detail
 
 
@@ -476,7 +484,7 @@ def test_fetching_is_disabled_by_default(client: TestClient) -> None:
         body = _request("order-select", prefetch, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
         assert response.status_code == 200
-        card_detail = response.json()["cards"][0]["detail"]
+        card_detail = plain(response.json()["cards"][0]["detail"])
         assert "conditions not available (not prefetched, and fetching" in card_detail
     assert server.requests == []
 
@@ -517,7 +525,9 @@ def test_pages_left_unread_are_noted_on_the_card(client: TestClient) -> None:
         body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 200
-    assert "labs: only the first 1 result pages were read" in response.json()["cards"][0]["detail"]
+    assert "labs: only the first 1 result pages were read" in plain(
+        response.json()["cards"][0]["detail"]
+    )
 
 
 def test_unreachable_required_data_is_412_and_optional_data_a_note(client: TestClient) -> None:
@@ -533,9 +543,8 @@ def test_unreachable_required_data_is_412_and_optional_data_a_note(client: TestC
         body = _request("order-select", None, fhirServer=server.base, fhirAuthorization=AUTH)
         response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 200
-    assert (
-        "conditions not available (FHIR server answered HTTP 500)"
-        in (response.json()["cards"][0]["detail"])
+    assert "conditions not available (FHIR server answered HTTP 500)" in plain(
+        response.json()["cards"][0]["detail"]
     )
 
 
@@ -764,6 +773,7 @@ def test_card_is_audited_and_feedback_stored_with_model_version(
     assert first["outcome"] == "accepted" and first["card_known"] is True
     assert first["acceptedSuggestions"] == [card["suggestions"][0]["uuid"]]
     assert second["card_known"] is False and second["overrideReason"]["code"] == "not-relevant"
+    assert "display" not in second["overrideReason"]
     assert "Jane Doe" not in rows[1]["feedback"]
 
 
@@ -779,7 +789,7 @@ def test_draft_without_authored_on_scores_as_of_today(client: TestClient) -> Non
     del body["context"]["draftOrders"]["entry"][0]["resource"]["authoredOn"]
     response = client.post(f"/cds-services/{ORDER_SELECT}", json=body)
     assert response.status_code == 200
-    detail = response.json()["cards"][0]["detail"]
+    detail = plain(response.json()["cards"][0]["detail"])
     today = dt.date.today().isoformat()
     assert f"has no authoredOn; index date = today ({today})" in detail
     assert f"Index date (first hetrombopag dose): {today}" in detail
@@ -793,4 +803,4 @@ def test_data_that_break_the_contract_give_a_card_saying_why(client: TestClient)
     card = SpecResponse.model_validate(response.json()).cards[0]
     assert card.indicator == "warning"
     assert card.summary.startswith("Hetrombopag response: no estimate")
-    assert "index_date is not after birth_date" in card.detail
+    assert "index_date is not after birth_date" in plain(card.detail)
