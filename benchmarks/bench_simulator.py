@@ -26,6 +26,12 @@ print(json.dumps({"n": n, "seconds": dt, "episodes": s.n_episodes, "lab_rows": s
 """
 
 
+# Named baselines (seconds at 100,000 patients): the simulator before the population model
+# (issue 13: "now 22 s") and the issue's target.
+BASELINE_100K_SECONDS = 22.0
+TARGET_100K_SECONDS = 120.0
+
+
 def main(sizes: list[int]) -> None:
     print(
         f"{'patients':>9} {'seconds':>8} {'patients/s':>11} {'episodes':>9} {'lab rows':>11} "
@@ -46,6 +52,13 @@ def main(sizes: list[int]) -> None:
             f"{r['lab_rows']:>11,} {r['peak_mb']:>8,.0f} "
             f"{load_before:>9.2f}/{os.getloadavg()[0]:<8.2f}"
         )
+        if n == 100_000:
+            verdict = "met" if r["seconds"] <= TARGET_100K_SECONDS else "missed"
+            print(
+                f"  100k: {r['seconds'] / BASELINE_100K_SECONDS:.1f}x the previous simulator "
+                f"({BASELINE_100K_SECONDS:g} s); target {TARGET_100K_SECONDS:g} s {verdict} "
+                "(compare at a similar load)"
+            )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from data.issues import CohortError
 from data.simulator import SimulationConfig, simulate_cohort
-from data.simulator_report import compare_to_targets, episode_table
+from data.simulator_report import compare_to_targets, episode_table, read_population
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,17 @@ def simulate(
         int, typer.Option("--workers", help="Processes (the files do not depend on it).")
     ] = 2,
     check: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--check/--no-check",
-            help="Derive labels with data.labels and compare the cohort with its targets.",
+            help=(
+                "Derive labels with data.labels, compare the cohort with every target and exit "
+                "with status 1 if one is missed. Without either flag the comparison is printed "
+                "but does not decide the exit status (a small cohort misses the effect checks); "
+                "--no-check skips it."
+            ),
         ),
-    ] = True,
+    ] = None,
 ) -> None:
     """Simulate a breast-cancer CTIT cohort (patients, episodes, labs, regimens, oracle)."""
     console = Console()
@@ -91,10 +96,10 @@ def simulate(
     counts.add_row("seconds", f"{summary.seconds:.1f}")
     console.print(counts)
     console.print(Text(f"Wrote {', '.join(sorted(summary.files))} to {out}"))
-    if not check:
+    if check is False:
         return
     try:
-        checks = compare_to_targets(episode_table(out))
+        checks = compare_to_targets(episode_table(out), read_population(out))
     except CohortError as exc:
         _fail(f"the simulated cohort does not load: {exc}")
     table = Table(title="Simulated cohort vs LITERATURE.md targets", title_justify="left")
@@ -105,6 +110,13 @@ def simulate(
             c.name, c.value, c.target, Text("ok", "green") if c.ok else Text("off", "red")
         )
     console.print(table)
+    if not check and any(not c.ok for c in checks):
+        console.print(
+            Text(f"{sum(not c.ok for c in checks)} targets missed (use --check to fail on them)")
+        )
+    missed = [c for c in checks if not c.ok]
+    if missed and check:
+        _fail(f"{len(missed)} of {len(checks)} targets missed: {', '.join(c.name for c in missed)}")
 
 
 def _fail(message: str) -> None:

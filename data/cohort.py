@@ -8,6 +8,7 @@ values (test codes, units, drug lists, booleans) or on the rows that are reporte
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -39,7 +40,15 @@ except ImportError:  # another pandas: frames come from pd.DataFrame
 
 logger = logging.getLogger(__name__)
 
-TABLES: tuple[str, ...] = ("patients", "episodes", "labs", "regimens", "outcomes")
+TABLES: tuple[str, ...] = (
+    "patients",
+    "episodes",
+    "labs",
+    "regimens",
+    "outcomes",
+    "transfusions",
+)
+TRANSFUSION_PRODUCTS: tuple[str, ...] = ("platelets", "red_cells")
 REQUIRED_TABLES: tuple[str, ...] = ("patients", "episodes", "labs", "regimens")
 REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
@@ -48,6 +57,7 @@ REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "labs": ("patient_id", "time", "test", "value", "unit"),
         "regimens": ("patient_id", "start_date", "drugs"),
         "outcomes": ("episode_id", "response"),
+        "transfusions": ("patient_id", "time", "product"),
     }
 )
 BOOLEAN_COLUMNS: tuple[str, ...] = (
@@ -79,6 +89,7 @@ _TEXT_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "labs": ("patient_id", "time", "test", "unit"),
         "regimens": ("patient_id", "start_date", "end_date", "drugs", "regimen"),
         "outcomes": ("episode_id",),
+        "transfusions": ("patient_id", "time", "product"),
     }
 )
 _DATE_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -88,6 +99,7 @@ _DATE_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "labs": ("time",),
         "regimens": ("start_date", "end_date"),
         "outcomes": (),
+        "transfusions": ("time",),
     }
 )
 _MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "nat", "<na>"})
@@ -113,6 +125,9 @@ class Cohort:
     regimens: pd.DataFrame
     outcomes: pd.DataFrame | None = None
     warnings: tuple[Issue, ...] = ()
+    transfusions: pd.DataFrame | None = None
+    # The simulator's true response probabilities (oracle.csv) when the directory has them.
+    simulation: Mapping[str, object] | None = None
     conversions: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
@@ -206,7 +221,31 @@ def load_cohort(path: str | Path) -> Cohort:
     cohort, _ = _build(sources, issues)
     if issues.errors or cohort is None:
         raise CohortError(issues.errors, issues.warnings)
+    simulation = _simulation_summary(Path(path))
+    if simulation is not None:
+        cohort = dataclasses.replace(cohort, simulation=simulation)
     return cohort
+
+
+def _simulation_summary(directory: Path) -> dict[str, object] | None:
+    """Facts of the simulator's `oracle.csv` beside a simulated cohort (not a contract table):
+    the mean true response probability with and without hetrombopag over all episodes."""
+    path = directory / "oracle.csv"
+    if not path.is_file():
+        return None
+    try:
+        oracle = pd.read_csv(path, usecols=["p_response", "p_response_untreated"])
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None
+    treated = float(oracle["p_response"].mean())
+    untreated = float(oracle["p_response_untreated"].mean())
+    return {
+        "source": "simulated (data.simulator oracle.csv)",
+        "episodes": len(oracle),
+        "response_with_hetrombopag": round(treated, 4),
+        "response_untreated": round(untreated, 4),
+        "mean_benefit": round(treated - untreated, 4),
+    }
 
 
 def validate_cohort(path: str | Path) -> ValidationReport:
@@ -274,10 +313,11 @@ def summarise(cohort: Cohort) -> dict[str, object]:
             "labs": cohort.labs,
             "regimens": cohort.regimens,
             "outcomes": cohort.outcomes,
+            "transfusions": cohort.transfusions,
         },
         cohort.conversions,
         {},
-    )
+    ) | ({"simulation": dict(cohort.simulation)} if cohort.simulation else {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +360,7 @@ def _read_directory(directory: Path, issues: _Issues) -> dict[str, _Source]:
         issues.add(
             "cohort",
             f"directory {directory} holds no tables (expected patients, episodes, labs, regimens "
-            "and optionally outcomes, each as .csv or .parquet)",
+            "and optionally outcomes and transfusions, each as .csv or .parquet)",
         )
         return {}
     by_table: dict[str, list[Path]] = {}
@@ -652,6 +692,8 @@ def _build(
         parsed.frames["regimens"] = _regimens(sources["regimens"], issues, patient_ids, parsed)
     if ok.get("outcomes"):
         parsed.frames["outcomes"] = _outcomes(sources["outcomes"], issues, episode_ids)
+    if ok.get("transfusions"):
+        parsed.frames["transfusions"] = _transfusions(sources["transfusions"], issues, patient_ids)
     for name in ("patients", "episodes"):
         if ok.get(name) and len(parsed.frames[name]) == 0:
             issues.add(name, f"table {name!r} has no rows")
@@ -670,6 +712,7 @@ def _build(
         outcomes=parsed.frames.get("outcomes"),
         warnings=tuple(issues.warnings),
         conversions=MappingProxyType(dict(parsed.conversions)),
+        transfusions=parsed.frames.get("transfusions"),
     )
     return cohort, summary
 
@@ -1224,6 +1267,34 @@ def _outcomes(src: _Source, issues: _Issues, episode_ids: pd.Index | None) -> pd
     return frame
 
 
+def _transfusions(src: _Source, issues: _Issues, patient_ids: pd.Index | None) -> pd.DataFrame:
+    """Transfusions: patient_id, time, product (platelets | red_cells), optional units (> 0)."""
+    frame = src.frame
+    columns: dict[str, pd.Series | np.ndarray] = {}
+    pid, pid_missing = _ids(src, "patient_id", issues, unique=False)
+    columns["patient_id"] = pid
+    _known(src, pid, pid_missing, patient_ids, "patient_id", "patient", issues)
+    columns["time"], _ = _date_column(src, "time", issues, required=True)
+    raw = frame["product"]
+    product, missing = _text(raw, src.from_text)
+    product = product.str.strip().str.lower()
+    bad = ~product.isin(TRANSFUSION_PRODUCTS).to_numpy() & ~missing
+    issues.rows(src, missing, "product", lambda _: "missing product")
+    issues.rows(
+        src,
+        bad,
+        "product",
+        lambda p: f"product must be one of {', '.join(TRANSFUSION_PRODUCTS)}, got {_show(raw, p)}",
+    )
+    columns["product"] = product.where(~bad)
+    columns["units"] = (
+        _number_column(src, "units", issues, low=1e-9, what="a number of units (> 0)")
+        if "units" in frame
+        else np.full(len(frame), np.nan)
+    )
+    return _assemble(src, columns)
+
+
 # ---------------------------------------------------------------------------------------------
 # Summary
 
@@ -1251,6 +1322,8 @@ def _summary_of(
         summary["analytes"] = {a: int(counts[a]) for a in units.ANALYTES if a in counts.index}
     summary["regimen_rows"] = len(regimens) if regimens is not None else None
     summary["outcomes"] = len(outcomes) if outcomes is not None else None
+    transfusions = frames.get("transfusions")
+    summary["transfusions"] = len(transfusions) if transfusions is not None else None
     summary["conversions"] = [
         {
             "analyte": analyte,

@@ -5,6 +5,12 @@ midnight of index_date - 3, at or before the index time; a date-only index cover
 day). Response is judged on PLT measured on calendar days 1..horizon after the index date, so a
 PLT on the index date is baseline, never response. Given outcomes win over derived labels.
 
+Rescue and follow-up (as TPO-RA trials require response "without rescue"): a PLT within
+`rescue_window_days` after a platelet transfusion never counts toward response; an episode that has
+not responded and has no PLT on or after day `horizon - 4` is not evaluable (excluded, with the day
+its follow-up ended); with `confirm_days`, a response counts only if the criterion still holds at
+the next PLT at least that many days later (an unconfirmable response is not evaluable).
+
 Everything is vectorised over episodes: per-patient PLT series are searched with one
 `np.searchsorted` on a (patient, time) key and the follow-up windows expanded with `np.repeat`.
 """
@@ -44,12 +50,24 @@ def no_followup_reason(horizon_days: int) -> str:
     return f"no PLT on days 1-{horizon_days} after the index date"
 
 
+def follow_up_ended_reason(day: int) -> str:
+    """Exclusion reason for an episode without response whose last PLT came before horizon - 4."""
+    return f"not evaluable: follow-up ended day {day}"
+
+
+def unconfirmed_reason(confirm_days: int) -> str:
+    """Exclusion reason for a response with no later PLT to confirm it."""
+    return f"not evaluable: response not confirmed (no PLT {confirm_days} or more days later)"
+
+
 @dataclass(frozen=True)
 class LabelDefinition:
     """A response criterion: PLT >= threshold, or PLT - baseline >= rise, on a day 1..horizon.
 
     `threshold` or `rise` may be None (criterion not used); `given_only` labels come from the
-    outcomes table only.
+    outcomes table only. `rescue_window_days`: a PLT within this many days after a platelet
+    transfusion never counts; `confirm_days` (None: off): the criterion must still hold at the
+    next PLT at least this many days after the responding one.
     """
 
     name: str
@@ -57,6 +75,8 @@ class LabelDefinition:
     rise: float | None
     horizon_days: int = 14
     given_only: bool = False
+    rescue_window_days: int = 3
+    confirm_days: int | None = None
 
     def __post_init__(self) -> None:
         if self.given_only:
@@ -69,6 +89,12 @@ class LabelDefinition:
             raise ValueError(f"label definition {self.name!r}: rise must be > 0")
         if not (isinstance(self.horizon_days, int) and 1 <= self.horizon_days <= 365):
             raise ValueError(f"label definition {self.name!r}: horizon must be 1-365 days")
+        if not (isinstance(self.rescue_window_days, int) and 0 <= self.rescue_window_days <= 60):
+            raise ValueError(f"label definition {self.name!r}: rescue window must be 0-60 days")
+        if self.confirm_days is not None and not (
+            isinstance(self.confirm_days, int) and 1 <= self.confirm_days <= 365
+        ):
+            raise ValueError(f"label definition {self.name!r}: confirm_days must be 1-365")
 
     def describe(self) -> str:
         """Plain-words criterion, e.g. for reports."""
@@ -79,7 +105,12 @@ class LabelDefinition:
             parts.append(f"PLT >= {self.threshold:g}")
         if self.rise is not None:
             parts.append(f"PLT - baseline >= {self.rise:g}")
-        return f"{' or '.join(parts)} x10^9/L on any day 1-{self.horizon_days} after the index date"
+        text = f"{' or '.join(parts)} x10^9/L on any day 1-{self.horizon_days} after the index date"
+        if self.rescue_window_days:
+            text += f", not within {self.rescue_window_days} days after a platelet transfusion"
+        if self.confirm_days is not None:
+            text += f", still met at the next PLT {self.confirm_days} or more days later"
+        return text
 
 
 DEFAULT_DEFINITION = "plt100_or_rise50_d14"
@@ -92,11 +123,15 @@ NAMED_DEFINITIONS: Mapping[str, LabelDefinition] = MappingProxyType(
     }
 )
 _CUSTOM = re.compile(r"^custom:(.*)$")
-_CUSTOM_KEYS = ("threshold", "rise", "horizon")
+_CUSTOM_KEYS = ("threshold", "rise", "horizon", "confirm_days", "rescue_window_days")
 
 
 def custom_definition(
-    threshold: float | None, rise: float | None, horizon_days: int = 14
+    threshold: float | None,
+    rise: float | None,
+    horizon_days: int = 14,
+    confirm_days: int | None = None,
+    rescue_window_days: int = 3,
 ) -> LabelDefinition:
     """A custom definition named so that `get_definition(definition.name)` gives it back."""
     parts = [
@@ -104,7 +139,18 @@ def custom_definition(
         f"rise={_fmt(rise)}",
         f"horizon={horizon_days}",
     ]
-    return LabelDefinition("custom:" + ",".join(parts), threshold, rise, horizon_days)
+    if confirm_days is not None:
+        parts.append(f"confirm_days={confirm_days}")
+    if rescue_window_days != 3:
+        parts.append(f"rescue_window_days={rescue_window_days}")
+    return LabelDefinition(
+        "custom:" + ",".join(parts),
+        threshold,
+        rise,
+        horizon_days,
+        rescue_window_days=rescue_window_days,
+        confirm_days=confirm_days,
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -114,8 +160,9 @@ def _fmt(value: float | None) -> str:
 def get_definition(name: str) -> LabelDefinition:
     """A named definition, `given`, or `custom:threshold=100,rise=50,horizon=14`.
 
-    In a custom name each key is optional (threshold and rise default to none, horizon to 14)
-    but at least one of threshold or rise is needed; `none` switches a criterion off.
+    In a custom name each key is optional (threshold and rise default to none, horizon to 14,
+    confirm_days to none, rescue_window_days to 3) but at least one of threshold or rise is
+    needed; `none` switches a criterion off.
 
     Raises:
         ValueError: unknown name or malformed custom definition (the message says which).
@@ -127,7 +174,7 @@ def get_definition(name: str) -> LabelDefinition:
     if not match:
         raise ValueError(
             f"unknown label definition {name!r}; use one of {', '.join(NAMED_DEFINITIONS)} "
-            "or custom:threshold=T,rise=R,horizon=D"
+            "or custom:threshold=T,rise=R,horizon=D[,confirm_days=N][,rescue_window_days=W]"
         )
     values: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in match.group(1).split(","))):
@@ -145,9 +192,12 @@ def get_definition(name: str) -> LabelDefinition:
         threshold = _parse_optional(values.get("threshold", "none"))
         rise = _parse_optional(values.get("rise", "none"))
         horizon = int(values.get("horizon", "14"))
+        confirm_text = values.get("confirm_days", "none")
+        confirm = None if confirm_text in ("", "none") else int(confirm_text)
+        rescue = int(values.get("rescue_window_days", "3"))
     except ValueError as exc:
         raise ValueError(f"bad number in label definition {name!r}: {exc}") from None
-    return custom_definition(threshold, rise, horizon)
+    return custom_definition(threshold, rise, horizon, confirm, rescue)
 
 
 def _parse_optional(text: str) -> float | None:
@@ -171,7 +221,7 @@ def derive_labels(cohort: Cohort, definition: LabelDefinition | str) -> pd.DataF
         definition = get_definition(definition)
     episodes = cohort.episodes
     n = len(episodes)
-    baseline, first_day, has_followup = _derive(cohort, definition)
+    baseline, first_day, has_followup, last_day, unconfirmed = _derive(cohort, definition)
 
     label = np.full(n, -1, dtype=np.int64)  # -1: no label
     exclusion = np.full(n, "", dtype=object)
@@ -189,6 +239,14 @@ def derive_labels(cohort: Cohort, definition: LabelDefinition | str) -> pd.DataF
         days[~derived] = np.nan
         exclusion[~has_baseline] = NO_BASELINE
         exclusion[has_baseline & ~has_followup] = no_followup_reason(definition.horizon_days)
+        no_response = derived & (first_day < 0)
+        pending = no_response & unconfirmed
+        if pending.any():
+            exclusion[pending] = unconfirmed_reason(int(definition.confirm_days or 0))
+        ended = no_response & ~pending & (last_day < definition.horizon_days - 4)
+        for day in np.unique(last_day[ended]):
+            exclusion[ended & (last_day == day)] = follow_up_ended_reason(int(day))
+        label[pending | ended] = -1
 
     if cohort.outcomes is not None and len(cohort.outcomes):
         given = (
@@ -218,8 +276,10 @@ def derive_labels(cohort: Cohort, definition: LabelDefinition | str) -> pd.DataF
 
 def _derive(
     cohort: Cohort, definition: LabelDefinition
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(baseline PLT or NaN, first response day or -1, any PLT on days 1..horizon) per episode."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per episode: baseline PLT or NaN; first (confirmed, rescue-free) response day or -1; any
+    PLT on days 1..horizon; the day of the last PLT in 1..horizon (-1 if none); whether a
+    responding count could not be confirmed for lack of a later PLT."""
     episodes = cohort.episodes
     n = len(episodes)
     labs = cohort.labs
@@ -228,8 +288,10 @@ def _derive(
     baseline = np.full(n, np.nan)
     first_day = np.full(n, -1, dtype=np.int64)
     has_followup = np.zeros(n, dtype=bool)
+    last_day = np.full(n, -1, dtype=np.int64)
+    unconfirmed = np.zeros(n, dtype=bool)
     if n == 0 or plt.empty:
-        return baseline, first_day, has_followup
+        return baseline, first_day, has_followup, last_day, unconfirmed
 
     # One code per patient shared by labs and episodes; episodes of patients without PLT get -1.
     lab_codes, uniques = pd.factorize(plt["patient_id"])
@@ -242,6 +304,7 @@ def _derive(
     lab_key = lab_key[order]
     lab_day = lab_day[order]
     lab_value = plt["value"].to_numpy(dtype=float)[order]
+    rescued = _after_transfusion(cohort, uniques, lab_key, origin, definition.rescue_window_days)
 
     index = episodes["index_date"].to_numpy().astype("datetime64[s]").astype(np.int64)
     index_day = np.floor_divide(index, 86_400)
@@ -269,24 +332,72 @@ def _derive(
     )
     counts = np.where(valid, hi - lo, 0)
     has_followup[:] = counts > 0
+    last_day[has_followup] = lab_day[hi[has_followup] - 1] - index_day[has_followup]
     total = int(counts.sum())
     if total == 0:
-        return baseline, first_day, has_followup
+        return baseline, first_day, has_followup, last_day, unconfirmed
     episode_of_row = np.repeat(np.arange(n), counts)
     starts = np.cumsum(counts) - counts
     rows = np.repeat(lo, counts) + (np.arange(total) - np.repeat(starts, counts))
-    values = lab_value[rows]
-    hit = np.zeros(total, dtype=bool)
-    if definition.threshold is not None:
-        hit |= values >= definition.threshold
-    if definition.rise is not None:
-        with np.errstate(invalid="ignore"):
-            hit |= values - baseline[episode_of_row] >= definition.rise
+
+    def meets(lab_rows: np.ndarray, episode: np.ndarray) -> np.ndarray:
+        values = lab_value[lab_rows]
+        hit = np.zeros(lab_rows.shape[0], dtype=bool)
+        if definition.threshold is not None:
+            hit |= values >= definition.threshold
+        if definition.rise is not None:
+            with np.errstate(invalid="ignore"):
+                hit |= values - baseline[episode] >= definition.rise
+        return hit & ~rescued[lab_rows]
+
+    hit = meets(rows, episode_of_row)
+    if definition.confirm_days is not None and hit.any():
+        cand = np.flatnonzero(hit)
+        ep_c = episode_of_row[cand]
+        later_day = lab_day[rows[cand]] + definition.confirm_days
+        nxt = np.searchsorted(lab_key, base_key[ep_c] + (later_day * 86_400 - origin), "left")
+        nxt_c = np.minimum(nxt, lab_key.shape[0] - 1)
+        # the confirming count belongs to this episode: no later than horizon + confirm_days
+        limit = index_day[ep_c] + definition.horizon_days + definition.confirm_days
+        exists = (
+            (nxt < lab_key.shape[0])
+            & (lab_key[nxt_c] // _PATIENT_STRIDE == ep_codes[ep_c])
+            & (lab_day[nxt_c] <= limit)
+        )
+        held = exists & meets(nxt_c, ep_c)
+        hit[cand] = held
+        unconfirmed[ep_c[~exists]] = True
     hit_episodes, first_hit = np.unique(episode_of_row[hit], return_index=True)
     first_day[hit_episodes] = (
         lab_day[rows[np.flatnonzero(hit)[first_hit]]] - index_day[hit_episodes]
     )
-    return baseline, first_day, has_followup
+    unconfirmed[hit_episodes] = False
+    return baseline, first_day, has_followup, last_day, unconfirmed
+
+
+def _after_transfusion(
+    cohort: Cohort, patients: pd.Index, lab_key: np.ndarray, origin: int, window_days: int
+) -> np.ndarray:
+    """Per sorted PLT row: drawn within `window_days` after a platelet transfusion (strictly
+    after it: a count drawn with the transfusion is the count that prompted it)."""
+    rescued = np.zeros(lab_key.shape[0], dtype=bool)
+    tx = getattr(cohort, "transfusions", None)
+    if tx is None or not len(tx) or window_days <= 0:
+        return rescued
+    tx = tx[(tx["product"].to_numpy() == "platelets") & tx["time"].notna().to_numpy()]
+    codes = pd.Index(patients).get_indexer(tx["patient_id"].to_numpy())
+    keep = codes >= 0
+    if not keep.any():
+        return rescued
+    tx_sec = tx["time"].to_numpy().astype("datetime64[s]").astype(np.int64)[keep]
+    tx_key = np.sort(
+        codes[keep].astype(np.int64) * _PATIENT_STRIDE + np.clip(tx_sec - origin, 0, None)
+    )
+    prev = np.searchsorted(tx_key, lab_key, side="left") - 1
+    prev_c = np.clip(prev, 0, None)
+    same = (prev >= 0) & (tx_key[prev_c] // _PATIENT_STRIDE == lab_key // _PATIENT_STRIDE)
+    rescued[:] = same & (lab_key - tx_key[prev_c] <= window_days * 86_400)
+    return rescued
 
 
 def attrition(labels: pd.DataFrame) -> dict[str, object]:

@@ -1,7 +1,14 @@
 """Friberg-type platelet dynamics and the hetrombopag effect, vectorised over patients.
 
-One function advances the state by one step; the cohort simulation and the oracle both call it, so
-the oracle re-simulates the post-index days with exactly the model that produced the data.
+The patient's own platelets follow a Friberg model (proliferating pool, transit compartments,
+circulating platelets, feedback) depressed by chemotherapy. Hetrombopag adds platelets on top: it
+raises the platelet output of the patient's own progenitors (`input = S(t) x pool`, S >= 0), and
+the added output matures through its own transit chain (same rate constants) into added
+circulating platelets. Transfused platelets are a third, decaying pool. The circulating count is
+the sum, so with the same patient, chemotherapy, transfusions and measurement noise a count with
+hetrombopag is never below the count without it (the untreated count is the same sum without the
+drug pool). One function advances each part by one step; the cohort simulation and the oracle both
+call them, so the oracle re-simulates the post-index days with exactly the model of the data.
 """
 
 from __future__ import annotations
@@ -21,6 +28,22 @@ class PlateletState:
 
     def take(self, index: np.ndarray) -> PlateletState:
         return PlateletState(self.prolif[index], [t[index] for t in self.transit], self.circ[index])
+
+
+@dataclass
+class DrugState:
+    """Platelets added by hetrombopag: maturing (one array per transit compartment) and
+    circulating, x10^9/L equivalents; all >= 0."""
+
+    transit: list[np.ndarray]
+    circ: np.ndarray
+
+    @classmethod
+    def zeros(cls, n: int, n_transit: int) -> DrugState:
+        return cls([np.zeros(n) for _ in range(n_transit)], np.zeros(n))
+
+    def take(self, index: np.ndarray) -> DrugState:
+        return DrugState([t[index] for t in self.transit], self.circ[index])
 
 
 @dataclass
@@ -75,22 +98,14 @@ def advance(
     state: PlateletState,
     params: PlateletParams,
     inhibition: np.ndarray | float,
-    stimulation: np.ndarray | None,
-    gain: np.ndarray | float,
-    ceiling: float,
     pool_max: float,
-    stimulated: np.ndarray | None = None,
 ) -> PlateletState:
-    """One exponential-Euler step of `params.dt` days (stable; rates frozen over the step).
+    """One exponential-Euler step of `params.dt` days of the patient's own platelets (stable;
+    rates frozen over the step).
 
     The feedback (Circ0/Circ)^gamma saturates at the patient's `feedback_max` (a depleted marrow
-    cannot amplify); the stimulation (hetrombopag binds the receptor apart from thrombopoietin, so
-    it adds to the feedback) and the episode's own marrow responsiveness `gain` together boost
-    proliferation by (1 + stimulation) * gain; a boost above 1 fades linearly to nothing as the
-    count approaches `ceiling` x Circ0, so counts stay bounded, and the progenitor niche is finite:
-    the pool never exceeds `pool_max` x its steady state. `gain` applies only with a stimulation
-    (during and after an episode). With `stimulated` (row indices), `stimulation` and `gain` are
-    given for those rows only (the others have none: the same as stimulation 0 and gain 1).
+    cannot amplify); chemotherapy multiplies proliferation by 1 - inhibition; the progenitor
+    niche is finite: the pool never exceeds `pool_max` x its steady state.
     """
     drive = params.log_circ0 - np.log(state.circ)
     drive *= params.gamma
@@ -98,16 +113,6 @@ def advance(
     np.minimum(drive, params.feedback_max, out=drive)  # the feedback
     if np.ndim(inhibition) or inhibition:
         drive *= 1.0 - inhibition
-    if stimulation is None:
-        if np.ndim(gain) or gain != 1.0:
-            drive *= gain
-    else:
-        rows = slice(None) if stimulated is None else stimulated
-        boost = (1.0 + stimulation) * gain - 1.0
-        fade = state.circ[rows] / (ceiling * params.circ0[rows])
-        np.subtract(1.0, fade, out=fade)
-        np.clip(fade, 0.0, 1.0, out=fade)
-        drive[rows] *= 1.0 + np.where(boost > 0.0, boost * fade, boost)
     drive -= 1.0
     drive *= params.ktr_dt
     np.exp(drive, out=drive)
@@ -130,13 +135,41 @@ def advance(
     return PlateletState(prolif, new_transit, circ)
 
 
+def advance_drug(
+    drug: DrugState,
+    params: PlateletParams,
+    stimulation: np.ndarray,
+    pool: np.ndarray,
+) -> DrugState:
+    """One step of the platelets added by hetrombopag (linear, so never negative).
+
+    The drug's added output `stimulation x pool` (stimulation >= 0, pool: the patient's own
+    proliferating pool, so a marrow at its nadir gains little) enters the first transit
+    compartment and matures with the patient's own rate constants; `params`, `stimulation` and
+    `pool` are given for the rows of `drug`.
+    """
+    upstream = stimulation * pool
+    new_transit = []
+    for compartment in drug.transit:
+        new = compartment - upstream
+        new *= params.decay_tr
+        new += upstream
+        new_transit.append(new)
+        upstream = compartment
+    target = params.transfer * upstream
+    circ = drug.circ - target
+    circ *= params.decay_circ
+    circ += target
+    return DrugState(new_transit, circ)
+
+
 def episode_envelope(
     days_since_index: np.ndarray,
     duration_days: float,
     onset_tau: float,
     offset_tau: float,
 ) -> np.ndarray:
-    """Time course (0..1) of the episode's effects: rises with `onset_tau`, decays after the course.
+    """Time course (0..1) of the drug's effect: rises with `onset_tau`, decays after the course.
 
     Zero before the index date (negative `days_since_index`).
     """
@@ -146,8 +179,12 @@ def episode_envelope(
     return np.where(tau >= 0.0, during * after, 0.0)
 
 
-def hetrombopag_emax(
-    logit_fixed: np.ndarray, eta: np.ndarray, emax_max: np.ndarray | float, omega: float
+def hetrombopag_stimulation(
+    sensitivity_fixed: np.ndarray, latent: np.ndarray, omega: float, cap: float, ceiling: float
 ) -> np.ndarray:
-    """Maximal relative increase of proliferation: logistic in sensitivity + omega * eta."""
-    return emax_max / (1.0 + np.exp(-(logit_fixed + omega * eta)))
+    """Maximal added platelet output per unit of pool, >= 0: the fixed part (marrow reserve,
+    exposure, frailty) times the patient's unexplained variation (a logistic function of
+    `omega x latent`, 1 at latent 0 and below `cap`), saturating below `ceiling` (a marrow
+    cannot make more than so many times its own platelets): s x ceiling / (ceiling + s)."""
+    raw = sensitivity_fixed * cap / (1.0 + (cap - 1.0) * np.exp(-omega * latent))
+    return raw * ceiling / (ceiling + raw)

@@ -1,67 +1,124 @@
-"""The oracle: each episode's exact probability of response given its pre-index state.
+"""The oracle: each episode's exact probability of response, with and without hetrombopag, given
+its pre-index state.
 
-After the index date the simulated course depends on (a) the pre-index state, fixed, and (b) three
-sources of randomness drawn fresh at the index date and independent of everything before it: the
-episode's responsiveness effect `eta ~ N(0, 1)` (it shifts hetrombopag sensitivity on the logit
-scale and the marrow's own production), the monitoring schedule (interval k
-in {2, 3, 4} days, first visit on day 1..k, each visit missed independently) and the measurement
-noise of each count. Given `eta` and a schedule, the probability that no measured count meets the
-default definition (PLT >= 100 or PLT - baseline >= 50 on days 1..14) is a product over visits of
-normal probabilities, exactly; the schedule is a finite mixture, summed exactly; `eta` is
-integrated by the midpoint rule on its quantiles. The stated error is |p(Q nodes) - p(Q/2 nodes)|.
+After the index date the simulated course depends on (a) the pre-index state, fixed, and (b)
+quantities not observable before the index date: the patient's unexplained responsiveness
+`u ~ N(0, 1)` (the oracle integrates over it: a first episode tells nothing about it), the
+monitoring schedule (interval k in {2, 3, 4} days, first visit on day 1..k, each visit missed
+independently, follow-up that may stop early) and the measurement noise of each count. The
+platelets added by hetrombopag are linear in its maximal stimulation Smax, so the counts of every
+node of `u` are `own(t) + Smax(u) x unit(t)` from two simulations per episode; untreated is
+Smax = 0. Given the counts and a schedule, the probability that no measured count meets the
+default definition is a product over visits of normal probabilities, exactly; so is the
+probability of being evaluable (a response, or a count on or after day horizon - 4). Schedules
+are a finite mixture, summed exactly; `u` is integrated by the midpoint rule on its quantiles.
+Platelet transfusions after the index date are not modelled here (see SIMULATOR.md). The stated
+error is |p(Q nodes) - p(Q/2 nodes)|.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr, ndtri
 
 from data.simulator_dynamics import (
+    DrugState,
     PlateletParams,
     PlateletState,
     advance,
+    advance_drug,
     episode_envelope,
-    hetrombopag_emax,
+    hetrombopag_stimulation,
 )
 from data.simulator_params import CarePattern, HetrombopagModel, LabModel, PlateletModel
 
 HORIZON_DAYS = 14
+LATE_FROM_DAY = HORIZON_DAYS - 4
 
 
 def quantile_nodes(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Midpoint rule on the probability scale: the standard-normal quantiles of (j - 1/2) / n.
-
-    Unlike Gauss-Hermite it stays accurate when the response probability jumps from 0 to 1 over
-    a narrow range of `eta` (an episode whose course is nearly decided by its state).
-    """
+    """Midpoint rule on the probability scale: the standard-normal quantiles of (j - 1/2) / n."""
     return ndtri((np.arange(n) + 0.5) / n), np.full(n, 1.0 / n)
 
 
-def _schedules(care: CarePattern) -> list[tuple[int, int, np.ndarray]]:
-    """(interval index, interval, visit mask over days 1..14) for every interval and offset."""
-    out = []
+@dataclass(frozen=True)
+class Schedules:
+    """Every monitoring schedule of days 1..14: an interval k, a first day 1..k and a last day
+    (the course's end, or an earlier stop), with its probability.
+
+    `masks` (days, schedules) marks the planned visits; `early` (days, k x first-day pairs) the
+    visits before day `LATE_FROM_DAY`; `pair` maps a schedule to its pair; `late_visits` counts
+    a schedule's visits on or after `LATE_FROM_DAY`; `weights` (2, schedules): the probability of
+    each schedule for baseline < 50 (dense monitoring) and otherwise. An episode lost before its
+    first visit has no schedule (its weight is left out: it is never evaluable).
+    """
+
+    masks: np.ndarray
+    early: np.ndarray
+    pair: np.ndarray
+    late_visits: np.ndarray
+    weights: np.ndarray
+
+
+def schedules(care: CarePattern) -> Schedules:
+    """The monitoring schedules of `care` and their probabilities."""
+    masks, pair, w_low, w_high, early = [], [], [], [], []
+    d_lo, d_hi = care.episode_dropout_day_range
+    stops = [(HORIZON_DAYS, 1.0 - care.episode_dropout_share)]
+    stops += [(d, care.episode_dropout_share / (d_hi - d_lo + 1)) for d in range(d_lo, d_hi + 1)]
+    kept = 1.0 - care.episode_lost_to_follow_up
     for j, k in enumerate(care.episode_interval_days):
         for offset in range(1, k + 1):
-            mask = np.zeros(HORIZON_DAYS, dtype=bool)
-            mask[np.arange(offset, HORIZON_DAYS + 1, k) - 1] = True
-            out.append((j, k, mask))
-    return out
+            first_days = np.arange(offset, HORIZON_DAYS + 1, k)
+            e = np.zeros(HORIZON_DAYS)
+            e[first_days[first_days < LATE_FROM_DAY] - 1] = 1.0
+            early.append(e)
+            for stop, share in stops:
+                mask = np.zeros(HORIZON_DAYS)
+                mask[first_days[first_days <= stop] - 1] = 1.0
+                masks.append(mask)
+                pair.append(len(early) - 1)
+                w = kept * share / k
+                w_low.append(care.episode_interval_shares_low[j] * w)
+                w_high.append(care.episode_interval_shares_high[j] * w)
+    m = np.stack(masks, axis=1)
+    late_visits = m[LATE_FROM_DAY - 1 :].sum(axis=0)
+    return Schedules(
+        m, np.stack(early, axis=1), np.asarray(pair), late_visits, np.stack([w_low, w_high])
+    )
 
 
-def _daily_counts(
+def daily_counts(
     state: PlateletState,
+    drug: DrugState,
+    transfused: np.ndarray,
     params: PlateletParams,
-    emax: np.ndarray,
-    production: np.ndarray,
+    marrow: tuple[np.ndarray, np.ndarray, np.ndarray],
     hetrombopag: HetrombopagModel,
     platelets: PlateletModel,
-) -> np.ndarray:
-    """True circulating PLT each morning of days 1..14, shape (rows, 14)."""
+    care: CarePattern,
+) -> tuple[np.ndarray, np.ndarray]:
+    """True PLT each morning of days 1..14 without hetrombopag, and the platelets added per unit
+    of Smax, each shape (rows, 14).
+
+    `marrow` = (untreated set point, lasting reserve, acute damage): the acute damage of the
+    last cycles heals day by day, raising the set point, as in the cohort simulation.
+    """
+    circ0_base, reserve, damage = marrow
+    damage = damage.copy()
+    healing = np.exp(-1.0 / platelets.reserve_recovery_days)
+    rows = np.arange(state.circ.shape[0])
     dt = platelets.dt_days
     steps = round(1.0 / dt)
-    out = np.empty((state.circ.shape[0], HORIZON_DAYS))
+    n = state.circ.shape[0]
+    own = np.empty((n, HORIZON_DAYS))
+    unit = np.empty((n, HORIZON_DAYS))
+    added = DrugState.zeros(n, len(drug.transit))
+    tx_decay = np.exp(-dt / care.transfused_platelet_mean_life_days)
+    zero = np.zeros(n)
     for day in range(HORIZON_DAYS):
         for sub in range(steps):
             envelope = episode_envelope(
@@ -70,25 +127,61 @@ def _daily_counts(
                 hetrombopag.onset_tau_days,
                 hetrombopag.offset_tau_days,
             )
-            state = advance(
-                state,
-                params,
-                0.0,
-                emax * envelope,
-                np.exp(production * envelope),
-                platelets.stimulation_ceiling,
-                platelets.pool_max,
-            )
-        out[:, day] = state.circ
-    return out
+            added = advance_drug(added, params, envelope * np.ones(n), state.prolif)
+            drug = advance_drug(drug, params, zero, state.prolif)
+            state = advance(state, params, 0.0, platelets.pool_max)
+            transfused = transfused * tx_decay
+        sick = damage < 0.9999
+        damage = np.where(sick, 1.0 - (1.0 - damage) * healing, damage)
+        r_now = reserve * damage
+        params.set_point(
+            rows[sick],
+            (circ0_base * r_now)[sick],
+            (1.0 + (platelets.feedback_max - 1.0) * r_now**platelets.feedback_max_reserve_exponent)[
+                sick
+            ],
+        )
+        own[:, day] = state.circ + drug.circ + transfused
+        unit[:, day] = added.circ
+    return own, unit
+
+
+def _evaluate(
+    counts: np.ndarray, threshold: np.ndarray, sch: Schedules, labs: LabModel, miss: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(respond), P(evaluable)) for both interval-share sets, shape counts.shape[:-1] + (2,).
+
+    Given the true counts, visit d shows no response with probability
+    q_d = miss + (1 - miss) P(noise keeps it below the threshold). A schedule responds with
+    1 - prod q_d; it is evaluable unless no count responds and no count is seen on or after
+    LATE_FROM_DAY: 1 - prod_early q_d x miss^(late visits).
+    """
+    if labs.plt_noise_sd_log > 0:
+        with np.errstate(over="ignore", divide="ignore"):  # a tiny noise gives +-inf: exact
+            below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
+    else:  # exact counts: below or not
+        below = (counts < threshold).astype(float)
+    log_not = np.log(miss + (1.0 - miss) * below)
+    no_response = np.exp(log_not @ sch.masks)
+    no_early = np.exp(log_not @ sch.early)
+    w = sch.weights.T  # (schedules, 2)
+    respond = w.sum(axis=0) - no_response @ w
+    # evaluable = 1 - no_early[pair] * miss^late (late_visits = 0 gives 1 - no_response there)
+    short = sch.late_visits == 0
+    evaluable = w[short].sum(axis=0) - no_response[..., short] @ w[short]
+    agg = np.zeros((sch.early.shape[1], 2))
+    np.add.at(agg, sch.pair[~short], w[~short] * (miss ** sch.late_visits[~short])[:, None])
+    evaluable += w[~short].sum(axis=0) - no_early @ agg
+    return respond, evaluable
 
 
 def oracle_probabilities(
     state: PlateletState,
+    drug: DrugState,
+    transfused: np.ndarray,
     params: PlateletParams,
-    logit_fixed: np.ndarray,
-    emax_cap: np.ndarray,
-    production_fixed: np.ndarray,
+    marrow: tuple[np.ndarray, np.ndarray, np.ndarray],
+    stim_fixed: np.ndarray,
     baseline_plt: np.ndarray,
     low_interval: np.ndarray,
     hetrombopag: HetrombopagModel,
@@ -96,60 +189,40 @@ def oracle_probabilities(
     labs: LabModel,
     platelets: PlateletModel,
     nodes: int,
-    chunk_rows: int = 24_576,
     progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probability of response under plt100_or_rise50_d14 and its numerical error, per episode.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p_response, p_response_untreated, numerical error) under plt100_or_rise50_d14.
 
     Args:
-        state, params: the exact platelet state and rate constants on the morning of the index date.
-        logit_fixed: hetrombopag sensitivity (logit scale) before the fresh episode effect `eta`.
-        emax_cap: the episode's maximal stimulation (limited by the marrow reserve).
-        production_fixed: log-multiplier of proliferation during the episode before `eta`.
+        state, drug, transfused: the exact platelet state on the morning of the index date.
+        stim_fixed: the episode's Smax before the patient's unexplained variation.
         baseline_plt: the measured (rounded) baseline count that the label compares against.
         low_interval: True where the baseline count selects the denser monitoring schedule.
     """
     x_full, w_full = quantile_nodes(nodes)
     x_half, w_half = quantile_nodes(max(nodes // 2, 2))
     x_all = np.concatenate([x_full, x_half])
-    n_nodes = x_all.shape[0]
-    w_full = w_full / w_full.sum()
-    w_half = w_half / w_half.sum()
-    schedules = _schedules(care)
-    visit_matrix = np.stack([mask for _, _, mask in schedules], axis=1).astype(float)
-    interval_index = np.array([j for j, _, _ in schedules])
-    interval_days = np.array([k for _, k, _ in schedules], dtype=float)
+    sch = schedules(care)
     miss = care.episode_visit_missed
-    n_ep = state.circ.shape[0]
-    p_full = np.empty(n_ep)
-    p_half = np.empty(n_ep)
-    per_chunk = max(chunk_rows // n_nodes, 1)
-    for start in range(0, n_ep, per_chunk):
-        idx = np.arange(start, min(start + per_chunk, n_ep))
-        rep = np.repeat(idx, n_nodes)
-        sub_state = state.take(rep)
-        sub_params = params.take(rep)
-        eta = np.tile(x_all, idx.shape[0])
-        emax = hetrombopag_emax(logit_fixed[rep], eta, emax_cap[rep], hetrombopag.eta_omega)
-        production = production_fixed[rep] + hetrombopag.production_kappa * eta
-        counts = _daily_counts(sub_state, sub_params, emax, production, hetrombopag, platelets)
-        counts = counts.reshape(idx.shape[0], n_nodes, HORIZON_DAYS)
-        threshold = np.minimum(99.5, baseline_plt[idx] + 49.5)[:, None, None]
-        below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
-        log_not_seen = np.log(miss + (1.0 - miss) * below)
-        # P(no responding count | eta, schedule) for every schedule at once
-        no_response = np.exp(log_not_seen @ visit_matrix)
-        shares = np.where(
-            low_interval[idx, None],
-            np.asarray(care.episode_interval_shares_low),
-            np.asarray(care.episode_interval_shares_high),
-        )
-        weight = shares[:, interval_index] / interval_days
-        respond = np.einsum("es,eqs->eq", weight, 1.0 - no_response)
-        labelled = weight @ (1.0 - miss ** visit_matrix.sum(axis=0))
-        nf = x_full.shape[0]
-        p_full[idx] = respond[:, :nf] @ w_full / labelled
-        p_half[idx] = respond[:, nf:] @ w_half / labelled
-        if progress is not None:
-            progress(idx.shape[0])
-    return p_full, np.abs(p_full - p_half)
+    own, unit = daily_counts(state, drug, transfused, params, marrow, hetrombopag, platelets, care)
+    rows = np.arange(own.shape[0])
+    which = np.where(low_interval, 0, 1)
+    threshold = np.minimum(99.5, baseline_plt + 49.5)[:, None]
+    resp0, eval0 = _evaluate(own, threshold, sch, labs, miss)
+    smax = hetrombopag_stimulation(
+        stim_fixed[:, None],
+        x_all[None, :],
+        hetrombopag.latent_omega,
+        hetrombopag.latent_cap,
+        hetrombopag.stimulation_ceiling,
+    )
+    counts = own[:, None, :] + smax[:, :, None] * unit[:, None, :]
+    resp, evaluable = _evaluate(counts, threshold[:, :, None], sch, labs, miss)
+    resp, evaluable = resp[rows, :, which], evaluable[rows, :, which]
+    nf = x_full.shape[0]
+    p_full = (resp[:, :nf] @ w_full) / (evaluable[:, :nf] @ w_full)
+    p_half = (resp[:, nf:] @ w_half) / (evaluable[:, nf:] @ w_half)
+    p_untreated = resp0[rows, which] / eval0[rows, which]
+    if progress is not None:
+        progress(state.circ.shape[0])
+    return p_full, p_untreated, np.abs(p_full - p_half)

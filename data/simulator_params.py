@@ -47,19 +47,20 @@ class PlateletModel:
     mtt_days_median: float = 6.0
     mtt_omega: float = 0.15
     n_transit: int = 3
-    gamma_median: float = 0.25
+    gamma_median: float = 0.10
     gamma_omega: float = 0.20
-    feedback_max: float = 4.0
+    feedback_max: float = 2.5
     feedback_max_reserve_exponent: float = 2.0
-    stimulation_ceiling: float = 2.5
     pool_max: float = 4.0
-    drug_sensitivity_omega: float = 0.35
-    potency_scale: float = 0.55
-    reserve_loss_scale: float = 6.0
+    drug_sensitivity_omega: float = 0.7
+    potency_scale: float = 0.35
+    reserve_loss_scale: float = 1.0
+    acute_damage_scale: float = 16.0
+    reserve_recovery_days: float = 150.0
     reserve_factor_marrow: float = 0.45
     circ0_factor_splenomegaly: float = 0.70
-    reserve_factor_radiotherapy: float = 0.70
-    reserve_loss_per_unobserved_line: float = 0.12
+    reserve_factor_radiotherapy: float = 0.6
+    reserve_loss_per_unobserved_line: float = 0.25
     asian_factor_tdm1: float = 1.8
     asian_factor_tdxd: float = 1.5
     dose_reduction_after_episode: float = 0.8
@@ -69,29 +70,39 @@ class PlateletModel:
 
 @dataclass(frozen=True)
 class HetrombopagModel:
-    """Hetrombopag stimulation of proliferation: E = Emax * onset(t) on top of the feedback."""
+    """Hetrombopag: added platelet output S(t) x own pool, S = Smax x envelope(t) >= 0.
 
-    emax_max: float = 1.5
-    emax_reserve_exponent: float = 1.0
-    logit_intercept: float = 0.5
+    Smax = emax_max x R^reserve_exponent x D^damage_exponent x exposure effect x frailty and
+    marrow factors x v(u), with R the lasting marrow reserve, D the acute damage of recent
+    cycles, u ~ N(0, 1) the patient's unexplained responsiveness (kept across the patient's
+    episodes) and v(u) = cap / (1 + (cap - 1) exp(-latent_omega u)) (1 at u = 0, below `cap`).
+    The exposure effect is a sigmoid Emax of the relative exposure (dose / reference dose x
+    hepatic and renal factors).
+    """
+
+    emax_max: float = 40.0
+    reserve_exponent: float = 3.5
+    damage_exponent: float = 1.0
+    # the drug's added output enters the transit chain at this compartment (0: the first)
+    entry_compartment: int = 1
     reference_dose_mg: float = 7.5
-    beta_log_dose: float = 0.8
     dose_mg_levels: tuple[float, float] = (5.0, 7.5)
     dose_mg_shares: tuple[float, float] = (0.45, 0.55)
+    ec50_relative_exposure: float = 1.25
+    exposure_hill: float = 3.0
+    exposure_bilirubin_exponent: float = 0.4
+    exposure_creatinine_exponent: float = 0.3
+    bilirubin_reference_umol: float = 9.0
+    creatinine_reference_umol: float = 60.0
+    factor_marrow: float = 0.5
+    factor_ecog_ge2: float = 0.25
+    factor_per_prior_line: float = 0.85
+    latent_omega: float = 6.0
+    latent_cap: float = 4.0
+    stimulation_ceiling: float = 8.0
     onset_tau_days: float = 2.0
     offset_tau_days: float = 3.0
     duration_days: int = 14
-    beta_marrow: float = -2.0
-    beta_radiotherapy: float = -1.5
-    beta_per_prior_line: float = -0.18
-    beta_gem_platinum: float = -1.8
-    beta_ecog_ge2: float = -0.3
-    beta_very_low_baseline: float = -2.0
-    very_low_baseline_plt: float = 30.0
-    eta_omega: float = 1.0
-    production_kappa: float = 1.2
-    production_very_low_baseline: float = -0.4
-    production_gem_platinum: float = -0.3
 
 
 @dataclass(frozen=True)
@@ -100,17 +111,18 @@ class CarePattern:
 
     cycle_start_min_plt: float = 100.0
     trigger_plt: float = 75.0
-    treat_share_pre_cycle: float = 0.85
-    treat_share_mid_cycle: float = 0.6
+    treat_share_pre_cycle: float = 0.15
+    treat_share_pre_cycle_below_50: float = 0.95
+    treat_share_mid_cycle: float = 0.4
     delay_days: int = 7
-    mid_cycle_check_share: float = 0.15
+    mid_cycle_check_share: float = 0.4
     mid_cycle_day_range: tuple[int, int] = (7, 13)
     # Routine nadir count (informs, never triggers: the decision waits for the pre-cycle count or
     # a clinically prompted mid-cycle check) and rechecks every 2-4 days while the last measured
     # count is below `recheck_below_plt`, up to the next decision.
     nadir_check_share: float = 0.8
     nadir_check_day_range: tuple[int, int] = (7, 14)
-    recheck_below_plt: float = 100.0
+    recheck_below_plt: float = 75.0
     recheck_interval_days: tuple[int, int, int] = (2, 3, 4)
     recheck_interval_shares: tuple[float, float, float] = (0.35, 0.40, 0.25)
     recheck_missed: float = 0.08
@@ -124,6 +136,17 @@ class CarePattern:
     episode_lost_to_follow_up: float = 0.03
     episode_follow_up_days_range: tuple[int, int] = (14, 21)
     repeat_course_share: float = 0.3
+    episode_dropout_share: float = 0.08
+    episode_dropout_day_range: tuple[int, int] = (3, 12)
+    # a count < 75 starts hetrombopag only if a cycle began within this many days (CTIT)
+    episode_max_days_since_cycle: int = 56
+    # platelet transfusion (CSCO 2018 bleeding-risk bands; policy a prior)
+    transfuse_below_plt: float = 10.0
+    transfuse_below_plt_bleeding_risk: float = 20.0
+    bleeding_risk_share: float = 0.3
+    transfusion_increment_plt: float = 25.0
+    transfused_platelet_mean_life_days: float = 3.0
+    red_cells_below_hgb: float = 70.0
     observation_after_first_episode_days: tuple[int, int] = (21, 240)
     horizon_days: int = 1500
 
@@ -261,6 +284,27 @@ REGIMENS: tuple[Regimen, ...] = (
     Regimen("nab-P+Pembro", ("nab-paclitaxel", "pembrolizumab"), 28, 6),
     Regimen("Olaparib", ("olaparib",), 28, 8),
 )
+# Toxicity of a regimen relative to the sum of its drugs (hazard and marrow damage), calibrated to
+# the per-regimen grade >= 3 rates of LITERATURE.md (e.g. cisplatin + gemcitabine 32.2% against
+# paclitaxel + gemcitabine 2.5% in CBCSG006); 1 where no figure is published.
+REGIMEN_TOXICITY: dict[str, float] = {
+    "GP": 0.6,
+    "GCb": 0.5,
+    "GT": 0.33,
+    "TCb": 0.7,
+    "EC": 0.5,
+    "X": 1.5,
+    "T-DM1": 0.75,
+    "T-DXd": 1.0,
+    "SG": 0.85,
+    "THP": 1.6,
+    "PyroX": 1.6,
+    "NH": 1.6,
+    "NX": 0.7,
+    "Palbo+AI": 1.1,
+    "Dalpi+F": 1.1,
+    "Abema+F": 1.1,
+}
 GEM_PLATINUM_REGIMENS: frozenset[str] = frozenset({"GP", "GCb"})
 
 # Choice of regimen by subtype and line (1, 2, 3, 4+): prior shaped on Chinese metastatic
@@ -276,8 +320,8 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "nab-P": 0.08,
             "EC": 0.08,
             "NX": 0.04,
-            "GCb": 0.05,
-            "GP": 0.05,
+            "GCb": 0.017,
+            "GP": 0.017,
         },
         {
             "Abema+F": 0.08,
@@ -287,9 +331,9 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "EC": 0.06,
             "NX": 0.08,
             "E": 0.08,
-            "GCb": 0.07,
-            "GP": 0.05,
-            "T-DXd": 0.10,
+            "GCb": 0.024,
+            "GP": 0.017,
+            "T-DXd": 0.14,
             "N": 0.05,
             "Olaparib": 0.02,
             "SG": 0.05,
@@ -299,10 +343,10 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
             "nab-P": 0.09,
             "NX": 0.08,
             "E": 0.14,
-            "GCb": 0.09,
-            "GP": 0.07,
+            "GCb": 0.031,
+            "GP": 0.024,
             "GT": 0.05,
-            "T-DXd": 0.13,
+            "T-DXd": 0.16,
             "SG": 0.12,
             "N": 0.08,
             "Olaparib": 0.02,
@@ -310,10 +354,10 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
         },
         {
             "E": 0.16,
-            "GCb": 0.10,
-            "GP": 0.08,
+            "GCb": 0.034,
+            "GP": 0.027,
             "GT": 0.06,
-            "T-DXd": 0.12,
+            "T-DXd": 0.15,
             "SG": 0.16,
             "N": 0.12,
             "X": 0.08,
@@ -324,14 +368,14 @@ LINE_WEIGHTS: dict[str, tuple[dict[str, float], ...]] = {
     "HER2+": (
         {"THP": 0.60, "NH": 0.10, "T-DXd": 0.10, "PyroX": 0.20},
         {"T-DXd": 0.40, "T-DM1": 0.20, "PyroX": 0.30, "NH": 0.10},
-        {"T-DM1": 0.30, "T-DXd": 0.20, "PyroX": 0.15, "NH": 0.15, "GCb": 0.10, "E": 0.10},
-        {"T-DM1": 0.20, "NH": 0.20, "E": 0.20, "GCb": 0.15, "GP": 0.10, "X": 0.15},
+        {"T-DM1": 0.30, "T-DXd": 0.20, "PyroX": 0.15, "NH": 0.15, "GCb": 0.034, "E": 0.10},
+        {"T-DM1": 0.20, "NH": 0.20, "E": 0.20, "GCb": 0.051, "GP": 0.034, "X": 0.15},
     ),
     "TNBC": (
-        {"nab-P+Pembro": 0.25, "GP": 0.25, "TCb": 0.15, "GCb": 0.15, "T": 0.10, "EC": 0.10},
-        {"SG": 0.30, "GP": 0.15, "GCb": 0.10, "E": 0.15, "X": 0.10, "nab-P": 0.10, "NX": 0.10},
-        {"SG": 0.20, "E": 0.20, "GCb": 0.15, "GP": 0.10, "X": 0.15, "N": 0.10, "T-DXd": 0.10},
-        {"E": 0.20, "N": 0.20, "X": 0.20, "GCb": 0.15, "SG": 0.15, "T-DXd": 0.10},
+        {"nab-P+Pembro": 0.25, "GP": 0.085, "TCb": 0.15, "GCb": 0.051, "T": 0.10, "EC": 0.10},
+        {"SG": 0.30, "GP": 0.051, "GCb": 0.034, "E": 0.15, "X": 0.10, "nab-P": 0.10, "NX": 0.10},
+        {"SG": 0.20, "E": 0.20, "GCb": 0.051, "GP": 0.034, "X": 0.15, "N": 0.10, "T-DXd": 0.14},
+        {"E": 0.20, "N": 0.20, "X": 0.20, "GCb": 0.051, "SG": 0.15, "T-DXd": 0.14},
     ),
 }
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from data.simulator_dynamics import hetrombopag_emax
+from data.simulator_dynamics import hetrombopag_stimulation
 from data.simulator_params import (
     ANALYTE_ORDER,
     INTERNATIONAL_SITES,
@@ -70,9 +70,22 @@ PATIENT_FIELDS = (
     "birth_jitter",
     "circ0",
     "psi",
+    "latent",
+    "alt0",
+    "tbil0",
+    "crea0",
 )
 # Columns of a blood draw kept for writing `labs.csv`.
-VISIT_FIELDS = ("cand", "day", "minute", "profile", "shown", "present")
+VISIT_FIELDS = (
+    "cand",
+    "day",
+    "minute",
+    "profile",
+    "shown",
+    "present",
+    "transfusion",
+    "red_cells",
+)
 
 
 @dataclass
@@ -176,9 +189,7 @@ class CohortRecords:
         anc_i = lm.anc_median * np.exp(lm.anc_omega * z[0])
         lymph_i = lm.lymph_median * np.exp(0.3 * z[1])
         hgb_i = lm.hgb_mean + lm.hgb_sd * z[2]
-        alt_i = lm.alt_median * np.exp(lm.alt_omega * z[3])
-        tbil_i = lm.tbil_median * np.exp(lm.tbil_omega * z[4])
-        crea_i = lm.crea_median * np.exp(lm.crea_omega * z[5])
+        alt_i, tbil_i, crea_i = p["alt0"], p["tbil0"], p["crea0"]
         alb_i = lm.alb_mean + lm.alb_sd * z[6]
         c = v["cand"]
         ratio = np.clip(v["prolif_ratio"], 0.05, 1.3)
@@ -209,7 +220,6 @@ class CohortRecords:
         )
         crea = (
             crea_i[c]
-            * (1.0 + lm.crea_per_year_over_50 * (p["age"][c] - 50.0))
             * np.where(reg == "GP", lm.crea_cisplatin_factor, 1.0)
             * np.exp(lm.crea_noise_sd_log * e[6])
         )
@@ -246,6 +256,7 @@ class CohortRecords:
             "ALB": chem & (u[2] >= lm.alb_missing),
         }
         v["minute"] = (7 * 60 + u[3] * 240).astype(np.int64)
+        v["red_cells"] = values["HGB"] < config.parameters.care.red_cells_below_hgb
         v["profile"] = _site_profiles(p["site"][c], p["start_offset"][c] + v["day"])
         v["shown"] = _as_shown(values, v["profile"])
         v["present"] = np.stack([present[a] for a in ANALYTE_ORDER], axis=1)
@@ -271,7 +282,7 @@ def _as_shown(values: dict[str, np.ndarray], profile: np.ndarray) -> np.ndarray:
 
 
 _CSV_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
-TABLES = ("patients", "episodes", "labs", "regimens", "oracle")
+TABLES = ("patients", "episodes", "labs", "regimens", "transfusions", "oracle")
 _LAB_CHUNK_VISITS = 100_000
 
 
@@ -309,7 +320,7 @@ class CohortWriter:
         # written: an interrupted run never leaves a smaller cohort that looks complete.
         self._out_dir = out_dir
         self._staging = Path(tempfile.mkdtemp(prefix=".simulating-", dir=out_dir))
-        self.paths = {name: self._staging / f"{name}.csv" for name in TABLES}
+        self.paths = {name: self._staging / f"{name}.csv" for name in (*TABLES, "population")}
         self._config = config
         self._epoch = np.datetime64(f"{config.start_year}-01-01")
         ids = sorted(opaque_ids("PT", np.arange(config.n_patients), config.seed, 1))
@@ -347,6 +358,26 @@ class CohortWriter:
             writer.close()
         self._writers.clear()
 
+    def write_population(self, counts: dict[str, np.ndarray], n_candidates: int) -> None:
+        """`population.csv`: per regimen and ancestry, the courses of the whole simulated
+        population (before keeping the patients with an episode) and how many reached a
+        measured PLT below 50, 75 and 100 x10^9/L."""
+        n_reg = len(REGIMENS)
+        codes = [r.code for r in REGIMENS]
+        table = pa.table(
+            {
+                "regimen": pa.array(codes * 2),
+                "asian": pa.array(["false"] * n_reg + ["true"] * n_reg),
+                "courses": pa.array(counts["courses"], type=pa.int64()),
+                "below_50": pa.array(counts["below_50"], type=pa.int64()),
+                "below_75": pa.array(counts["below_75"], type=pa.int64()),
+                "below_100": pa.array(counts["below_100"], type=pa.int64()),
+                "candidates": pa.array([n_candidates] * (2 * n_reg), type=pa.int64()),
+                "treated": pa.array([int(counts["treated"][0])] * (2 * n_reg), type=pa.int64()),
+            }
+        )
+        pacsv.write_csv(table, self.paths["population"], write_options=_CSV_OPTIONS)
+
     def write(self, records: CohortRecords) -> None:
         """Append the rows of the next `records.n_patients` patients."""
         n, n_ep = records.n_patients, records.n_episodes
@@ -366,6 +397,7 @@ class CohortWriter:
         self._put("regimens", self._regimens_table(records, pid))
         self._put("oracle", self._oracle_table(records, eid).take(ep_order))
         self._write_labs(records, pid)
+        self._put("transfusions", self._transfusions_table(records, pid))
         self._n_patients += n
         self._n_episodes += n_ep
 
@@ -431,22 +463,24 @@ class CohortWriter:
         return table.take(np.lexsort((cy["day"], cy["cand"])))
 
     def _oracle_table(self, records: CohortRecords, eid: pa.Array) -> pa.Table:
-        """p_response, its numerical error and the latent parameters per episode."""
+        """p_response with and without hetrombopag, the numerical error and the latent
+        parameters per episode."""
         ep, p = records.episodes, records.patients
         hp = self._config.parameters.hetrombopag
-        emax = hetrombopag_emax(ep["logit_fixed"], ep["eta"], ep["emax_cap"], hp.eta_omega)
+        smax = hetrombopag_stimulation(
+            ep["stim_fixed"], ep["latent"], hp.latent_omega, hp.latent_cap, hp.stimulation_ceiling
+        )
         return pa.table(
             {
                 "episode_id": eid,
                 "p_response": np.round(records.oracle["p_response"], 6),
+                "p_response_untreated": np.round(records.oracle["p_response_untreated"], 6),
                 "p_response_se": np.round(records.oracle["p_response_se"], 8),
-                "eta_sensitivity": np.round(ep["eta"], 6),
-                "hetrombopag_emax": np.round(emax, 6),
-                "sensitivity_logit_fixed": np.round(ep["logit_fixed"], 6),
-                "production_log_multiplier": np.round(
-                    ep["prod_fixed"] + hp.production_kappa * ep["eta"], 6
-                ),
-                "plt_true_at_index": np.round(ep["circ"], 4),
+                "latent_responsiveness": np.round(ep["latent"], 6),
+                "hetrombopag_smax": np.round(smax, 6),
+                "hetrombopag_smax_fixed": np.round(ep["stim_fixed"], 6),
+                "relative_exposure": np.round(ep["exposure"], 6),
+                "plt_true_at_index": np.round(ep["circ"] + ep["dcirc"] + ep["transfused"], 4),
                 "prolif_ratio_at_index": np.round(
                     ep["prolif"] * ep["ktr"] / (ep["kcirc"] * ep["circ0"]), 6
                 ),
@@ -457,7 +491,41 @@ class CohortWriter:
                 "mtt_days": np.round(4.0 / ep["ktr"], 6),
                 "feedback_gamma": np.round(ep["gamma"], 6),
                 "drug_sensitivity": np.round(ep["psi"], 6),
+                "days_since_cycle": ep["days_since_cycle"],
                 "lost_to_follow_up": _bool_column(ep["lost"]),
+                "dropout_day": ep["dropout_day"],
+            }
+        )
+
+    def _transfusions_table(self, records: CohortRecords, pid: pa.Array) -> pa.Table:
+        """Platelet and red-cell transfusions, two hours after the count that prompted them."""
+        v, p = records.visits, records.patients
+        rows, products = [], []
+        for flag, product in ((v["transfusion"], "platelets"), (v["red_cells"], "red_cells")):
+            idx = np.flatnonzero(flag)
+            rows.append(idx)
+            products.append(np.full(idx.shape[0], product, dtype=object))
+        idx = np.concatenate(rows)
+        product = np.concatenate(products)
+        cand = v["cand"][idx]
+        abs_day = p["start_offset"][cand] + v["day"][idx]
+        minute = np.minimum(v["minute"][idx] + 120, 24 * 60 - 1)
+        order = np.lexsort((product, minute, abs_day, cand))
+        idx, cand, abs_day, minute, product = (
+            a[order] for a in (idx, cand, abs_day, minute, product)
+        )
+        dates = (self._epoch + abs_day.astype("timedelta64[D]")).astype("datetime64[D]")
+        times = pc.binary_join_element_wise(
+            pa.array(dates.astype(str), type=pa.string()),
+            self._minute_text.take(pa.array(minute, type=pa.int64())),
+            "",
+        )
+        return pa.table(
+            {
+                "patient_id": pid.take(pa.array(cand, type=pa.int64())),
+                "time": times,
+                "product": pa.array(product, type=pa.string()),
+                "units": pa.array(np.ones(idx.shape[0], dtype=np.int64)),
             }
         )
 

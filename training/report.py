@@ -346,7 +346,8 @@ def _cohort_facts(result: TrainResult) -> list[tuple[str, str]]:
         sites = sorted(subgroups.loc[subgroups["subgroup"] == "site", "level"].astype(str).unique())
         if sites:
             facts.append(("Sites", f"{len(sites)}: {', '.join(sites)}"))
-    skip = {"tables", "conversions", "outcomes"}
+    facts += _simulation_facts(summary)
+    skip = {"tables", "conversions", "outcomes", "simulation"}
     # The cohort summary counts the whole cohort; the rows above count the labelled episodes.
     whole = {"Patients": "Patients in the cohort (all)", "Episodes": "Episodes in the cohort (all)"}
     for key, value in _flatten({k: v for k, v in summary.items() if k not in skip}):
@@ -354,6 +355,41 @@ def _cohort_facts(result: TrainResult) -> list[tuple[str, str]]:
             facts.append((whole.get(key, f"{key} (whole cohort)"), _fmt(value)))
     facts[1] = ("Patients with a labelled episode", facts[1][1])
     return facts
+
+
+def _simulation_facts(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The simulator's true response with and without hetrombopag (oracle.csv), if simulated."""
+    sim = summary.get("simulation")
+    if not isinstance(sim, Mapping) or "response_untreated" not in sim:
+        return []
+    return [
+        (
+            "Simulated response with hetrombopag (true probability, all episodes)",
+            f"{100 * float(sim['response_with_hetrombopag']):.1f}%",
+        ),
+        (
+            "Simulated response without it (same episodes, same label definition)",
+            f"{100 * float(sim['response_untreated']):.1f}%",
+        ),
+        ("Simulated mean benefit of hetrombopag", f"{float(sim['mean_benefit']):.3f}"),
+    ]
+
+
+def _single_arm_limitation(summary: Mapping[str, Any]) -> str:
+    """What single-arm response labels cannot tell."""
+    text = (
+        "Response labels come from treated episodes only (no untreated comparison): a PLT rise "
+        "after hetrombopag cannot be told apart from spontaneous recovery after the "
+        "chemotherapy nadir, so the model predicts response under treatment, not the benefit "
+        "of treatment, and a high score does not mean the drug is needed."
+    )
+    sim = summary.get("simulation")
+    if isinstance(sim, Mapping) and "response_untreated" in sim:
+        text += (
+            f" In this simulated cohort {100 * float(sim['response_untreated']):.0f}% of episodes "
+            "would have met the definition without the drug."
+        )
+    return text
 
 
 def _has_index_dates(result: TrainResult) -> bool:
@@ -919,6 +955,7 @@ def _limitations(
             f"Global SHAP plots use a seeded sample of {n_explained:,} of {len(X):,} episodes."
         )
     summary = result.cohort_summary or {}
+    items.append(_single_arm_limitation(summary))
     if any("simulat" in str(v).lower() for v in _flatten_values(summary)) or _config(
         result, "cohort", "simulate"
     ):

@@ -77,8 +77,10 @@ def test_labels_writes_the_csv_and_prints_the_attrition(cohort_dir: Path, tmp_pa
         "days_to_response",
         "exclusion",
     ]
-    assert written["label"].astype(str).tolist() == ["1", "1", "0", "", "1"]
-    assert "responders" in result.output and "75.0%" in result.output
+    # E-3 has not responded and its last PLT is on day 5: not evaluable (data.labels)
+    assert written["label"].astype(str).tolist() == ["1", "1", "", "", "1"]
+    assert written["exclusion"].tolist()[2] == "not evaluable: follow-up ended day 5"
+    assert "responders" in result.output and "100.0%" in result.output
 
 
 def test_labels_with_another_definition(cohort_dir: Path, tmp_path: Path) -> None:
@@ -87,8 +89,9 @@ def test_labels_with_another_definition(cohort_dir: Path, tmp_path: Path) -> Non
         app, ["labels", str(cohort_dir), "--definition", "plt100_d14", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert pd.read_csv(out)["label"].tolist()[:3] == [1, 0, 0]
-    assert "50.0%" in result.output
+    labels = pd.read_csv(out)["label"].tolist()[:3]
+    assert labels[0] == 1 and pd.isna(labels[1]) and pd.isna(labels[2])  # E-2, E-3 not evaluable
+    assert "100.0%" in result.output
 
 
 def test_labels_errors_are_clean(cohort_dir: Path, tmp_path: Path) -> None:

@@ -80,6 +80,8 @@ def make_signal_tables(n_patients: int = 160, seed: int = 0) -> dict[str, pd.Dat
                 (p, _day(index, -1), "HGB", float(rng.normal(100, 15)), "g/L"),
                 (p, _day(index, -1), "ALB", float(rng.normal(38, 4)), "g/L"),
                 (p, _day(index, 7), "PLT", 130.0 if responds else plt0 + 10, "10*9/L"),
+                # a count on day 12 keeps non-responders evaluable (data.labels: day >= 10)
+                (p, _day(index, 12), "PLT", 140.0 if responds else plt0 + 12, "10*9/L"),
             ]
     return {
         "patients": patients,

@@ -76,7 +76,13 @@ def contract_tables(n: int, seed: int, plt_effect: float = 0.06) -> dict[str, pd
             (pid, (t0 - day).isoformat(), "PLT", baseline[i], "10*9/L"),
             (pid, (t0 - day).isoformat(), "HGB", rng.normal(100, 12), "g/L"),
             (pid, (t0 - day).isoformat(), "ANC", rng.lognormal(0.9, 0.3), "10*9/L"),
-            (pid, (t0 + 7 * day).isoformat(), "PLT", round(after), "10*9/L"),
+            (
+                pid,
+                (t0 + 11 * day).isoformat(),
+                "PLT",
+                round(after),
+                "10*9/L",
+            ),  # evaluable: >= day 10
         ]
     labs = pd.DataFrame(rows, columns=["patient_id", "time", "test", "value", "unit"])
     regimens = pd.DataFrame(
