@@ -676,7 +676,10 @@ def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_
     interval = find(By.ID, "result-interval").text
     assert f"{percent(low)} to {percent(high)}" in interval
     assert answer["band"] in find(By.ID, "result-band").text.lower()
-    warnings = [li.text for li in find(By.ID, "result-warnings").find_elements(By.TAG_NAME, "li")]
+    warnings = [
+        " ".join(li.get_attribute("textContent").split())
+        for li in find(By.ID, "result-warnings").find_elements(By.TAG_NAME, "li")
+    ]
     assert warnings == [" ".join(w["message"].split()) for w in answer["warnings"]]
     factors = [li.text for li in find(By.ID, "result-factors").find_elements(By.TAG_NAME, "li")]
     assert factors == [" ".join(f["text"].split()) for f in answer["top_factors"]]
