@@ -173,3 +173,26 @@ def decision_curve(oof: pd.DataFrame, config: EvaluationConfig) -> pd.DataFrame:
         pd.DataFrame({"threshold": thresholds, "model": "treat_none", "net_benefit": 0.0})
     )
     return pd.concat(frames, ignore_index=True)
+
+
+COMPARATORS = {"logreg": "p_logreg", "plt_baseline": "p_plt"}
+
+
+def paired_comparison(
+    oof: pd.DataFrame, config: EvaluationConfig
+) -> dict[str, dict[str, dict[str, float]]]:
+    """XGBoost minus each comparator on the same episodes: AUROC and Brier differences with
+    paired patient-bootstrap 95% CIs (`{comparator: {"auroc_diff": {...}, "brier_diff": {...}}}`)."""
+    p_xgb, y, ids = prediction_matrix(oof, "p_xgb")
+    groups = oof.drop_duplicates("episode_id").set_index("episode_id").loc[ids, "patient_id"]
+    weights = m.bootstrap_weights(groups.to_numpy(), config.n_bootstrap, config.bootstrap_seed)
+    out = {}
+    for name, column in COMPARATORS.items():
+        p_other, _, other_ids = prediction_matrix(oof, column)
+        if other_ids != ids:
+            raise ValueError(f"{name} was not predicted on the same episodes as XGBoost")
+        out[name] = {
+            "auroc_diff": m.paired_difference(m.auroc, y, p_xgb, p_other, weights),
+            "brier_diff": m.paired_difference(m.brier, y, p_xgb, p_other, weights),
+        }
+    return out
