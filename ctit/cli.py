@@ -8,6 +8,7 @@ import typer
 from ctit import (
     cmd_data,
     cmd_demo,
+    cmd_evaluate,
     cmd_features,
     cmd_report,
     cmd_serve,
@@ -39,5 +40,14 @@ def main(
     )
 
 
-for module in (cmd_data, cmd_simulate, cmd_features, cmd_train, cmd_report, cmd_serve, cmd_demo):
+for module in (
+    cmd_data,
+    cmd_simulate,
+    cmd_features,
+    cmd_train,
+    cmd_evaluate,
+    cmd_report,
+    cmd_serve,
+    cmd_demo,
+):
     module.register(app)

@@ -168,12 +168,22 @@ def register(app: typer.Typer) -> None:
                 "other data (no head-to-head comparison is possible then).",
             ),
         ] = False,
+        evaluation_run: Annotated[
+            str | None,
+            typer.Option(
+                "--evaluation-run",
+                help="Run id of a `ctit evaluate` run of the candidate that must also pass the "
+                "gates on its cohort (external or temporal validation).",
+            ),
+        ] = None,
     ) -> None:
         """Move @champion to @candidate if it passes the experiment's gates (exit 1 if not).
 
-        The gates come from the candidate's experiment ([promotion]). The candidate is compared
-        with the current champion on the out-of-fold metrics both runs logged, only when both
-        were evaluated on the same data fingerprint and label definition.
+        The gates come from the candidate's experiment ([promotion]) and judge the deployed
+        procedure's out-of-fold figures: AUROC lower bound, calibration slope, and no loss to
+        the comparators (paired bootstrap). The candidate is compared with the current champion
+        on the out-of-fold metrics both runs logged, only when both were evaluated on the same
+        data fingerprint and label definition.
         """
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -184,7 +194,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
         try:
-            decision = run_promotion(name, MlflowClient(), allow_new_data=allow_new_data)
+            decision = run_promotion(
+                name, MlflowClient(), allow_new_data=allow_new_data, evaluation_run=evaluation_run
+            )
         except PromotionError as error:
             raise _fail(Console(stderr=True), str(error), 1) from None
         for gate in decision.gates:

@@ -323,6 +323,12 @@ def log_result(
     for stage in ("raw", "calibrated"):
         for name, value in (final_cal.get(stage) or {}).items():
             extra[f"final_inner_oof.{stage}.{name}"] = value
+    for name, diffs in ((result.tuning or {}).get("comparison") or {}).items():
+        for metric, values in diffs.items():
+            key = f"xgboost_minus_{name}.{metric}"
+            extra[key] = values["estimate"]
+            extra[f"{key}.low"] = values["low"]
+            extra[f"{key}.high"] = values["high"]
     run.log_metrics(result.metrics, extra)
     progress("tracking", 1, steps)
     with tempfile.TemporaryDirectory(prefix="ctit-train-") as tmp:
