@@ -207,4 +207,3 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path) -> None:
         ],
     )
     assert label.exit_code == 1 and "no_such_label" in label.output
-

@@ -34,7 +34,7 @@ def test_stored_comparators_predict_as_the_pipelines(seed: int) -> None:
         return
     fitted = comparators.fit_all(X, y)
     test, _ = _frame(seed + 1, n=30)
-    for name, pipeline in fitted.items():
+    for pipeline in fitted.values():
         spec = comparators.to_dict(pipeline, list(X.columns))
         np.testing.assert_allclose(
             comparators.predict_from_dict(spec, test),
