@@ -107,15 +107,18 @@ class RecordBatch:
             origins["patients"].append((i, ("patient",)))
             for j, episode in enumerate(request.all_episodes()):
                 eid = episode.episode_id if keep_ids else f"r{i}e{j}"
-                row = {
-                    "episode_id": eid,
-                    "patient_id": pid,
-                    "index_date": episode.index_date.isoformat(),
-                    "age_years": episode.age_years,
-                    "dose_mg": episode.dose_mg,
-                }
+                row = _present(
+                    {
+                        "episode_id": eid,
+                        "patient_id": pid,
+                        "index_date": episode.index_date.isoformat(),
+                        "age_years": episode.age_years,
+                        "dose_mg": episode.dose_mg,
+                    }
+                )
+                # Extra fields stay even when null: a model's extra_static column must exist.
                 row.update(episode.model_extra or {})
-                tables["episodes"].append(_present(row))
+                tables["episodes"].append(row)
                 origins["episodes"].append(
                     (i, ("episode",) if request.episode is not None else ("episodes", j))
                 )

@@ -206,6 +206,7 @@ def fit_experiment(
             "n_training_episodes": int(len(y)),
             "cohort_summary": cohort_summary,
             "procedure": procedure.describe(settings),
+            "extra_fields": _extra_fields(config, cohort),
             "comparators": {
                 name: comparators.to_dict(fitted, list(X.columns))
                 for name, fitted in fitted_comparators.items()
@@ -257,6 +258,18 @@ def fit_experiment(
         },
     )
     return result, cv
+
+
+def _extra_fields(config: ExperimentConfig, cohort: Cohort) -> dict[str, list[str]]:
+    """Where each extra input of the experiment lives in a scoring record (episodes first, as
+    the feature code looks them up)."""
+    episode = [c for c in config.features.extra_static if c in cohort.episodes.columns]
+    patient = [c for c in config.features.extra_static if c not in episode]
+    return {
+        "patient": patient,
+        "episode": episode,
+        "analytes": list(config.features.extra_analytes),
+    }
 
 
 def _feature_config(config: ExperimentConfig) -> FeatureConfig:
