@@ -275,6 +275,31 @@ def _clinical_specs() -> list[FeatureSpec]:
     ]
 
 
+def _prior_specs() -> list[FeatureSpec]:
+    """The previous episode's platelet course (features.prior; opt-in family `prior_episode`)."""
+    return [
+        FeatureSpec(
+            "prior_plt_max_d14",
+            "10*9/L",
+            "highest platelet count in days 1-14 after the patient's previous hetrombopag start, "
+            "as seen by the index date",
+            "platelet_history",
+        ),
+        FeatureSpec(
+            "prior_plt_rise_d14",
+            "10*9/L",
+            "that highest count minus the previous episode's baseline platelet count",
+            "platelet_history",
+        ),
+        FeatureSpec(
+            "days_since_prior_episode",
+            "days",
+            "days from the previous hetrombopag start to this index date",
+            "platelet_history",
+        ),
+    ]
+
+
 def _extra_specs() -> list[FeatureSpec]:
     return [
         FeatureSpec(
@@ -300,7 +325,7 @@ def _extra_specs() -> list[FeatureSpec]:
 
 def _build() -> MappingProxyType[str, FeatureSpec]:
     specs = _lab_specs() + _platelet_specs() + _regimen_specs() + _clinical_specs()
-    specs += _extra_specs()
+    specs += _prior_specs() + _extra_specs()
     registry: dict[str, FeatureSpec] = {}
     for spec in specs:
         if spec.name in registry:
