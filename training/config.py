@@ -166,7 +166,8 @@ class PromotionConfig(_Section):
     slope_band: tuple[float, float] = (0.8, 1.2)
     # Not worse than the comparators: the paired-bootstrap lower 95% bound of the AUROC difference
     # (candidate minus comparator, same out-of-fold episodes) must be above -comparator_margin.
-    comparators: tuple[Literal["logreg", "plt_baseline"], ...] = ("logreg", "plt_baseline")
+    # The baseline-PLT rule may be added; logistic regression is the one a booster must beat.
+    comparators: tuple[Literal["logreg", "plt_baseline"], ...] = ("logreg",)
     comparator_margin: float = Field(0.01, ge=0, le=1)
     max_auroc_drop: float = Field(0.0, ge=0, le=1)
     max_brier_increase: float = Field(0.0, ge=0, le=1)
