@@ -198,3 +198,50 @@ def test_a_run_without_the_comparison_is_an_error_not_a_pass(name) -> None:
     client.set_registered_model_alias(name, "candidate", version.version)
     with pytest.raises(PromotionError, match="xgboost_minus_logreg.auroc_diff"):
         promote(name)
+
+
+def _evaluation_run(name: str, version: str, slope: float, vs_logreg=WIN) -> str:
+    """A run as `ctit evaluate` logs it."""
+    diff, diff_low, diff_high = vs_logreg
+    with mlflow.start_run() as run:
+        mlflow.set_tags(
+            {
+                "ctit.run_kind": "evaluation",
+                "ctit.model_name": name,
+                "ctit.model_version": version,
+                "ctit.cohort": "later",
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "xgboost.auroc.low": 0.7,
+                "xgboost.calibration_slope": slope,
+                "xgboost_minus_logreg.auroc_diff": diff,
+                "xgboost_minus_logreg.auroc_diff.low": diff_low,
+                "xgboost_minus_logreg.auroc_diff.high": diff_high,
+            }
+        )
+    return run.info.run_id
+
+
+def test_a_named_external_evaluation_must_pass(name) -> None:
+    v1 = _candidate(name, auroc=0.78, low=0.74, slope=1.0, brier=0.17)
+    bad = _evaluation_run(name, v1, slope=1.4)
+    decision = promote(name, evaluation_run=bad)
+    assert not decision.promoted
+    assert [g.name for g in decision.failed] == ["external_calibration_slope"]
+    assert "external calibration slope 1.400" in decision.failed[0].detail
+    assert "on later" in decision.failed[0].detail
+    other = _evaluation_run(name, "99", slope=1.0)
+    assert [g.name for g in assess(name, evaluation_run=other).failed] == [
+        "external_evaluation_of_candidate"
+    ]
+    good = _evaluation_run(name, v1, slope=1.02)
+    assert promote(name, evaluation_run=good).promoted and _champion(name) == v1
+
+
+def test_a_training_run_is_not_an_evaluation_run(name) -> None:
+    _candidate(name, auroc=0.78, low=0.74, slope=1.0, brier=0.17)
+    training_run = MlflowClient().get_model_version_by_alias(name, "candidate").run_id
+    with pytest.raises(PromotionError, match="not a `ctit evaluate` run"):
+        promote(name, evaluation_run=training_run)
