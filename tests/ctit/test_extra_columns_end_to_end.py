@@ -155,6 +155,7 @@ def test_extra_columns_from_train_to_an_http_score(tmp_path) -> None:
             low = http.post("/v1/score", json=_record(0.2, 450.0))
             high = http.post("/v1/score", json=_record(0.9, 450.0))
             unknown = http.post("/v1/score", json=_record(None, None))
+            absent = http.post("/v1/score", json=EXAMPLE_RECORD)
     finally:
         server.stop()
     assert low.status_code == 200, low.text
@@ -172,3 +173,7 @@ def test_extra_columns_from_train_to_an_http_score(tmp_path) -> None:
     assert unknown.json()["contributions"]["static_frailty_index"] != pytest.approx(
         answer["contributions"]["static_frailty_index"]
     )
+    # A record without the fields: scored with them missing, and told so.
+    assert absent.status_code == 200, absent.text
+    said = " ".join(w["message"] for w in absent.json()["warnings"])
+    assert "frailty_index was not given" in said and "transfused_before was not given" in said
