@@ -51,7 +51,9 @@ def _cell(values: dict[str, float] | None, digits: int) -> str:
 
 def summary_table(metrics: dict, threshold: float) -> Table:
     """Metrics with 95% CIs for XGBoost and the comparators."""
-    table = Table(title=f"Out-of-fold performance (95% CI); threshold {threshold:g}")
+    table = Table(
+        title=f"Out-of-fold performance of the deployed procedure (95% CI); threshold {threshold:g}"
+    )
     table.add_column("Metric")
     for _, label in MODEL_COLUMNS:
         table.add_column(label, justify="right")
@@ -138,6 +140,14 @@ def register(app: typer.Typer) -> None:
                 ) from None
         out = Console()
         out.print(summary_table(result.metrics, config.evaluation.operating_threshold))
+        for name, label in (("logreg", "logistic regression"), ("plt_baseline", "baseline PLT")):
+            diff = ((result.tuning or {}).get("comparison") or {}).get(name, {}).get("auroc_diff")
+            if diff:
+                out.print(
+                    f"XGBoost minus {label}, AUROC (paired 95% CI): {diff['estimate']:+.3f} "
+                    f"({diff['low']:+.3f} to {diff['high']:+.3f})",
+                    highlight=False,
+                )
         ss = result.sample_size
         out.print(
             f"{ss['n_episodes']} labelled episodes of {ss['n_patients']} patients, "
