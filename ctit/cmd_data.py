@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ctit.options import fail_invalid_cohort
 from data.cohort import ValidationReport, load_cohort, validate_cohort
 from data.issues import CohortError, Issue
 from data.labels import (
@@ -77,11 +78,7 @@ def labels(
     try:
         cohort = load_cohort(cohort_dir)
     except CohortError as exc:
-        console = Console(stderr=True)
-        console.print(Text(f"{cohort_dir} is not a valid cohort:", style="bold red"))
-        console.print(_issues_table(exc.errors, "Errors"))
-        console.print("Run `ctit validate` for the full report.")
-        raise typer.Exit(1) from None
+        fail_invalid_cohort(cohort_dir, exc)
     try:
         table = derive_labels(cohort, label_definition)
     except ValueError as exc:
@@ -131,6 +128,10 @@ def _issues_table(issues: Iterable[Issue], title: str) -> Table:
     return table
 
 
+#: Files `ctit simulate` writes beside the contract tables (see data/SIMULATOR.md).
+SIMULATOR_COMPANIONS = ("oracle",)
+
+
 def _render_report(report: ValidationReport) -> None:
     console = Console()
     summary = report.summary
@@ -173,8 +174,14 @@ def _render_report(report: ValidationReport) -> None:
                 f"{c['rows']:,}",
             )
         console.print(grid)
-    if report.warnings:
-        console.print(_issues_table(report.warnings, f"Warnings ({len(report.warnings)})"))
+    # The simulator writes its latent truth beside the tables (oracle.csv): a known companion
+    # file, mentioned, not a warning about the user's data.
+    companions = [w for w in report.warnings if w.table in SIMULATOR_COMPANIONS]
+    warnings = [w for w in report.warnings if w.table not in SIMULATOR_COMPANIONS]
+    for issue in companions:
+        console.print(Text(f"{issue.table}.csv: the simulator's own file, not read", style="dim"))
+    if warnings:
+        console.print(_issues_table(warnings, f"Warnings ({len(warnings)})"))
     if report.valid:
         console.print(Text("Cohort is valid.", style="bold green"))
     else:

@@ -80,7 +80,7 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
             ],
         ),
         (
-            "score a high-risk example patient",
+            "score the low-probability example patient",
             [
                 "score",
                 "--model",

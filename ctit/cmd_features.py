@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from ctit.options import fail_invalid_cohort
 from data.cohort import load_cohort
 from data.issues import CohortError
 from data.outputs import OutputError, atomic_output
@@ -68,7 +69,7 @@ def features(
     try:
         cohort = load_cohort(cohort_dir)
     except CohortError as exc:
-        _fail(f"{cohort_dir} is not a valid cohort:\n{exc}")
+        fail_invalid_cohort(cohort_dir, exc)
     try:
         if encoded:
             frame = FeaturePipeline(config).fit_transform(cohort).reset_index()

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ctit.options import TrackingUri
+from ctit.options import TrackingUri, require_registered_model
 from ctit.options import tracking_uri as resolve_tracking_uri
 
 
@@ -26,10 +26,15 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Where to write the HTML report.")],
         model: Annotated[
             str | None,
-            typer.Option("--model", help="Registered model: models:/NAME@ALIAS or models:/NAME/N."),
+            typer.Option(
+                "--model",
+                help="Registered model: models:/NAME@ALIAS or models:/NAME/VERSION.",
+                metavar="URI",
+            ),
         ] = None,
         run: Annotated[
-            str | None, typer.Option("--run", help="MLflow run id of a `ctit train` run.")
+            str | None,
+            typer.Option("--run", help="MLflow run id of a `ctit train` run.", metavar="RUN_ID"),
         ] = None,
         tracking_uri: TrackingUri = None,
     ) -> None:
@@ -40,6 +45,8 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         if (model is None) == (run is None):
             raise _fail(console, "give exactly one of --model or --run", 2)
+        if model is not None:
+            require_registered_model(model, tracking_uri)
         uri = resolve_tracking_uri(tracking_uri)
         try:
             run_id = run if run is not None else run_id_of_model(model, uri)

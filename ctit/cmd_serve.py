@@ -14,9 +14,10 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 from rich.text import Text
 
-from ctit.options import TrackingUri
+from ctit.options import TrackingUri, fail_invalid_cohort, require_registered_model
 from ctit.options import tracking_uri as resolve_tracking_uri
 from data.cohort import load_cohort
 from data.issues import CohortError
@@ -37,7 +38,9 @@ ModelUri = Annotated[
     str,
     typer.Option(
         "--model",
-        help="Model: models:/name@alias, models:/name/1, runs:/<id>/<path> or a local directory.",
+        help="Model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local "
+        "directory.",
+        metavar="URI",
     ),
 ]
 
@@ -143,7 +146,7 @@ def _score_cohort(
     try:
         cohort = load_cohort(directory)
     except CohortError as exc:
-        _fail(f"{directory} is not a valid cohort:\n{exc}")
+        fail_invalid_cohort(directory, exc)
     total = len(cohort.episodes)
     if total < PROGRESS_FROM:
         return scorer.score_cohort(cohort, explain=explain)
@@ -182,6 +185,33 @@ def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+#: `ctit score` prints at most this many rows of its table (the file holds them all).
+TABLE_ROWS = 20
+
+
+def probability_table(answers: list[dict[str, Any]], limit: int = TABLE_ROWS) -> Table:
+    """A short table: episode, probability, interval, band and the main factor."""
+    table = Table(title="Probability of response (calibrated)", title_justify="left")
+    table.add_column("Episode")
+    table.add_column("Probability", justify="right")
+    table.add_column("Interval", justify="right")
+    table.add_column("Band")
+    table.add_column("Main factor", overflow="fold")
+    for answer in answers[:limit]:
+        low, high = answer["interval"]
+        factors = answer.get("top_factors") or []
+        table.add_row(
+            str(answer["episode_id"]),
+            f"{100 * answer['probability']:.0f}%",
+            f"{100 * low:.0f}% to {100 * high:.0f}%",
+            str(answer["band"]),
+            factors[0]["text"] if factors else "",
+        )
+    if len(answers) > limit:
+        table.caption = f"first {limit} of {len(answers)} episodes"
+    return table
+
+
 def score(
     input_path: Annotated[
         Path,
@@ -192,7 +222,15 @@ def score(
         ),
     ],
     model: ModelUri,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the answers: .json or .csv.")],
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help="Also write every answer in full: a .json or .csv file, or - for JSON on "
+            "standard output.",
+            metavar="PATH",
+        ),
+    ] = None,
     explain: Annotated[
         bool,
         typer.Option(
@@ -205,13 +243,16 @@ def score(
     ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Score patients from a file or a cohort directory with a logged model."""
-    _use_tracking_uri(tracking_uri)
-    suffix = out.suffix.lower()
+    """Score patients from a file or a cohort directory and print their probabilities."""
+    to_stdout = out == "-"
+    path = None if out is None or to_stdout else Path(out)
+    suffix = path.suffix.lower() if path is not None else ".json"
     if suffix not in (".json", ".csv"):
-        _fail(f"--out {out}: use a .json or .csv file name")
+        _fail(f"--out {out}: use a .json or .csv file name, or - for JSON on standard output")
     if not input_path.exists():
         _fail(f"{input_path}: no such file or directory")
+    require_registered_model(model, tracking_uri)
+    _use_tracking_uri(tracking_uri)
     console = Console(stderr=True, soft_wrap=True)
     scorer = _load(model)
     if input_path.is_dir():
@@ -222,30 +263,39 @@ def score(
         answers = _score_records(scorer, records, explain, console)
     for note in notes:
         console.print(Text(f"warning: {note}", style="yellow"))
-    try:
-        with atomic_output(out) as partial:
-            if suffix == ".json":
-                partial.write_text(json.dumps(answers, indent=1), encoding="utf-8")
-            else:
-                answers_frame(answers).to_csv(partial, index=False)
-    except OutputError as exc:
-        _fail(exc.strerror)
+    if to_stdout:  # the JSON alone on stdout (for pipes); the table and notes on stderr
+        typer.echo(json.dumps(answers, indent=1))
+    elif path is not None:
+        try:
+            with atomic_output(path) as partial:
+                if suffix == ".json":
+                    partial.write_text(json.dumps(answers, indent=1), encoding="utf-8")
+                else:
+                    answers_frame(answers).to_csv(partial, index=False)
+        except OutputError as exc:
+            _fail(exc.strerror)
+    (console if to_stdout else Console(soft_wrap=False)).print(probability_table(answers))
     info = scorer.model.info
+    where = "" if path is None else f" -> {path}"
     console.print(
         f"scored {len(answers)} episode{'s' if len(answers) != 1 else ''} with {info['name']} "
-        f"version {info['version']} -> {out}"
+        f"version {info['version']}{where}",
+        highlight=False,
     )
 
 
 def serve(
     model: ModelUri,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on.", metavar="HOST")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", metavar="PORT")] = 8000,
     audit_db: Annotated[
         Path | None,
         typer.Option(
             "--audit-db",
-            help="SQLite audit log (default: CTIT_AUDIT_DB, else ./ctit-audit.db).",
+            help="SQLite audit log (default: $CTIT_AUDIT_DB, else ./ctit-audit.db).",
+            metavar="PATH",
         ),
     ] = None,
     access_log: Annotated[
@@ -258,11 +308,13 @@ def serve(
             min=1,
             max=32,
             help="Server processes (each loads the model; they share the audit log).",
+            metavar="N",
         ),
     ] = 1,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Serve the model over HTTP (FastAPI on uvicorn); CTIT_API_TOKEN turns on bearer tokens."""
+    require_registered_model(model, tracking_uri)
     _use_tracking_uri(tracking_uri)
     import uvicorn
 

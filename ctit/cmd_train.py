@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ctit.options import TrackingUri
+from ctit.options import TrackingUri, fail_invalid_cohort, require_registered_model
 from ctit.options import tracking_uri as resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def _cell(values: dict[str, float] | None, digits: int) -> str:
     e, lo, hi = values["estimate"], values.get("low"), values.get("high")
     if lo is None or hi is None or lo != lo or hi != hi:
         return f"{e:.{digits}f}"
-    return f"{e:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+    return f"{e:.{digits}f} ({lo:.{digits}f} to {hi:.{digits}f})"
 
 
 def summary_table(metrics: dict, threshold: float) -> Table:
@@ -117,7 +117,8 @@ def register(app: typer.Typer) -> None:
             try:
                 loaded = _load_or_simulate(config, experiment, cohort, Path(scratch), bars)
             except CohortError as error:
-                raise _fail(console, f"cohort is invalid:\n{error}", 2) from None
+                bars.stop()
+                fail_invalid_cohort(_cohort_path(config, experiment, cohort), error)
             tasks: dict[str, int] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -168,7 +169,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("promote")
     def promote(
-        name: Annotated[str, typer.Argument(help="Registered model name.")] = "ctit-response",
+        name: Annotated[
+            str, typer.Argument(help="Registered model name.", metavar="NAME")
+        ] = "ctit-response",
         tracking_uri: TrackingUri = None,
         allow_new_data: Annotated[
             bool,
@@ -187,13 +190,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Move @champion to @candidate if it passes the experiment's gates (exit 1 if not).
+        """Make the @candidate version @champion if it passes the gates (exit 1 if not).
 
-        The gates come from the candidate's experiment ([promotion]) and judge the deployed
-        procedure's out-of-fold figures: AUROC lower bound, calibration slope, and no loss to
-        the comparators (paired bootstrap). The candidate is compared with the current champion
-        on the out-of-fold metrics both runs logged, only when both were evaluated on the same
-        data fingerprint and label definition.
+        The gates come from the candidate's experiment (its [promotion] table) and judge the
+        deployed procedure's out-of-fold figures: AUROC lower bound, calibration slope, and no
+        loss to the comparators (paired bootstrap). The candidate is compared with the current
+        champion on the out-of-fold metrics both runs logged, only when both were evaluated on
+        the same data fingerprint and label definition.
         """
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -202,6 +205,7 @@ def register(app: typer.Typer) -> None:
         from training.promote import promote as run_promotion
 
         console = Console()
+        require_registered_model(f"models:/{name}", tracking_uri)
         mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
         try:
             decision = run_promotion(
@@ -225,6 +229,16 @@ def register(app: typer.Typer) -> None:
             + "; nothing was changed"
         )
         raise typer.Exit(1)
+
+
+def _cohort_path(config: ExperimentConfig, experiment: Path, cohort: Path | None) -> Path | str:
+    """The cohort a `train` run loads, for messages (the simulated one has no path)."""
+    if cohort is not None:
+        return cohort
+    if config.cohort.dir is not None:
+        path = Path(config.cohort.dir)
+        return path if path.is_absolute() else experiment.parent / path
+    return "the simulated cohort"
 
 
 def _load_or_simulate(

@@ -12,6 +12,8 @@ constraint, so it is left `None` whenever the literature is silent).
 from __future__ import annotations
 
 import fnmatch
+import math
+import re
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
@@ -356,3 +358,272 @@ def spec_of(name: str) -> FeatureSpec:
 def family_names(group: str) -> list[str]:
     """The fixed (non-pattern) feature names of one group, in declaration order."""
     return [s.name for s in REGISTRY.values() if s.group == group and not s.is_pattern]
+
+
+# -- plain clinical wording ------------------------------------------------------------------------
+# One owner for how a feature is named and its value written, shared by the scoring answers
+# (`serving.model`), the clinician page (`/ui/options`) and the reviewer report (`training.report`).
+
+#: Units as people read them; `value_words` omits the ones that are not units.
+_UNIT_TEXT = {
+    "10*9/L": "×10⁹/L",
+    "10*9/L per day": "×10⁹/L per day",
+    "10*3/uL": "×10³/µL",
+    "umol/L": "µmol/L",
+    "0/1": "",
+    "count": "",
+    "as recorded": "",
+    "score 0-5": "",
+    "lines": "",
+    "cycles": "",
+}
+
+_CLASS_WORDS = {
+    "platinum": "platinum",
+    "gemcitabine": "gemcitabine",
+    "anthracycline": "an anthracycline",
+    "taxane": "a taxane",
+    "antimetabolite": "an antimetabolite",
+    "alkylator": "an alkylating agent",
+    "vinca": "a vinca alkaloid",
+    "eribulin": "eribulin",
+    "adc": "an antibody-drug conjugate",
+    "cdk46": "a CDK4/6 inhibitor",
+    "parp": "a PARP inhibitor",
+    "anti_her2": "anti-HER2 therapy",
+    "endocrine": "endocrine therapy",
+    "immunotherapy": "immunotherapy",
+}
+_LAB_NAMES = {prefix: name for prefix, name, _unit in LAB_ANALYTES.values()}
+
+_SLOPE_WINDOWS = (*PLT_WINDOWS, PLT_TREND_WINDOW)
+#: Short clinical names of the fixed features (no unit, no time anchor; sentence case).
+_LABELS: dict[str, str] = {
+    **{f"{prefix}_last": f"{name[:1].upper()}{name[1:]}" for prefix, name in _LAB_NAMES.items()},
+    **{
+        f"{prefix}_days_since": f"Days since the last {name}" for prefix, name in _LAB_NAMES.items()
+    },
+    f"anc_min_{ANC_MIN_WINDOW}d": f"Lowest neutrophil count in {ANC_MIN_WINDOW} days",
+    f"anc_slope_{ANC_SLOPE_WINDOW}d": f"Neutrophil trend over {ANC_SLOPE_WINDOW} days",
+    **{f"plt_min_{w}d": f"Lowest platelet count in {w} days" for w in PLT_WINDOWS},
+    **{
+        f"plt_slope_{w}d": f"Platelet trend over {w} days" for w in (*PLT_WINDOWS, PLT_TREND_WINDOW)
+    },
+    f"plt_n_{PLT_COUNT_WINDOW}d": f"Platelet counts in {PLT_COUNT_WINDOW} days",
+    "plt_change_last": "Change between the last two platelet counts",
+    "plt_nadir_cycle": "Lowest platelet count in the current cycle",
+    "plt_pre_cycle": "Platelet count before the current cycle",
+    "n_lines": "Treatment line",
+    "cycles_current_line": "Cycles in the current line",
+    "days_since_last_dose": "Days since the latest cycle started",
+    "cycle_interval_days": "Days between the last two cycle starts",
+    **{f"exposed_{c}": f"Ever received {w}" for c, w in _CLASS_WORDS.items()},
+    **{f"current_{c}": f"Current regimen includes {w}" for c, w in _CLASS_WORDS.items()},
+    "age_years": "Age",
+    "subtype": "Breast-cancer subtype",
+    "ecog": "ECOG performance status",
+    "bone_mets": "Bone metastases",
+    "liver_mets": "Liver metastases",
+    "marrow_involvement": "Bone-marrow involvement",
+    "splenomegaly": "Splenomegaly",
+    "prior_radiotherapy": "Prior radiotherapy",
+    "race_asian": "Asian ancestry",
+    "dose_mg": "Hetrombopag dose",
+}
+#: Features read from laboratory results: a missing value was not measured (else not recorded).
+_MEASURED_GROUPS = ("labs", "platelet_history")
+
+# Value phrases of the fixed features (`{v}` the value, `{s}` a plural s).
+_TEMPLATES = {
+    "n_lines": "treatment line {v}",
+    "cycles_current_line": "{v} cycle{s} in the current line",
+    "days_since_last_dose": "latest regimen or cycle started {v} day{s} before the index date",
+    "cycle_interval_days": "{v} day{s} between the starts of the last two cycles",
+    "ecog": "ECOG performance status {v}",
+    "age_years": "age {v} years",
+    "dose_mg": "hetrombopag dose {v} mg a day",
+    "plt_nadir_cycle": "lowest platelet count in the current cycle {v} ×10⁹/L",
+    "plt_pre_cycle": "platelet count before the current cycle {v} ×10⁹/L",
+    "plt_change_last": "platelet count changed by {v} ×10⁹/L a day between the last two counts",
+    f"plt_n_{PLT_COUNT_WINDOW}d": f"{{v}} platelet count{{s}} in the {PLT_COUNT_WINDOW} days "
+    "before the index date",
+    f"anc_min_{ANC_MIN_WINDOW}d": f"lowest neutrophil count in the {ANC_MIN_WINDOW} days before "
+    "the index date {v} ×10⁹/L",
+}
+_TRENDS = {
+    **{f"plt_slope_{w}d": ("platelet", w) for w in (*PLT_WINDOWS, PLT_TREND_WINDOW)},
+    f"anc_slope_{ANC_SLOPE_WINDOW}d": ("neutrophil", ANC_SLOPE_WINDOW),
+}
+_SMALL = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def unit_text(unit: str) -> str:
+    """A contract unit as people read it (`10*9/L` -> `×10⁹/L`); empty for counts, flags, scores."""
+    return _UNIT_TEXT.get(unit, unit)
+
+
+def number_text(value: float) -> str:
+    """A value with as many digits as a clinician reads: 32, 4.2, 0.35."""
+    if math.isnan(value):
+        return "not measured"
+    if abs(value) >= 100 or float(value).is_integer():
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def days_text(days: float) -> str:
+    """How long before the index date, in words: 'two days before the index date'."""
+    if days <= 0:
+        return "on the index date"
+    n = int(round(days))
+    count = _SMALL[n] if n < len(_SMALL) else str(n)
+    return f"{count} day{'s' if n != 1 else ''} before the index date"
+
+
+def feature_label(name: str) -> str:
+    """The short clinical name of a feature, untruncated, without its unit."""
+    if name in _LABELS:
+        return _LABELS[name]
+    if "=" in name:
+        column, level = name.split("=", 1)
+        column = column.removeprefix("static_").replace("_", " ")
+        return f"{column[:1].upper()}{column[1:]}: {level}"
+    if name.startswith("lab_") and name.endswith("_days_since"):
+        return f"Days since the last {name[4:-11]}"
+    if name.startswith("lab_") and name.endswith("_last"):
+        return f"{name[4:-5]} (last result)"
+    if name.startswith("static_"):
+        text = name.removeprefix("static_").replace("_", " ")
+        return f"{text[:1].upper()}{text[1:]}"
+    return name.replace("_", " ")
+
+
+def lower_first(label: str) -> str:
+    """A label inside a sentence: 'platelet count', but 'ECOG ...' and 'Asian ...' stay."""
+    first = label.split(" ", 1)[0]
+    if first in _PROPER or first.isupper():
+        return label
+    return label[:1].lower() + label[1:]
+
+
+_PROPER = ("Asian", "Hetrombopag")
+
+
+def _group_of(name: str) -> str | None:
+    try:
+        return spec_of(name).group
+    except KeyError:
+        return None
+
+
+def _unit_of(name: str) -> str:
+    try:
+        return spec_of(name).unit
+    except KeyError:
+        return ""
+
+
+def missing_text(name: str) -> str:
+    """What a missing value of the feature means: not measured (labs) or not recorded."""
+    return "not measured" if _group_of(name) in _MEASURED_GROUPS else "not recorded"
+
+
+def value_words(name: str, value: float, days_since: float | None = None) -> str:
+    """A feature and its value as a short clause, e.g. 'platelet count 32 ×10⁹/L two days before
+    the index date', 'current regimen includes gemcitabine', 'platelet trend over the 7 days before
+    the index date: not measured (needs two counts on different days)'.
+
+    `days_since` is the age of a last lab value, added to `*_last` features when known.
+    """
+    label = feature_label(name)
+    lower = lower_first(label)
+    if value is None or math.isnan(value):
+        if "=" in name:
+            column = name.split("=", 1)[0].removeprefix("static_").replace("_", " ")
+            return f"{column}: {missing_text(name)}"
+        if name in _TRENDS:
+            analyte, window = _TRENDS[name]
+            return (
+                f"{analyte} trend over the {window} days before the index date: not measured "
+                f"(needs two {analyte} counts on different days)"
+            )
+        return f"{lower}: {missing_text(name)}"
+    unit = _unit_of(name)
+    if unit == "0/1" or "=" in name:
+        return _flag_words(name, lower, value >= 0.5)
+    number = number_text(value)
+    if name.endswith("_days_since") and name.removesuffix("_days_since") in _LAB_NAMES:
+        return f"last {_LAB_NAMES[name.removesuffix('_days_since')]} {days_text(value)}"
+    if name in _TEMPLATES:
+        return _TEMPLATES[name].format(v=number, s="" if number == "1" else "s")
+    if name in _TRENDS:
+        analyte, window = _TRENDS[name]
+        return (
+            f"{analyte} trend over the {window} days before the index date {value:+.1f} "
+            "×10⁹/L a day"
+        )
+    window = re.match(r"^plt_min_(\d+)d$", name)
+    if window:
+        return f"lowest platelet count in the {window.group(1)} days before {number} ×10⁹/L"
+    text = f"{lower} {number} {unit_text(unit)}".rstrip()
+    if name.endswith("_last") and days_since is not None and not math.isnan(days_since):
+        text += f" {days_text(days_since)}"
+    return text
+
+
+def _flag_words(name: str, lower: str, present: bool) -> str:
+    """A 0/1 feature as a short clause: 'current regimen includes gemcitabine', 'no liver ...'."""
+    for prefix, yes, no in (
+        ("current_", "current regimen includes {c}", "current regimen without {c}"),
+        ("exposed_", "received {c} before", "never received {c}"),
+    ):
+        if name.startswith(prefix) and name[len(prefix) :] in _CLASS_WORDS:
+            return (yes if present else no).format(c=_CLASS_WORDS[name[len(prefix) :]])
+    if "=" in name:
+        column, level = name.split("=", 1)
+        column = column.removeprefix("static_").replace("_", " ")
+        return f"{column} {level}" if present else f"{column} not {level}"
+    return lower if present else f"no {lower}"
+
+
+def feature_words(name: str) -> dict[str, str]:
+    """What the page and the report show of a feature: label, unit as read, description."""
+    try:
+        spec = spec_of(name)
+        unit, description, group = spec.unit, spec.description, spec.group
+    except KeyError:
+        unit, description, group = "", name.replace("_", " "), "extra"
+    return {
+        "label": feature_label(name),
+        "unit": unit,
+        "unit_text": unit_text(unit),
+        "description": description,
+        "group": group,
+        "missing": missing_text(name),
+    }
+
+
+def outcome_words(label_definition: str) -> str:
+    """A response definition in words, e.g. 'platelets reach 100 ×10⁹/L, or rise by at least 50
+    ×10⁹/L above the baseline, on any day within 14 days of the first dose'."""
+    from data.labels import get_definition
+
+    try:
+        definition = get_definition(label_definition)
+    except ValueError:
+        return label_definition
+    if definition.given_only:
+        return "response as recorded in the cohort's outcomes table"
+    parts = []
+    if definition.threshold is not None:
+        parts.append(f"platelets reach {number_text(definition.threshold)} ×10⁹/L")
+    if definition.rise is not None:
+        parts.append(
+            f"rise by at least {number_text(definition.rise)} ×10⁹/L above the baseline count"
+        )
+    criteria = ", or ".join(parts) + ("," if len(parts) > 1 else "")
+    return (
+        f"{criteria} on any day within {definition.horizon_days} days of the first hetrombopag dose"
+    )

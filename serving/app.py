@@ -312,6 +312,9 @@ def create_app(
         f"label {info['label_definition']}.",
         version=str(info["version"]),
         lifespan=lifespan,
+        # /docs is `serving.web`'s: Swagger UI from local, pinned files (FastAPI's own loads a CDN)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.scorer = scorer

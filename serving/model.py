@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,16 @@ import pandas as pd
 import xgboost as xgb
 
 from data.drugs import known_drugs, normalise_drug
-from features.registry import GROUPS, LAB_ANALYTES, PLT_WINDOWS, spec_of
+from features.registry import (
+    GROUPS,
+    LAB_ANALYTES,
+    feature_label,
+    feature_words,
+    lower_first,
+    number_text,
+    unit_text,
+    value_words,
+)
 from serving.settings import ScoringOptions
 from serving.treeshap import ShapTable, base_margin, plain_gbtree
 
@@ -38,7 +46,6 @@ FORMAT_VERSION = 1
 INTERVAL_PERCENTILES = (10.0, 90.0)
 REQUIRED_METADATA = ("name", "version", "label_definition")
 _EPS = 1e-7
-_LAB_PREFIX = {prefix: (alias, name) for alias, (prefix, name, _unit) in LAB_ANALYTES.items()}
 
 
 class ModelLoadError(RuntimeError):
@@ -596,46 +603,19 @@ class DeployableModel:
     # -- explanations in words ------------------------------------------------------------------
 
     def _label_of(self, name: str) -> tuple[str, str, str]:
-        """(short description, unit, group) of a feature, for plain-word factors and warnings."""
-        try:
-            spec = spec_of(name)
-            description, unit = spec.description, spec.unit
-        except KeyError:
-            description, unit = name.replace("_", " "), ""
-        prefix = name.removesuffix("_last")
-        if name.endswith("_last") and prefix in _LAB_PREFIX:
-            description = _LAB_PREFIX[prefix][1]
-        elif "=" in name:
-            column, level = name.split("=", 1)
-            description = f"{column.removeprefix('static_').replace('_', ' ')} {level}"
-        return description, unit, self.pipeline.group_of(name)
+        """(clinical name, unit, group) of a feature, for plain-word factors and warnings
+        (the wording is `features.registry`'s, shared with the page and the report)."""
+        unit = feature_words(name)["unit"]
+        return lower_first(feature_label(name)), unit, self.pipeline.group_of(name)
 
     def _value_words(self, j: int, value: float, x: np.ndarray) -> str:
         name = self.feature_names[j]
-        description, unit, _group = self._labels[j]
-        if math.isnan(value):
-            return f"{_SHORT.get(name, description)}: not recorded"
-        if unit == "0/1":
-            return _flag_words(name, description, value >= 0.5)
-        prefix = name.removesuffix("_days_since")
-        if name.endswith("_days_since") and prefix in _LAB_PREFIX:
-            return f"last {_LAB_PREFIX[prefix][1]} {_days_words(value)}"
-        number = _number(value)
-        if name in _TEMPLATES:
-            return _TEMPLATES[name].format(v=number, s="" if number == "1" else "s")
-        window = _WINDOWED.match(name)
-        if window:
-            kind, days = window.groups()
-            template = _WINDOW_TEMPLATES[kind]
-            if kind == "slope":
-                number = f"{value:+.1f}"
-            return template.format(v=number, d=days)
-        text = f"{description} {number} {_unit_words(unit)}".rstrip()
+        days_since = None
         if name.endswith("_last"):
             age = self._column.get(name.removesuffix("_last") + "_days_since")
-            if age is not None and not math.isnan(float(x[age])):
-                text += f" {_days_words(float(x[age]))}"
-        return text
+            if age is not None:
+                days_since = float(x[age])
+        return value_words(name, value, days_since)
 
     def _factors(self, x: np.ndarray, values: np.ndarray, k: int) -> list[dict[str, Any]]:
         order = np.argsort(-np.abs(values), kind="stable")[:k]
@@ -702,20 +682,28 @@ class DeployableModel:
             outside = np.flatnonzero((x < self._low) | (x > self._high))
         for j in outside:
             name = self.feature_names[j]
-            description, unit, _group = self._labels[j]
-            value = float(x[j])
-            side, bound = ("below the lowest", self._low[j])
-            if value > self._high[j]:
-                side, bound = ("above the highest", self._high[j])
             out.append(
                 {
                     "code": "out_of_range",
-                    "message": f"{description} {_number(value)} {_unit_words(unit)} is {side} "
-                    f"value seen in training ({_number(float(bound))}); the model extrapolates",
+                    "message": self._out_of_range_words(int(j), float(x[j])),
                     "feature": name,
                 }
             )
         return out
+
+    def _out_of_range_words(self, j: int, value: float) -> str:
+        """'albumin 61 g/L: above the highest value seen in training (52 g/L); the model
+        extrapolates' (a 0/1 feature: 'not seen in training')."""
+        name = self.feature_names[j]
+        _description, unit, _group = self._labels[j]
+        words = value_words(name, value)
+        if unit == "0/1" or "=" in name:
+            return f"{words}: not seen in training; the model extrapolates"
+        side, bound = ("below the lowest", self._low[j])
+        if value > self._high[j]:
+            side, bound = ("above the highest", self._high[j])
+        limit = f"{_number(float(bound))} {unit_text(unit)}".rstrip()
+        return f"{words}: {side} value seen in training ({limit}); the model extrapolates"
 
     def _unknown_drugs(self, cohort: Any) -> dict[str, list[dict[str, Any]]]:
         """Unknown drug names given up to each episode's index date (their class is not counted)."""
@@ -845,89 +833,9 @@ class DeployableModel:
             ) from exc
 
 
-# Plain words for the fixed features (`{v}` the value, `{s}` a plural s, `{d}` a window in days).
-_TEMPLATES = {
-    "n_lines": "treatment line {v}",
-    "cycles_current_line": "{v} cycle{s} in the current line",
-    "days_since_last_dose": "latest regimen or cycle started {v} day{s} before the index date",
-    "cycle_interval_days": "{v} day{s} between the starts of the last two cycles",
-    "ecog": "ECOG performance status {v}",
-    "age_years": "age {v} years",
-    "dose_mg": "hetrombopag dose {v} mg a day",
-    "plt_nadir_cycle": "lowest platelet count in the current cycle {v} x10^9/L",
-    "plt_pre_cycle": "platelet count before the current cycle {v} x10^9/L",
-}
-_WINDOWED = re.compile(r"^plt_(min|slope|n)_(\d+)d$")
-_WINDOW_TEMPLATES = {
-    "min": "lowest platelet count in the {d} days before {v} x10^9/L",
-    "slope": "platelet trend over the {d} days before {v} x10^9/L a day",
-    "n": "{v} platelet counts in the {d} days before",
-}
-_SHORT = {
-    "race_asian": "Asian ancestry",
-    **{f"plt_slope_{d}d": f"platelet trend over the {d} days before" for d in PLT_WINDOWS},
-    **{f"plt_min_{d}d": f"lowest platelet count in the {d} days before" for d in PLT_WINDOWS},
-}
-_CLASS_WORDS = {
-    "platinum": "platinum",
-    "gemcitabine": "gemcitabine",
-    "anthracycline": "an anthracycline",
-    "taxane": "a taxane",
-    "antimetabolite": "an antimetabolite",
-    "alkylator": "an alkylating agent",
-    "vinca": "a vinca alkaloid",
-    "eribulin": "eribulin",
-    "adc": "an antibody-drug conjugate",
-    "cdk46": "a CDK4/6 inhibitor",
-    "parp": "a PARP inhibitor",
-    "anti_her2": "anti-HER2 therapy",
-    "endocrine": "endocrine therapy",
-    "immunotherapy": "immunotherapy",
-}
-
-
-def _flag_words(name: str, description: str, present: bool) -> str:
-    """A 0/1 feature as a short clause: 'current regimen includes gemcitabine', 'no liver ...'."""
-    for prefix, yes, no in (
-        ("current_", "current regimen includes {c}", "current regimen without {c}"),
-        ("exposed_", "received {c} before", "never received {c}"),
-    ):
-        if name.startswith(prefix) and name[len(prefix) :] in _CLASS_WORDS:
-            return (yes if present else no).format(c=_CLASS_WORDS[name[len(prefix) :]])
-    if "=" in name:
-        column, level = name.split("=", 1)
-        column = column.removeprefix("static_").replace("_", " ")
-        return f"{column} {level}" if present else f"{column} not {level}"
-    short = _SHORT.get(name, description)
-    return short if present else f"no {short}"
-
-
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, indent=1, sort_keys=True, default=_json_default).encode("utf-8")
 
 
 def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NA"
-    if abs(value) >= 100 or float(value).is_integer():
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}".rstrip("0").rstrip(".")
-
-
-def _unit_words(unit: str) -> str:
-    if unit in ("", "0/1", "count", "as recorded"):
-        return ""
-    return unit.replace("10*9/L", "x10^9/L").replace("10*3/uL", "x10^3/uL")
-
-
-_SMALL = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-
-
-def _days_words(days: float) -> str:
-    if days <= 0:
-        return "on the index date"
-    n = int(round(days))
-    count = _SMALL[n] if n < len(_SMALL) else str(n)
-    return f"{count} day{'s' if n != 1 else ''} before the index date"
+    return "NA" if math.isnan(value) else number_text(value)

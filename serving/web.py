@@ -8,8 +8,14 @@ route here without the bearer token or the session cookie that its sign-in form 
 - `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
   from outside the server, so the page works offline and leaks nothing).
 - `GET /ui/static/{name}`: the page's script and style sheet (a fixed list, no path lookups).
-- `GET /ui/options`: the analytes with their accepted units, the drug names for autocomplete and the
-  declared features' descriptions (to label the explanation chart).
+- `GET /ui/options`: the analytes with their accepted units, the drug names for autocomplete, the
+  features' plain clinical names and units (`features.registry`, to label the explanation chart)
+  and, with a model loaded, its response definition in words.
+- `GET /ui/examples` and `GET /ui/examples/{name}`: the example patient records shipped in
+  `serving/static/examples` (the same files as the CLI tour's `examples/`), for "load an example".
+- `GET /favicon.ico` and `GET /ui/static/favicon.svg`: the page's icon.
+- `GET /docs` and `GET /docs/assets/{name}`: Swagger UI from the pinned `fastapi-offline` package's
+  files, served by this server (no CDN), under the same content policy as the page.
 - `POST /ui/parse-file`: a patient file (scoring JSON, a list or `{"records": [...]}` of them, or a
   FHIR R4 Bundle) -> the episode records the form can show, one per episode, with the problems
   found in them as `{loc, msg}` so the page can mark them by the field before anything is scored.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import importlib.util
+import json
 import logging
 from functools import cache, lru_cache
 from importlib import resources
@@ -35,7 +42,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from data.drugs import known_drugs
 from data.units import ANALYTES
-from features.registry import REGISTRY
+from features.registry import REGISTRY, feature_words, outcome_words
 from serving.records import RecordError, validate_record
 
 logger = logging.getLogger(__name__)
@@ -60,6 +67,18 @@ router = APIRouter()
 STATIC_FILES: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+    "docs.js": "text/javascript; charset=utf-8",
+}
+#: The example records offered by the page, in the order shown, with their titles.
+EXAMPLES: dict[str, str] = {
+    "patient": "Example 1: second-line taxane, moderate thrombocytopenia",
+    "patient-low": "Example 2: fourth-line gemcitabine-carboplatin, marrow involvement",
+}
+#: Swagger UI's files, from the pinned `fastapi-offline` distribution (never a CDN).
+DOCS_ASSETS: dict[str, str] = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
 }
 
 #: Nothing on the page may come from elsewhere; inline scripts and styles are not used either.
@@ -80,6 +99,75 @@ _PAGE_HEADERS = {
 @cache
 def _static_text(name: str) -> str:
     return resources.files("serving").joinpath("static", name).read_text(encoding="utf-8")
+
+
+@cache
+def _static_bytes(package: str, *parts: str) -> bytes:
+    return resources.files(package).joinpath(*parts).read_bytes()
+
+
+#: Swagger UI draws its own styles inline, so /docs allows inline styles (never inline scripts).
+DOCS_CONTENT_SECURITY_POLICY = CONTENT_SECURITY_POLICY.replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+)
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ctit scoring service: API documentation</title>
+<link rel="icon" href="ui/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="docs/assets/swagger-ui.css">
+</head>
+<body>
+<p style="margin:.5rem 1rem;font-family:system-ui,sans-serif">The machine-readable schema is at
+<a href="openapi.json">/openapi.json</a>; the clinician page is at <a href="./">/</a>.</p>
+<div id="swagger-ui"></div>
+<noscript>This page needs JavaScript; the schema itself is at
+<a href="openapi.json">/openapi.json</a>.</noscript>
+<script src="docs/assets/swagger-ui-bundle.js"></script>
+<script src="ui/static/docs.js"></script>
+</body>
+</html>
+"""
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+def docs_page() -> HTMLResponse:
+    """Swagger UI for /openapi.json, from files this server holds (works offline)."""
+    headers = {**_PAGE_HEADERS, "Content-Security-Policy": DOCS_CONTENT_SECURITY_POLICY}
+    return HTMLResponse(_DOCS_PAGE, headers=headers)
+
+
+@router.get("/docs/assets/{name}", include_in_schema=False)
+def docs_asset(name: str) -> Response:
+    """One of Swagger UI's files (a fixed list, read from the pinned package)."""
+    media_type = DOCS_ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail=f"no documentation asset {name!r}")
+    body = _static_bytes("fastapi_offline", "static", name)
+    return Response(body, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    """The page's icon where browsers look for it by default."""
+    return Response(_static_text("favicon.svg"), media_type="image/svg+xml")
+
+
+@router.get("/ui/examples", tags=["page"])
+def examples() -> list[dict[str, str]]:
+    """The example patient records the page can load: name and title."""
+    return [{"name": name, "title": title} for name, title in EXAMPLES.items()]
+
+
+@router.get("/ui/examples/{name}", tags=["page"])
+def example(name: str) -> Any:
+    """One example patient record (the scoring JSON)."""
+    if name not in EXAMPLES:
+        raise HTTPException(status_code=404, detail=f"no example {name!r}")
+    return json.loads(_static_text(f"examples/{name}.json"))
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -110,17 +198,25 @@ def ui_options() -> dict[str, Any]:
         }
         for a in ANALYTES.values()
     ]
-    features = {
-        spec.name: {"description": spec.description, "unit": spec.unit, "group": spec.group}
-        for spec in REGISTRY.values()
-    }
+    features = {spec.name: feature_words(spec.name) for spec in REGISTRY.values()}
     return {"analytes": analytes, "drugs": known_drugs(), "features": features}
 
 
 @router.get("/ui/options", tags=["page"])
-def options() -> dict[str, Any]:
-    """What the form offers: tests with their accepted units, drug names, feature descriptions."""
-    return ui_options()
+def options(request: Request) -> dict[str, Any]:
+    """What the form offers: tests with their accepted units, drug names, feature names; with a
+    model loaded, its features (data-dependent names resolved) and its outcome in words."""
+    out = dict(ui_options())
+    scorer = getattr(request.app.state, "scorer", None)
+    if scorer is not None:
+        model = scorer.model
+        out["features"] = {
+            **out["features"],
+            **{name: feature_words(name) for name in model.feature_names},
+        }
+        label = model.info["label_definition"]
+        out["outcome"] = {"label_definition": label, "words": outcome_words(label)}
+    return out
 
 
 def _fhir() -> ModuleType | None:

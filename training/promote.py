@@ -250,21 +250,36 @@ def assess(
             )
         elif allow_new_data:
             decision.note = (
-                f"champion v{champion.version} was evaluated on other data or another label; "
-                "not compared (--allow-new-data)"
+                f"champion v{champion.version} was evaluated {_difference(champion, candidate)}; "
+                "not compared head to head (--allow-new-data)"
             )
         else:
             decision.gates.append(
                 Gate(
                     "same_evaluation",
                     False,
-                    f"champion v{champion.version} was evaluated on different data "
-                    f"(fingerprint {str(champion.fingerprint)[:12]} vs "
-                    f"{str(candidate.fingerprint)[:12]}, label {champion.label} vs "
-                    f"{candidate.label}); the two cannot be compared on the same evaluation",
+                    f"champion v{champion.version} was evaluated "
+                    f"{_difference(champion, candidate)}, so the two cannot be compared head to "
+                    "head; to promote on the candidate's own gates, run again with "
+                    "--allow-new-data",
                 )
             )
     return decision
+
+
+def _difference(champion: Any, candidate: Any) -> str:
+    """What differs between two evaluations, in words: the label, the cohort, or both."""
+    parts = []
+    if champion.label != candidate.label:
+        parts.append(
+            f"with another response label ({champion.label} vs {candidate.label} for the candidate)"
+        )
+    if champion.fingerprint != candidate.fingerprint or champion.fingerprint is None:
+        parts.append(
+            f"on another cohort (data fingerprint {str(champion.fingerprint)[:12]} vs "
+            f"{str(candidate.fingerprint)[:12]})"
+        )
+    return " and ".join(parts) or "on other data"
 
 
 def promote(

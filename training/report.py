@@ -26,7 +26,15 @@ from markupsafe import Markup, escape
 
 from data.labels import get_definition
 from data.outputs import write_text
-from features.registry import FeatureSpec, spec_of
+from features.registry import (
+    FeatureSpec,
+    feature_label,
+    missing_text,
+    outcome_words,
+    spec_of,
+    unit_text,
+    value_words,
+)
 from training import report_plots as plots
 from training.explain import (
     DirectionRule,
@@ -48,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SECTIONS: tuple[tuple[str, str], ...] = (
+    ("key-figures", "Key figures"),
     ("summary", "Summary"),
     ("performance", "Performance"),
     ("global-explanations", "Global explanations"),
@@ -331,20 +340,36 @@ def _cohort_facts(result: TrainResult) -> list[tuple[str, str]]:
     ]
     summary = result.cohort_summary or {}
     dates = [(k, v) for k, v in _flatten(summary) if "date" in k.lower()]
-    if dates:
-        facts += [(k, _fmt(v)) for k, v in dates]
-    else:
-        facts.append(("Index dates", "not recorded in this run's cohort summary"))
+    facts += [(k, _fmt(v)) for k, v in dates]
     subgroups = result.subgroups
     if subgroups is not None and not subgroups.empty and "subgroup" in subgroups:
         sites = sorted(subgroups.loc[subgroups["subgroup"] == "site", "level"].astype(str).unique())
         if sites:
             facts.append(("Sites", f"{len(sites)}: {', '.join(sites)}"))
     skip = {"tables", "conversions", "outcomes"}
+    # The cohort summary counts the whole cohort; the rows above count the labelled episodes.
+    whole = {"Patients": "Patients in the cohort (all)", "Episodes": "Episodes in the cohort (all)"}
     for key, value in _flatten({k: v for k, v in summary.items() if k not in skip}):
         if "date" not in key.lower():
-            facts.append((key, _fmt(value)))
+            facts.append((whole.get(key, f"{key} (whole cohort)"), _fmt(value)))
+    facts[1] = ("Patients with a labelled episode", facts[1][1])
     return facts
+
+
+def _has_index_dates(result: TrainResult) -> bool:
+    return any("date" in k.lower() for k, _ in _flatten(result.cohort_summary or {}))
+
+
+def display_labels(columns: Iterable[str]) -> dict[str, str]:
+    """Each feature's clinical name with its unit, as the report's plots and tables show it."""
+    out = {}
+    for name in columns:
+        try:
+            unit = unit_text(spec_of(name).unit)
+        except KeyError:
+            unit = ""
+        out[name] = feature_label(name) + (f" ({unit})" if unit else "")
+    return out
 
 
 def _sample_size_html(sample_size: Mapping[str, Any]) -> Markup:
@@ -393,9 +418,9 @@ def _predictors_html(
         missing = float(X[name].isna().mean())
         rows.append(
             (
-                name,
+                Markup("{} <code>{}</code>").format(feature_label(name), name),
                 GROUP_LABELS.get(groups[name], groups[name]),
-                spec.unit if spec else "—",
+                unit_text(spec.unit) or spec.unit if spec else "—",
                 spec.description if spec else "not declared in the registry",
                 DIRECTION_WORDS.get(spec.direction, "—") if spec and spec.direction else "—",
                 DIRECTION_WORDS[monotone[name]] if name in monotone else "—",
@@ -406,6 +431,7 @@ def _predictors_html(
         ["Feature", "Group", "Unit", "Definition", "Expected", "Constraint", "Missing"],
         rows,
         numeric=[6],
+        html_columns=[0],
     )
 
 
@@ -435,7 +461,7 @@ def _booster_facts(booster: Any) -> list[tuple[str, str]]:
     return facts
 
 
-def _model_spec(result: TrainResult) -> list[tuple[str, str]]:
+def _model_spec(result: TrainResult, version_label: str) -> list[tuple[str, str]]:
     metadata = getattr(result.model, "metadata", {}) or {}
     validation = _config(result, "validation", default={}) or {}
     facts: list[tuple[str, str]] = [
@@ -470,7 +496,7 @@ def _model_spec(result: TrainResult) -> list[tuple[str, str]]:
     if final:
         shown = {k: v for k, v in final.items() if k not in {"nthread", "seed", "objective"}}
         facts.append(
-            ("Final model parameters", ", ".join(f"{k}={_fmt(v, 3)}" for k, v in shown.items()))
+            ("Final model parameters", "; ".join(f"{k} = {_fmt(v, 3)}" for k, v in shown.items()))
         )
         facts.append(
             ("Trees (boosting rounds)", _fmt(int(result.model.booster.num_boosted_rounds())))
@@ -494,9 +520,10 @@ def _model_spec(result: TrainResult) -> list[tuple[str, str]]:
                 f"{_fmt(_threshold(result))}",
             )
         )
-    for key in ("name", "version", "trained_at", "experiment"):
+    for key in ("name", "trained_at", "experiment"):
         if key in metadata:
             facts.append((f"Model {key}", _fmt(metadata[key])))
+    facts.append(("Model version (registry)", version_label))
     facts.append(("MLflow run", result.run_id or "—"))
     facts.append(("Model URI", result.model_uri or "—"))
     if getattr(result, "data_fingerprint", ""):
@@ -517,12 +544,100 @@ def _metrics_html(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> M
             if not cell:
                 row.append("—")
                 continue
-            row.append(
-                f"{_fmt(cell.get('estimate'))} ({_fmt(cell.get('low'))}–{_fmt(cell.get('high'))})"
-            )
+            row.append(_ci(cell))
         rows.append(row)
     headers = ["Metric"] + [plots.MODEL_LABELS.get(m, m) for m in models]
     return _table(headers, rows, numeric=range(1, len(headers)))
+
+
+def _ci(cell: Mapping[str, float] | None, digits: int = 3) -> str:
+    """'0.785 (0.771 to 0.800)': an estimate with its 95% CI, never ambiguous with a minus."""
+    if not cell or cell.get("estimate") is None or math.isnan(cell["estimate"]):
+        return "—"
+
+    def fixed(value: float) -> str:
+        text = f"{value:.{digits}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+    text = fixed(cell["estimate"])
+    low, high = cell.get("low"), cell.get("high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return text
+    return f"{text} ({fixed(low)} to {fixed(high)})"
+
+
+#: The key figures of the first screen: (metric, what it says, better when).
+KEY_METRICS = (
+    ("auroc", "Discrimination: AUROC (C statistic)", "higher"),
+    ("calibration_slope", "Calibration slope", "near 1"),
+    ("calibration_intercept", "Calibration intercept (calibration-in-the-large)", "near 0"),
+    ("oe_ratio", "Observed:expected ratio", "near 1"),
+    ("brier", "Brier score", "lower"),
+)
+
+
+def key_figures(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[dict[str, Any]]:
+    """The first screen's rows: each key metric for XGBoost and the comparators, with CIs."""
+    models = [m for m in ("xgboost", "logreg", "plt_baseline") if m in metrics]
+    rows = []
+    for key, label, better in KEY_METRICS:
+        cells = []
+        for model in models:
+            cell = metrics[model].get(key) or {}
+            cells.append(
+                {
+                    "model": model,
+                    "text": _ci(cell),
+                    "estimate": cell.get("estimate"),
+                    "low": cell.get("low"),
+                    "high": cell.get("high"),
+                }
+            )
+        rows.append({"key": key, "label": label, "better": better, "cells": cells})
+    return rows
+
+
+def _flags(
+    result: TrainResult, plausibility: pd.DataFrame, metrics: Mapping[str, Any]
+) -> list[str]:
+    """What a reviewer must look at first: weak calibration or discrimination, sample size,
+    contradicted directions, small subgroups, a simulated cohort."""
+    flags = []
+    xgb = metrics.get("xgboost", {})
+    auroc = (xgb.get("auroc") or {}).get("low")
+    if auroc is not None and auroc < 0.7:
+        flags.append(f"AUROC lower 95% bound {auroc:.3f} is below 0.70.")
+    slope = xgb.get("calibration_slope") or {}
+    if slope.get("estimate") is not None and not 0.8 <= slope["estimate"] <= 1.2:
+        flags.append(f"Calibration slope {slope['estimate']:.3f} is outside 0.8 to 1.2.")
+    base = (metrics.get("logreg") or {}).get("auroc") or {}
+    if base.get("estimate") is not None and (xgb.get("auroc") or {}).get("estimate") is not None:
+        gain = xgb["auroc"]["estimate"] - base["estimate"]
+        if gain < 0.01:
+            flags.append(
+                f"XGBoost adds {gain:+.3f} AUROC over logistic regression: the simpler model "
+                "may do as well."
+            )
+    for message in (result.sample_size or {}).get("warnings") or []:
+        flags.append(f"Sample size: {message}.")
+    contradicting = plausibility.loc[plausibility["status"] == "contradicts", "feature"].tolist()
+    if contradicting:
+        flags.append(
+            "Learned direction contradicts clinical expectation for "
+            + ", ".join(feature_label(c) for c in contradicting)
+            + "."
+        )
+    if result.subgroups is not None and not result.subgroups.empty and "n" in result.subgroups:
+        small = result.subgroups[result.subgroups.get("model", "xgboost") == "xgboost"]
+        n_small = int((small["n"] < 30).sum())
+        if n_small:
+            flags.append(f"{n_small} subgroup levels have fewer than 30 episodes.")
+    summary = result.cohort_summary or {}
+    if any("simulat" in str(v).lower() for v in _flatten_values(summary)) or _config(
+        result, "cohort", "simulate"
+    ):
+        flags.append("The cohort is simulated: the figures test the software, not the clinic.")
+    return flags
 
 
 def _subgroups_html(subgroups: pd.DataFrame) -> Markup:
@@ -533,10 +648,13 @@ def _subgroups_html(subgroups: pd.DataFrame) -> Markup:
     frame = frame.sort_values(["subgroup", "level", "_m"], kind="stable").drop(columns="_m")
     rows = []
     for record in frame.to_dict("records"):
-        auroc = record.get("auroc")
-        cell = _fmt(auroc)
-        if "auroc_low" in record:
-            cell += f" ({_fmt(record.get('auroc_low'))}–{_fmt(record.get('auroc_high'))})"
+        cell = _ci(
+            {
+                "estimate": record.get("auroc"),
+                "low": record.get("auroc_low"),
+                "high": record.get("auroc_high"),
+            }
+        )
         rows.append(
             [
                 plots.MODEL_LABELS.get(record.get("model"), record.get("model")),
@@ -641,6 +759,7 @@ def _gallery(
     result: TrainResult,
     explanation: shap.Explanation,
     settings: ReportSettings,
+    labels: Mapping[str, str],
 ) -> list[dict[str, Any]]:
     to_probability = _to_probability(result)
     margin = explanation.base_values + explanation.values.sum(axis=1)
@@ -664,23 +783,31 @@ def _gallery(
             f"{titles[kind]}: episode {episode}, p = {probability[episode]:.2f} "
             f"(out-of-fold {oof_mean.get(episode, math.nan):.2f}); observed: {observed}"
         )
+        words = {
+            name: _capital(value_words(name, float(value)))
+            for name, value in zip(row.feature_names, row.data, strict=True)
+        }
         src = plots.waterfall_figure(
             prob_row,
             settings.waterfall_features,
             "Probability of response (calibrated): probability-scale view",
+            words,
         )
         order = np.argsort(-np.abs(row.values), kind="stable")[: settings.waterfall_features]
         table_rows = [("Base value (bias)", "", float(row.base_values), "")]
         for j in order:
+            name = row.feature_names[j]
+            value = float(row.data[j])
             table_rows.append(
                 (
-                    row.feature_names[j],
-                    row.data[j],
+                    labels.get(name, name),
+                    missing_text(name) if math.isnan(value) else _value_cell(name, value),
                     float(row.values[j]),
                     float(prob_row.values[j]),
                 )
             )
         rest = np.setdiff1d(np.arange(row.values.size), order)
+        rest = rest[np.asarray(row.values)[rest] != 0]  # unused features are not "other"
         if rest.size:
             table_rows.append(
                 (
@@ -705,6 +832,21 @@ def _gallery(
             }
         )
     return cases
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _value_cell(name: str, value: float) -> str:
+    """A value for a table whose row already names the feature and its unit."""
+    try:
+        unit = spec_of(name).unit
+    except KeyError:
+        unit = ""
+    if unit == "0/1" or "=" in name:
+        return "yes" if value >= 0.5 else "no"
+    return _fmt(value)
 
 
 def _limitations(
@@ -741,14 +883,14 @@ def _limitations(
     if contradicting:
         items.append(
             "Learned direction contradicts clinical expectation for: "
-            + ", ".join(contradicting)
+            + ", ".join(feature_label(c) for c in contradicting)
             + " (see plausibility)."
         )
     high_missing = [c for c in X.columns if X[c].isna().mean() > 0.5]
     if high_missing:
         items.append(
             "More than half missing (the model's behaviour for these rests on few values): "
-            + ", ".join(high_missing)
+            + ", ".join(feature_label(c) for c in high_missing)
             + "."
         )
     if result.subgroups is not None and not result.subgroups.empty and "n" in result.subgroups:
@@ -762,11 +904,14 @@ def _flatten_values(mapping: Mapping[str, Any]) -> list[Any]:
     return [v for _, v in _flatten(mapping)]
 
 
-def _tripod_html(present: set[str]) -> tuple[Markup, Markup]:
+def _tripod_html(present: set[str], absent: Iterable[str] = ()) -> tuple[Markup, Markup]:
+    """The TRIPOD+AI items the report fills (linked) and those left to the authors; `absent`
+    items are claimed only when this run recorded what they need."""
     filled, authors = [], []
+    absent = set(absent)
     for item in TRIPOD_AI_ITEMS:
         coverage = REPORT_COVERAGE.get(item.item)
-        if coverage is not None and coverage.anchor in present:
+        if coverage is not None and coverage.anchor in present and item.item not in absent:
             link = Markup('<a href="#{0}">#{0}</a>').format(coverage.anchor)
             extent = _badge(coverage.extent, "ok" if coverage.extent == "full" else "warn")
             filled.append([item.item, item.topic, item.text, link, extent, coverage.note])
@@ -834,7 +979,12 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
     positions = X_all.index.get_indexer(X_global.index)
     explanation = explanation_all[positions]
 
+    labels = display_labels(X_all.columns)
     importance = feature_importance(explanation)
+    # The plots show the features the final model uses, so their counts match the table's.
+    used_names = importance.loc[importance["mean_abs_shap"] > 0, "feature"].tolist()
+    used = explanation[:, [list(explanation.feature_names).index(n) for n in used_names]]
+    shown = plots.relabel(used, labels)
     group_table = group_importance(explanation, groups)
     group_table["group"] = group_table["group"].map(lambda g: GROUP_LABELS.get(g, g))
     expected = {name: (spec.direction if spec else None) for name, spec in specs.items()}
@@ -847,25 +997,30 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
         "roc": plots.roc_figure(result.oof, result.metrics or {}),
         "calibration": plots.calibration_figure(result.oof),
         "decision_curve": plots.decision_curve_figure(result.decision_curve),
-        "importance": plots.importance_figure(explanation, settings.top_features),
+        "importance": plots.importance_figure(shown, settings.top_features),
         "groups": plots.group_figure(group_table),
-        "beeswarm": plots.beeswarm_figure(explanation, settings.top_features),
+        "beeswarm": plots.beeswarm_figure(shown, settings.top_features),
+        "forest": plots.forest_figure(
+            result.subgroups, (result.metrics or {}).get("xgboost", {}).get("auroc")
+        )
+        if result.subgroups is not None and not result.subgroups.empty
+        else plots.message_figure("No subgroup analysis in this run."),
         "stability": plots.stability_figure(fold_importance, stability_features)
         if has_folds
         else "",
     }
     dependence = []
+    named = plots.relabel(explanation, labels)
     for name in importance["feature"].head(settings.n_dependence):
         spec = specs.get(name)
-        caption = f"{spec.description} ({spec.unit})" if spec else "not declared in the registry"
-        dependence.append(
-            {"feature": name, "src": plots.dependence_figure(explanation, name), "caption": caption}
-        )
+        caption = spec.description if spec else "not declared in the registry"
+        src = plots.dependence_figure(named, labels[name], xlabel=labels[name])
+        dependence.append({"feature": labels[name], "src": src, "caption": caption})
 
     importance_rows = [
         (
             r.rank,
-            r.feature,
+            Markup("{} <code>{}</code>").format(labels[r.feature], r.feature),
             GROUP_LABELS.get(groups[r.feature], groups[r.feature]),
             r.mean_abs_shap,
             f"{100 * r.share:.1f}",
@@ -895,22 +1050,39 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
         if monotone
         else Markup('<p class="muted">No monotone constraint was imposed.</p>')
     )
-    tripod_filled, tripod_authors = _tripod_html(_present_anchors())
+    tripod_filled, tripod_authors = _tripod_html(
+        _present_anchors(), absent=() if _has_index_dates(result) else ("5b",)
+    )
     metadata = getattr(result.model, "metadata", {}) or {}
     name = metadata.get("name", "ctit model")
     version_label = result.registered_version or metadata.get("version")
-    if version_label in (None, "", "unregistered"):
-        version_label = "not yet registered"
+    registered = version_label not in (None, "", "unregistered")
+    run_short = (result.run_id or "")[:12] or "—"
+    if not registered:
+        # The copy logged with the run is written before the version exists; say what it is.
+        version_label = f"not registered when written (MLflow run {run_short})"
     n_repeats = _config(result, "validation", "n_repeats", default="?")
     n_splits = _config(result, "validation", "n_splits", default="?")
     n_boot = _config(result, "evaluation", "n_bootstrap", default="?")
 
     context = {
-        "title": f"Reviewer report: {name}, version {version_label}",
+        "title": f"Reviewer report: {name}, "
+        + (f"version {version_label}" if registered else f"MLflow run {run_short}"),
         "subtitle": (
             "Hetrombopag response in cancer-therapy-induced thrombocytopenia: SHAP explanations "
-            f"and the evidence behind the model (TRIPOD+AI). Label {result.label_definition}."
+            f"and the evidence behind the model (TRIPOD+AI). Response: "
+            f"{outcome_words(result.label_definition)} ({result.label_definition})."
         ),
+        "key_figures": key_figures(result.metrics or {}),
+        "key_models": [
+            plots.MODEL_LABELS.get(m, m)
+            for m in ("xgboost", "logreg", "plt_baseline")
+            if m in (result.metrics or {})
+        ],
+        "flags": _flags(result, plausibility, result.metrics or {}),
+        "n_episodes": len(result.y),
+        "n_events": int(result.y.astype(int).sum()),
+        "outcome_words": outcome_words(result.label_definition),
         "toc": SECTIONS,
         "intended_use": INTENDED_USE,
         "model_facts": [
@@ -925,7 +1097,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
         "table1_html": _frame_table(result.table1),
         "sample_size_html": _sample_size_html(result.sample_size or {}),
         "predictors_html": _predictors_html(list(X_all.columns), specs, groups, X_all, monotone),
-        "model_spec": _model_spec(result),
+        "model_spec": _model_spec(result, version_label),
         "performance_note": (
             f"Out-of-fold predictions of patient-grouped, stratified {n_splits}-fold "
             f"cross-validation repeated {n_repeats} times; metrics averaged over repeats; 95% "
@@ -946,6 +1118,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
             ["Rank", "Feature", "Group", "Mean |SHAP| (log-odds)", "Share (%)"],
             importance_rows,
             numeric=[0, 3, 4],
+            html_columns=[1],
         )
         + (
             Markup(
@@ -978,7 +1151,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
             "response and near the operating threshold. The waterfall is on the probability "
             "scale (calibrated), labelled as such; the exact log-odds contributions are beside it."
         ),
-        "cases": _gallery(result, explanation_all, settings),
+        "cases": _gallery(result, explanation_all, settings, labels),
         "limitations": _limitations(result, plausibility, X_all, len(X_global)),
         "tripod_filled_html": tripod_filled,
         "tripod_authors_html": tripod_authors,

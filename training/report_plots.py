@@ -23,6 +23,10 @@ MODEL_LABELS = {
 }
 OOF_COLUMNS = {"xgboost": "p_xgb", "logreg": "p_logreg", "plt_baseline": "p_plt"}
 COLOURS = {"xgboost": "#1f5f8b", "logreg": "#c2571a", "plt_baseline": "#6a8f3a"}
+#: What raises and what lowers the chance of response: the clinician page's colours
+#: (serving/static/style.css --raise and --lower), so a colour means one thing everywhere.
+RAISE_COLOUR = "#1f5fa8"
+LOWER_COLOUR = "#b3541e"
 DPI = 96
 
 
@@ -131,12 +135,36 @@ def decision_curve_figure(curve: pd.DataFrame) -> str:
         return _data_uri(fig)
 
 
+def relabel(explanation: shap.Explanation, labels: Mapping[str, str]) -> shap.Explanation:
+    """The same explanation with clinical names (and units) instead of code names."""
+    return shap.Explanation(
+        values=explanation.values,
+        base_values=explanation.base_values,
+        data=explanation.data,
+        feature_names=[labels.get(n, n) for n in explanation.feature_names],
+    )
+
+
 def importance_figure(explanation: shap.Explanation, max_display: int) -> str:
-    """Mean |SHAP| bar chart by feature (shap.plots.bar)."""
+    """Mean |SHAP| by feature, largest first; the rest pooled into one bar, counted."""
     with _pyplot() as plt:
-        fig, ax = plt.subplots(figsize=(6.0, 0.32 * max_display + 1.2))
-        shap.plots.bar(explanation, max_display=max_display, ax=ax, show=False)
+        means = np.abs(np.asarray(explanation.values)).mean(axis=0)
+        order = np.argsort(-means, kind="stable")
+        shown = order[: max_display - 1] if len(order) > max_display else order
+        names = [explanation.feature_names[j] for j in shown]
+        values = [float(means[j]) for j in shown]
+        rest = order[len(shown) :]
+        if rest.size:
+            names.append(f"Sum of {rest.size} other features")
+            values.append(float(means[rest].sum()))
+        fig, ax = plt.subplots(figsize=(7.0, 0.32 * len(names) + 1.2))
+        ax.barh(range(len(names)), values, color=COLOURS["xgboost"])
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {value:.3f}", va="center", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
         ax.set_xlabel("mean |SHAP value| (log-odds of response)")
+        ax.spines[["top", "right"]].set_visible(False)
         return _data_uri(fig)
 
 
@@ -163,14 +191,50 @@ def beeswarm_figure(explanation: shap.Explanation, max_display: int) -> str:
         return _data_uri(fig)
 
 
-def dependence_figure(explanation: shap.Explanation, feature: str) -> str:
+def dependence_figure(explanation: shap.Explanation, feature: str, xlabel: str = "") -> str:
     """SHAP dependence of one feature, coloured by its strongest approximate interaction."""
     with _pyplot() as plt:
         fig, ax = plt.subplots(figsize=(5.4, 4.0))
         column = explanation[:, feature]
         colour = explanation if explanation.values.shape[1] > 1 else "#1f5f8b"
         shap.plots.scatter(column, color=colour, ax=ax, show=False, ylabel="SHAP (log-odds)")
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+        for other in plt.gcf().axes:
+            if other is not ax:  # the colour bar: a few round ticks, not 14.07
+                other.yaxis.set_major_locator(MaxNLocator(5))
+                other.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         return _data_uri(plt.gcf())
+
+
+def forest_figure(subgroups: pd.DataFrame, overall: Mapping[str, float] | None) -> str:
+    """AUROC (95% CI) of the calibrated XGBoost model in every subgroup level, with N."""
+    frame = subgroups[subgroups["model"] == "xgboost"] if "model" in subgroups else subgroups
+    frame = frame.dropna(subset=["auroc"]).sort_values(["subgroup", "level"], kind="stable")
+    with _pyplot() as plt:
+        fig, ax = plt.subplots(figsize=(7.0, 0.34 * max(len(frame), 1) + 1.4))
+        labels = []
+        for y, record in enumerate(frame.to_dict("records")):
+            estimate = float(record["auroc"])
+            low, high = record.get("auroc_low"), record.get("auroc_high")
+            if low is not None and high is not None and np.isfinite([low, high]).all():
+                ax.plot([low, high], [y, y], color=COLOURS["xgboost"], lw=1.6)
+            ax.plot([estimate], [y], marker="s", color=COLOURS["xgboost"], ms=5)
+            subgroup = str(record.get("subgroup", "")).replace("_", " ")
+            labels.append(f"{subgroup}: {record.get('level')} (n={record.get('n')})")
+        if overall and overall.get("estimate") is not None:
+            ax.axvline(float(overall["estimate"]), color="#555555", ls="--", lw=1,
+                       label=f"all episodes {float(overall['estimate']):.3f}")  # fmt: skip
+            ax.legend(fontsize=8, loc="lower left")
+        ax.axvline(0.5, color="#b3261e", ls=":", lw=1)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("AUROC (95% CI), XGBoost out of fold")
+        ax.set_xlim(0.3, 1.0)
+        ax.grid(axis="x", color="#e5e5e5")
+        return _data_uri(fig)
 
 
 def stability_figure(fold_importance: pd.DataFrame, features: list[str]) -> str:
@@ -192,13 +256,40 @@ def stability_figure(fold_importance: pd.DataFrame, features: list[str]) -> str:
         return _data_uri(fig)
 
 
-def waterfall_figure(explanation_row: shap.Explanation, max_display: int, title: str) -> str:
-    """shap waterfall of one episode (the values are on whatever scale the row carries)."""
+def waterfall_figure(
+    explanation_row: shap.Explanation, max_display: int, title: str, labels: Mapping[str, str]
+) -> str:
+    """One episode's factors as steps on the row's scale (the probability scale in the report):
+    blue raises and orange lowers the chance of response, as on the clinician page."""
+    values = np.asarray(explanation_row.values, dtype=float)
+    order = np.argsort(-np.abs(values), kind="stable")
+    shown = order[: max_display - 1] if values.size > max_display else order
+    rest = order[len(shown) :]
+    rest = rest[values[rest] != 0]  # features this episode does not use are not counted
+    steps = [(labels.get(explanation_row.feature_names[j], explanation_row.feature_names[j]),
+              float(values[j])) for j in shown]  # fmt: skip
+    if rest.size:
+        steps.append((f"{rest.size} other features", float(values[rest].sum())))
+    base = float(np.asarray(explanation_row.base_values).reshape(-1)[0])
     with _pyplot() as plt:
-        plt.figure()
-        shap.plots.waterfall(explanation_row, max_display=max_display, show=False)
-        fig = plt.gcf()
-        fig.suptitle(title, fontsize=10, y=1.0)
+        fig, ax = plt.subplots(figsize=(7.6, 0.36 * (len(steps) + 2) + 1.0))
+        names = ["Average patient (base value)"]
+        ax.barh(0, base, color="#3d4349")
+        position = base
+        for y, (name, step) in enumerate(steps, start=1):
+            colour = RAISE_COLOUR if step >= 0 else LOWER_COLOUR
+            ax.barh(y, step, left=position, color=colour)
+            ax.text(max(position, position + step), y, f" {step:+.3f}", va="center", fontsize=7)
+            position += step
+            names.append(name)
+        ax.barh(len(steps) + 1, position, color="#3d4349")
+        ax.text(position, len(steps) + 1, f" {position:.3f}", va="center", fontsize=8)
+        names.append("This episode")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("Probability of response (calibrated)")
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.suptitle(title, fontsize=10)
         return _data_uri(fig)
 
 

@@ -317,6 +317,7 @@ def log_result(
     import mlflow
 
     from serving.pyfunc import log_deployable_model
+    from training.tracking import input_schema, version_description
 
     steps = 6
     progress("tracking", 0, steps)
@@ -352,8 +353,11 @@ def log_result(
         _write_plots(result, tmp_path / "plots")
         run.log_artifact_dir(tmp_path / "plots", "plots")
         progress("tracking", 3, steps)
-        info = log_deployable_model(result.model, "model")
+        # A named logged model (MLflow lists logged models by name), with its input documented.
+        info = log_deployable_model(result.model, f"ctit-{config.name}")
         result.model_uri = info.model_uri
+        mlflow.log_dict(input_schema(), "model_input/record.schema.json")
+        run.log_tuned_params((result.tuning or {}).get("final"))
         progress("tracking", 4, steps)
         result.save(tmp_path / "train_result")
         run.log_artifact_dir(tmp_path / "train_result", "train_result")
@@ -367,6 +371,9 @@ def log_result(
                 "label_definition": result.label_definition,
                 "experiment": config.name,
             },
+            description=version_description(
+                result.label_definition, result.metrics or {}, config.name, len(result.y)
+            ),
         )
         mlflow.set_tag("ctit.registered_version", f"{run.settings.registered_model}/{version}")
         result.registered_version = version

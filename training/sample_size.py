@@ -60,6 +60,15 @@ def _n_for_shrinkage(p: int, r2: float, shrinkage: float) -> float:
     return p / ((shrinkage - 1) * math.log(1 - r2 / shrinkage))
 
 
+#: Riley et al.'s four criteria, in words for messages.
+CRITERION_WORDS = {
+    "overall_risk": "the precision of the overall response rate",
+    "mape": "the precision of individual predicted risks",
+    "shrinkage": "the shrinkage needed against overfitting",
+    "optimism": "the optimism of the apparent fit",
+}
+
+
 def riley_sample_size(
     n_predictors: int,
     prevalence: float,
@@ -132,7 +141,8 @@ def assess_sample_size(
     if n < riley["minimum_n"]:
         out["warnings"].append(
             f"{n} episodes is below Riley's minimum of {riley['minimum_n']} for "
-            f"{n_predictors} candidate predictors (limited by {riley['limiting_criterion']}): "
+            f"{n_predictors} candidate predictors (set by "
+            f"{CRITERION_WORDS[riley['limiting_criterion']]}): "
             "expect overfitting; interpret with caution"
         )
     if out["minority_per_predictor"] < 10:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.registry import feature_label, spec_of, unit_text
+
 COLUMNS = ["variable", "level", "overall", "responders", "non_responders", "missing"]
 
 
@@ -29,8 +31,27 @@ def _is_categorical(values: pd.Series) -> bool:
     return non_missing.nunique() <= 2 and set(non_missing.unique()) <= {0, 1}
 
 
+def _is_binary(values: pd.Series) -> bool:
+    non_missing = values.dropna()
+    if pd.api.types.is_bool_dtype(values):
+        return True
+    if values.dtype == object:
+        return set(non_missing.astype(str).str.lower().unique()) <= {"true", "false", "1", "0"}
+    return set(non_missing.unique()) <= {0, 1}
+
+
+def _name(column: str, with_unit: bool) -> str:
+    """A variable's clinical name (features.registry) and, for numbers, its unit."""
+    try:
+        unit = unit_text(spec_of(column).unit)
+    except KeyError:
+        unit = ""
+    return feature_label(column) + (f" ({unit})" if with_unit and unit else "")
+
+
 def table_one(raw_features: pd.DataFrame, y: pd.Series, max_levels: int = 12) -> pd.DataFrame:
-    """Median [IQR] for numeric variables, n (%) for categorical levels, and missingness.
+    """Median [IQR] for numeric variables, n (%) for categorical levels (one row "yes" for a
+    yes/no variable), and missingness; variables by their clinical names.
 
     Args:
         raw_features: one row per labelled episode, index or column `episode_id`.
@@ -55,13 +76,32 @@ def table_one(raw_features: pd.DataFrame, y: pd.Series, max_levels: int = 12) ->
         values = frame[column]
         n_missing = int(values.isna().sum())
         missing = _count_cell(n_missing, len(values))
-        if _is_categorical(values):
+        if _is_binary(values) and not values.dropna().empty:
+            yes = values.dropna().astype(str).str.lower().isin(["1", "1.0", "true"])
+            positive = set(values.dropna()[yes.to_numpy()].astype(str))
+
+            def count_yes(part: pd.Series, positive: set[str] = positive) -> int:
+                return int(part.dropna().astype(str).isin(positive).sum())
+
+            rows.append(
+                {
+                    "variable": _name(column, with_unit=False),
+                    "level": "yes",
+                    "overall": _count_cell(count_yes(values), len(values)),
+                    "responders": _count_cell(count_yes(responders[column]), len(responders)),
+                    "non_responders": _count_cell(
+                        count_yes(non_responders[column]), len(non_responders)
+                    ),
+                    "missing": missing,
+                }
+            )
+        elif _is_categorical(values):
             levels = values.dropna().astype(str).value_counts()
             shown = list(levels.index[:max_levels])
             for i, level in enumerate(shown):
                 rows.append(
                     {
-                        "variable": column,
+                        "variable": _name(column, with_unit=False),
                         "level": level,
                         "overall": _count_cell(int(levels[level]), len(values)),
                         "responders": _count_cell(
@@ -78,7 +118,7 @@ def table_one(raw_features: pd.DataFrame, y: pd.Series, max_levels: int = 12) ->
                 other = int(levels.iloc[max_levels:].sum())
                 rows.append(
                     {
-                        "variable": column,
+                        "variable": _name(column, with_unit=False),
                         "level": f"({len(levels) - max_levels} other levels)",
                         "overall": _count_cell(other, len(values)),
                         "responders": "",
@@ -89,7 +129,7 @@ def table_one(raw_features: pd.DataFrame, y: pd.Series, max_levels: int = 12) ->
             if levels.empty:
                 rows.append(
                     {
-                        "variable": column,
+                        "variable": _name(column, with_unit=False),
                         "level": "",
                         "overall": "-",
                         "responders": "-",
@@ -100,7 +140,7 @@ def table_one(raw_features: pd.DataFrame, y: pd.Series, max_levels: int = 12) ->
         else:
             rows.append(
                 {
-                    "variable": column,
+                    "variable": _name(column, with_unit=True),
                     "level": "median [IQR]",
                     "overall": _numeric_cell(values),
                     "responders": _numeric_cell(responders[column]),

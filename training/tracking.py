@@ -175,6 +175,10 @@ class RunHandle:
             **self.settings.tags,
         }
         mlflow.set_tags(tags)
+        # The run's description (MLflow shows the `mlflow.note.content` tag as the description).
+        mlflow.set_tag(
+            "mlflow.note.content", run_description(config, label_definition, fingerprint)
+        )
         if experiment_text is not None:
             mlflow.log_text(experiment_text, "experiment/experiment.toml")
         mlflow.log_dict(config, "experiment/experiment.json")
@@ -206,16 +210,27 @@ class RunHandle:
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
-    def register(self, model_uri: str, tags: dict[str, str]) -> str:
-        """Register the logged model under the configured name and point @candidate at it."""
+    def log_tuned_params(self, params: dict[str, Any] | None) -> None:
+        """The final model's tuned hyper-parameters as params (`tuned.<name>`), beside the
+        search ranges that the experiment's params hold."""
+        if params:
+            mlflow.log_params({f"tuned.{k}": _param_value(v) for k, v in params.items()})
+
+    def register(self, model_uri: str, tags: dict[str, str], description: str | None = None) -> str:
+        """Register the logged model under the configured name and point @candidate at it;
+        the registered model and the version carry descriptions (what it predicts, its input)."""
         client = MlflowClient()
         name = self.settings.registered_model
         try:
-            client.get_registered_model(name)
+            registered = client.get_registered_model(name)
+            if not registered.description:
+                client.update_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
         except MlflowException:
-            client.create_registered_model(name)
+            client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
             self.created_models.append(name)
-        version = client.create_model_version(name, model_uri, run_id=self.run_id, tags=tags)
+        version = client.create_model_version(
+            name, model_uri, run_id=self.run_id, tags=tags, description=description
+        )
         self.created_versions.append((name, version.version))
         client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
         return version.version
@@ -237,6 +252,92 @@ class RunHandle:
                 log.exception("could not delete registered model %s", name)
         self.created_versions.clear()
         self.created_models.clear()
+
+
+#: What every registered ctit model is, for the registry's page of the model.
+REGISTERED_MODEL_DESCRIPTION = (
+    "ctit: the calibrated probability that an episode of cancer-therapy-induced thrombocytopenia "
+    "responds to hetrombopag, estimated before the first dose from baseline labs, platelet and "
+    "regimen history and clinical findings, with SHAP explanations. Versions are registered "
+    "@candidate by `ctit train` and made @champion by `ctit promote` when they pass the gates. "
+    "Decision support only."
+)
+
+
+def input_description() -> str:
+    """The pyfunc's input in words: one `record` column of JSON patient records, with each
+    part's fields (the full JSON schema is logged beside the model as
+    `model_input/record.schema.json`)."""
+    from serving.schemas import ScoreRequest
+
+    schema = ScoreRequest.model_json_schema()
+    defs = schema.get("$defs", {})
+    parts = []
+    for part in ("patient", "episode", "labs", "regimens"):
+        fields = defs.get(_def_name(part), {}).get("properties", {})
+        parts.append(f"{part} ({', '.join(fields)})" if fields else part)
+    return (
+        "Input: a table with one string column `record`, each a patient record as JSON with "
+        + "; ".join(parts)
+        + ". Output: one row per episode with episode_id, probability, interval_low, "
+        "interval_high and band."
+    )
+
+
+def input_schema() -> dict[str, Any]:
+    from serving.schemas import ScoreRequest
+
+    return ScoreRequest.model_json_schema()
+
+
+def _def_name(part: str) -> str:
+    return {
+        "patient": "PatientIn",
+        "episode": "EpisodeIn",
+        "labs": "LabIn",
+        "regimens": "RegimenIn",
+    }[part]
+
+
+def version_description(
+    label_definition: str, metrics: dict[str, Any], experiment: str, n_episodes: int
+) -> str:
+    """A registered version in a few lines: outcome, evidence, input."""
+    from features.registry import outcome_words
+
+    auroc = (metrics.get("xgboost") or {}).get("auroc") or {}
+    slope = (metrics.get("xgboost") or {}).get("calibration_slope") or {}
+
+    def ci(cell: dict[str, float]) -> str:
+        if cell.get("estimate") is None:
+            return "not estimated"
+        return f"{cell['estimate']:.3f} ({cell.get('low', float('nan')):.3f} to " + (
+            f"{cell.get('high', float('nan')):.3f})"
+        )
+
+    return (
+        f"Experiment {experiment}; response = {outcome_words(label_definition)} "
+        f"({label_definition}). Out-of-fold AUROC {ci(auroc)}, calibration slope {ci(slope)} on "
+        f"{n_episodes:,} labelled episodes. {input_description()}"
+    )
+
+
+def run_description(config: dict[str, Any], label_definition: Any, fingerprint: str) -> str:
+    """The run's description: the experiment's own words, then what was trained on what."""
+    from features.registry import outcome_words
+
+    name = getattr(label_definition, "name", str(label_definition))
+    own = str(config.get("description") or "").strip()
+    text = (
+        f"ctit train of experiment {config.get('name', '?')}: response = {outcome_words(name)} "
+        f"({name}); cohort fingerprint {fingerprint[:12]}."
+    )
+    return f"{own}\n\n{text}" if own else text
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, dict | list | tuple) else str(value)
+    return text[:6000]
 
 
 def _jsonable(value: Any) -> Any:

@@ -220,10 +220,14 @@
       if (!res.ok) {
         showSummary([{ text: "Could not load the list of tests and drugs: " + describeHttpFailure(res),
                        target: res.status === 401 || res.status === 403 ? $("token") : null }]);
-        if (res.status === 401 || res.status === 403) $("access-panel").open = true;
+        if (res.status === 401 || res.status === 403) { $("access-panel").hidden = false; $("access-panel").open = true; }
         return;
       }
       state.options = res.body;
+      state.outcome = res.body.outcome || null;
+      renderModelLine();
+      // The server answered without a typed token (none needed, or the sign-in cookie is set).
+      $("access-panel").hidden = !$("token").value.trim();
       state.analytes = {};
       state.loincToAlias = {};
       res.body.analytes.forEach(function (a) {
@@ -235,13 +239,13 @@
       list.textContent = "";
       res.body.drugs.forEach(function (d) { list.appendChild(option(d)); });
       // Rows created before the options arrived get their selects filled now, keeping values.
-      document.querySelectorAll("#labs-body tr.lab-row").forEach(function (row) {
+      document.querySelectorAll("#labs-body .lab-row").forEach(function (row) {
         var test = row.querySelector('[data-field="test"]');
         var unit = row.querySelector('[data-field="unit"]');
         fillTestSelect(test, test.dataset.pending || test.value);
         fillUnitSelect(unit, test.value, unit.dataset.pending || unit.value);
       });
-      if (!document.querySelector("#labs-body tr")) addLabRow({ test: "PLT" });
+      if (!document.querySelector("#labs-body .lab-row")) addLabRow({ test: "PLT" });
       if (!document.querySelector("#regimens-body .regimen-row")) addRegimenRow({});
     }).catch(function () {
       showSummary([{ text: "Could not reach the server to load the list of tests and drugs." }]);
@@ -258,14 +262,21 @@
       }
       var m = res.body.model || res.body;
       state.calibration = calibrationMap(m.calibration_curve);
-      var parts = ["Model: " + (m.name || "unnamed")];
-      if (m.version !== undefined && m.version !== null) parts.push("version " + m.version);
-      if (m.label_definition) parts.push("response = " + labelText(m.label_definition));
-      line.textContent = parts.join(" · ");
+      state.modelInfo = m;
+      renderModelLine();
     }).catch(function () {
       state.calibration = null;
       $("model-line").textContent = "Model: server unreachable";
     });
+  }
+
+  function renderModelLine() {
+    var m = state.modelInfo;
+    if (!m) return;
+    var parts = ["Model: " + (m.name || "unnamed")];
+    if (m.version !== undefined && m.version !== null) parts.push("version " + m.version);
+    if (m.label_definition) parts.push("response: " + outcomeText(m));
+    $("model-line").textContent = parts.join(" · ");
   }
 
   function labelText(def) {
@@ -419,10 +430,11 @@
   /** Give every generated field a label naming its row, as the row order changes. */
   function renumber() {
     var names = { test: "Test", value: "Value", unit: "Unit", date: "Date", clock: "Time (optional)" };
-    document.querySelectorAll("#labs-body tr.lab-row").forEach(function (row, i) {
+    document.querySelectorAll("#labs-body .lab-row").forEach(function (row, i) {
       var n = i + 1;
       row.querySelectorAll("label[data-for]").forEach(function (label) {
-        label.textContent = names[label.dataset.for] + ", lab row " + n;
+        label.textContent = names[label.dataset.for];
+        label.appendChild(el("span", { className: "visually-hidden", text: ", lab row " + n }));
       });
       row.querySelector('[data-action="remove-lab"]').setAttribute("aria-label", "Remove lab row " + n);
     });
@@ -460,6 +472,8 @@
 
   function setFieldError(input, message, span) {
     var target = span || errorSpanFor(input);
+    var section = input && input.closest ? input.closest("details") : null;
+    if (section) section.open = true;
     if (input) {
       input.setAttribute("aria-invalid", "true");
       var described = (input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
@@ -558,7 +572,7 @@
 
     var labs = [];
     var labRows = [];
-    document.querySelectorAll("#labs-body tr.lab-row").forEach(function (row) {
+    document.querySelectorAll("#labs-body .lab-row").forEach(function (row) {
       var f = function (name) { return row.querySelector('[data-field="' + name + '"]'); };
       var raw = { test: f("test").value, value: f("value").value.trim(), date: f("date").value,
                   clock: f("clock").value };
@@ -714,6 +728,44 @@
     (record.regimens || []).forEach(function (r) { addRegimenRow(r); });
     if (!(record.labs || []).length) addLabRow({ test: "PLT" });
     if (!(record.regimens || []).length) addRegimenRow({});
+    updateSectionNotes();
+    markStale();
+  }
+
+  var CLINICAL = ["ecog", "subtype", "race"].concat(TRISTATE);
+
+  /** The collapsed "Clinical findings" section says how many of its fields are filled. */
+  function updateSectionNotes() {
+    var n = CLINICAL.filter(function (id) { return $(id).value.trim() !== ""; }).length;
+    $("clinical-note").textContent = "optional · " + (n ? n + " of " + CLINICAL.length + " given" : "none given");
+  }
+
+  function loadExamples() {
+    return fetchJson("ui/examples", { headers: authHeaders() }).then(function (res) {
+      var select = $("example-choice");
+      select.textContent = "";
+      if (!res.ok || !Array.isArray(res.body)) {
+        select.appendChild(option("", "No examples available"));
+        $("example-load").disabled = true;
+        return;
+      }
+      res.body.forEach(function (e) { select.appendChild(option(e.name, e.title)); });
+      $("example-load").disabled = !res.body.length;
+    }).catch(function () { /* the page works without examples */ });
+  }
+
+  function loadExample() {
+    var name = $("example-choice").value;
+    if (!name) return;
+    var title = $("example-choice").selectedOptions[0].textContent;
+    fetchJson("ui/examples/" + encodeURIComponent(name), { headers: authHeaders() }).then(function (res) {
+      if (!res.ok || !res.body) {
+        $("file-status").textContent = "The example could not be loaded (HTTP " + res.status + ").";
+        return;
+      }
+      fillForm(res.body);
+      $("file-status").textContent = "Loaded " + title + ". Press “Estimate response probability” to score it.";
+    });
   }
 
   function recordTitle(r) {
@@ -728,7 +780,7 @@
     fillForm(entry.record);
     if (entry.problems && entry.problems.length) {
       showServerErrors(entry.problems, {
-        labRows: Array.prototype.slice.call(document.querySelectorAll("#labs-body tr.lab-row")),
+        labRows: Array.prototype.slice.call(document.querySelectorAll("#labs-body .lab-row")),
         regimenRows: Array.prototype.slice.call(document.querySelectorAll("#regimens-body .regimen-row"))
       });
     }
@@ -780,43 +832,44 @@
 
   // ---------------------------------------------------------------- result
 
-  /** A feature's declared description; families declared with `*` match by pattern. */
-  function featureLabel(name) {
+  /** A feature's plain clinical name and unit (features.registry, through ui/options). */
+  function featureInfo(name) {
     var info = state.featureInfo[name];
-    if (!info) {
-      Object.keys(state.featureInfo).some(function (pattern) {
-        if (pattern.indexOf("*") < 0) return false;
-        var re = new RegExp("^" + pattern.split("*").map(function (part) {
-          return part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-        }).join("(.*)") + "$");
-        var m = re.exec(name);
-        if (m) info = { description: state.featureInfo[pattern].description + " (" + m.slice(1).join(", ") + ")" };
-        return Boolean(m);
-      });
-    }
-    if (info && info.description) return info.description;
-    return String(name).replace(/_/g, " ");
+    if (info) return info;
+    var found = null;
+    Object.keys(state.featureInfo).some(function (pattern) {
+      if (pattern.indexOf("*") < 0) return false;
+      var re = new RegExp("^" + pattern.split("*").map(function (part) {
+        return part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      }).join("(.*)") + "$");
+      if (!re.test(name)) return false;
+      found = Object.assign({}, state.featureInfo[pattern], { label: String(name).replace(/_/g, " ") });
+      return true;
+    });
+    return found || { label: String(name).replace(/_/g, " "), unit: "", unit_text: "", missing: "not recorded" };
   }
 
-  /** A short chart label: the description without its time anchor or asides, with the value. */
+  function featureLabel(name) {
+    return featureInfo(name).label || String(name).replace(/_/g, " ");
+  }
+
+  function formatValue(value) {
+    var x = Number(value);
+    if (Math.abs(x) >= 100 || Math.floor(x) === x) return x.toFixed(0);
+    if (Math.abs(x) >= 10) return x.toFixed(1);
+    return String(Math.round(x * 100) / 100);
+  }
+
+  /** A chart label: the feature's full clinical name and, when known, its value with its unit. */
   function shortLabel(name, value) {
-    var text = featureLabel(name)
-      .replace(/\s*\([^)]*\)/g, "")
-      .replace(/ (on or before|before|to) the index date$/, "")
-      .replace(/ on or before the index date/, "");
-    text = text.charAt(0).toUpperCase() + text.slice(1);
-    if (value === null) return text + ": not recorded";
+    var info = featureInfo(name);
+    var text = info.label || String(name);
+    if (value === null) return text + ": " + (info.missing || "not recorded");
     if (value !== undefined && isFinite(value)) {
-      var info = state.featureInfo[name] || {};
-      var unit = info.unit || "";
-      if (unit === "0/1") text += ": " + (Number(value) >= 0.5 ? "yes" : "no");
-      else text += " = " + (Math.round(Number(value) * 100) / 100) + (unit ? " " + displayUnit(unit) : "");
+      if (info.unit === "0/1" || String(name).indexOf("=") >= 0) text += ": " + (Number(value) >= 0.5 ? "yes" : "no");
+      else text += ": " + formatValue(value) + (info.unit_text ? " " + info.unit_text : "");
     }
     return text;
-  }
-
-  function displayUnit(unit) {
-    return String(unit).replace(/^10\*9\//, "×10⁹/").replace(/^10\*3\//, "×10³/");
   }
 
   function factorText(f) {
@@ -825,8 +878,17 @@
     return f.text || f.description || f.label || f.feature || JSON.stringify(f);
   }
 
-  function truncate(s, n) {
-    return s.length > n ? s.slice(0, n - 1) + "…" : s;
+  /** Split a label into lines of at most `width` characters, at spaces. */
+  function wrapText(text, width) {
+    var words = String(text).split(" ");
+    var lines = [];
+    var line = "";
+    words.forEach(function (w) {
+      if (line && (line + " " + w).length > width) { lines.push(line); line = w; }
+      else line = line ? line + " " + w : w;
+    });
+    if (line) lines.push(line);
+    return lines;
   }
 
   /** The labels of the first and last rows: calibrated, or the uncalibrated fallback. */
@@ -836,25 +898,41 @@
       : { base: "Average patient (model baseline, uncalibrated)", final: "This patient (model output, uncalibrated)" };
   }
 
-  function drawWaterfall(wf, stepLabels) {
+  /**
+   * The waterfall as an SVG drawn at the width it is shown (1 unit = 1 CSS pixel, so text keeps
+   * its size on a phone). Wide: labels in a left column, wrapped, never cut. Narrow: each label
+   * above its bar. Log-odds are drawn only when `showLogodds`.
+   */
+  function drawWaterfall(wf, stepLabels, width, showLogodds) {
     var names = totalLabels(wf);
-    var rowH = 26;
-    var left = 280;
-    var plotW = 230;
-    var right = 70;
+    var W = Math.max(280, Math.min(720, Math.floor(width || 560)));
+    var stacked = W < 520;
+    var lineH = 15;
+    var right = showLogodds ? 58 : 8;
+    var left = stacked ? 14 : Math.round(W * 0.44);
+    var valueRoom = 40;  // the percentage written after a total bar
+    var plotW = W - left - right - valueRoom;
+    var chars = Math.max(16, Math.floor((stacked ? W - 16 : left - 14) / 7));
     var top = 22;
-    var rows = [{ label: names.base, kind: "total", start: 0, end: wf.base.p,
-                  logodds: wf.base.logodds, total: true }]
+    var rows = [{ label: names.base, kind: "total", start: 0, end: wf.base.p, logodds: wf.base.logodds, total: true }]
       .concat(wf.steps.map(function (s, i) {
         return { label: stepLabels[i], kind: s.logodds >= 0 ? "raise" : "lower", start: s.start, end: s.end,
                  logodds: s.logodds };
       }))
-      .concat([{ label: names.final, kind: "total", start: 0, end: wf.final.p,
-                 logodds: wf.final.logodds, total: true }]);
-    var height = top + rows.length * rowH + 44;
-    var width = left + plotW + right;
+      .concat([{ label: names.final, kind: "total", start: 0, end: wf.final.p, logodds: wf.final.logodds, total: true }]);
+    var y = top;
+    rows.forEach(function (r) {
+      r.lines = wrapText(r.label, chars);
+      r.y = y;
+      r.barY = stacked ? y + r.lines.length * lineH + 2 : y + Math.max(0, (r.lines.length - 1) * lineH / 2) + 4;
+      r.h = stacked ? r.lines.length * lineH + 22 : Math.max(26, r.lines.length * lineH + 8);
+      y += r.h;
+    });
+    var bottom = y;
+    var height = bottom + 44;
     var x = function (p) { return left + p * plotW; };
-    var root = svg("svg", { viewBox: "0 0 " + width + " " + height, class: "waterfall", role: "img",
+    var root = svg("svg", { viewBox: "0 0 " + W + " " + height, width: W, height: height,
+                            class: "waterfall" + (stacked ? " stacked" : ""), role: "img",
                             "aria-labelledby": "wf-title wf-desc", id: "waterfall",
                             "data-scale": wf.calibrated ? "calibrated" : "logistic",
                             "data-base-probability": wf.base.p, "data-final-probability": wf.final.p });
@@ -865,53 +943,65 @@
         "probability of " + formatPercent(wf.final.p, 1) + ". The same data are in the table below the chart."
       : "From the uncalibrated model baseline of " + formatPercent(wf.base.p, 1) + " to this patient's " +
         "uncalibrated model output of " + formatPercent(wf.final.p, 1) + ". The same data are in the table below the chart."));
-    root.appendChild(svg("text", { x: left + plotW + right - 4, y: 13, "text-anchor": "end", class: "axis-title" },
-      "log-odds"));
+    if (showLogodds) {
+      root.appendChild(svg("text", { x: W - 4, y: 13, "text-anchor": "end", class: "axis-title" }, "log-odds"));
+    }
     [0, 0.25, 0.5, 0.75, 1].forEach(function (t) {
-      root.appendChild(svg("line", { class: "grid-line", x1: x(t), x2: x(t), y1: top, y2: top + rows.length * rowH }));
+      root.appendChild(svg("line", { class: "grid-line", x1: x(t), x2: x(t), y1: top, y2: bottom }));
     });
     rows.forEach(function (r, i) {
-      var y = top + i * rowH;
+      var barH = stacked ? 14 : 16;
       var g = svg("g", { class: "wf-row", "data-kind": r.kind, "data-start": r.start, "data-end": r.end });
       g.appendChild(svg("title", {}, r.label + ": " + formatPercent(r.start, 1) + " → " + formatPercent(r.end, 1) +
         " (log-odds " + formatLogodds(r.logodds) + ")"));
-      g.appendChild(svg("text", { x: left - 8, y: y + rowH / 2 + 4, "text-anchor": "end" }, truncate(r.label, 38)));
+      var label = svg("text", stacked
+        ? { x: left, y: r.y + 12, "text-anchor": "start", class: "wf-label" }
+        : { x: left - 8, y: r.barY + barH / 2 + 4 - (r.lines.length - 1) * lineH / 2, "text-anchor": "end", class: "wf-label" });
+      r.lines.forEach(function (line, k) {
+        label.appendChild(svg("tspan", { x: stacked ? left : left - 8, dy: k === 0 ? 0 : lineH }, line));
+      });
+      g.appendChild(label);
       var x0 = x(Math.min(r.start, r.end));
       var w = Math.max(Math.abs(x(r.end) - x(r.start)), 1.5);
-      g.appendChild(svg("rect", { x: x0, y: y + 5, width: w, height: rowH - 10,
+      g.appendChild(svg("rect", { x: x0, y: r.barY, width: w, height: barH,
                                   class: r.total ? "bar-total" : "bar-" + r.kind }));
       if (!r.total && i + 1 < rows.length) {
-        g.appendChild(svg("line", { class: "connector", x1: x(r.end), x2: x(r.end), y1: y + rowH - 5, y2: y + rowH + 5 }));
+        g.appendChild(svg("line", { class: "connector", x1: x(r.end), x2: x(r.end), y1: r.barY + barH,
+                                    y2: rows[i + 1].barY }));
       }
       if (r.total) {
-        g.appendChild(svg("text", { x: x(r.end) + 4, y: y + rowH / 2 + 4 }, formatProbability(r.end)));
+        g.appendChild(svg("text", { x: x(r.end) + 4, y: r.barY + barH / 2 + 4, class: "wf-value" }, formatProbability(r.end)));
       }
-      g.appendChild(svg("text", { x: left + plotW + right - 4, y: y + rowH / 2 + 4, "text-anchor": "end",
-                                  class: "logodds" }, formatLogodds(r.logodds)));
+      if (showLogodds) {
+        g.appendChild(svg("text", { x: W - 4, y: r.barY + barH / 2 + 4, "text-anchor": "end", class: "logodds" },
+          formatLogodds(r.logodds)));
+      }
       root.appendChild(g);
     });
-    var axisY = top + rows.length * rowH;
     var axis = svg("g", { class: "axis" });
-    axis.appendChild(svg("line", { x1: x(0), x2: x(1), y1: axisY, y2: axisY }));
+    axis.appendChild(svg("line", { x1: x(0), x2: x(1), y1: bottom, y2: bottom }));
     [0, 0.25, 0.5, 0.75, 1].forEach(function (t) {
-      axis.appendChild(svg("line", { x1: x(t), x2: x(t), y1: axisY, y2: axisY + 4 }));
-      axis.appendChild(svg("text", { x: x(t), y: axisY + 16, "text-anchor": "middle" }, formatPercent(t)));
+      axis.appendChild(svg("line", { x1: x(t), x2: x(t), y1: bottom, y2: bottom + 4 }));
+      axis.appendChild(svg("text", { x: x(t), y: bottom + 16, "text-anchor": "middle" }, formatPercent(t)));
     });
-    axis.appendChild(svg("text", { x: x(0.5), y: axisY + 34, "text-anchor": "middle", class: "axis-title" },
+    axis.appendChild(svg("text", { x: x(0.5), y: bottom + 34, "text-anchor": "middle", class: "axis-title" },
       wf.calibrated ? "Calibrated probability of response" : "Uncalibrated probability of response"));
     root.appendChild(axis);
     return root;
   }
 
-  function chartTable(wf, stepLabels) {
+  function chartTable(wf, stepLabels, showLogodds) {
     var table = el("table", { className: "chart-table" });
-    table.appendChild(el("thead", {}, [el("tr", {}, [
-      el("th", { scope: "col", text: "Factor" }), el("th", { scope: "col", text: "Log-odds" }),
-      el("th", { scope: "col", text: "Probability before → after" })])]));
+    var head = [el("th", { scope: "col", text: "Factor" })];
+    if (showLogodds) head.push(el("th", { scope: "col", text: "Log-odds" }));
+    head.push(el("th", { scope: "col", text: "Probability before → after" }));
+    table.appendChild(el("thead", {}, [el("tr", {}, head)]));
     var body = el("tbody");
     var add = function (label, lo, text) {
-      body.appendChild(el("tr", {}, [el("td", { text: label }), el("td", { className: "num", text: formatLogodds(lo) }),
-                                     el("td", { className: "num", text: text })]));
+      var cells = [el("td", { text: label })];
+      if (showLogodds) cells.push(el("td", { className: "num", text: formatLogodds(lo) }));
+      cells.push(el("td", { className: "num", text: text }));
+      body.appendChild(el("tr", {}, cells));
     };
     var names = totalLabels(wf);
     add(names.base, wf.base.logodds, formatPercent(wf.base.p, 1));
@@ -929,40 +1019,115 @@
     return b.charAt(0).toUpperCase() + b.slice(1) + " probability of response";
   }
 
-  function renderResult(answer) {
-    var box = $("result");
-    box.textContent = "";
-    var model = answer.model || {};
+  /** The outcome the probability is about, in words (the model's response definition). */
+  function outcomeText(model) {
+    var def = labelText(model.label_definition);
+    if (state.outcome && state.outcome.label_definition === def) return state.outcome.words;
+    return def ? "response by the definition “" + def + "”" : "response";
+  }
+
+  /** The interval level (0-1) of an answer: `interval_level` when given, else the fold models' 10th-90th. */
+  function intervalLevel(answer) {
+    var level = Number(answer.interval_level);
+    return isFinite(level) && level > 0 && level < 1 ? level : null;
+  }
+
+  /** A bar from 0 to 100% with the interval drawn on it and the probability marked. */
+  function intervalBar(answer) {
     var interval = answer.interval || [];
-    var headline = el("div", { className: "headline" }, [
-      el("span", { className: "probability", id: "result-probability", text: formatProbability(answer.probability) }),
-      el("span", { className: "band band-" + String(answer.band || "").toLowerCase(), id: "result-band",
-                   text: bandText(answer.band) })
-    ]);
-    box.appendChild(el("p", { className: "visually-hidden", text: "Result for episode " + answer.episode_id + "." }));
-    box.appendChild(headline);
+    var low = Number(interval[0]), high = Number(interval[1]), p = Number(answer.probability);
+    var level = intervalLevel(answer);
+    var levelText = level !== null ? Math.round(100 * level) + "% " : "80% ";
+    var box = el("div", { className: "interval-box", id: "result-interval-box" });
+    if (!(isFinite(low) && isFinite(high))) {
+      box.appendChild(el("p", { className: "interval", id: "result-interval", text: "No uncertainty interval for this answer." }));
+      return box;
+    }
+    var clamp = function (v) { return Math.max(0, Math.min(1, v)); };
+    var track = el("div", { className: "interval-track", id: "interval-bar", role: "img",
+      "aria-label": levelText + "interval from " + formatProbability(low) + " to " + formatProbability(high) +
+        ", estimate " + formatProbability(p),
+      "data-low": low, "data-high": high, "data-probability": p });
+    var range = el("span", { className: "interval-range" });
+    range.style.left = (100 * clamp(low)) + "%";
+    range.style.width = Math.max(0.6, 100 * (clamp(high) - clamp(low))) + "%";
+    var point = el("span", { className: "interval-point" });
+    point.style.left = (100 * clamp(p)) + "%";
+    track.appendChild(range);
+    track.appendChild(point);
+    box.appendChild(track);
+    box.appendChild(el("div", { className: "interval-scale", "aria-hidden": "true" },
+      [el("span", { text: "0%" }), el("span", { text: "50%" }), el("span", { text: "100%" })]));
     box.appendChild(el("p", { className: "interval", id: "result-interval",
-      text: "Uncertainty interval " + formatProbability(interval[0]) + " to " + formatProbability(interval[1]) +
-            " (spread of the cross-validation models). Episode " + answer.episode_id + "." }));
-    box.appendChild(el("p", { text: "Calibrated probability that platelets respond to hetrombopag by the model's " +
-      "definition: " + labelText(model.label_definition) + "." }));
+      text: levelText + "uncertainty interval: " + formatProbability(low) + " to " + formatProbability(high) + "." }));
+    box.appendChild(el("p", { className: "interval-meaning", id: "result-interval-meaning", text: level !== null
+      ? "How sure the model is of this estimate: the " + levelText.trim() + " interval is the range it gives with " +
+        Math.round(100 * level) + "% confidence. A wide bar means the estimate is uncertain; it is not the " +
+        "spread of outcomes between patients."
+      : "How sure the model is of this estimate: the models fitted in cross-validation give this patient " +
+        "estimates whose middle 80% (10th to 90th percentile) lie in this range. A wide bar means the " +
+        "estimate depends on the training data and is uncertain." }));
+    return box;
+  }
 
-    var warnings = answer.warnings || [];
-    if (warnings.length) {
-      var ul = el("ul");
-      warnings.forEach(function (w) {
-        ul.appendChild(el("li", { text: typeof w === "string" ? w : w.message || factorText(w) }));
-      });
-      box.appendChild(el("div", { className: "warnings", id: "result-warnings" }, [el("h3", { text: "Warnings" }), ul]));
+  /** "By day 7: 55%": the probability of response by each day, when the answer has it. */
+  function responseByDay(answer) {
+    var days = answer.response_by_day;
+    if (!Array.isArray(days) || !days.length) return null;
+    var ps = days.map(Number);
+    if (ps.some(function (v) { return !isFinite(v); })) return null;
+    var section = el("div", { className: "result-section", id: "result-by-day" }, [
+      el("h3", { text: "When platelets respond" })]);
+    var marks = [];
+    [7, 14, 28].forEach(function (d) { if (d <= ps.length && marks.indexOf(d) < 0) marks.push(d); });
+    if (marks.indexOf(ps.length) < 0) marks.push(ps.length);
+    section.appendChild(el("p", { id: "result-by-day-summary", text: marks.map(function (d) {
+      return "by day " + d + ": " + formatProbability(ps[d - 1]);
+    }).join(" · ").replace(/^b/, "B") + "." }));
+    var median = answer.median_days_to_response;
+    if (median !== undefined && median !== null && isFinite(median)) {
+      section.appendChild(el("p", { id: "result-median-days",
+        text: "Among patients like this who respond, half respond by day " + Math.round(Number(median)) + "." }));
     }
+    var W = 260, H = 90, padL = 34, padB = 20;
+    var chart = svg("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, class: "by-day-curve",
+                             role: "img", "aria-label": "Probability of response by day, days 1 to " + ps.length });
+    var px = function (d) { return padL + (W - padL - 8) * (ps.length === 1 ? 1 : (d - 1) / (ps.length - 1)); };
+    var py = function (p) { return 6 + (H - padB - 6) * (1 - p); };
+    [0, 0.5, 1].forEach(function (t) {
+      chart.appendChild(svg("line", { class: "grid-line", x1: padL, x2: W - 8, y1: py(t), y2: py(t) }));
+      chart.appendChild(svg("text", { x: padL - 4, y: py(t) + 4, "text-anchor": "end" }, formatPercent(t)));
+    });
+    chart.appendChild(svg("polyline", { class: "curve", points: ps.map(function (p, i) {
+      return px(i + 1).toFixed(1) + "," + py(p).toFixed(1);
+    }).join(" ") }));
+    chart.appendChild(svg("text", { x: px(1), y: H - 4 }, "day 1"));
+    chart.appendChild(svg("text", { x: px(ps.length), y: H - 4, "text-anchor": "end" }, "day " + ps.length));
+    section.appendChild(chart);
+    var table = el("table", { className: "chart-table" }, [el("thead", {}, [el("tr", {}, [
+      el("th", { scope: "col", text: "By day" }), el("th", { scope: "col", text: "Probability of response" })])])]);
+    var body = el("tbody");
+    ps.forEach(function (p, i) {
+      body.appendChild(el("tr", {}, [el("td", { text: String(i + 1) }), el("td", { className: "num", text: formatProbability(p) })]));
+    });
+    table.appendChild(body);
+    section.appendChild(el("details", {}, [el("summary", { text: "Every day as a table" }), table]));
+    return section;
+  }
 
-    var factors = answer.top_factors || [];
-    if (factors.length) {
-      var ol = el("ul", { className: "factors", id: "result-factors" });
-      factors.forEach(function (f) { ol.appendChild(el("li", { text: factorText(f) })); });
-      box.appendChild(el("div", { className: "result-section" }, [el("h3", { text: "Main factors" }), ol]));
-    }
+  function chartWidth() {
+    var holder = $("waterfall-holder");
+    var w = holder ? holder.clientWidth : 0;
+    if (!w) w = $("result").clientWidth - 32;
+    return w;
+  }
 
+  /** (Re)draw the explanation chart, its note and its table, at the width available. */
+  function drawExplanation(answer) {
+    var holder = $("waterfall-holder");
+    if (!holder) return;
+    holder.textContent = "";
+    var showLogodds = $("show-logodds") && $("show-logodds").checked;
     var calibrate = state.calibration;
     var wf = waterfallSteps(answer.base_value, answer.contributions || {}, MAX_FACTORS,
                             calibrate || sigmoid, calibrate ? answer.probability : null);
@@ -972,30 +1137,113 @@
     var stepLabels = wf.steps.map(function (s) {
       return s.kind === "other" ? "Other " + s.count + " factors combined" : shortLabel(s.name, values[s.name]);
     });
-    var section = el("div", { className: "result-section" }, [
-      el("h3", { text: "Why: contributions to this prediction (probability scale)" })]);
-    section.appendChild(drawWaterfall(wf, stepLabels));
-    var sums = "The numbers at the right are SHAP contributions in log-odds, which add up exactly (baseline " +
-      formatLogodds(wf.base.logodds) + " + contributions = margin " + formatLogodds(Number(answer.margin)) + ").";
-    section.appendChild(el("p", { className: "chart-note", id: "chart-note", text: calibrate
+    holder.appendChild(drawWaterfall(wf, stepLabels, chartWidth(), showLogodds));
+    var colours = "Blue bars raise and orange bars lower the chance of response.";
+    var sums = showLogodds
+      ? " The numbers at the right are SHAP contributions in log-odds, which add up exactly (baseline " +
+        formatLogodds(wf.base.logodds) + " + contributions = margin " + formatLogodds(Number(answer.margin)) + ")."
+      : "";
+    holder.appendChild(el("p", { className: "chart-note", id: "chart-note", text: calibrate
       ? "Bars move from the calibrated baseline (" + formatPercent(wf.base.p, 1) + ", an average patient) to " +
         "this patient's calibrated probability (" + formatPercent(wf.final.p, 1) + ", the probability shown " +
-        "above), one factor at a time: each bar shows how the calibrated probability changes when that " +
-        "factor's log-odds are added. Blue raises and orange lowers the probability of response. " + sums
+        "above), one factor at a time. " + colours + sums
       : "The model's calibration could not be loaded (model information unavailable), so the bars use the " +
         "uncalibrated model output (the logistic of the log-odds): they end at " + formatPercent(wf.final.p, 1) +
-        ", not at the calibrated probability shown above. Blue raises and orange lowers the probability of " +
-        "response. " + sums }));
-    section.appendChild(el("details", {}, [el("summary", { text: "Chart values as a table" }), chartTable(wf, stepLabels)]));
-    box.appendChild(section);
+        ", not at the calibrated probability shown above. " + colours + sums }));
+    holder.appendChild(el("details", {}, [el("summary", { text: "Chart values as a table" }),
+                                          chartTable(wf, stepLabels, showLogodds)]));
+  }
+
+  function renderResult(answer) {
+    var box = $("result");
+    box.textContent = "";
+    box.classList.remove("stale");
+    state.lastAnswer = answer;
+    var model = answer.model || {};
+    box.appendChild(el("p", { className: "stale-banner", id: "result-stale", role: "status", hidden: "hidden" }));
+    box.appendChild(el("p", { className: "visually-hidden", text: "Result for episode " + answer.episode_id + "." }));
+    box.appendChild(el("div", { className: "headline" }, [
+      el("span", { className: "probability", id: "result-probability", text: formatProbability(answer.probability) }),
+      el("span", { className: "band band-" + String(answer.band || "").toLowerCase(), id: "result-band",
+                   text: bandText(answer.band) })
+    ]));
+    box.appendChild(el("p", { className: "outcome", id: "result-outcome",
+      text: "Chance that " + outcomeText(model) + "." }));
+    box.appendChild(intervalBar(answer));
+    box.appendChild(el("p", { className: "episode-line", text: "Episode " + answer.episode_id + "." }));
+    var byDay = responseByDay(answer);
+    if (byDay) box.appendChild(byDay);
+
+    var warnings = answer.warnings || [];
+    if (warnings.length) {
+      // The first few are shown; more are folded away so that the answer stays on screen.
+      var shownCount = warnings.length > 4 ? 3 : warnings.length;
+      var item = function (w) { return el("li", { text: typeof w === "string" ? w : w.message || factorText(w) }); };
+      var ul = el("ul");
+      warnings.slice(0, shownCount).forEach(function (w) { ul.appendChild(item(w)); });
+      var parts = [el("h3", { text: "Warnings (" + warnings.length + ")" }), ul];
+      if (warnings.length > shownCount) {
+        var more = el("ul");
+        warnings.slice(shownCount).forEach(function (w) { more.appendChild(item(w)); });
+        parts.push(el("details", { id: "more-warnings" }, [
+          el("summary", { text: "Show " + (warnings.length - shownCount) + " more warnings" }), more]));
+      }
+      box.appendChild(el("div", { className: "warnings", id: "result-warnings" }, parts));
+    }
+
+    var factors = answer.top_factors || [];
+    if (factors.length) {
+      var ol = el("ul", { className: "factors", id: "result-factors" });
+      factors.forEach(function (f) {
+        var kind = Number(f.contribution) >= 0 ? "raise" : "lower";
+        ol.appendChild(el("li", { className: "factor-" + kind, text: factorText(f) }));
+      });
+      box.appendChild(el("div", { className: "result-section" }, [el("h3", { text: "Main factors" }), ol]));
+    }
+
+    if (answer.contributions) {
+      var toggle = el("input", { type: "checkbox", id: "show-logodds" });
+      toggle.checked = Boolean(state.showLogodds);
+      toggle.addEventListener("change", function () {
+        state.showLogodds = toggle.checked;
+        drawExplanation(answer);
+      });
+      box.appendChild(el("div", { className: "result-section" }, [
+        el("h3", { text: "Why: how each factor moves the probability" }),
+        el("div", { id: "waterfall-holder" }),
+        el("p", { className: "toggle" }, [toggle, el("label", { "for": "show-logodds",
+          text: " Show SHAP values (log-odds) for reviewers" })])
+      ]));
+      drawExplanation(answer);
+    }
 
     var dl = el("dl");
     var add = function (k, v) { dl.appendChild(el("dt", { text: k })); dl.appendChild(el("dd", { text: v })); };
     add("Model", (model.name || "unnamed") + (model.version !== undefined ? ", version " + model.version : ""));
-    add("Response definition", labelText(model.label_definition));
+    add("Response definition", labelText(model.label_definition) + ": " + outcomeText(model));
     var meta = el("div", { className: "model-meta result-section", id: "result-model" }, [el("h3", { text: "Model" }), dl]);
     meta.appendChild(el("p", {}, [el("a", { href: "v1/model", text: "Model card: metrics, training data and label definition" })]));
     box.appendChild(meta);
+  }
+
+  /** The form changed after a result: mark the result out of date (it no longer matches the form). */
+  function markStale() {
+    var box = $("result");
+    if (!state.lastAnswer || box.classList.contains("stale") || !$("result-stale")) return;
+    box.classList.add("stale");
+    var banner = $("result-stale");
+    banner.textContent = "Out of date: the form has changed since this result. Press “Estimate response " +
+      "probability” to update it.";
+    banner.hidden = false;
+  }
+
+  /** Take the result off the screen (the form failed validation or the request failed). */
+  function clearResult(reason) {
+    var box = $("result");
+    box.textContent = "";
+    box.classList.remove("stale");
+    state.lastAnswer = null;
+    box.appendChild(el("p", { className: "placeholder", id: "result-placeholder", text: reason }));
   }
 
   // ---------------------------------------------------------------- submit
@@ -1005,6 +1253,7 @@
     clearErrors();
     var sent = collectForm();
     if (sent.errors.length) {
+      clearResult("No result: correct the problems listed at the top of the form, then estimate again.");
       sent.errors.forEach(function (e) { setFieldError(e.input, e.message, e.span); });
       showSummary(sent.errors.map(function (e) { return { text: fieldName(e.input) + ": " + e.message, target: e.input }; }));
       return;
@@ -1023,13 +1272,16 @@
         renderResult(res.body);
         $("result-heading").focus();
       } else if (res.status === 422 && res.body && res.body.detail) {
+        clearResult("No result: correct the problems listed at the top of the form, then estimate again.");
         showServerErrors(res.body.detail, sent);
       } else {
+        clearResult("No result: the server did not answer this request.");
         var target = res.status === 401 || res.status === 403 ? $("token") : null;
-        if (target) { $("access-panel").open = true; setFieldError(target, "A valid bearer token is required."); }
+        if (target) { $("access-panel").hidden = false; $("access-panel").open = true; setFieldError(target, "A valid bearer token is required."); }
         showSummary([{ text: describeHttpFailure(res), target: target }]);
       }
     }).catch(function () {
+      clearResult("No result: the server could not be reached.");
       showSummary([{ text: "Could not reach the server. Nothing you entered was lost; try again." }]);
     }).then(function () {
       button.disabled = false;
@@ -1076,6 +1328,7 @@
     });
     $("clear-form").addEventListener("click", function () {
       clearForm();
+      clearResult("Fill in the form and press “Estimate response probability”.");
       addLabRow({ test: "PLT" });
       addRegimenRow({});
       $("patient_id").focus();
@@ -1088,14 +1341,29 @@
     // A field's own error goes away as soon as it is edited; the summary stays until the next submit.
     $("score-form").addEventListener("input", function (ev) {
       if (ev.target.getAttribute && ev.target.getAttribute("aria-invalid")) clearFieldError(ev.target);
+      markStale();
     });
+    $("score-form").addEventListener("change", function () { markStale(); updateSectionNotes(); });
+    // Adding or removing a row changes the request too.
+    $("score-form").addEventListener("click", function (ev) {
+      var action = ev.target.closest && ev.target.closest("[data-action], #add-lab, #add-regimen");
+      if (action) markStale();
+    });
+    $("example-load").addEventListener("click", loadExample);
+    var lastWidth = 0;
+    window.addEventListener("resize", function () {
+      var w = chartWidth();
+      if (state.lastAnswer && Math.abs(w - lastWidth) > 8) { lastWidth = w; drawExplanation(state.lastAnswer); }
+    });
+    loadExamples();
     loadOptions();
     loadModelInfo();
   }
 
   window.ctit = {
     sigmoid: sigmoid, parseNumber: parseNumber, formatProbability: formatProbability, waterfallSteps: waterfallSteps, locToTarget: locToTarget,
-    calibrationMap: calibrationMap, collectForm: collectForm, renderResult: renderResult
+    calibrationMap: calibrationMap, collectForm: collectForm, renderResult: renderResult,
+    wrapText: wrapText, markStale: markStale
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -82,8 +82,9 @@ def test_invalid_cohort_is_reported_without_a_traceback(tmp_path, cohort_dir) ->
             f"sqlite:///{tmp_path / 'x.db'}",
         ],
     )
-    assert result.exit_code == 2
-    assert "cohort is invalid" in result.output and "index_date" in result.output
+    assert result.exit_code == 1  # as `validate`, `features` and `labels` for an invalid cohort
+    assert "is not a valid cohort" in result.output and "index_date" in result.output
+    assert str(cohort_dir) in result.output.replace("\n", "")
     assert "Traceback" not in result.output
 
 
@@ -95,7 +96,7 @@ def test_cohort_dir_in_the_experiment_is_relative_to_the_file(tmp_path) -> None:
     result = CliRunner().invoke(
         app, ["train", str(experiment), "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert str(folder / "cohorts" / "site-a") in result.output.replace("\n", "")
 
 

@@ -130,7 +130,7 @@ def test_top_factors_speak_plain_words(scorer: Scorer, record) -> None:
     factors = {factor["feature"]: factor for factor in answer["top_factors"]}
     assert "plt_last" in factors, answer["top_factors"]
     assert factors["plt_last"]["text"] == (
-        "platelet count 12 x10^9/L two days before the index date: lowers the chance of response"
+        "platelet count 12 ×10⁹/L two days before the index date: lowers the chance of response"
     )
     assert factors["plt_last"]["contribution"] < 0
     magnitudes = [abs(f["contribution"]) for f in answer["top_factors"]]
@@ -377,23 +377,6 @@ def test_mlflow_models_serve_returns_probabilities(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-
-
-def test_flags_and_counts_read_as_short_clauses() -> None:
-    from serving.model import _days_words, _flag_words, _number
-
-    assert _flag_words("current_gemcitabine", "x", True) == "current regimen includes gemcitabine"
-    assert _flag_words("exposed_anti_her2", "x", False) == "never received anti-HER2 therapy"
-    assert _flag_words("subtype=HER2+", "x", False) == "subtype not HER2+"
-    assert _flag_words("liver_mets", "liver metastases", False) == "no liver metastases"
-    assert _flag_words("race_asian", "Asian ancestry (long)", True) == "Asian ancestry"
-    assert [_number(v) for v in (32.0, 2.414, 39.56, 140.4)] == ["32", "2.41", "39.6", "140"]
-    assert [_days_words(d) for d in (0, 1, 2, 12)] == [
-        "on the index date",
-        "one day before the index date",
-        "two days before the index date",
-        "12 days before the index date",
-    ]
 
 
 def test_interval_is_the_fold_models_spread(deployable_model: DeployableModel, record) -> None:

@@ -47,7 +47,7 @@ RECORD = {
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     """The page's router alone: its routes need neither a model nor the rest of the service."""
-    app = FastAPI()
+    app = FastAPI(docs_url=None, redoc_url=None)  # /docs is the router's (as in create_app)
     app.state.settings = ServingSettings(model_uri="unused")  # no token required
     app.include_router(web.router)
     return TestClient(app)
@@ -550,7 +550,7 @@ def _field(driver, row, name):
 
 
 def _lab_rows(driver):
-    return driver.find_elements(By.CSS_SELECTOR, "#labs-body tr.lab-row")
+    return driver.find_elements(By.CSS_SELECTOR, "#labs-body .lab-row")
 
 
 def _fill_lab(driver, row, test, value, unit, date, clock=None):
@@ -630,6 +630,7 @@ def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_
     find(By.ID, "dose_mg").send_keys("7.5")
     find(By.ID, "birth_date").send_keys("01021970")
     Select(find(By.ID, "sex")).select_by_value("F")
+    find(By.CSS_SELECTOR, "#clinical-section > summary").click()  # folded away until opened
     Select(find(By.ID, "ecog")).select_by_value("1")
     Select(find(By.ID, "subtype")).select_by_value("HER2+")
     Select(find(By.ID, "bone_mets")).select_by_value("true")
@@ -686,6 +687,10 @@ def test_clinician_fills_the_form_and_sees_the_result_and_chart(chrome, service_
     assert link.get_attribute("href") == service_url + "v1/model"
 
     # The waterfall: baseline, the 8 largest contributions, the rest pooled, the model output.
+    # Log-odds are for reviewers: drawn only once the toggle is on.
+    assert not find(By.ID, "waterfall").find_elements(By.CSS_SELECTOR, "text.logodds")
+    assert "log-odds" not in find(By.ID, "chart-note").text
+    find(By.ID, "show-logodds").click()
     chart = find(By.ID, "waterfall")
     assert "Calibrated probability of response" in chart.text
     assert "uncalibrated" not in chart.text.lower()
@@ -887,9 +892,224 @@ def test_with_a_token_the_page_asks_to_sign_in_first(chrome, model_dir, tmp_path
         wait_for(chrome, lambda d: d.find_elements(By.CSS_SELECTOR, "#labs-body option[value=PLT]"))
         wait_for(chrome, lambda d: "version" in find(By.ID, "model-line").text)
         assert chrome.get_cookie("ctit_session")["httpOnly"] is True
+        # Signed in by the cookie: the page does not ask for a token again.
+        assert not find(By.ID, "access-panel").is_displayed()
         find(By.ID, "index_date").send_keys("03102025")
         (row,) = _lab_rows(chrome)
         _fill_lab(chrome, row, "PLT", "30", "10*9/L", "03092025")
         find(By.ID, "submit").click()
         wait_for(chrome, lambda d: d.find_elements(By.ID, "waterfall"))
         screenshot(chrome, "signed-in-result")
+
+
+# ------------------------------------------------------------ any screen, stale results, docs
+
+EXAMPLES_DIR = Path(__file__).parents[2] / "examples"
+
+
+def test_examples_icon_and_docs_assets_are_served_from_this_server(client):
+    listed = client.get("/ui/examples").json()
+    assert [e["name"] for e in listed] == list(web.EXAMPLES)
+    for entry in listed:
+        record = client.get(f"/ui/examples/{entry['name']}").json()
+        # The CLI tour's examples/ are the very files the page offers (one owner).
+        on_disk = json.loads((EXAMPLES_DIR / f"{entry['name']}.json").read_text(encoding="utf-8"))
+        assert record == on_disk
+    assert client.get("/ui/examples/../web").status_code == 404
+    assert client.get("/favicon.ico").headers["content-type"].startswith("image/svg+xml")
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "script-src 'self'" in docs.headers["content-security-policy"]
+    assert not re.search(r"https?://", docs.text)  # nothing from a CDN
+    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 500_000
+    assert client.get("/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+    assert client.get("/docs/assets/index.html").status_code == 404
+
+
+def _overflow(driver) -> dict:
+    return driver.execute_script(
+        """return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
+                   wide: Array.from(document.querySelectorAll('body *'))
+                     .filter(e => e.getClientRects().length
+                                  && e.getBoundingClientRect().right > window.innerWidth + 0.5
+                                  && !e.closest('.visually-hidden'))
+                     .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)}"""
+    )
+
+
+def _load_example(driver, index: int = 0) -> None:
+    Select(driver.find_element(By.ID, "example-choice")).select_by_index(index)
+    driver.find_element(By.ID, "example-load").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "file-status").text.startswith("Loaded"))
+
+
+def _score_and_wait(driver) -> None:
+    driver.find_element(By.ID, "submit").click()
+    wait_for(
+        driver,
+        lambda d: d.find_elements(By.ID, "waterfall") or d.find_element(By.ID, "error-list").text,
+    )
+    assert not driver.find_element(By.ID, "error-summary").is_displayed()
+
+
+@browser
+@pytest.mark.browser
+def test_example_loader_fills_the_form_with_the_shipped_record(chrome, service_url, scorer):
+    open_page(chrome, service_url)
+    wait_for(chrome, lambda d: Select(d.find_element(By.ID, "example-choice")).options[0].text)
+    titles = [o.text for o in Select(chrome.find_element(By.ID, "example-choice")).options]
+    assert titles == list(web.EXAMPLES.values())
+    _load_example(chrome, 1)
+    record = json.loads((EXAMPLES_DIR / "patient-low.json").read_text(encoding="utf-8"))
+    body = chrome.execute_script("return window.ctit.collectForm().body")
+    assert body["patient"]["patient_id"] == record["patient"]["patient_id"]
+    assert body["episode"]["index_date"] == record["episode"]["index_date"]
+    assert len(body["labs"]) == len(record["labs"])
+    assert [r["drugs"] for r in body["regimens"]] == [r["drugs"] for r in record["regimens"]]
+    # The collapsed clinical section says what it holds.
+    assert "8 of 8 given" in chrome.find_element(By.ID, "clinical-note").text
+    _score_and_wait(chrome)
+    shown = chrome.find_element(By.ID, "result-probability").text
+    assert shown == percent(scorer.score(record)["probability"])
+
+
+@browser
+@pytest.mark.browser
+def test_a_form_edit_after_a_result_marks_it_stale_and_a_failed_check_clears_it(
+    chrome, service_url
+):
+    open_page(chrome, service_url)
+    wait_for(chrome, lambda d: Select(d.find_element(By.ID, "example-choice")).options[0].text)
+    _load_example(chrome, 0)
+    _score_and_wait(chrome)
+    result = chrome.find_element(By.ID, "result")
+    assert "stale" not in result.get_attribute("class")
+    assert not chrome.find_element(By.ID, "result-stale").is_displayed()
+    shown = chrome.find_element(By.ID, "result-probability").text
+    value = _field(chrome, _lab_rows(chrome)[0], "value")
+    value.send_keys("abc")  # one keystroke is enough: the result no longer matches the form
+    assert "stale" in result.get_attribute("class")
+    banner = chrome.find_element(By.ID, "result-stale")
+    assert banner.is_displayed() and "Out of date" in banner.text
+    probability = chrome.find_element(By.ID, "result-probability")
+    assert probability.text == shown
+    assert probability.value_of_css_property("text-decoration-line") == "line-through"
+    screenshot(chrome, "stale-result", banner)
+    # The form fails its check: the old number leaves the screen.
+    chrome.find_element(By.ID, "submit").click()
+    wait_for(chrome, lambda d: d.find_element(By.ID, "error-summary").is_displayed())
+    assert not chrome.find_elements(By.ID, "result-probability")
+    assert "No result" in chrome.find_element(By.ID, "result-placeholder").text
+    # Fixed and scored again: a fresh result, not marked.
+    value.send_keys(Keys.BACKSPACE * 3)
+    _score_and_wait(chrome)
+    assert "stale" not in chrome.find_element(By.ID, "result").get_attribute("class")
+    # Adding a row changes the request too.
+    chrome.find_element(By.ID, "add-lab").click()
+    assert "stale" in chrome.find_element(By.ID, "result").get_attribute("class")
+
+
+ANSWER = {
+    "episode_id": "E-1",
+    "probability": 0.62,
+    "interval": [0.41, 0.7],
+    "band": "intermediate",
+    "margin": 0.5,
+    "base_value": -0.2,
+    "contributions": {"plt_last": 0.9, "plt_slope_7d": -0.2},
+    "top_factors": [
+        {"feature": "plt_slope_7d", "group": "platelet_history", "value": None,
+         "contribution": -0.2, "text": "platelet trend: not measured: lowers the chance"},
+    ],
+    "warnings": [],
+    "model": {"name": "m", "version": "3", "label_definition": "plt100_or_rise50_d14"},
+}  # fmt: skip
+
+
+@browser
+@pytest.mark.browser
+def test_the_interval_is_a_bar_with_its_meaning_and_the_day_curve_appears_when_given(
+    chrome, service_url
+):
+    open_page(chrome, service_url)
+    chrome.execute_script("window.ctit.renderResult(arguments[0])", ANSWER)
+    bar = chrome.find_element(By.ID, "interval-bar")
+    width = bar.size["width"]
+    band = bar.find_element(By.CSS_SELECTOR, ".interval-range")
+    point = bar.find_element(By.CSS_SELECTOR, ".interval-point")
+    assert band.location["x"] - bar.location["x"] == pytest.approx(0.41 * width, abs=1.5)
+    assert band.size["width"] == pytest.approx((0.70 - 0.41) * width, abs=1.5)
+    assert point.location["x"] + point.size["width"] / 2 - bar.location["x"] == pytest.approx(
+        0.62 * width, abs=1.5
+    )
+    assert (
+        "80% uncertainty interval: 41% to 70%" in chrome.find_element(By.ID, "result-interval").text
+    )
+    assert "10th to 90th percentile" in chrome.find_element(By.ID, "result-interval-meaning").text
+    # The outcome in words, never only its code.
+    outcome = chrome.find_element(By.ID, "result-outcome").text
+    assert "platelets reach 100 ×10⁹/L" in outcome and "within 14 days" in outcome
+    # A missing value reads "not measured" in the chart, with the full clinical name.
+    labels = [t.text for t in chrome.find_elements(By.CSS_SELECTOR, "#waterfall text.wf-label")]
+    assert "Platelet trend over 7 days: not measured" in labels
+    assert not chrome.find_elements(By.ID, "result-by-day")
+
+    by_day = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.58, 0.6, 0.61, 0.62, 0.62, 0.62, 0.62]
+    later = {**ANSWER, "interval_level": 0.9, "response_by_day": by_day,
+             "median_days_to_response": 6}  # fmt: skip
+    chrome.execute_script("window.ctit.renderResult(arguments[0])", later)
+    assert "90% uncertainty interval" in chrome.find_element(By.ID, "result-interval").text
+    assert "90%" in chrome.find_element(By.ID, "result-interval-meaning").text
+    summary = chrome.find_element(By.ID, "result-by-day-summary").text
+    assert summary == "By day 7: 55% · by day 14: 62%."
+    assert "day 6" in chrome.find_element(By.ID, "result-median-days").text
+    points = chrome.find_element(By.CSS_SELECTOR, "#result-by-day polyline").get_attribute("points")
+    assert len(points.split()) == len(by_day)
+    screenshot(chrome, "interval-and-days", chrome.find_element(By.ID, "result-heading"))
+
+
+@browser
+@pytest.mark.browser
+def test_at_phone_width_nothing_is_wider_than_the_screen(chrome, service_url):
+    try:
+        chrome.set_window_size(390, 844)
+        open_page(chrome, service_url)
+        assert chrome.execute_script("return window.innerWidth") == 390
+        empty = _overflow(chrome)
+        assert empty["scroll"] <= empty["inner"] and empty["wide"] == [], empty
+        wait_for(chrome, lambda d: Select(d.find_element(By.ID, "example-choice")).options[0].text)
+        _load_example(chrome, 1)
+        chrome.find_element(By.CSS_SELECTOR, "#clinical-section > summary").click()
+        _score_and_wait(chrome)
+        chrome.find_element(By.ID, "show-logodds").click()  # the widest form of the chart
+        chrome.find_element(By.CSS_SELECTOR, "#result details summary").click()
+        scored = _overflow(chrome)
+        assert scored["scroll"] <= scored["inner"] and scored["wide"] == [], scored
+        # One column: the result sits below the form, as wide as the screen allows.
+        form = chrome.find_element(By.CSS_SELECTOR, ".form-column").rect
+        result = chrome.find_element(By.CSS_SELECTOR, ".result-column").rect
+        assert result["y"] > form["y"] + form["height"] - 1
+        chart = chrome.find_element(By.ID, "waterfall").rect
+        assert chart["x"] >= 0 and chart["x"] + chart["width"] <= 390
+        screenshot(chrome, "phone-result", chrome.find_element(By.ID, "result-heading"))
+        chrome.execute_script("window.scrollTo(0, 0)")
+        screenshot(chrome, "phone-form")
+    finally:
+        chrome.set_window_size(1400, 1200)
+
+
+@browser
+@pytest.mark.browser
+def test_docs_render_offline_from_local_files(chrome, service_url):
+    requested_urls(chrome)
+    chrome.get_log("browser")  # start the console record here
+    chrome.get(service_url + "docs")
+    title = wait_for(chrome, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+    assert "ctit scoring service" in title[0].text
+    operations = chrome.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+    assert "/v1/score" in [o.text.strip() for o in operations]
+    _assert_local_only(chrome, service_url)
+    severe = [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe  # no blocked script or style, no failed request
+    screenshot(chrome, "docs")

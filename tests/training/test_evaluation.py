@@ -17,19 +17,27 @@ def test_table_one_by_hand() -> None:
             "episode_id": ["a", "b", "c", "d"],
             "plt_last": [10.0, 20.0, 30.0, np.nan],
             "subtype": ["TNBC", "HER2+", "TNBC", None],
+            "bone_mets": [1.0, 0.0, 1.0, 1.0],
         }
     )
     y = pd.Series([1, 0, 1, 0], index=["a", "b", "c", "d"])
     table = table_one(raw, y).set_index(["variable", "level"])
     assert table.loc[("episodes", ""), "overall"] == "4"
-    plt = table.loc[("plt_last", "median [IQR]")]
+    plt = table.loc[("Platelet count (×10⁹/L)", "median [IQR]")]
     assert plt["overall"] == "20 [15, 25]"
     assert plt["responders"] == "20 [15, 25]"
     assert plt["non_responders"] == "20 [20, 20]"
     assert plt["missing"] == "1 (25.0%)"
-    tnbc = table.loc[("subtype", "TNBC")]
+    tnbc = table.loc[("Breast-cancer subtype", "TNBC")]
     assert tnbc["overall"] == "2 (50.0%)" and tnbc["responders"] == "2 (100.0%)"
     assert tnbc["non_responders"] == "0 (0.0%)" and tnbc["missing"] == "1 (25.0%)"
+    # A yes/no variable is one row: how many have it.
+    bone = table.loc["Bone metastases"]
+    assert list(bone.index) == ["yes"]
+    assert (
+        bone.loc["yes", "overall"] == "3 (75.0%)" and bone.loc["yes", "responders"] == "2 (100.0%)"
+    )
+    assert bone.loc["yes", "non_responders"] == "1 (50.0%)"
 
 
 def test_comparators_predict_probabilities_and_plt_is_required(data) -> None:

@@ -161,7 +161,7 @@ def test_cli_exit_codes_and_explanations(uri, name) -> None:
     assert "FAIL not_worse_auroc" in refused.output and "nothing was changed" in refused.output
     assert _champion(name) == v1
     missing = runner.invoke(app, ["promote", "no-such-model", "--tracking-uri", uri])
-    assert missing.exit_code == 1 and "no @candidate" in missing.output
+    assert missing.exit_code == 2 and "no registered model 'no-such-model'" in missing.output
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,8 @@ from training.tracking import TrackingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-# roc, calibration, decision curve, 2 importance, beeswarm, 4 dependence, stability, 3 cases
-N_IMAGES = 14
+# roc, calibration, decision curve, forest, 2 importance, beeswarm, 4 dependence, stability, 3 cases
+N_IMAGES = 15
 EXPERIMENT = {
     "model": {"n_trials": 1, "max_rounds": 40, "early_stopping_rounds": 10},
     "validation": {"n_splits": 3, "n_repeats": 1},
@@ -200,7 +200,7 @@ def test_report_states_the_evidence(tracked: tuple[str, str], report_html: str) 
     events = int(result.y.sum())
     assert f"{events:,} ({100 * events / len(result.y):.1f}%)" in html
     auroc = result.metrics["xgboost"]["auroc"]
-    cell = f"{auroc['estimate']:.3f} ({auroc['low']:.3f}–{auroc['high']:.3f})"
+    cell = f"{auroc['estimate']:.3f} ({auroc['low']:.3f} to {auroc['high']:.3f})"
     assert cell in html
     assert "Riley" in html and "Mean absolute prediction error" in html
     assert "Sites</dt><dd>2: north, south" in html
@@ -237,7 +237,9 @@ def test_plausibility_flags_a_learned_direction_that_contradicts_the_registry() 
     assert 'class="flagged"' in row
     assert "contradicts" in row and "higher → less response" in row
     assert "feature(s) flagged" in html
-    assert re.search(r"Learned direction contradicts clinical expectation for: [^<]*plt_last", html)
+    assert re.search(
+        r"Learned direction contradicts clinical expectation for: [^<]*Platelet count", html
+    )
 
 
 def test_report_refuses_a_result_it_cannot_explain(tracked: tuple[str, str]) -> None:
@@ -369,3 +371,117 @@ def test_report_in_headless_chromium(report_html: str, tmp_path: Path) -> None:
         assert driver.save_screenshot(str(ARTIFACTS / "report-full.png"))
     finally:
         driver.quit()
+
+
+# --------------------------------------------- the first screen agrees with MLflow and itself
+
+
+def _rows_of(html: str, element_id: str) -> list[list[str]]:
+    start = html.index(f'id="{element_id}"')
+    block = html[start : html.index("</table>", start)]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", block, flags=re.S)
+    cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, flags=re.S) for row in rows]
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in row] for row in cells]
+
+
+def test_key_figures_agree_with_the_logged_metrics_and_the_performance_table(
+    tracked: tuple[str, str], report_html: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id = tracked
+    logged = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+    key = report_html[report_html.index('<section id="key-figures">') :]
+    key = key[: key.index("</section>")]
+    # The first screen comes before everything else in the page.
+    assert report_html.index('id="key-figures"') < report_html.index('id="summary"')
+    cells = re.findall(r'<tr data-metric="([a-z_]+)">.*?</tr>', key, flags=re.S)  # metrics in order
+    assert cells == ["auroc", "calibration_slope", "calibration_intercept", "oe_ratio", "brier"]
+    found = re.findall(r'<tr data-metric="([a-z_]+)">(.*?)</tr>', key, flags=re.S)
+    checked = 0
+    for metric, row in found:
+        for model, estimate, low, high, text in re.findall(
+            r'data-model="(\w+)" data-estimate="([^"]*)" data-low="([^"]*)" data-high="([^"]*)">'
+            r"([^<]*)</td>",
+            row,
+        ):
+            assert float(estimate) == pytest.approx(logged[f"{model}.{metric}"], abs=1e-12)
+            assert float(low) == pytest.approx(logged[f"{model}.{metric}.low"], abs=1e-12)
+            assert float(high) == pytest.approx(logged[f"{model}.{metric}.high"], abs=1e-12)
+            e, lo, hi = (logged[f"{model}.{metric}{s}"] for s in ("", ".low", ".high"))
+            assert text == f"{e:.3f} ({lo:.3f} to {hi:.3f})".replace("-0.000", "0.000")
+            checked += 1
+    assert checked == 5 * 3  # five metrics of XGBoost and both comparators
+    # The same cells, word for word, in the performance section's table.
+    performance = {row[0]: row[1:] for row in _rows_of(report_html, "discrimination")[1:]}
+    first = {row[0]: row[1:4] for row in _rows_of(report_html, "key-figures-table")[1:]}
+    assert first["Discrimination: AUROC (C statistic)"] == performance["AUROC (C statistic)"]
+    assert first["Calibration slope"] == performance["Calibration slope"]
+    assert first["Brier score"] == performance["Brier score"]
+    assert "version 1" in report_html.split("</h1>")[0]
+
+
+def test_report_counts_and_names_agree_with_each_other(tracked, report_html: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id = tracked
+    # One "Patients" row for the labelled episodes, the whole cohort's named as such.
+    cohort = report_html[report_html.index('<div id="cohort">') :]
+    cohort = cohort[: cohort.index("</div>")]
+    terms = re.findall(r"<dt>(.*?)</dt>", cohort)
+    assert terms.count("Patients") == 0 and "Patients with a labelled episode" in terms
+    assert len(terms) == len(set(terms))
+    # The registry's version everywhere the version is named.
+    version = MlflowClient(tracking_uri=uri).search_model_versions(f"run_id = '{run_id}'")
+    assert version and str(version[0].version) == "1"
+    spec = re.search(r"<dt>Model version \(registry\)</dt><dd>(.*?)</dd>", report_html)
+    assert spec and spec.group(1) == "1"
+    assert "unregistered" not in report_html
+    # Index dates are not in this run's summary, so TRIPOD 5b is left to the authors.
+    tripod = report_html[report_html.index('<section id="tripod">') :]
+    filled = tripod[: tripod.index("</table>")]
+    assert not re.search(r"<td>5b</td>", filled)
+    assert "Index dates" not in cohort
+    # The importance table and its note count every feature once: used + unused = all.
+    table = report_html[report_html.index('<div id="importance-table">') :]
+    table = table[: table.index("</details>")]
+    used = len(re.findall(r"<tr>", table)) - 1
+    unused = re.search(r"(\d+) features are never used", table)
+    n_features = report_html.count("<code>") // 2  # predictors + importance tables name codes
+    assert used + (int(unused.group(1)) if unused else 0) >= used > 0
+    assert not re.search(r"<td[^>]*>\s*nan\s*</td>", report_html, re.I)  # missing: words
+    assert n_features >= used
+    # Clinical names, not codes, lead the tables; Table 1 has one row per yes/no variable.
+    table1 = _rows_of(report_html, "table1")
+    assert any(row[0].startswith("Platelet count") for row in table1)
+    marrow = [row for row in table1 if row[0] == "Bone-marrow involvement"]
+    assert [row[1] for row in marrow] == ["yes"]
+    # Raise and lower colours are the page's.
+    style = (ROOT / "serving" / "static" / "style.css").read_text(encoding="utf-8")
+    from training.report_plots import LOWER_COLOUR, RAISE_COLOUR
+
+    assert f"--raise: {RAISE_COLOUR};" in style and f"--lower: {LOWER_COLOUR};" in style
+
+
+def test_mlflow_run_and_registry_describe_the_model(tracked: tuple[str, str]) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id = tracked
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    description = run.data.tags["mlflow.note.content"]
+    assert "platelets reach 100 ×10⁹/L" in description and "report-slice" in description
+    tuned = {k: v for k, v in run.data.params.items() if k.startswith("tuned.")}
+    assert "tuned.max_depth" in tuned, sorted(run.data.params)
+    registered = client.get_registered_model("ctit-report-test")
+    assert "hetrombopag" in registered.description
+    (version,) = client.search_model_versions("name = 'ctit-report-test'")
+    assert "AUROC" in version.description and "calibration slope" in version.description
+    assert "one string column `record`" in version.description
+    assert "labs (time, test, value, unit" in version.description
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.name == "ctit-report-slice"  # a named logged model, not just "model"
+    mlflow.set_tracking_uri(uri)
+    schema = mlflow.artifacts.load_dict(f"runs:/{run_id}/model_input/record.schema.json")
+    assert set(schema["properties"]) >= {"patient", "episode", "labs", "regimens"}
