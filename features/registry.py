@@ -399,6 +399,9 @@ _LAB_NAMES = {prefix: name for prefix, name, _unit in LAB_ANALYTES.values()}
 _SLOPE_WINDOWS = (*PLT_WINDOWS, PLT_TREND_WINDOW)
 #: Short clinical names of the fixed features (no unit, no time anchor; sentence case).
 _LABELS: dict[str, str] = {
+    "prior_plt_max_d14": "Highest platelet count after the previous start",
+    "prior_plt_rise_d14": "Platelet rise after the previous start",
+    "days_since_prior_episode": "Days since the previous hetrombopag start",
     **{f"{prefix}_last": f"{name[:1].upper()}{name[1:]}" for prefix, name in _LAB_NAMES.items()},
     **{
         f"{prefix}_days_since": f"Days since the last {name}" for prefix, name in _LAB_NAMES.items()
