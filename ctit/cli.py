@@ -12,6 +12,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 from ctit import (
     cmd_data,
     cmd_demo,
+    cmd_evaluate,
     cmd_features,
     cmd_report,
     cmd_serve,
@@ -143,5 +144,14 @@ def main(
     quiet_libraries(verbose)
 
 
-for module in (cmd_data, cmd_simulate, cmd_features, cmd_train, cmd_report, cmd_serve, cmd_demo):
+for module in (
+    cmd_data,
+    cmd_simulate,
+    cmd_features,
+    cmd_train,
+    cmd_evaluate,
+    cmd_report,
+    cmd_serve,
+    cmd_demo,
+):
     module.register(app)

@@ -51,7 +51,9 @@ def _cell(values: dict[str, float] | None, digits: int) -> str:
 
 def summary_table(metrics: dict, threshold: float) -> Table:
     """Metrics with 95% CIs for XGBoost and the comparators."""
-    table = Table(title=f"Out-of-fold performance (95% CI); threshold {threshold:g}")
+    table = Table(
+        title=f"Out-of-fold performance of the deployed procedure (95% CI); threshold {threshold:g}"
+    )
     table.add_column("Metric")
     for _, label in MODEL_COLUMNS:
         table.add_column(label, justify="right")
@@ -139,6 +141,14 @@ def register(app: typer.Typer) -> None:
                 ) from None
         out = Console()
         out.print(summary_table(result.metrics, config.evaluation.operating_threshold))
+        for name, label in (("logreg", "logistic regression"), ("plt_baseline", "baseline PLT")):
+            diff = ((result.tuning or {}).get("comparison") or {}).get(name, {}).get("auroc_diff")
+            if diff:
+                out.print(
+                    f"XGBoost minus {label}, AUROC (paired 95% CI): {diff['estimate']:+.3f} "
+                    f"({diff['low']:+.3f} to {diff['high']:+.3f})",
+                    highlight=False,
+                )
         ss = result.sample_size
         out.print(
             f"{ss['n_episodes']} labelled episodes of {ss['n_patients']} patients, "
@@ -171,12 +181,22 @@ def register(app: typer.Typer) -> None:
                 "other data (no head-to-head comparison is possible then).",
             ),
         ] = False,
+        evaluation_run: Annotated[
+            str | None,
+            typer.Option(
+                "--evaluation-run",
+                help="Run id of a `ctit evaluate` run of the candidate that must also pass the "
+                "gates on its cohort (external or temporal validation).",
+            ),
+        ] = None,
     ) -> None:
         """Make the @candidate version @champion if it passes the gates (exit 1 if not).
 
-        The gates come from the candidate's experiment (its [promotion] table). The candidate is
-        compared with the current champion on the out-of-fold metrics both runs logged, only
-        when both were evaluated on the same data fingerprint and label definition.
+        The gates come from the candidate's experiment (its [promotion] table) and judge the
+        deployed procedure's out-of-fold figures: AUROC lower bound, calibration slope, and no
+        loss to the comparators (paired bootstrap). The candidate is compared with the current
+        champion on the out-of-fold metrics both runs logged, only when both were evaluated on
+        the same data fingerprint and label definition.
         """
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -188,7 +208,9 @@ def register(app: typer.Typer) -> None:
         require_registered_model(f"models:/{name}", tracking_uri)
         mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
         try:
-            decision = run_promotion(name, MlflowClient(), allow_new_data=allow_new_data)
+            decision = run_promotion(
+                name, MlflowClient(), allow_new_data=allow_new_data, evaluation_run=evaluation_run
+            )
         except PromotionError as error:
             raise _fail(Console(stderr=True), str(error), 1) from None
         for gate in decision.gates:

@@ -231,6 +231,18 @@ def extra_static(
                 rows = _rows(patients, timeline_patient_ids(episodes), "patient_id")
             series = patients[column]
             values = _take(series.to_numpy(), rows, None)
+        elif kinds is not None:
+            # A fitted model scoring a record without this field: missing, said per episode.
+            used[column] = kinds[column]
+            out[column] = static_values(
+                np.full(len(episode_ids), None, dtype=object), kinds[column], column,
+                episode_ids, warnings,
+            )  # fmt: skip
+            warnings.extend(
+                f"episode {e}: {column} was not given; the model treats it as missing"
+                for e in episode_ids
+            )
+            continue
         else:
             raise ValueError(
                 f"extra_static: column {column!r} is in neither the episodes nor the patients table"

@@ -28,6 +28,7 @@ from features.labs import (
     platelet_features,
     read_labs,
 )
+from features.prior import prior_episode_features
 from features.regimens import read_regimens, regimen_features
 from features.registry import LAB_ANALYTES, PLT_WINDOWS, spec_of
 from features.timeline import build_timeline, episode_frame
@@ -44,6 +45,8 @@ except ImportError:  # another pandas: the frame comes from pd.DataFrame
 logger = logging.getLogger(__name__)
 
 ALL_FAMILIES: tuple[str, ...] = ("labs", "platelet_history", "regimen_history", "clinical")
+# Families an experiment may add by name; not built unless asked for.
+OPTIONAL_FAMILIES: tuple[str, ...] = ("prior_episode",)
 _RESERVED_STATIC = {
     "patient_id",
     "episode_id",
@@ -98,10 +101,11 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         for name in ("families", "extra_analytes", "extra_static"):
             object.__setattr__(self, name, _as_names(getattr(self, name), name))
-        unknown = [f for f in self.families if f not in ALL_FAMILIES]
+        unknown = [f for f in self.families if f not in ALL_FAMILIES + OPTIONAL_FAMILIES]
         if unknown:
             raise ValueError(
-                f"FeatureConfig.families: unknown {unknown}; choose from {list(ALL_FAMILIES)}"
+                f"FeatureConfig.families: unknown {unknown}; choose from "
+                f"{list(ALL_FAMILIES + OPTIONAL_FAMILIES)}"
             )
         for code in self.extra_analytes:
             alias = canonical_test(code)
@@ -165,6 +169,7 @@ def compute_features(
     ids, pids, index_ns = episode_frame(episodes)
     families = set(config.families)
     want_labs = bool(families & {"labs", "platelet_history"}) or bool(config.extra_analytes)
+    want_prior = "prior_episode" in families
     want_regimens = bool(families & {"regimen_history", "platelet_history"})
     labs = read_labs(_table(cohort, "labs")) if want_labs else None
     regimens = read_regimens(_table(cohort, "regimens")) if want_regimens else None
@@ -195,6 +200,8 @@ def compute_features(
         categorical.add("subtype")
         columns.update(numeric)
 
+    if want_prior:
+        columns.update(prior_episode_features(ids, pids, index_ns, _table(cohort, "labs")))
     for code in config.extra_analytes:
         last, days = extra_lab_names(code)
         columns[last], columns[days] = last_values(series[code], timeline)

@@ -277,6 +277,31 @@ def _clinical_specs() -> list[FeatureSpec]:
     ]
 
 
+def _prior_specs() -> list[FeatureSpec]:
+    """The previous episode's platelet course (features.prior; opt-in family `prior_episode`)."""
+    return [
+        FeatureSpec(
+            "prior_plt_max_d14",
+            "10*9/L",
+            "highest platelet count in days 1-14 after the patient's previous hetrombopag start, "
+            "as seen by the index date",
+            "platelet_history",
+        ),
+        FeatureSpec(
+            "prior_plt_rise_d14",
+            "10*9/L",
+            "that highest count minus the previous episode's baseline platelet count",
+            "platelet_history",
+        ),
+        FeatureSpec(
+            "days_since_prior_episode",
+            "days",
+            "days from the previous hetrombopag start to this index date",
+            "platelet_history",
+        ),
+    ]
+
+
 def _extra_specs() -> list[FeatureSpec]:
     return [
         FeatureSpec(
@@ -302,7 +327,7 @@ def _extra_specs() -> list[FeatureSpec]:
 
 def _build() -> MappingProxyType[str, FeatureSpec]:
     specs = _lab_specs() + _platelet_specs() + _regimen_specs() + _clinical_specs()
-    specs += _extra_specs()
+    specs += _prior_specs() + _extra_specs()
     registry: dict[str, FeatureSpec] = {}
     for spec in specs:
         if spec.name in registry:
@@ -374,6 +399,9 @@ _LAB_NAMES = {prefix: name for prefix, name, _unit in LAB_ANALYTES.values()}
 _SLOPE_WINDOWS = (*PLT_WINDOWS, PLT_TREND_WINDOW)
 #: Short clinical names of the fixed features (no unit, no time anchor; sentence case).
 _LABELS: dict[str, str] = {
+    "prior_plt_max_d14": "Highest platelet count after the previous start",
+    "prior_plt_rise_d14": "Platelet rise after the previous start",
+    "days_since_prior_episode": "Days since the previous hetrombopag start",
     **{f"{prefix}_last": f"{name[:1].upper()}{name[1:]}" for prefix, name in _LAB_NAMES.items()},
     **{
         f"{prefix}_days_since": f"Days since the last {name}" for prefix, name in _LAB_NAMES.items()

@@ -12,6 +12,7 @@ host needs no training code, and explicit `pip_requirements` (inferring them cos
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -171,6 +172,17 @@ def _code_paths() -> list[str]:
     return [str(Path(package.__file__).parent) for package in (data, features, serving)]
 
 
+def example_record(model: DeployableModel) -> dict[str, Any]:
+    """The documented example record plus the model's extra patient and episode fields (null),
+    so that a model trained with `extra_static` columns answers its own input example."""
+    record = copy.deepcopy(EXAMPLE_RECORD)
+    extra = model.metadata.get("extra_fields") or {}
+    for table in ("patient", "episode"):
+        for column in extra.get(table, ()):
+            record[table].setdefault(column, None)
+    return record
+
+
 def log_deployable_model(
     model: DeployableModel,
     artifact_path: str = "model",
@@ -184,7 +196,7 @@ def log_deployable_model(
     """
     from serving.scorer import Scorer
 
-    record = input_example if input_example is not None else EXAMPLE_RECORD
+    record = input_example if input_example is not None else example_record(model)
     example = pd.DataFrame({"record": [json.dumps(record, default=str)]})
     # Scoring the example checks that the model answers before anything is logged.
     Scorer(model).score_batch(records_from_frame(example), explain=False)

@@ -96,15 +96,17 @@ class RecordBatch:
             origins["patients"].append((i, ("patient",)))
             for j, episode in enumerate(request.all_episodes()):
                 eid = episode.episode_id if keep_ids else f"r{i}e{j}"
-                row = {
+                core = {
                     "episode_id": eid,
                     "patient_id": pid,
                     "index_date": episode.index_date.isoformat(),
                     "age_years": episode.age_years,
                     "dose_mg": episode.dose_mg,
                 }
-                row = {**(episode.model_extra or {}), **row}  # extras never override a column
-                tables["episodes"].append(_present(row))
+                # Extra fields stay even when null (a model's extra_static column must exist),
+                # and never override a contract column.
+                extras = {k: v for k, v in (episode.model_extra or {}).items() if k not in core}
+                tables["episodes"].append({**extras, **_present(core)})
                 origins["episodes"].append(
                     (i, ("episode",) if request.episode is not None else ("episodes", j))
                 )

@@ -57,3 +57,42 @@ def fit_predict(name: str, X_train: pd.DataFrame, y_train: np.ndarray, X_test: p
         raise ComparatorError(f"unknown comparator {name!r}")
     model.fit(X_train, y_train)
     return model.predict_proba(X_test)[:, 1]
+
+
+def fit_all(X: pd.DataFrame, y: np.ndarray) -> dict[str, Pipeline]:
+    """Both comparators fitted on every labelled episode (what the model artifact carries)."""
+    return {
+        "logreg": make_logreg().fit(X, y),
+        "plt_baseline": make_plt_baseline(list(X.columns)).fit(X, y),
+    }
+
+
+def to_dict(model: Pipeline, columns: list[str]) -> dict:
+    """A fitted comparator as plain numbers (JSON, no pickle): the features it reads, the
+    imputation medians, the scaling and the logistic coefficients."""
+    steps = list(model.named_steps.values())
+    used = list(columns)
+    if isinstance(steps[0], ColumnTransformer):
+        used = [PLT_FEATURE]
+        steps = steps[1:]
+    imputer, scaler, logistic = steps
+    return {
+        "features": used,
+        "medians": [float(v) for v in imputer.statistics_],
+        "mean": [float(v) for v in scaler.mean_],
+        "scale": [float(v) for v in scaler.scale_],
+        "coef": [float(v) for v in logistic.coef_[0]],
+        "intercept": float(logistic.intercept_[0]),
+    }
+
+
+def predict_from_dict(spec: dict, X: pd.DataFrame) -> np.ndarray:
+    """P(response) of a comparator stored by `to_dict`, from the model features `X`."""
+    missing = [c for c in spec["features"] if c not in X.columns]
+    if missing:
+        raise ComparatorError(f"the comparator needs features the data lack: {missing[:5]}")
+    values = X[spec["features"]].to_numpy(dtype=float)
+    values = np.where(np.isnan(values), np.asarray(spec["medians"]), values)
+    z = (values - np.asarray(spec["mean"])) / np.asarray(spec["scale"])
+    margin = z @ np.asarray(spec["coef"]) + spec["intercept"]
+    return 1.0 / (1.0 + np.exp(-margin))

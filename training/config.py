@@ -64,12 +64,14 @@ class FeaturesConfig(_Section):
 class SearchSpace(_Section):
     """Random-search ranges, each [low, high]; log-uniform for learning_rate and penalties."""
 
-    max_depth: tuple[int, int] = (2, 6)
-    learning_rate: tuple[float, float] = (0.02, 0.2)
-    min_child_weight: tuple[float, float] = (1.0, 10.0)
-    subsample: tuple[float, float] = (0.6, 1.0)
+    # Defaults serve the usual CTIT cohort of 150-500 episodes: stumps up to shallow trees, and
+    # strong penalties; a large cohort may widen them in its experiment file.
+    max_depth: tuple[int, int] = (1, 4)
+    learning_rate: tuple[float, float] = (0.02, 0.1)
+    min_child_weight: tuple[float, float] = (2.0, 20.0)
+    subsample: tuple[float, float] = (0.5, 0.9)
     colsample_bytree: tuple[float, float] = (0.5, 1.0)
-    reg_lambda: tuple[float, float] = (0.1, 10.0)
+    reg_lambda: tuple[float, float] = (1.0, 30.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchSpace:
@@ -86,14 +88,21 @@ class SearchSpace(_Section):
 
 
 class ModelConfig(_Section):
-    """XGBoost: fixed parameters, the search space, early stopping and monotone constraints."""
+    """XGBoost: fixed parameters, the search space, early stopping and monotone constraints.
+
+    `inner_folds` is the patient-grouped inner cross-validation of the one procedure
+    (`training.procedure`): tuning, early stopping and the calibrator's predictions.
+    `monotone` names features (globs) whose registry direction is imposed; `["*"]` (as the
+    shipped experiments say) constrains every feature the registry gives a direction and leaves
+    the others free; the empty default lets a study check the learned directions against it.
+    """
 
     params: dict[str, float | int | str] = Field(default_factory=dict)
     search: SearchSpace = SearchSpace()
     n_trials: int = Field(6, ge=1, le=500)
     max_rounds: int = Field(600, ge=10, le=20_000)
     early_stopping_rounds: int = Field(30, ge=1)
-    inner_valid_fraction: float = Field(0.25, gt=0.05, lt=0.5)
+    inner_folds: int = Field(3, ge=2, le=10)
     monotone: tuple[str, ...] = ()
     n_jobs: int = Field(1, ge=1, le=64)
 
@@ -155,6 +164,11 @@ class PromotionConfig(_Section):
 
     min_auroc_low: float = Field(0.6, ge=0, le=1)
     slope_band: tuple[float, float] = (0.8, 1.2)
+    # Not worse than the comparators: the paired-bootstrap lower 95% bound of the AUROC difference
+    # (candidate minus comparator, same out-of-fold episodes) must be above -comparator_margin.
+    # The baseline-PLT rule may be added; logistic regression is the one a booster must beat.
+    comparators: tuple[Literal["logreg", "plt_baseline"], ...] = ("logreg",)
+    comparator_margin: float = Field(0.01, ge=0, le=1)
     max_auroc_drop: float = Field(0.0, ge=0, le=1)
     max_brier_increase: float = Field(0.0, ge=0, le=1)
 

@@ -1,4 +1,4 @@
-"""Out-of-fold predictions for XGBoost and the comparators on the same patient-grouped folds."""
+"""Out-of-fold predictions of the deployed procedure and the comparators on the same folds."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from serving.model import Calibrator
-from training import comparators
-from training.config import ModelConfig
-from training.tuning import Observer, fit_fold, monotone_vector
+from training import comparators, procedure
+from training.procedure import ProcedureSettings
+from training.tuning import Observer
 from training.validation import Fold, assert_disjoint_patients
 
 log = logging.getLogger(__name__)
@@ -36,52 +35,46 @@ def mean_abs_contributions(booster: xgb.Booster, X: np.ndarray, n_jobs: int = 1)
     return np.abs(contribs[:, :-1]).mean(axis=0)
 
 
+def fold_seed(seed: int, fold: Fold) -> int:
+    """The procedure's seed in one outer fold (the deployed model uses `seed` itself)."""
+    return seed + 1000 * fold.repeat + fold.fold + 1
+
+
 def cross_validate(
     X: pd.DataFrame,
     y: pd.Series,
     groups: pd.Series,
     folds: list[Fold],
-    model_config: ModelConfig,
-    calibration_method: str,
-    monotone: dict[str, int],
+    settings: ProcedureSettings,
     seed: int,
     observer: Observer | None = None,
     on_fold: FoldCallback | None = None,
 ) -> CVOutput:
-    """Fit every model on each training fold and predict its evaluation fold.
+    """Run the deployed procedure on each training fold and predict its evaluation fold.
 
-    The XGBoost fold model is tuned and early-stopped on an inner split of the training fold, and
-    its calibrator is fitted on that inner split's predictions, so the calibrated out-of-fold
-    probability `p_xgb` never depends on the evaluation fold's outcomes.
+    Each fold hands `procedure.fit_procedure` its training rows only, so tuning, early stopping
+    and the calibrator never see the evaluation fold; `p_xgb` is the procedure's calibrated
+    probability, `p_xgb_raw` the booster's. The comparators are fitted on the same rows.
     """
     columns = list(X.columns)
     values = X.to_numpy(dtype=np.float32)
     y_arr = y.to_numpy().astype(int)
     g_arr = groups.astype(str).to_numpy()
-    mono = monotone_vector(columns, monotone) if monotone else None
+    n_jobs = settings.model.n_jobs
     rows, boosters, importance, tuning = [], [], [], []
     for i, fold in enumerate(folds):
         train, test = fold.train, fold.test
         assert_disjoint_patients(g_arr, train, test)
-        fold_seed = seed + 1000 * fold.repeat + fold.fold
-        fit = fit_fold(
+        fit = procedure.fit_procedure(
             values[train],
             y_arr[train],
             g_arr[train],
-            model_config,
-            mono,
-            fold_seed,
+            settings,
+            fold_seed(seed, fold),
             positions=train,
             observer=observer,
         )
-        if observer is not None:
-            observer("calibrator", train[fit.inner_valid])
-        calibrator = Calibrator(method=calibration_method).fit(
-            fit.p_inner_valid, y_arr[train][fit.inner_valid]
-        )
-        dtest = xgb.DMatrix(values[test], nthread=model_config.n_jobs, missing=np.nan)
-        p_raw = fit.booster.predict(dtest)
-        p_cal = np.asarray(calibrator.transform(p_raw), dtype=float)
+        p_raw, p_cal = fit.predict(values[test], n_jobs)
         predictions = {}
         for name in ("logreg", "plt_baseline"):
             if observer is not None:
@@ -97,7 +90,7 @@ def cross_validate(
                     "y": y_arr[test],
                     "repeat": fold.repeat,
                     "fold": fold.fold,
-                    "p_xgb_raw": p_raw.astype(float),
+                    "p_xgb_raw": p_raw,
                     "p_xgb": p_cal,
                     "p_logreg": predictions["logreg"],
                     "p_plt": predictions["plt_baseline"],
@@ -106,7 +99,7 @@ def cross_validate(
         )
         if fold.repeat == 0:
             boosters.append(fit.booster)
-        mean_abs = mean_abs_contributions(fit.booster, values[test], model_config.n_jobs)
+        mean_abs = mean_abs_contributions(fit.booster, values[test], n_jobs)
         ranks = pd.Series(mean_abs).rank(ascending=False, method="min").astype(int).to_numpy()
         importance.append(
             pd.DataFrame(
@@ -120,7 +113,16 @@ def cross_validate(
             )
         )
         best = min(fit.trials, key=lambda t: t["valid_logloss"])
-        tuning.append({"repeat": fold.repeat, "fold": fold.fold, "name": fold.name, **best})
+        tuning.append(
+            {
+                "repeat": fold.repeat,
+                "fold": fold.fold,
+                "name": fold.name,
+                **best,
+                "n_rounds": fit.n_rounds,
+                "inner_oof_raw_slope": fit.calibration["raw"]["calibration_slope"],
+            }
+        )
         log.info(
             "fold %s: %d train, %d test, %d rounds", fold.name, len(train), len(test), fit.n_rounds
         )

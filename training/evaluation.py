@@ -20,6 +20,11 @@ _REGIMEN_ORDER = (
 )
 
 
+def _present(predictions: pd.DataFrame) -> list[tuple[str, str]]:
+    """The models that have a prediction column (an old artifact may lack the comparators)."""
+    return [(model, column) for model, column in MODELS.items() if column in predictions]
+
+
 def regimen_class(classes: str | None) -> str:
     """Coarse class of the regimen current at the index date (most myelotoxic first)."""
     if classes is None or (isinstance(classes, float) and np.isnan(classes)) or classes == "":
@@ -75,7 +80,7 @@ def overall_metrics(
     """Every metric with a patient-bootstrap 95% CI, for each model."""
     settings = m.MetricSettings(config.operating_threshold, config.ece_bins)
     out = {}
-    for model, column in MODELS.items():
+    for model, column in _present(oof):
         predictions, y, ids = prediction_matrix(oof, column)
         groups = oof.drop_duplicates("episode_id").set_index("episode_id").loc[ids, "patient_id"]
         weights = m.bootstrap_weights(groups.to_numpy(), config.n_bootstrap, config.bootstrap_seed)
@@ -90,7 +95,7 @@ def subgroup_metrics(
     rows = []
     settings = m.MetricSettings(config.operating_threshold, config.ece_bins)
     fns = m.metric_functions(settings)
-    for model, column in MODELS.items():
+    for model, column in _present(oof):
         predictions, y, ids = prediction_matrix(oof, column)
         groups = oof.drop_duplicates("episode_id").set_index("episode_id").loc[ids, "patient_id"]
         members = subgroups.reindex(ids)
@@ -154,7 +159,7 @@ def decision_curve(oof: pd.DataFrame, config: EvaluationConfig) -> pd.DataFrame:
     thresholds = np.round(np.arange(start, stop + step / 2, step), 6)
     frames = []
     y_all = None
-    for model, column in MODELS.items():
+    for model, column in _present(oof):
         predictions, y, _ = prediction_matrix(oof, column)
         y_all = y
         nb = np.mean([m.net_benefit(y, p, thresholds) for p in predictions], axis=0)
@@ -173,3 +178,30 @@ def decision_curve(oof: pd.DataFrame, config: EvaluationConfig) -> pd.DataFrame:
         pd.DataFrame({"threshold": thresholds, "model": "treat_none", "net_benefit": 0.0})
     )
     return pd.concat(frames, ignore_index=True)
+
+
+COMPARATORS = {"logreg": "p_logreg", "plt_baseline": "p_plt"}
+
+
+def paired_comparison(
+    oof: pd.DataFrame, config: EvaluationConfig
+) -> dict[str, dict[str, dict[str, float]]]:
+    """XGBoost minus each comparator on the same episodes, with paired patient-bootstrap 95% CIs.
+
+    Returns `{comparator: {"auroc_diff": {...}, "brier_diff": {...}}}`.
+    """
+    p_xgb, y, ids = prediction_matrix(oof, "p_xgb")
+    groups = oof.drop_duplicates("episode_id").set_index("episode_id").loc[ids, "patient_id"]
+    weights = m.bootstrap_weights(groups.to_numpy(), config.n_bootstrap, config.bootstrap_seed)
+    out = {}
+    for name, column in COMPARATORS.items():
+        if column not in oof:
+            continue
+        p_other, _, other_ids = prediction_matrix(oof, column)
+        if other_ids != ids:
+            raise ValueError(f"{name} was not predicted on the same episodes as XGBoost")
+        out[name] = {
+            "auroc_diff": m.paired_difference(m.auroc, y, p_xgb, p_other, weights),
+            "brier_diff": m.paired_difference(m.brier, y, p_xgb, p_other, weights),
+        }
+    return out

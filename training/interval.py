@@ -135,9 +135,7 @@ def calibrate_multiplier(
     mean, calibration refitted on weaker inner models), though only as much of it as a truth
     shaped like the fitted model shows.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    from training.tuning import _inner_oof
+    from training.procedure import ProcedureError, inner_folds, inner_oof_predictions
 
     y = np.asarray(y).astype(int)
     nthread = int(params.get("nthread", 1))
@@ -152,13 +150,12 @@ def calibrate_multiplier(
         y_star = (rng.random(len(p0)) < p0).astype(int)
         if y_star.min() == y_star.max():
             continue
-        folds = list(
-            StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=config.seed + m).split(
-                X, y_star, groups
-            )
-        )
+        try:
+            folds = inner_folds(y_star, groups, 3, config.seed + m)
+        except ProcedureError:  # too few patients of a class in this draw
+            continue
         run = {**params, "seed": config.seed + 100 + m}
-        p_oof, _ = _inner_oof(X, y_star, groups, folds, run, n_rounds, nthread, None)
+        p_oof, _ = inner_oof_predictions(X, y_star, folds, run, n_rounds, nthread)
         calibrator = Calibrator(calibration_method).fit(p_oof, y_star)
         dstar = xgb.DMatrix(X, label=y_star, missing=np.nan, nthread=nthread)
         refit = xgb.train(run, dstar, num_boost_round=n_rounds)
@@ -191,8 +188,9 @@ def fit_deployed_reference(config: Any, cohort: Any) -> Any:
     a large simulated cohort, its probability is the large-sample reference."""
     from data.labels import derive_labels, get_definition
     from serving.model import DeployableModel
+    from training.procedure import ProcedureSettings, fit_procedure
     from training.run import _feature_config, resolve_monotone
-    from training.tuning import fit_final, monotone_vector
+    from training.tuning import monotone_vector
 
     definition = get_definition(config.label.definition)
     labels = derive_labels(cohort, definition)
@@ -207,17 +205,13 @@ def fit_deployed_reference(config: Any, cohort: Any) -> Any:
         cohort.episodes.set_index("episode_id")["patient_id"].astype(str).loc[X.index].to_numpy()
     )
     monotone = resolve_monotone(config.model.monotone, list(X.columns))
-    final = fit_final(
-        X.to_numpy(),
-        y,
-        groups,
-        config.model,
-        monotone_vector(list(X.columns), monotone) if monotone else None,
-        config.validation.seed,
+    settings = ProcedureSettings(
+        model=config.model,
+        calibration_method=config.calibration.method,
+        monotone=monotone_vector(list(X.columns), monotone) if monotone else None,
     )
-    calibrator = Calibrator(config.calibration.method).fit(
-        final.p_inner_valid, y[final.inner_valid]
-    )
+    final = fit_procedure(X.to_numpy(), y, groups, settings, config.validation.seed)
+    calibrator = final.calibrator
     return DeployableModel(
         pipeline=pipeline,
         booster=final.booster,

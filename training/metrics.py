@@ -269,3 +269,31 @@ def evaluate(
         low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (np.nan, np.nan)
         out[name] = {"estimate": float(estimate), "low": float(low), "high": float(high)}
     return out
+
+
+def paired_difference(
+    fn: MetricFn,
+    y: np.ndarray,
+    predictions_a: np.ndarray,
+    predictions_b: np.ndarray,
+    weights: np.ndarray,
+) -> dict[str, float]:
+    """Metric of A minus metric of B on the same episodes, with a paired percentile 95% CI.
+
+    Both models are scored on every bootstrap resample together, so the interval reflects the
+    correlation of their errors (the right comparison for two models of one cohort). Each
+    argument `predictions_*` is (R, n), averaged over repeats as in `evaluate`.
+    """
+    y = np.asarray(y, dtype=float)
+    a = np.atleast_2d(np.asarray(predictions_a, dtype=float))
+    b = np.atleast_2d(np.asarray(predictions_b, dtype=float))
+    ones = np.ones((1, len(y)))
+    estimate = np.mean(
+        [fn(y, pa, ones)[0] - fn(y, pb, ones)[0] for pa, pb in zip(a, b, strict=True)]
+    )
+    boot = np.mean(
+        [fn(y, pa, weights) - fn(y, pb, weights) for pa, pb in zip(a, b, strict=True)], axis=0
+    )
+    boot = boot[np.isfinite(boot)]
+    low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (np.nan, np.nan)
+    return {"estimate": float(estimate), "low": float(low), "high": float(high)}

@@ -36,16 +36,18 @@ def _auc_label(metrics: dict, model: str) -> str:
     return f"{LABELS[model]}: AUROC {auc['estimate']:.3f} ({auc['low']:.3f}-{auc['high']:.3f})"
 
 
-def roc_plot(oof: pd.DataFrame, metrics: dict, path: Path) -> Path:
+def roc_plot(oof: pd.DataFrame, metrics: dict, path: Path, scope: str = "out-of-fold") -> Path:
     """ROC curves of the out-of-fold predictions (first repeat) for every model."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 6))
     first = oof[oof["repeat"] == oof["repeat"].min()]
     for model, column in MODELS.items():
+        if column not in first:
+            continue
         fpr, tpr, _ = roc_curve(first["y"], first[column])
         ax.plot(fpr, tpr, label=_auc_label(metrics, model))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="1 - specificity", ylabel="Sensitivity", title="ROC (out-of-fold)")
+    ax.set(xlabel="1 - specificity", ylabel="Sensitivity", title=f"ROC ({scope})")
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
@@ -68,11 +70,15 @@ def calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def calibration_plot(oof: pd.DataFrame, metrics: dict, path: Path) -> Path:
+def calibration_plot(
+    oof: pd.DataFrame, metrics: dict, path: Path, scope: str = "out-of-fold"
+) -> Path:
     """Observed vs predicted response by decile, 95% CIs, for XGBoost and logistic regression."""
     plt = _pyplot()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), height_ratios=[4, 1], sharex=True)
     for model, marker in (("xgboost", "o"), ("logreg", "s")):
+        if MODELS[model] not in oof:
+            continue
         predictions, y, _ = prediction_matrix(oof, MODELS[model])
         table = calibration_bins(y, predictions.mean(axis=0))
         slope = metrics.get(model, {}).get("calibration_slope", {}).get("estimate", np.nan)
@@ -89,7 +95,7 @@ def calibration_plot(oof: pd.DataFrame, metrics: dict, path: Path) -> Path:
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(
         ylabel="Observed response",
-        title="Calibration (out-of-fold, 95% CI)",
+        title=f"Calibration ({scope}, 95% CI)",
         xlim=(0, 1),
         ylim=(0, 1),
     )
@@ -98,7 +104,7 @@ def calibration_plot(oof: pd.DataFrame, metrics: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def decision_curve_plot(curve: pd.DataFrame, path: Path) -> Path:
+def decision_curve_plot(curve: pd.DataFrame, path: Path, scope: str = "out-of-fold") -> Path:
     """Net benefit against threshold probability, with treat-all and treat-none."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -114,7 +120,7 @@ def decision_curve_plot(curve: pd.DataFrame, path: Path) -> Path:
     ax.set(
         xlabel="Threshold probability of response",
         ylabel="Net benefit",
-        title="Decision curve (out-of-fold)",
+        title=f"Decision curve ({scope})",
         ylim=(-0.05, max(0.05, top * 1.1)),
     )
     ax.legend(fontsize=8)

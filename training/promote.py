@@ -92,6 +92,96 @@ def _promotion_config(client: MlflowClient, run_id: str) -> PromotionConfig:
     return PromotionConfig.model_validate(config.get("promotion", {}))
 
 
+COMPARATOR_NAMES = {"logreg": "logistic regression", "plt_baseline": "the baseline-PLT rule"}
+
+
+def _value(metrics: dict[str, float], key: str, where: str) -> float:
+    if key not in metrics:
+        raise PromotionError(f"{where} did not log metric {key!r}")
+    return float(metrics[key])
+
+
+def performance_gates(
+    metrics: dict[str, float], config: PromotionConfig, kind: str, where: str
+) -> list[Gate]:
+    """The candidate's own gates on one set of logged figures (`kind`: out-of-fold or external).
+
+    Out-of-fold figures are those of the deployed procedure (every outer fold runs the function
+    that built the deployed model), so these gates judge what is deployed.
+    """
+    prefix = "" if kind == "out-of-fold" else "external_"
+    gates = []
+    auroc_low = _value(metrics, "xgboost.auroc.low", where)
+    gates.append(
+        Gate(
+            f"{prefix}auroc_lower_bound",
+            auroc_low >= config.min_auroc_low,
+            f"{kind} AUROC lower 95% bound {auroc_low:.3f} (minimum {config.min_auroc_low:.3f})",
+        )
+    )
+    slope = _value(metrics, "xgboost.calibration_slope", where)
+    low, high = config.slope_band
+    gates.append(
+        Gate(
+            f"{prefix}calibration_slope",
+            low <= slope <= high,
+            f"{kind} calibration slope {slope:.3f} (band {low:.2f}-{high:.2f})",
+        )
+    )
+    for comparator in config.comparators:
+        key = f"xgboost_minus_{comparator}.auroc_diff"
+        diff = _value(metrics, key, where)
+        d_low = _value(metrics, f"{key}.low", where)
+        d_high = _value(metrics, f"{key}.high", where)
+        words = COMPARATOR_NAMES[comparator]
+        ci = f"paired 95% CI {d_low:+.3f} to {d_high:+.3f}"
+        if diff < 0:
+            verdict = f"{words} is better: its {kind} AUROC is {-diff:.3f} above the candidate's"
+        else:
+            verdict = f"the candidate's {kind} AUROC is {diff:.3f} above {words}'s"
+        gates.append(
+            Gate(
+                f"{prefix}not_worse_than_{comparator}",
+                d_low > -config.comparator_margin,
+                f"{verdict} ({ci}; the lower bound must be above {-config.comparator_margin:+.3f})",
+            )
+        )
+    return gates
+
+
+def _external_gates(
+    client: MlflowClient,
+    run_id: str,
+    name: str,
+    candidate: _Evaluated,
+    config: PromotionConfig,
+) -> list[Gate]:
+    """The gates on an external evaluation run, which must evaluate this very candidate."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise PromotionError(f"evaluation run {run_id}: {error.message}") from None
+    tags = run.data.tags
+    if tags.get("ctit.run_kind") != "evaluation":
+        raise PromotionError(f"run {run_id} is not a `ctit evaluate` run")
+    evaluated = (tags.get("ctit.model_name"), tags.get("ctit.model_version"))
+    if evaluated != (name, candidate.version):
+        return [
+            Gate(
+                "external_evaluation_of_candidate",
+                False,
+                f"evaluation run {run_id} evaluated {evaluated[0]} version {evaluated[1]}, "
+                f"not the candidate {name} version {candidate.version}",
+            )
+        ]
+    where = f"evaluation run {run_id}"
+    cohort = tags.get("ctit.cohort", "an external cohort")
+    return [
+        Gate(g.name, g.passed, f"{g.detail} [on {cohort}, run {run_id}]")
+        for g in performance_gates(dict(run.data.metrics), config, "external", where)
+    ]
+
+
 def _metric(ev: _Evaluated, key: str) -> float:
     if key not in ev.metrics:
         raise PromotionError(f"run {ev.run_id} (version {ev.version}) did not log metric {key!r}")
@@ -99,9 +189,16 @@ def _metric(ev: _Evaluated, key: str) -> float:
 
 
 def assess(
-    name: str, client: MlflowClient | None = None, allow_new_data: bool = False
+    name: str,
+    client: MlflowClient | None = None,
+    allow_new_data: bool = False,
+    evaluation_run: str | None = None,
 ) -> PromotionDecision:
-    """Check the gates for the current @candidate of `name`, without changing anything."""
+    """Check the gates for the current @candidate of `name`, without changing anything.
+
+    `evaluation_run` names an external evaluation run (`ctit evaluate`) of this candidate that
+    must pass the same gates on its cohort.
+    """
     client = client or MlflowClient()
     candidate_version = _alias(client, name, CANDIDATE_ALIAS)
     if candidate_version is None:
@@ -118,24 +215,13 @@ def assess(
     if champion_version is not None and str(champion_version.version) == candidate.version:
         decision.note = f"version {candidate.version} is already @{CHAMPION_ALIAS}"
         return decision
+    where = f"run {candidate.run_id} (version {candidate.version})"
 
-    auroc_low = _metric(candidate, "xgboost.auroc.low")
-    decision.gates.append(
-        Gate(
-            "auroc_lower_bound",
-            auroc_low >= gates_config.min_auroc_low,
-            f"AUROC lower 95% bound {auroc_low:.3f} (minimum {gates_config.min_auroc_low:.3f})",
+    decision.gates.extend(performance_gates(candidate.metrics, gates_config, "out-of-fold", where))
+    if evaluation_run is not None:
+        decision.gates.extend(
+            _external_gates(client, evaluation_run, name, candidate, gates_config)
         )
-    )
-    slope = _metric(candidate, "xgboost.calibration_slope")
-    low, high = gates_config.slope_band
-    decision.gates.append(
-        Gate(
-            "calibration_slope",
-            low <= slope <= high,
-            f"calibration slope {slope:.3f} (band {low:.2f}-{high:.2f})",
-        )
-    )
     if champion_version is not None:
         champion = _evaluated(client, champion_version)
         same = (
@@ -197,11 +283,14 @@ def _difference(champion: Any, candidate: Any) -> str:
 
 
 def promote(
-    name: str, client: MlflowClient | None = None, allow_new_data: bool = False
+    name: str,
+    client: MlflowClient | None = None,
+    allow_new_data: bool = False,
+    evaluation_run: str | None = None,
 ) -> PromotionDecision:
     """Assess the candidate and, when every gate passes, point @champion at it."""
     client = client or MlflowClient()
-    decision = assess(name, client, allow_new_data=allow_new_data)
+    decision = assess(name, client, allow_new_data=allow_new_data, evaluation_run=evaluation_run)
     if decision.note.endswith(f"already @{CHAMPION_ALIAS}"):
         return decision
     if decision.failed:

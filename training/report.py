@@ -519,11 +519,11 @@ def _model_spec(result: TrainResult, version_label: str) -> list[tuple[str, str]
         facts.append(
             (
                 "Tuning",
-                f"random search, {model_cfg.get('n_trials', '?')} trial(s) inside the training "
-                f"folds; early stopping ({model_cfg.get('early_stopping_rounds', '?')} rounds) on "
-                "an "
-                f"inner validation split of {model_cfg.get('inner_valid_fraction', '?')} of the "
-                "training fold",
+                f"random search, {model_cfg.get('n_trials', '?')} trial(s), each scored by "
+                f"patient-grouped inner {model_cfg.get('inner_folds', '?')}-fold cross-validation "
+                f"of the training part; early stopping "
+                f"({model_cfg.get('early_stopping_rounds', '?')} rounds) on the inner validation "
+                "folds only",
             )
         )
         if model_cfg.get("params"):
@@ -543,6 +543,9 @@ def _model_spec(result: TrainResult, version_label: str) -> list[tuple[str, str]
         ("Class imbalance", "no resampling; class weights only if listed in the parameters above")
     )
     facts.append(("Calibration", _calibration_fact(result)))
+    procedure = metadata.get("procedure")
+    if procedure:
+        facts.append(("Procedure the performance figures describe", str(procedure)))
     bands = getattr(result.model, "bands", None)
     if bands is not None:
         facts.append(
@@ -1270,8 +1273,9 @@ def _calibration_fact(result: TrainResult) -> str:
         f"{method}, fitted on {evidence.get('n_episodes', '?')} out-of-fold predictions of the "
         "final model's own configuration (patient-grouped inner folds); before calibration their "
         f"slope was {_fmt(raw.get('calibration_slope'), 3)} and calibration-in-the-large "
-        f"{_fmt(raw.get('calibration_intercept'), 3)}. The performance section evaluates the "
-        "procedure with the cross-validation fold models and their own calibrators."
+        f"{_fmt(raw.get('calibration_intercept'), 3)}. Every cross-validation fold fits its "
+        "calibrator the same way on its own training part, so the performance section evaluates "
+        "the procedure that built the deployed model."
     )
 
 

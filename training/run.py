@@ -18,17 +18,17 @@ from data.cohort import Cohort, summarise
 from data.labels import attrition, derive_labels, get_definition
 from features.pipeline import FeatureConfig, FeaturePipeline, build_features
 from features.registry import spec_of
-from serving.model import Calibrator, DeployableModel, RiskBands, summarise_reference
-from training import evaluation, plots, tables
+from serving.model import DeployableModel, RiskBands, summarise_reference
+from training import comparators, evaluation, plots, procedure, tables
 from training.config import ExperimentConfig, ExperimentError
 from training.crossval import CVOutput, cross_validate
 from training.interval import fit_bootstrap_interval
-from training.metrics import calibration_intercept, calibration_slope
+from training.procedure import ProcedureSettings
 from training.result import TrainResult
 from training.sample_size import assess_sample_size
 from training.survival import fit_time_to_response, log_time_to_response_metrics
 from training.tracking import RunHandle, TrackingSettings, data_fingerprint, tracked_run
-from training.tuning import Observer, fit_final, monotone_vector
+from training.tuning import Observer, monotone_vector
 from training.validation import (
     Fold,
     SplitError,
@@ -67,7 +67,8 @@ def resolve_monotone(patterns: tuple[str, ...], columns: list[str]) -> dict[str,
                 direction = None
             if direction:
                 directed[column] = int(direction)
-        if not directed:
+        if not directed and pattern != "*":
+            # "*" (the default) means "every feature with a direction", which may be none.
             raise ExperimentError(
                 f"model.monotone: {pattern!r} matches {matched[:5]}, but features.registry gives "
                 "none of them an expected direction"
@@ -129,42 +130,40 @@ def fit_experiment(
     monotone = resolve_monotone(config.model.monotone, list(X.columns))
     folds = make_folds(config, y, groups, cohort)
 
+    settings = ProcedureSettings(
+        model=config.model,
+        calibration_method=config.calibration.method,
+        monotone=monotone_vector(list(X.columns), monotone) if monotone else None,
+    )
+
     def on_fold(done: int, total: int) -> None:
         progress("cross-validation", done, total)
 
     progress("cross-validation", 0, len(folds))
     cv = cross_validate(
-        X,
-        y,
-        groups,
-        folds,
-        config.model,
-        config.calibration.method,
-        monotone,
-        config.validation.seed,
-        observer=observer,
-        on_fold=on_fold,
+        X, y, groups, folds, settings, config.validation.seed, observer=observer, on_fold=on_fold
     )
 
     progress("final model", 0, 1)
-    final = fit_final(
+    # The deployed model: exactly the procedure every outer fold ran, on all labelled episodes.
+    final_observer = None
+    if observer is not None:
+
+        def final_observer(purpose: str, positions: np.ndarray) -> None:
+            observer(f"final:{purpose}", positions)
+
+    final = procedure.fit_procedure(
         X.to_numpy(),
         y.to_numpy(),
         groups.to_numpy(),
-        config.model,
-        monotone_vector(list(X.columns), monotone) if monotone else None,
+        settings,
         config.validation.seed,
-        observer=observer,
+        observer=final_observer,
     )
-    # The deployed calibrator describes the deployed configuration: it is fitted on the final
-    # configuration's inner out-of-fold predictions, not on the fold models' (other settings).
-    y_final = y.to_numpy()[final.inner_valid]
+    calibrator = final.calibrator
     if observer is not None:
-        observer("calibrator_final", final.inner_valid)
-    calibrator = Calibrator(method=config.calibration.method).fit(final.p_inner_valid, y_final)
-    final_calibration = _final_calibration_evidence(
-        final.p_inner_valid, calibrator, y_final, config.calibration.method
-    )
+        observer("final:comparators", np.arange(len(y)))
+    fitted_comparators = comparators.fit_all(X, y.to_numpy())
     # Issue 18: the interval (bootstrap refits of the deployed configuration) and the time model.
     interval_model = fit_bootstrap_interval(
         X.to_numpy(),
@@ -172,7 +171,7 @@ def fit_experiment(
         groups.to_numpy(),
         final.params,
         final.n_rounds,
-        final.p_inner_valid[np.argsort(final.inner_valid)],
+        final.p_inner_raw,
         config.calibration.method,
         config.interval,
         observer,
@@ -185,6 +184,7 @@ def fit_experiment(
     progress("evaluation", 0, 3)
     ev = config.evaluation
     metrics = evaluation.overall_metrics(cv.oof, ev)
+    comparison = evaluation.paired_comparison(cv.oof, ev)
     progress("evaluation", 1, 3)
     members = evaluation.subgroup_frame(cohort, labels)
     subgroups = evaluation.subgroup_metrics(cv.oof, members, ev)
@@ -229,6 +229,12 @@ def fit_experiment(
                 "n_bootstrap": config.interval.n_bootstrap,
             },
             "time_to_response": time_evidence,
+            "procedure": procedure.describe(settings),
+            "extra_fields": _extra_fields(config, cohort),
+            "comparators": {
+                name: comparators.to_dict(fitted, list(X.columns))
+                for name, fitted in fitted_comparators.items()
+            },
         },
     )
     validation = {
@@ -244,9 +250,9 @@ def fit_experiment(
             for f in folds
         ],
         "calibration": config.calibration.method,
-        "oof_calibration": "each fold's calibrator is fitted on its inner-validation split",
-        "final_calibration": "the deployed calibrator is fitted on the final configuration's "
-        "patient-grouped inner 3-fold out-of-fold predictions",
+        "procedure": procedure.describe(settings),
+        "inner_folds": config.model.inner_folds,
+        "n_trials": config.model.n_trials,
     }
     result = TrainResult(
         config=config.model_dump(mode="json"),
@@ -271,30 +277,22 @@ def fit_experiment(
         tuning={
             "folds": cv.tuning,
             "final": {**final.params, "n_rounds": final.n_rounds},
-            "final_calibrator": final_calibration,
+            "final_calibrator": final.calibration,
+            "comparison": comparison,
         },
     )
     return result, cv
 
 
-def _final_calibration_evidence(
-    p_raw: np.ndarray, calibrator: Calibrator, y: np.ndarray, method: str
-) -> dict[str, Any]:
-    """Calibration of the final configuration's inner out-of-fold predictions, before and after
-    the deployed calibrator (after: in sample, as the calibrator is fitted on these predictions)."""
-    p_cal = np.asarray(calibrator.transform(p_raw), dtype=float)
-
-    def summary(p: np.ndarray) -> dict[str, float]:
-        return {
-            "calibration_slope": float(calibration_slope(y, p)[0]),
-            "calibration_intercept": float(calibration_intercept(y, p)[0]),
-        }
-
+def _extra_fields(config: ExperimentConfig, cohort: Cohort) -> dict[str, list[str]]:
+    """Where each extra input of the experiment lives in a scoring record (episodes first, as
+    the feature code looks them up)."""
+    episode = [c for c in config.features.extra_static if c in cohort.episodes.columns]
+    patient = [c for c in config.features.extra_static if c not in episode]
     return {
-        "method": method,
-        "n_episodes": int(len(y)),
-        "raw": summary(np.asarray(p_raw, dtype=float)),
-        "calibrated": summary(p_cal),
+        "patient": patient,
+        "episode": episode,
+        "analytes": list(config.features.extra_analytes),
     }
 
 
@@ -363,6 +361,12 @@ def log_result(
     for stage in ("raw", "calibrated"):
         for name, value in (final_cal.get(stage) or {}).items():
             extra[f"final_inner_oof.{stage}.{name}"] = value
+    for name, diffs in ((result.tuning or {}).get("comparison") or {}).items():
+        for metric, values in diffs.items():
+            key = f"xgboost_minus_{name}.{metric}"
+            extra[key] = values["estimate"]
+            extra[f"{key}.low"] = values["low"]
+            extra[f"{key}.high"] = values["high"]
     run.log_metrics(result.metrics, extra)
     log_time_to_response_metrics(result.model.metadata.get("time_to_response"))
     progress("tracking", 1, steps)

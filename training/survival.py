@@ -286,7 +286,7 @@ def evaluate_out_of_fold(
             tree_params,
             config.model.max_rounds,
             config.model.early_stopping_rounds,
-            config.model.inner_valid_fraction,
+            1.0 / config.model.inner_folds,  # one inner fold held out, as the procedure does
             config.validation.seed + fold.fold,
         )
         location = model.location(X_all.loc[targets.index[test_idx]].to_numpy(dtype=np.float32))
@@ -408,7 +408,7 @@ def fit_time_to_response(
         tree_params,
         config.model.max_rounds,
         config.model.early_stopping_rounds,
-        config.model.inner_valid_fraction,
+        1.0 / config.model.inner_folds,
         config.validation.seed,
     )
     evidence.update(

@@ -23,9 +23,13 @@ def test_shipped_experiments_load(name: str) -> None:
     assert config.label.definition == {"baseline": "plt100_or_rise50_d14"}.get(name, name)
 
 
-def test_baseline_imposes_platelet_monotonicity() -> None:
+def test_baseline_imposes_every_registry_direction_and_serves_small_cohorts() -> None:
     config = load_experiment(EXPERIMENTS / "baseline.toml")
-    assert any(pattern.startswith("plt") for pattern in config.model.monotone)
+    assert config.model.monotone == ("*",)  # plt_last among them (features.registry)
+    assert config.model.search.max_depth[0] == 1 and config.model.inner_folds == 3
+    defaults = parse_experiment({}).model
+    assert defaults.search.max_depth == (1, 4)
+    assert defaults.search.reg_lambda[0] >= 1.0
 
 
 def test_unknown_keys_are_named_by_path(tmp_path: Path) -> None:

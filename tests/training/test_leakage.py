@@ -1,20 +1,34 @@
-"""Instrumented leakage tests: no fit of any kind sees the evaluation fold."""
+"""Instrumented leakage tests: no step of the deployed procedure, and no comparator, ever sees an
+outer evaluation fold; the procedure's own inner steps keep their patients apart."""
 
 import numpy as np
 import pandas as pd
+import pytest
+import xgboost as xgb
 
-from training import crossval, tuning
+from serving.model import Calibrator
+from training import crossval, procedure, tuning
 from training.config import ModelConfig
 from training.crossval import cross_validate
+from training.procedure import ProcedureError, ProcedureSettings, fit_procedure
 from training.validation import repeated_group_folds
 
-TINY = ModelConfig(n_trials=2, max_rounds=40, early_stopping_rounds=5, n_jobs=1)
+TINY = ModelConfig(n_trials=2, max_rounds=40, early_stopping_rounds=5, n_jobs=1, monotone=())
+SETTINGS = ProcedureSettings(model=TINY, calibration_method="platt")
+PURPOSES = {
+    "tuning",
+    "early_stopping",
+    "inner_oof_fit",
+    "calibrator",
+    "refit",
+    "logreg",
+    "plt_baseline",
+}
 
 
-def test_every_fit_sees_training_rows_only(data) -> None:
+def test_every_step_sees_training_rows_only(data) -> None:
     X, y, groups = data
     folds = repeated_group_folds(y.to_numpy(), groups.to_numpy(), 3, 2, seed=1)
-    seen_any = set()
     for fold in folds:
         calls: list[tuple[str, np.ndarray]] = []
         cross_validate(
@@ -22,59 +36,83 @@ def test_every_fit_sees_training_rows_only(data) -> None:
             y,
             groups,
             [fold],
-            TINY,
-            "platt",
-            {},
+            SETTINGS,
             seed=5,
             observer=lambda purpose, pos, calls=calls: calls.append((purpose, np.asarray(pos))),
         )
-        purposes = {p for p, _ in calls}
-        assert purposes == {"xgb_fit", "xgb_early_stopping", "calibrator", "logreg", "plt_baseline"}
+        assert {p for p, _ in calls} == PURPOSES
         test = set(fold.test)
         for purpose, positions in calls:
             assert not test & set(positions), f"{purpose} saw the evaluation fold {fold.name}"
             assert not set(groups.iloc[fold.test]) & set(groups.iloc[positions])
-        fit = dict(calls)
-        # Early stopping and the fold calibrator use the same inner split, disjoint from the fit.
-        assert not set(fit["xgb_fit"]) & set(fit["xgb_early_stopping"])
-        np.testing.assert_array_equal(fit["calibrator"], fit["xgb_early_stopping"])
-        assert set(fit["xgb_fit"]) | set(fit["xgb_early_stopping"]) == set(fold.train)
-        seen_any |= {p for p, _ in calls}
-    assert seen_any
+        by_purpose: dict[str, list[np.ndarray]] = {}
+        for purpose, positions in calls:
+            by_purpose.setdefault(purpose, []).append(positions)
+        # Tuning and early stopping: three inner folds of the training part, patients apart.
+        assert len(by_purpose["tuning"]) == len(by_purpose["early_stopping"]) == 3
+        for fit_rows, stop_rows in zip(
+            by_purpose["tuning"], by_purpose["early_stopping"], strict=True
+        ):
+            assert not set(groups.iloc[fit_rows]) & set(groups.iloc[stop_rows])
+            assert sorted(np.concatenate([fit_rows, stop_rows])) == sorted(fold.train)
+        # The calibrator and the refit use the whole training part and nothing else.
+        for purpose in ("calibrator", "refit"):
+            np.testing.assert_array_equal(np.sort(by_purpose[purpose][0]), np.sort(fold.train))
 
 
-def test_xgboost_and_comparators_receive_no_evaluation_rows(data, monkeypatch) -> None:
-    """Record the actual matrices and frames handed to every fit, not what the code reports."""
+def test_xgboost_calibrator_and_comparators_receive_no_evaluation_rows(data, monkeypatch) -> None:
+    """Spy on what is really handed over (matrices, calibrator inputs, comparator frames), not
+    on what the code reports."""
     X, y, groups = data
     fold = repeated_group_folds(y.to_numpy(), groups.to_numpy(), 3, 1, seed=2)[0]
-    matrices: list[np.ndarray] = []
+    labelled: list[np.ndarray] = []
+    unlabelled: list[np.ndarray] = []
+    calibrator_inputs: list[tuple[np.ndarray, np.ndarray]] = []
     frames: list[pd.Index] = []
-    real_matrix, real_fit_predict = tuning._matrix, crossval.comparators.fit_predict
+    real_matrix, real_fit_predict = procedure.matrix, crossval.comparators.fit_predict
+    real_calibrator_fit = Calibrator.fit
 
     def spy_matrix(values, labels, n_jobs):
-        matrices.append(np.asarray(values))
+        (labelled if labels is not None else unlabelled).append(np.asarray(values))
         return real_matrix(values, labels, n_jobs)
+
+    def spy_calibrator_fit(self, p_raw, y_cal):
+        calibrator_inputs.append((np.asarray(p_raw), np.asarray(y_cal)))
+        return real_calibrator_fit(self, p_raw, y_cal)
 
     def spy_fit_predict(name, X_train, y_train, X_test):
         frames.append(X_train.index)
         return real_fit_predict(name, X_train, y_train, X_test)
 
-    monkeypatch.setattr(tuning, "_matrix", spy_matrix)
+    monkeypatch.setattr(procedure, "matrix", spy_matrix)
+    monkeypatch.setattr(Calibrator, "fit", spy_calibrator_fit)
     monkeypatch.setattr(crossval.comparators, "fit_predict", spy_fit_predict)
-    cross_validate(X, y, groups, [fold], TINY, "isotonic", {}, seed=5)
-    assert len(matrices) == 2 and len(frames) == 2
+    out = cross_validate(X, y, groups, [fold], SETTINGS, seed=5)
+    # Labelled matrices: the tuning matrix (all training rows) and one per inner model; every
+    # unlabelled matrix but the last (the evaluation fold, predicted after fitting) is inner.
+    assert len(labelled) == 1 + 3 and len(unlabelled) == 3 + 1
     test_rows = {row.tobytes() for row in X.iloc[fold.test].to_numpy(np.float32)}
-    for matrix in matrices:
-        assert not test_rows & {row.tobytes() for row in matrix.astype(np.float32)}
+    train_rows = {row.tobytes() for row in X.iloc[fold.train].to_numpy(np.float32)}
+    for matrix in labelled + unlabelled[:-1]:
+        rows = {row.tobytes() for row in matrix.astype(np.float32)}
+        assert not test_rows & rows and rows <= train_rows
+    assert {row.tobytes() for row in unlabelled[-1]} == test_rows
+    # The calibrator is fitted once, on one inner out-of-fold prediction per training episode.
+    assert len(calibrator_inputs) == 1
+    p_cal, y_cal = calibrator_inputs[0]
+    assert len(p_cal) == len(fold.train)
+    np.testing.assert_array_equal(y_cal, y.to_numpy()[fold.train])
+    assert len(frames) == 2
     test_ids = set(X.index[fold.test])
     for index in frames:
         assert not test_ids & set(index)
+    assert len(out.oof) == len(fold.test)
 
 
-def test_oof_predicts_each_episode_once_per_repeat_and_calibration_is_fold_local(data) -> None:
+def test_oof_predicts_each_episode_once_per_repeat(data) -> None:
     X, y, groups = data
     folds = repeated_group_folds(y.to_numpy(), groups.to_numpy(), 3, 2, seed=4)
-    out = cross_validate(X, y, groups, folds, TINY, "platt", {"plt_last": 1}, seed=1)
+    out = cross_validate(X, y, groups, folds, SETTINGS, seed=1)
     counts = out.oof.groupby("repeat")["episode_id"].value_counts()
     assert (counts == 1).all() and len(out.oof) == 2 * len(X)
     for _, frame in out.oof.groupby("repeat"):
@@ -91,19 +129,11 @@ def test_oof_predicts_each_episode_once_per_repeat_and_calibration_is_fold_local
 def test_monotone_constraint_holds(data) -> None:
     X, y, groups = data
     columns = list(X.columns)
-    fit = tuning.fit_fold(
-        X.to_numpy(np.float32),
-        y.to_numpy(),
-        groups.to_numpy(),
-        TINY,
-        tuning.monotone_vector(columns, {"plt_last": 1}),
-        seed=0,
-    )
+    settings = ProcedureSettings(TINY, "platt", tuning.monotone_vector(columns, {"plt_last": 1}))
+    fit = fit_procedure(X.to_numpy(np.float32), y.to_numpy(), groups.to_numpy(), settings, seed=0)
     grid = np.repeat(X.to_numpy(np.float32)[:50], 20, axis=0)
     j = columns.index("plt_last")
     grid[:, j] = np.tile(np.linspace(5, 150, 20), 50)
-    import xgboost as xgb
-
     p = fit.booster.predict(xgb.DMatrix(grid, missing=np.nan)).reshape(50, 20)
     assert (np.diff(p, axis=1) >= -1e-7).all()
 
@@ -116,59 +146,27 @@ def test_candidates_stay_inside_the_search_space() -> None:
             assert low <= value <= high, name
 
 
-def test_final_calibrator_sees_predictions_of_models_blind_to_the_patient(
-    data, monkeypatch
-) -> None:
-    """The deployed calibrator's inputs: each episode predicted once, by a model of the chosen
-    configuration that never saw its patient. Checked on the matrices actually handed over."""
+def test_calibrator_sees_predictions_of_models_blind_to_the_patient(data, monkeypatch) -> None:
+    """The calibrator's inputs: each episode predicted once, by a model of the chosen settings
+    and rounds that never saw its patient."""
     X, y, groups = data
     values, y_arr, g = X.to_numpy(np.float32), y.to_numpy(), groups.to_numpy()
     calls: list[tuple[str, np.ndarray]] = []
-    matrices: list[tuple[bool, np.ndarray]] = []
-    real_matrix = tuning._matrix
-
-    def spy_matrix(rows, labels, n_jobs):
-        matrices.append((labels is not None, np.asarray(rows)))
-        return real_matrix(rows, labels, n_jobs)
-
-    monkeypatch.setattr(tuning, "_matrix", spy_matrix)
-    fit = tuning.fit_final(
+    fit = fit_procedure(
         values,
         y_arr,
         g,
-        TINY,
-        None,
+        SETTINGS,
         seed=3,
         observer=lambda purpose, pos: calls.append((purpose, np.asarray(pos))),
     )
-    trained = [pos for purpose, pos in calls if purpose == "xgb_final_oof"]
+    trained = [pos for purpose, pos in calls if purpose == "inner_oof_fit"]
     assert len(trained) == 3
-    np.testing.assert_array_equal(fit.inner_valid, np.arange(len(y_arr)))
-    assert np.isfinite(fit.p_inner_valid).all() and len(fit.p_inner_valid) == len(y_arr)
+    assert np.isfinite(fit.p_inner_raw).all() and len(fit.p_inner_raw) == len(y_arr)
     for k, train in enumerate(trained):
         predicted = np.flatnonzero(fit.inner_fold == k)
         assert len(predicted) and not set(g[train]) & set(g[predicted])
         assert sorted(np.concatenate([train, predicted])) == list(range(len(y_arr)))
-
-    # What the inner models really received: after the all-rows matrix, per inner model a
-    # labelled training matrix then an unlabelled one it predicts.
-    patient_of = {row.tobytes(): patient for row, patient in zip(values, g, strict=True)}
-    inner = matrices[1:]
-    assert len(inner) == 6
-    predicted_rows: list[bytes] = []
-    for (train_labelled, train_rows), (test_labelled, test_rows) in zip(
-        inner[0::2], inner[1::2], strict=True
-    ):
-        assert train_labelled and not test_labelled
-        seen = {patient_of[r.tobytes()] for r in train_rows}
-        assert not seen & {patient_of[r.tobytes()] for r in test_rows}
-        predicted_rows += [r.tobytes() for r in test_rows]
-    assert sorted(predicted_rows) == sorted(patient_of)  # every episode exactly once
-
-    # The predictions are those of exactly the chosen settings and rounds.
-    import xgboost as xgb
-
-    monkeypatch.setattr(tuning, "_matrix", real_matrix)
     k = 1
     predicted = np.flatnonzero(fit.inner_fold == k)
     booster = xgb.train(
@@ -178,6 +176,25 @@ def test_final_calibrator_sees_predictions_of_models_blind_to_the_patient(
     )
     np.testing.assert_allclose(
         booster.predict(xgb.DMatrix(values[predicted], missing=np.nan)),
-        fit.p_inner_valid[predicted],
+        fit.p_inner_raw[predicted],
         rtol=1e-6,
     )
+    # Platt on logit(p): its slope is the raw predictions' calibration slope, after it 1.
+    assert fit.calibrator.slope_ == pytest.approx(
+        fit.calibration["raw"]["calibration_slope"], rel=1e-3
+    )
+    assert fit.calibration["calibrated"]["calibration_slope"] == pytest.approx(1.0, abs=1e-3)
+    # The deployed booster is the refit on every row with the chosen settings and rounds.
+    refit = xgb.train(fit.params, xgb.DMatrix(values, label=y_arr, missing=np.nan), fit.n_rounds)
+    np.testing.assert_allclose(
+        refit.predict(xgb.DMatrix(values, missing=np.nan)),
+        fit.booster.predict(xgb.DMatrix(values, missing=np.nan)),
+        rtol=1e-6,
+    )
+
+
+def test_too_few_patients_of_a_class_is_a_clear_error() -> None:
+    y = np.array([1, 1, 1, 1, 0, 0])
+    groups = np.array(["a", "b", "c", "d", "e", "e"])
+    with pytest.raises(ProcedureError, match="1 patients with non-responders.*at least 3"):
+        procedure.inner_folds(y, groups, 3, seed=0)

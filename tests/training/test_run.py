@@ -39,19 +39,23 @@ def test_cv_result_is_complete_and_consistent(cohort) -> None:
         "regimen_class",
     }
     assert len(result.model.fold_boosters) == 3
-    assert {"calibrator_final", "xgb_final"} <= set(observed)
-    # The deployed calibrator is fitted on one inner out-of-fold prediction per labelled episode
-    # of the final configuration (three inner models), not on the fold models' predictions.
-    assert observed.count("xgb_final_oof") == 3
-    np.testing.assert_array_equal(dict(calls)["calibrator_final"], np.arange(n))
+    # The deployed model: the procedure on every labelled episode; its calibrator is fitted on
+    # one inner out-of-fold prediction per episode (three inner models).
+    assert observed.count("final:inner_oof_fit") == 3
+    np.testing.assert_array_equal(dict(calls)["final:calibrator"], np.arange(n))
+    np.testing.assert_array_equal(dict(calls)["final:refit"], np.arange(n))
     evidence = result.tuning["final_calibrator"]
     assert evidence["method"] == "platt" and evidence["n_episodes"] == n
-    # Platt on logit(p) is the logistic recalibration itself: the calibrator's coefficients are
-    # the raw predictions' calibration slope, and after it the in-sample slope is 1.
     calibrator = result.model.calibrator
     assert calibrator.slope_ == pytest.approx(evidence["raw"]["calibration_slope"], rel=1e-3)
-    assert evidence["calibrated"]["calibration_slope"] == pytest.approx(1.0, abs=1e-3)
-    assert evidence["calibrated"]["calibration_intercept"] == pytest.approx(0.0, abs=1e-3)
+    # Paired comparison with the comparators, and the comparators stored in the artifact.
+    comparison = result.tuning["comparison"]
+    assert set(comparison) == {"logreg", "plt_baseline"}
+    for diffs in comparison.values():
+        d = diffs["auroc_diff"]
+        assert d["low"] <= d["estimate"] <= d["high"]
+    assert set(result.model.metadata["comparators"]) == {"logreg", "plt_baseline"}
+    assert "every outer fold" in result.model.metadata["procedure"]
     assert result.validation["scheme"] == "cv" and len(result.validation["folds"]) == 6
     # The deployed model scores the cohort it was trained on.
     scores = result.model.predict_proba(cohort)
@@ -82,6 +86,43 @@ def test_site_scheme_without_sites_is_a_clear_error(cohort) -> None:
     config = parse_experiment({**FAST, "validation": {"scheme": "site"}})
     with pytest.raises(TrainingError, match="site column"):
         fit_experiment(config, no_site)
+
+
+def test_folds_and_the_deployed_model_call_the_same_procedure(cohort, monkeypatch) -> None:
+    """Every outer fold and the final model go through `training.procedure.fit_procedure` with
+    the same settings; the deployed booster and calibrator are the last call's."""
+    from training import procedure
+
+    calls = []
+    real = procedure.fit_procedure
+
+    def spy(X, y, groups, settings, seed, positions=None, observer=None):
+        fit = real(X, y, groups, settings, seed, positions=positions, observer=observer)
+        calls.append((len(y), settings, fit))
+        return fit
+
+    monkeypatch.setattr(procedure, "fit_procedure", spy)
+    config = parse_experiment({**FAST, "validation": {"n_splits": 3, "n_repeats": 2}})
+    result, _ = fit_experiment(config, cohort)
+    n = len(result.y)
+    assert len(calls) == 6 + 1
+    assert all(settings == calls[0][1] for _, settings, _ in calls)
+    assert [size < n for size, _, _ in calls] == [True] * 6 + [False]
+    final = calls[-1][2]
+    assert result.model.booster is final.booster
+    assert result.model.calibrator is final.calibrator
+    # The fold models of the first repeat (for the interval) are the folds' own boosters.
+    assert [b for b in result.model.fold_boosters] == [fit.booster for _, _, fit in calls[:3]]
+
+
+def test_default_monotone_constrains_every_registry_direction() -> None:
+    columns = ["plt_last", "plt_min_14d", "hgb_last", "current_gemcitabine", "ecog"]
+    assert resolve_monotone(("*",), columns) == {
+        "plt_last": 1,
+        "current_gemcitabine": -1,
+        "ecog": -1,
+    }
+    assert resolve_monotone(("*",), ["hgb_last"]) == {}  # nothing directed: no error for "*"
 
 
 def test_monotone_patterns_resolve_to_registry_directions() -> None:

@@ -106,7 +106,7 @@ def test_server_killed_mid_run_leaves_no_registered_version(
     killed = []
 
     def observer(stage: str, positions) -> None:
-        if stage == "calibrator_final" and not killed:  # models fitted, nothing logged yet
+        if stage == "final:calibrator" and not killed:  # models fitted, nothing logged yet
             server.kill()
             killed.append(stage)
 

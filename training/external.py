@@ -1,0 +1,347 @@
+"""External or temporal validation of a registered model on a labelled cohort (`ctit evaluate`).
+
+The deployed model scores the cohort exactly as serving does (its own feature pipeline, booster
+and calibrator); the comparators stored in its artifact (logistic regression and the baseline-PLT
+rule, fitted on the same training data) score the same episodes. Every figure has a patient
+bootstrap 95% CI, and the candidate-minus-comparator AUROC and Brier differences a paired one.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data.cohort import Cohort, summarise
+from data.labels import attrition, derive_labels, get_definition
+from training import comparators, evaluation, plots
+from training.config import EvaluationConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_LABELS = {
+    "xgboost": "Deployed model (XGBoost, calibrated)",
+    "logreg": "Logistic regression (comparator)",
+    "plt_baseline": "Baseline PLT rule (comparator)",
+}
+METRIC_LABELS = (
+    ("auroc", "AUROC", 3),
+    ("auprc", "AUPRC", 3),
+    ("brier", "Brier score", 4),
+    ("scaled_brier", "Scaled Brier", 3),
+    ("calibration_intercept", "Calibration intercept", 3),
+    ("calibration_slope", "Calibration slope", 3),
+    ("oe_ratio", "Observed/expected", 3),
+    ("ece", "ECE", 3),
+    ("sensitivity", "Sensitivity", 3),
+    ("specificity", "Specificity", 3),
+    ("ppv", "PPV", 3),
+    ("npv", "NPV", 3),
+)
+
+
+class EvaluationError(ValueError):
+    """The cohort cannot be used to evaluate this model; the message says why."""
+
+
+@dataclass
+class ExternalEvaluation:
+    """Everything `ctit evaluate` measured, for the table, MLflow and the reviewer page."""
+
+    model: dict[str, str]  # name, version, label_definition, uri
+    label_definition: str
+    cohort_name: str
+    predictions: pd.DataFrame  # episode_id, patient_id, y, repeat, fold, p_xgb, p_logreg, p_plt
+    metrics: dict[str, dict[str, dict[str, float]]]
+    comparison: dict[str, dict[str, dict[str, float]]]
+    subgroups: pd.DataFrame
+    decision_curve: pd.DataFrame
+    calibration: dict[str, pd.DataFrame]
+    attrition: dict[str, Any]
+    cohort_summary: dict[str, Any]
+    settings: EvaluationConfig
+    warnings: list[str] = field(default_factory=list)
+    run_id: str | None = None
+
+    @property
+    def n_episodes(self) -> int:
+        return int(len(self.predictions))
+
+    @property
+    def events(self) -> int:
+        return int(self.predictions["y"].sum())
+
+
+def evaluate_model(
+    model: Any,
+    cohort: Cohort,
+    label: str | None = None,
+    settings: EvaluationConfig | None = None,
+    model_uri: str = "",
+    cohort_name: str = "cohort",
+) -> ExternalEvaluation:
+    """Score `cohort` with the deployed model and its stored comparators, and measure them.
+
+    `label` defaults to the model's own label definition; another one is allowed (a temporal
+    check of a label change, say) and noted among the warnings.
+    """
+    info = dict(model.info)
+    trained_label = info.get("label_definition")
+    definition = get_definition(label or trained_label)
+    warnings = []
+    if trained_label and definition.name != trained_label:
+        warnings.append(
+            f"the model was trained on label {trained_label!r}; evaluated on {definition.name!r}"
+        )
+    threshold = float(model.bands.operating_threshold)
+    settings = settings or EvaluationConfig(operating_threshold=threshold)
+    labels = derive_labels(cohort, definition)
+    labelled = labels[labels["label"].notna()]
+    if labelled.empty:
+        raise EvaluationError(f"no episode of the cohort has a label under {definition.name!r}")
+    y = labelled.set_index("episode_id")["label"].astype(int)
+    if y.nunique() < 2:
+        raise EvaluationError(
+            f"every labelled episode ({len(y)}) has the same outcome; AUROC and calibration need "
+            "responders and non-responders"
+        )
+    prepared = model.prepare(cohort)
+    X = pd.DataFrame(prepared.X, index=prepared.episode_ids, columns=model.feature_names)
+    X = X.loc[y.index]
+    scored = model.predict_matrix(X.to_numpy(dtype=np.float32), interval=False)
+    patient_of = cohort.episodes.set_index("episode_id")["patient_id"].astype(str)
+    frame = pd.DataFrame(
+        {
+            "episode_id": y.index.to_numpy(),
+            "patient_id": patient_of.loc[y.index].to_numpy(),
+            "y": y.to_numpy(),
+            "repeat": 0,
+            "fold": 0,
+            "p_xgb": np.asarray(scored["probability"], dtype=float),
+        }
+    )
+    stored = model.metadata.get("comparators") or {}
+    for name, column in evaluation.COMPARATORS.items():
+        if name in stored:
+            frame[column] = comparators.predict_from_dict(stored[name], X)
+        else:
+            warnings.append(f"the model artifact carries no {name} comparator; not evaluated")
+    metrics = evaluation.overall_metrics(frame, settings)
+    comparison = evaluation.paired_comparison(frame, settings)
+    members = evaluation.subgroup_frame(cohort, labels)
+    subgroups = evaluation.subgroup_metrics(frame, members, settings)
+    curve = evaluation.decision_curve(frame, settings)
+    calibration = {
+        name: plots.calibration_bins(frame["y"].to_numpy(), frame[column].to_numpy())
+        for name, column in evaluation.MODELS.items()
+        if column in frame
+    }
+    return ExternalEvaluation(
+        model={**info, "uri": model_uri},
+        label_definition=definition.name,
+        cohort_name=cohort_name,
+        predictions=frame,
+        metrics=metrics,
+        comparison=comparison,
+        subgroups=subgroups,
+        decision_curve=curve,
+        calibration=calibration,
+        attrition=attrition(labels),
+        cohort_summary=summarise(cohort),
+        settings=settings,
+        warnings=warnings,
+    )
+
+
+def flat_metrics(ev: ExternalEvaluation) -> dict[str, float]:
+    """The figures as MLflow metric names, the same names training logs for out-of-fold ones."""
+    flat: dict[str, float] = {}
+    for model, by_metric in ev.metrics.items():
+        for metric, values in by_metric.items():
+            for kind, value in values.items():
+                key = f"{model}.{metric}" if kind == "estimate" else f"{model}.{metric}.{kind}"
+                flat[key] = value
+    for name, diffs in ev.comparison.items():
+        for metric, values in diffs.items():
+            key = f"xgboost_minus_{name}.{metric}"
+            flat[key] = values["estimate"]
+            flat[f"{key}.low"] = values["low"]
+            flat[f"{key}.high"] = values["high"]
+    flat["data.n_episodes"] = ev.n_episodes
+    flat["data.n_patients"] = int(ev.predictions["patient_id"].nunique())
+    flat["data.events"] = ev.events
+    flat["data.prevalence"] = ev.events / max(ev.n_episodes, 1)
+    return {k: float(v) for k, v in flat.items() if v is not None and v == v}
+
+
+def write_artifacts(ev: ExternalEvaluation, directory: Path) -> Path:
+    """Tables, figures and the reviewer page of one evaluation, into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "plots").mkdir(exist_ok=True)
+    ev.predictions.drop(columns=["repeat", "fold"]).to_csv(
+        directory / "predictions.csv", index=False
+    )
+    ev.subgroups.to_csv(directory / "subgroups.csv", index=False)
+    ev.decision_curve.to_csv(directory / "decision_curve.csv", index=False)
+    for name, table in ev.calibration.items():
+        table.to_csv(directory / f"calibration_{name}.csv", index=False)
+    for name in ("metrics", "comparison", "attrition", "cohort_summary"):
+        (directory / f"{name}.json").write_text(
+            json.dumps(getattr(ev, name), indent=2, default=str), encoding="utf-8"
+        )
+    scope = f"external: {ev.cohort_name}"
+    plots.roc_plot(ev.predictions, ev.metrics, directory / "plots" / "roc.png", scope)
+    plots.calibration_plot(
+        ev.predictions, ev.metrics, directory / "plots" / "calibration.png", scope
+    )
+    plots.decision_curve_plot(ev.decision_curve, directory / "plots" / "decision_curve.png", scope)
+    (directory / "report.html").write_text(render_html(ev, directory / "plots"), encoding="utf-8")
+    return directory
+
+
+def log_evaluation(ev: ExternalEvaluation, tracking_uri: str, experiment_name: str) -> str:
+    """Log the evaluation as its own MLflow run, tagged with the model's name and version, and
+    tag the registered model version with the run (when the model came from the registry)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from training.tracking import TrackingSettings, _ensure_experiment, git_commit
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = _ensure_experiment(
+        TrackingSettings(tracking_uri=tracking_uri, experiment_name=experiment_name)
+    )
+    name, version = ev.model.get("name", ""), ev.model.get("version", "")
+    run_name = f"evaluate {name} v{version} on {ev.cohort_name}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags(
+            {
+                "ctit.run_kind": "evaluation",
+                "ctit.model_name": name,
+                "ctit.model_version": version,
+                "ctit.model_uri": ev.model.get("uri", ""),
+                "ctit.model_label_definition": ev.model.get("label_definition", ""),
+                "ctit.label_definition": ev.label_definition,
+                "ctit.cohort": ev.cohort_name,
+                "ctit.git_commit": git_commit() or "unknown",
+            }
+        )
+        mlflow.log_params(
+            {
+                "n_bootstrap": ev.settings.n_bootstrap,
+                "bootstrap_seed": ev.settings.bootstrap_seed,
+                "operating_threshold": ev.settings.operating_threshold,
+            }
+        )
+        mlflow.log_metrics(flat_metrics(ev))
+        with tempfile.TemporaryDirectory(prefix="ctit-evaluate-") as tmp:
+            write_artifacts(ev, Path(tmp) / "evaluation")
+            mlflow.log_artifacts(str(Path(tmp) / "evaluation"), "evaluation")
+        run_id = run.info.run_id
+    if name and version.isdigit():
+        try:
+            MlflowClient().set_model_version_tag(
+                name, version, f"ctit.evaluation.{ev.cohort_name}", run_id
+            )
+        except MlflowException as error:  # the run stands; the link is a convenience
+            log.warning("could not tag %s version %s with the evaluation: %s", name, version, error)
+    ev.run_id = run_id
+    return run_id
+
+
+def _cell(values: dict[str, float] | None, digits: int) -> str:
+    if not values or values.get("estimate") is None or values["estimate"] != values["estimate"]:
+        return "-"
+    e, lo, hi = values["estimate"], values.get("low"), values.get("high")
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return f"{e:.{digits}f}"
+    return f"{e:.{digits}f} ({lo:.{digits}f} to {hi:.{digits}f})"
+
+
+def _image(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def render_html(ev: ExternalEvaluation, plot_dir: Path | None = None) -> str:
+    """A self-contained page for reviewers: what was evaluated, on what, and every figure."""
+    e = html.escape
+    models = [m for m in evaluation.MODELS if m in ev.metrics]
+    head = "".join(f"<th>{e(MODEL_LABELS[m])}</th>" for m in models)
+    rows = "".join(
+        f"<tr><th>{e(label)}</th>"
+        + "".join(f"<td>{_cell(ev.metrics[m].get(key), d)}</td>" for m in models)
+        + "</tr>"
+        for key, label, d in METRIC_LABELS
+    )
+    comparison_rows = "".join(
+        f"<tr><th>{e(MODEL_LABELS[name])}</th>"
+        f"<td>{_cell(diffs['auroc_diff'], 3)}</td><td>{_cell(diffs['brier_diff'], 4)}</td></tr>"
+        for name, diffs in ev.comparison.items()
+    )
+    sub = ev.subgroups[ev.subgroups["model"] == "xgboost"]
+    sub_rows = "".join(
+        f"<tr><td>{e(str(r.subgroup))}</td><td>{e(str(r.level))}</td><td>{r.n}</td>"
+        f"<td>{r.events}</td><td>{_cell({'estimate': r.auroc, 'low': r.auroc_low, 'high': r.auroc_high}, 3)}</td>"  # noqa: E501
+        f"<td>{_cell({'estimate': r.brier}, 4)}</td><td>{_cell({'estimate': r.oe_ratio}, 2)}</td></tr>"  # noqa: E501
+        for r in sub.itertuples()
+    )
+    excluded = {k: v for k, v in ev.attrition.items() if k != "response_rate"}
+    warnings = "".join(f"<li>{e(w)}</li>" for w in ev.warnings) or "<li>none</li>"
+    figures = ""
+    if plot_dir is not None:
+        figures = "".join(
+            _image(plot_dir / f"{name}.png", title)
+            for name, title in (
+                ("calibration", "Calibration plot"),
+                ("decision_curve", "Decision curve"),
+                ("roc", "ROC curves"),
+            )
+        )
+    model = ev.model
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>External validation: {e(model.get("name", ""))} v{e(model.get("version", ""))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }}
+th:first-child {{ text-align: left; }}
+figure img {{ max-width: 100%; }}
+</style></head><body>
+<h1>External validation of {e(model.get("name", ""))} version {e(model.get("version", ""))}</h1>
+<p>Model <code>{e(model.get("uri", ""))}</code>, trained on label
+<code>{e(model.get("label_definition", ""))}</code>, evaluated on cohort
+<code>{e(ev.cohort_name)}</code> under label <code>{e(ev.label_definition)}</code>:
+{ev.n_episodes} labelled episodes of {ev.predictions["patient_id"].nunique()} patients,
+{ev.events} responders. The deployed model scored every episode as serving does (its feature
+pipeline, booster and calibrator); the comparators are those stored in the model artifact,
+fitted on the same training data. 95% CIs: patient bootstrap ({ev.settings.n_bootstrap}
+resamples); threshold metrics at {ev.settings.operating_threshold:g}.</p>
+<h2>Performance</h2>
+<table><thead><tr><th>Metric</th>{head}</tr></thead><tbody>{rows}</tbody></table>
+<h2>Deployed model minus comparator (paired bootstrap)</h2>
+<table><thead><tr><th>Comparator</th><th>AUROC difference</th><th>Brier difference</th></tr>
+</thead><tbody>{comparison_rows}</tbody></table>
+<p>A positive AUROC difference and a negative Brier difference favour the deployed model.</p>
+<h2>Figures</h2>{figures}
+<h2>Subgroups (deployed model)</h2>
+<table><thead><tr><th>Subgroup</th><th>Level</th><th>n</th><th>Responders</th>
+<th>AUROC (95% CI)</th>
+<th>Brier</th><th>O/E</th></tr></thead><tbody>{sub_rows}</tbody></table>
+<p>Subgroups with fewer than 10 episodes or one outcome class show no figures.</p>
+<h2>Attrition</h2><pre>{e(json.dumps(excluded, indent=2, default=str))}</pre>
+<h2>Warnings</h2><ul>{warnings}</ul>
+</body></html>
+"""
