@@ -14,6 +14,7 @@ from ctit import (
     cmd_demo,
     cmd_evaluate,
     cmd_features,
+    cmd_monitor,
     cmd_report,
     cmd_serve,
     cmd_simulate,
@@ -27,10 +28,14 @@ SUMMARIES = {
     "labels": "Derive one response label per episode (CSV) and the attrition.",
     "features": "Build the features as of each index date (CSV or Parquet).",
     "train": "Train an experiment, log it to MLflow, register @candidate.",
+    "evaluate": "Evaluate a registered model on a labelled cohort (external validation).",
     "promote": "Make the @candidate version @champion if it passes the gates.",
     "report": "Write the reviewer report (HTML) of a model or a training run.",
     "score": "Score patients from a file or a cohort; print their probabilities.",
     "serve": "Serve the model over HTTP: API, clinician page, /docs.",
+    "monitor": "Check served scores for drift, calibration and alerts (the audit log).",
+    "shadow": "Send a cohort's patients to a running service (into its audit log).",
+    "recalibrate": "Refit only the calibrator on a site's labelled cohort (@candidate).",
     "demo": "Run the whole tour: simulate ... train, promote, report, score.",
 }
 
@@ -152,6 +157,7 @@ for module in (
     cmd_evaluate,
     cmd_report,
     cmd_serve,
+    cmd_monitor,
     cmd_demo,
 ):
     module.register(app)

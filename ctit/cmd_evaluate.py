@@ -29,7 +29,7 @@ def evaluate(
         str,
         typer.Option(
             "--model",
-            help="Model: models:/name@alias, models:/name/1, runs:/<id>/<path> or a directory.",
+            help="Model: models:/name@alias, models:/name/1, runs:/RUN_ID/PATH or a directory.",
         ),
     ],
     cohort: Annotated[

@@ -185,13 +185,15 @@ def _hazard_tables(params: ModelParameters) -> tuple[np.ndarray, np.ndarray, np.
     return hazard, reserve, gem_plat
 
 
-def _line_weight_table() -> np.ndarray:
-    """weights[subtype, line bucket (1, 2, 3, 4+), regimen]."""
+def _line_weight_table(factors: tuple[tuple[str, float], ...] = ()) -> np.ndarray:
+    """weights[subtype, line bucket (1, 2, 3, 4+), regimen]; `factors` shift a site's mix."""
     table = np.zeros((len(SUBTYPES), 4, len(REGIMENS)))
     for s, subtype in enumerate(SUBTYPES):
         for b, weights in enumerate(LINE_WEIGHTS[subtype]):
             for code, w in weights.items():
                 table[s, b, _REG_CODES.index(code)] = w
+    for code, factor in factors:  # SiteShift.regimen_factors
+        table[:, :, _REG_CODES.index(code)] *= factor
     return table
 
 
@@ -271,7 +273,7 @@ class _Batch:
 
         # treatment plan: one regimen per observed line, no regimen repeated
         k = pp.observed_lines_max
-        weights = _line_weight_table()
+        weights = _line_weight_table(prm.site.regimen_factors)
         used = np.zeros((n, len(REGIMENS)), dtype=bool)
         self.plan = np.empty((n, k), dtype=np.int64)
         self.plan_cycles = np.empty((n, k), dtype=np.int64)

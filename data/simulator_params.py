@@ -196,6 +196,76 @@ class LabModel:
 
 
 @dataclass(frozen=True)
+class SiteShift:
+    """A hospital unlike the home sites: `ctit simulate --site-shift` (knobs in SIMULATOR.md).
+
+    The default is no shift. `apply(parameters)` returns the parameters of the shifted site:
+    `regimen_factors` multiply the regimen-choice weights of the named regimens (regimen mix);
+    `lab_check_factor` multiplies the mid-cycle and nadir check shares and `chemistry_factor` the
+    chemistry (ALB, TBIL, ...) draw shares (lab sampling frequency); `lab_profile` codes every
+    draw with that `LAB_PROFILES` entry (units); `pretreated_shift` moves that share of first
+    observed lines one line later and `marrow_factor` multiplies marrow involvement (baseline
+    risk); `response_factor` multiplies hetrombopag's maximal effect (response rate).
+    """
+
+    regimen_factors: tuple[tuple[str, float], ...] = ()
+    lab_check_factor: float = 1.0
+    chemistry_factor: float = 1.0
+    lab_profile: int | None = None
+    pretreated_shift: float = 0.0
+    marrow_factor: float = 1.0
+    response_factor: float = 1.0
+
+    @classmethod
+    def preset(cls) -> SiteShift:
+        """The shifted site of the monitoring demo and tests."""
+        return cls(
+            regimen_factors=(("GP", 3.0), ("GCb", 3.0), ("GT", 2.0), ("T-DXd", 0.5)),
+            lab_check_factor=0.4,
+            chemistry_factor=0.4,
+            lab_profile=1,
+            pretreated_shift=0.3,
+            marrow_factor=2.0,
+            response_factor=0.5,
+        )
+
+    def apply(self, parameters: ModelParameters) -> ModelParameters:
+        from dataclasses import replace
+
+        pp, care, labs = parameters.patients, parameters.care, parameters.labs
+        lines = list(pp.first_observed_line_shares)
+        moved = [share * self.pretreated_shift for share in lines[:-1]]
+        lines = [s - m for s, m in zip(lines[:-1], moved, strict=True)] + [lines[-1]]
+        lines = [s + (moved[i - 1] if i else 0.0) for i, s in enumerate(lines)]
+        return replace(
+            parameters,
+            site=self,
+            patients=replace(
+                pp,
+                first_observed_line_shares=tuple(lines),
+                marrow_if_bone_mets=min(1.0, pp.marrow_if_bone_mets * self.marrow_factor),
+                marrow_if_no_bone_mets=min(1.0, pp.marrow_if_no_bone_mets * self.marrow_factor),
+            ),
+            care=replace(
+                care,
+                mid_cycle_check_share=min(1.0, care.mid_cycle_check_share * self.lab_check_factor),
+                nadir_check_share=min(1.0, care.nadir_check_share * self.lab_check_factor),
+            ),
+            labs=replace(
+                labs,
+                chemistry_share_pre_cycle=min(
+                    1.0, labs.chemistry_share_pre_cycle * self.chemistry_factor
+                ),
+                chemistry_share_other=min(1.0, labs.chemistry_share_other * self.chemistry_factor),
+            ),
+            hetrombopag=replace(
+                parameters.hetrombopag,
+                emax_max=parameters.hetrombopag.emax_max * self.response_factor,
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class ModelParameters:
     """All parameters of the simulator, grouped by concern."""
 
@@ -204,6 +274,7 @@ class ModelParameters:
     hetrombopag: HetrombopagModel = field(default_factory=HetrombopagModel)
     care: CarePattern = field(default_factory=CarePattern)
     labs: LabModel = field(default_factory=LabModel)
+    site: SiteShift = field(default_factory=SiteShift)  # no shift unless `SiteShift.apply`
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,9 @@ class CohortRecords:
         }
         v["minute"] = (7 * 60 + u[3] * 240).astype(np.int64)
         v["red_cells"] = values["HGB"] < config.parameters.care.red_cells_below_hgb
-        v["profile"] = _site_profiles(p["site"][c], p["start_offset"][c] + v["day"])
+        v["profile"] = _site_profiles(
+            p["site"][c], p["start_offset"][c] + v["day"], config.parameters.site.lab_profile
+        )
         v["shown"] = _as_shown(values, v["profile"])
         v["present"] = np.stack([present[a] for a in ANALYTE_ORDER], axis=1)
         self.visits = {k: v[k] for k in VISIT_FIELDS}
@@ -297,8 +299,13 @@ def _bool_column(values: np.ndarray, missing: np.ndarray | None = None) -> pa.Ar
     return pa.array(out, type=pa.string())
 
 
-def _site_profiles(site: np.ndarray, day: np.ndarray) -> np.ndarray:
-    """Laboratory coding profile of each draw: by site, with one site migrating its system."""
+def _site_profiles(site: np.ndarray, day: np.ndarray, only: int | None = None) -> np.ndarray:
+    """Laboratory coding profile of each draw: by site, with one site migrating its system.
+
+    `only` (SiteShift.lab_profile): every draw uses that profile.
+    """
+    if only is not None:
+        return np.full(site.shape, only, dtype=np.int64)
     profile = site % len(LAB_PROFILES)
     migration_day = 3 * 365
     migrating = site == MIGRATING_SITE

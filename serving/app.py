@@ -613,7 +613,12 @@ def create_app(
     own_audit = audit is None
     if audit is None:
         salt = settings.audit_salt.get_secret_value() if settings.audit_salt else None
-        audit = AuditLog(settings.audit_path, salt=salt, synchronous=settings.audit_synchronous)
+        audit = AuditLog(
+            settings.audit_path,
+            salt=salt,
+            synchronous=settings.audit_synchronous,
+            model_inputs=settings.audit_model_inputs,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202

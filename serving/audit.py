@@ -13,6 +13,14 @@ for hosts that accept the power-loss window (then a commit costs about 0.1 ms). 
 (processes) share the file; a writer waiting for another's lock retries every 0.1-2 ms instead of
 SQLite's 1-100 ms busy sleeps (with two workers: about 230 -> 300 requests/s here).
 
+Model inputs (for drift monitoring, `ctit monitor`): unless switched off
+(`ServingSettings.audit_model_inputs`, CTIT_AUDIT_MODEL_INPUTS=false), each score also writes one
+row of `score_inputs`: time, model name and version, the salted episode hash (the only link to
+outcomes), probability, margin and the model-input feature vector as little-endian float32 bytes
+(NaN = missing), exactly what the booster saw. Feature names live once per feature set in
+`feature_sets`. Model features are clinical values (labs, regimen history, age); no identifier,
+date or free text is a model input.
+
 Salt: `ServingSettings.audit_salt` (CTIT_AUDIT_SALT), never written to the database. Without one
 (development only; production mode refuses to start), a random salt is created once and kept in
 the database's `meta` table so hashes stay stable across restarts, and a loud warning is logged:
@@ -48,6 +56,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -73,7 +83,30 @@ CREATE TABLE IF NOT EXISTS feedback (
     feedback TEXT NOT NULL,
     caller TEXT NOT NULL
 );
+-- model inputs for monitoring (see the module docstring); no identifiers
+CREATE TABLE IF NOT EXISTS feature_sets (id TEXT PRIMARY KEY, names TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS score_inputs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    episode_hash TEXT NOT NULL,
+    probability REAL NOT NULL,
+    margin REAL NOT NULL,
+    feature_set TEXT NOT NULL,
+    features BLOB NOT NULL
+);
 """
+
+
+def salted_hash(salt: bytes, identifier: str) -> str:
+    """SHA-256 of salt + identifier: how the log stores patient and episode ids."""
+    return hashlib.sha256(salt + str(identifier).encode("utf-8")).hexdigest()
+
+
+def feature_set_id(names: Sequence[str]) -> str:
+    """Identifier of an ordered list of feature names (first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(json.dumps(list(names)).encode("utf-8")).hexdigest()[:16]
 
 
 def input_hash(record: Any) -> str:
@@ -87,6 +120,9 @@ _INSERT = {
     " input_hash, output, endpoint, caller) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "feedback": "INSERT INTO feedback (time, model_version, patient_hash, episode_hash, feedback,"
     " caller) VALUES (?, ?, ?, ?, ?, ?)",
+    "feature_sets": "INSERT OR IGNORE INTO feature_sets (id, names) VALUES (?, ?)",
+    "score_inputs": "INSERT INTO score_inputs (time, model_name, model_version, episode_hash,"
+    " probability, margin, feature_set, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
 }
 _GROUP_MAX = 512
 _SALT_WARNING = (
@@ -114,7 +150,11 @@ class AuditLog:
     """
 
     def __init__(
-        self, path: str | Path, salt: str | None = None, synchronous: str = "FULL"
+        self,
+        path: str | Path,
+        salt: str | None = None,
+        synchronous: str = "FULL",
+        model_inputs: bool = True,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
@@ -125,6 +165,7 @@ class AuditLog:
         self._identity: tuple[int, int] | None = None
         self._db = self._open()
         self._salt = (salt or self._stored_salt()).encode("utf-8")
+        self.model_inputs = model_inputs
         self._queue: queue.SimpleQueue[tuple[str, list[tuple], Future] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="ctit-audit", daemon=True)
         self._writer.start()
@@ -192,7 +233,7 @@ class AuditLog:
 
     def hash_id(self, identifier: str) -> str:
         """Salted SHA-256 of an identifier (patient or episode id)."""
-        return hashlib.sha256(self._salt + str(identifier).encode("utf-8")).hexdigest()
+        return salted_hash(self._salt, identifier)
 
     # -- scores ---------------------------------------------------------------------------------
 
@@ -247,7 +288,9 @@ class AuditLog:
             endpoint=endpoint,
             caller=caller,
         )
+        inputs = self._submit_inputs(model, [(patient_id, input_sha256, answers)])
         self._submit("scores", rows).result()
+        inputs.result()
 
     def record_scores(
         self,
@@ -258,8 +301,11 @@ class AuditLog:
         caller: str,
     ) -> None:
         """Append the rows of several records (patient_id, input_sha256, answers) at once."""
+        items = list(items)
         rows = self.score_rows(model=model, items=items, endpoint=endpoint, caller=caller)
+        inputs = self._submit_inputs(model, items)
         self._submit("scores", rows).result()
+        inputs.result()
 
     async def arecord_scores(
         self,
@@ -270,8 +316,38 @@ class AuditLog:
         caller: str,
     ) -> None:
         """`record_scores` for async code: waits for the commit without blocking the loop."""
+        items = list(items)
         rows = self.score_rows(model=model, items=items, endpoint=endpoint, caller=caller)
+        inputs = self._submit_inputs(model, items)
         await asyncio.wrap_future(self._submit("scores", rows))
+        await asyncio.wrap_future(inputs)
+
+    # -- model inputs (monitoring) --------------------------------------------------------------
+
+    def _submit_inputs(
+        self, model: dict[str, Any], items: Sequence[tuple[str, str, Sequence[dict[str, Any]]]]
+    ) -> Future:
+        """Queue the `score_inputs` rows of answers that carry `model_input` (see module doc)."""
+        if not self.model_inputs:
+            return self._submit("score_inputs", [])
+        now = _now()
+        name, version = str(model.get("name", "")), str(model.get("version", ""))
+        rows, sets = [], {}
+        for _patient_id, _record_hash, answers in items:
+            for answer in answers:
+                carried = getattr(answer, "model_input", None)
+                if carried is None:
+                    continue
+                names, values = carried
+                set_id = feature_set_id(names)
+                sets.setdefault(set_id, json.dumps(list(names)))
+                vector = np.asarray(values, dtype="<f4").tobytes()
+                episode_hash = self.hash_id(answer["episode_id"])
+                probability, margin = float(answer["probability"]), float(answer["margin"])
+                rows.append((now, name, version, episode_hash, probability, margin, set_id, vector))
+        if sets:  # INSERT OR IGNORE, in the same group commit as the rows naming them
+            self._submit("feature_sets", list(sets.items()))
+        return self._submit("score_inputs", rows)
 
     # -- feedback -------------------------------------------------------------------------------
 
@@ -387,7 +463,7 @@ class AuditLog:
 
     def rows(self, table: str = "scores") -> list[dict[str, Any]]:
         """Every row of a table as dicts (for audits and tests)."""
-        if table not in ("scores", "feedback"):
+        if table not in ("scores", "feedback", "score_inputs", "feature_sets"):
             raise ValueError(f"unknown audit table {table!r}")
         with self._lock:
             cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY id")

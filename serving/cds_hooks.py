@@ -690,7 +690,7 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
                 model=model,
                 patient_id=patient_id,
                 input_sha256=hashlib.sha256(await request.body()).hexdigest(),
-                answers=[{**answer, "cds_card_uuid": card["uuid"], "cds_hook": body.hook}],
+                answers=[_with(answer, cds_card_uuid=card["uuid"], cds_hook=body.hook)],
                 endpoint=f"/cds-services/{service_id}",
                 caller=cds_caller(audit, body.context.get("userId")),
             )
@@ -736,6 +736,14 @@ def _reason_codes(audit: Any, reason: Any) -> dict[str, Any] | None:
         uri = system.startswith(("http://", "https://", "urn:")) and _URI.fullmatch(system)
         item["system"] = system if uri else _opaque(audit, system)
     return item
+
+
+def _with(answer: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A copy of the answer with `extra` keys, keeping its model input for the audit log."""
+    out = type(answer)({**answer, **extra})
+    if hasattr(answer, "model_input"):
+        out.model_input = answer.model_input
+    return out
 
 
 def _about(warning: str, patient_id: str) -> bool:

@@ -418,6 +418,17 @@ def _tree_depth(left: Sequence[int], right: Sequence[int]) -> int:
     return deepest
 
 
+class Answer(dict):
+    """One episode's answer (a plain dict to JSON) that also carries the model's input row.
+
+    `model_input` is `(feature_names, float32 row)`: exactly what the booster saw, for the audit
+    log's monitoring table (`serving.audit`); it never appears in the JSON. A copy of the dict
+    (`dict(answer)`, `{**answer}`) does not keep it.
+    """
+
+    __slots__ = ("model_input",)
+
+
 @dataclass
 class _Prepared:
     """Model features of some episodes as one float32 matrix."""
@@ -678,28 +689,32 @@ class DeployableModel:
         contribs = self.contributions(X) if explain and X.shape[0] else None
         unknown = self._unknown_drugs(cohort) if explain else {}
         model = self.info
+        names = tuple(self.feature_names)
         # Python floats and strings once for all episodes (indexing numpy per value is slower).
         probability = pred["probability"].tolist()
         low, high = pred["interval_low"].tolist(), pred["interval_high"].tolist()
         band, margin = pred["band"].tolist(), pred["margin"].tolist()
         out = []
         for i, episode_id in enumerate(prepared.episode_ids):
-            answer: dict[str, Any] = {
-                "episode_id": episode_id,
-                "probability": probability[i],
-                "interval": [low[i], high[i]],
-                "interval_level": level,
-                "response_by_day": None,
-                "median_days_to_response": None,
-                "band": str(band[i]),
-                "margin": margin[i],
-                "base_value": None,
-                "contributions": None,
-                "group_contributions": None,
-                "top_factors": None,
-                "warnings": [],
-                "model": model,
-            }
+            answer = Answer(
+                {
+                    "episode_id": episode_id,
+                    "probability": probability[i],
+                    "interval": [low[i], high[i]],
+                    "interval_level": level,
+                    "response_by_day": None,
+                    "median_days_to_response": None,
+                    "band": str(band[i]),
+                    "margin": margin[i],
+                    "base_value": None,
+                    "contributions": None,
+                    "group_contributions": None,
+                    "top_factors": None,
+                    "warnings": [],
+                    "model": model,
+                }
+            )
+            answer.model_input = (names, X[i])
             if curves is not None:
                 answer["response_by_day"] = curves[i].tolist()
                 answer["median_days_to_response"] = median_day(curves[i])

@@ -17,6 +17,7 @@ ENVIRONMENT = {
     "CTIT_AUDIT_DB": "audit_path",
     "CTIT_AUDIT_SALT": "audit_salt",
     "CTIT_AUDIT_SYNCHRONOUS": "audit_synchronous",
+    "CTIT_AUDIT_MODEL_INPUTS": "audit_model_inputs",
     "CTIT_MAX_BODY_BYTES": "max_body_bytes",
     "CTIT_MAX_BATCH_BYTES": "max_batch_bytes",
     "CTIT_MAX_BATCH_RECORDS": "max_batch_records",
@@ -132,6 +133,11 @@ class ServingSettings(BaseModel):
         "FULL",
         description="SQLite sync of the audit log: FULL survives power loss (default); NORMAL "
         "survives a crash of the service only, and is faster.",
+    )
+    audit_model_inputs: bool = Field(
+        True,
+        description="Also record each score's model-input feature vector (no identifiers) in "
+        "the audit log, for `ctit monitor`; false switches it off.",
     )
     max_body_bytes: int = Field(MIB, ge=1024, description="Largest body of a single-patient call.")
     max_batch_bytes: int = Field(32 * MIB, ge=1024, description="Largest body of a batch call.")

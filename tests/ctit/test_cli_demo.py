@@ -31,6 +31,8 @@ shap_sample = 100
 [promotion]
 min_auroc_low = 0.0
 slope_band = [0.0, 10.0]
+# 250 patients and one trial: the booster may trail logistic regression; this test is the tour.
+comparator_margin = 1.0
 """
 
 

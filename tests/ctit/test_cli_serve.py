@@ -209,14 +209,17 @@ def test_serve_with_two_workers_shares_one_audit_log(
     ctit = Path(sys.executable).parent / "ctit"
     argv = [str(ctit), "serve", "--model", str(model_dir), "--port", str(port), "--audit-db",
             str(audit), "--workers", "2", "--no-access-log"]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    # stderr goes to a file: an undrained pipe fills up and blocks the server's logging
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
             try:
                 ready = httpx.get(
                     f"{base}/readyz", timeout=1, headers={"Authorization": "Bearer tok-123"}
@@ -235,7 +238,14 @@ def test_serve_with_two_workers_shares_one_audit_log(
             assert response.status_code == 200, response.text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            raise AssertionError(
+                "ctit serve did not stop on SIGTERM:\n" + log.read_text(errors="replace")[-2000:]
+            ) from None
     import sqlite3
 
     with sqlite3.connect(audit) as db:

@@ -318,7 +318,7 @@ def test_unknown_registry_model_fails_naming_the_uri(tracking: str) -> None:
 
 @pytest.mark.slow
 def test_mlflow_models_serve_returns_probabilities(
-    tracking: str, deployable_model: DeployableModel, training_records
+    tracking: str, deployable_model: DeployableModel, training_records, tmp_path: Path
 ) -> None:
     import os
     import signal
@@ -343,13 +343,16 @@ def test_mlflow_models_serve_returns_probabilities(
     }
     argv = [str(bin_dir / "mlflow"), "models", "serve", "-m", info.model_uri, "--env-manager",
             "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    # stderr goes to a file: an undrained pipe fills up and blocks the server's logging
+    log = tmp_path / "mlflow-serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
                     break
@@ -376,7 +379,11 @@ def test_mlflow_models_serve_returns_probabilities(
         assert refused.status_code == 400 and "patient_id" in refused.text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def test_interval_is_the_fold_models_spread(deployable_model: DeployableModel, record) -> None:
