@@ -538,3 +538,43 @@ def test_age_given_or_derived_and_checked(cohort_tables, tmp_path: Path) -> None
     assert ages["E-2"] == pytest.approx(
         (pd.Timestamp("2024-06-01") - pd.Timestamp("1960-01-15")).days / 365.25
     )
+
+
+def test_bad_transfusions_table_names_table_line_and_column(cohort_tables, tmp_path: Path) -> None:
+    patient = str(cohort_tables["patients"]["patient_id"].iloc[0])
+    cohort_tables["transfusions"] = pd.DataFrame(
+        {
+            "patient_id": [patient, patient, "NOBODY", patient, patient, None],
+            "time": ["2024-03-01", "2024-03-02", "2024-03-03", "03/04/2024x", "2024-03-05",
+                     "2024-03-06"],
+            "product": ["platelets", "Red_Cells", "platelets", "platelets", "plasma", "platelets"],
+            "units": [1, 2, 1, 1, 1, -1],
+        }
+    )  # fmt: skip
+    for fmt in ("csv", "parquet"):
+        errors = _errors(cohort_tables, tmp_path, fmt)
+        offset = 2 if fmt == "csv" else 0  # CSV lines count the header; parquet rows from 0
+        where = {(i.line, i.column) for i in errors if i.table == "transfusions"}
+        assert (3 + offset - 1, "patient_id") in where  # unknown patient "NOBODY" (row 2)
+        assert (3 + offset, "time") in where  # unparseable time (row 3)
+        assert (4 + offset, "product") in where  # plasma (row 4)
+        assert (5 + offset, "patient_id") in where  # missing patient (row 5)
+        assert (5 + offset, "units") in where  # negative units (row 5)
+        rows_ok = {offset + 0, offset + 1}  # platelets and Red_Cells (case-insensitive) pass
+        assert not {w for w in where if w[0] in rows_ok}
+        message = {(i.line, i.column): i.message for i in errors if i.table == "transfusions"}
+        assert "plasma" in message[(4 + offset, "product")]
+        assert "platelets" in message[(4 + offset, "product")]
+
+
+def test_transfusions_table_is_optional_and_normalised(cohort_tables, tmp_path: Path) -> None:
+    patient = str(cohort_tables["patients"]["patient_id"].iloc[0])
+    assert load_cohort(_write(cohort_tables, tmp_path / "none")).transfusions is None
+    cohort_tables["transfusions"] = pd.DataFrame(
+        {"patient_id": [patient], "time": ["2024-03-01T10:30"], "product": [" Platelets "]}
+    )
+    cohort = load_cohort(_write(cohort_tables, tmp_path / "one"))
+    row = cohort.transfusions.iloc[0]
+    assert row["product"] == "platelets"
+    assert row["time"] == pd.Timestamp("2024-03-01 10:30")
+    assert np.isnan(row["units"])
