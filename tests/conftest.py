@@ -5,14 +5,21 @@ with two CTIT episodes whose second regimen history includes the first.
 """
 
 import errno
+import importlib.util
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
+import uvicorn
 
 
 def make_tables() -> dict[str, pd.DataFrame]:
@@ -210,3 +217,132 @@ def fill_disk() -> Callable[[Path], Path]:
         return filler
 
     return fill
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """`ctit [ARGS] serve` in its own process, its output in a file, until stopped.
+
+    `args` go before `serve` (for example `--verbose`); `env` adds to the environment (the audit
+    salt is always set); the audit database is `audit` (default WORKDIR/audit.db).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        audit: Path | None = None,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.audit = audit or workdir / "audit.db"
+        self.log_path = workdir / "serve.log"
+        self._log = self.log_path.open("wb")
+        command = [sys.executable, "-m", "ctit", *args, "serve", "--model", str(model_dir),
+                   "--port", str(self.port), "--audit-db", str(self.audit)]  # fmt: skip
+        environment = {
+            **os.environ,
+            "CTIT_AUDIT_SALT": "pepper",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=workdir
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ctit serve exited:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("ctit serve did not start in time")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def serve_process() -> type[ServeProcess]:
+    """The `ServeProcess` class: a real `ctit serve` in a subprocess."""
+    return ServeProcess
+
+
+class LiveServer:
+    """uvicorn serving an app on 127.0.0.1 (a free port) in a background thread until `stop()`.
+
+    `config` goes to `uvicorn.Config` (e.g. `http=serving.app.TimedH11Protocol`).
+    """
+
+    def __init__(self, app, **config: object) -> None:
+        options = {"host": "127.0.0.1", "port": 0, "log_level": "warning", **config}
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server() -> type[LiveServer]:
+    """The `LiveServer` class: a real uvicorn in a thread of the test process."""
+    return LiveServer
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def load_helpers(package: str):
+    """The helpers of `tests/<package>/conftest.py` as a module, for tests of another package."""
+    spec = importlib.util.spec_from_file_location(
+        f"ctit_test_helpers_{package}", TESTS / package / "conftest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def serving_helpers():
+    """tests/serving/conftest.py as a module: synthetic records and a small model builder."""
+    return load_helpers("serving")
+
+
+@pytest.fixture(scope="session")
+def training_helpers():
+    """tests/training/conftest.py as a module: the signal cohort writers."""
+    return load_helpers("training")

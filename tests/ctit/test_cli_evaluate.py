@@ -1,9 +1,6 @@
 """`ctit evaluate`: external validation of a registered model, end to end through the CLI with a
 temporary SQLite MLflow store; the evaluation run then gates promotion."""
 
-import importlib.util
-from pathlib import Path
-
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,7 +12,6 @@ from data.labels import derive_labels
 from serving.pyfunc import load_deployable_model
 from training import metrics
 
-HERE = Path(__file__).resolve().parent
 TOML = """
 name = "cli-evaluate"
 [model]
@@ -38,20 +34,11 @@ comparator_margin = 1.0
 """
 
 
-def _signal_module():
-    spec = importlib.util.spec_from_file_location(
-        "training_test_cohort", HERE.parent / "training" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
+def trained(tmp_path_factory, training_helpers) -> dict:
     """One model trained through the CLI, and a fresh cohort from another seed."""
     root = tmp_path_factory.mktemp("evaluate")
-    signal = _signal_module()
+    signal = training_helpers
     experiment = root / "exp.toml"
     experiment.write_text(TOML, encoding="utf-8")
     uri = f"sqlite:///{root / 'mlruns.db'}"

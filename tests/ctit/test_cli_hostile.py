@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 from ctit.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 FHIR_BUNDLE = ROOT / "fixtures" / "fhir" / "handwritten" / "mixed-units.json"
-
-
-def _serving_fixtures():
-    spec = importlib.util.spec_from_file_location(
-        "serving_test_fixtures_hostile", ROOT / "serving" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def fixtures():
-    return _serving_fixtures()
-
-
-@pytest.fixture(scope="module")
-def model_dir(fixtures, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    records, y = fixtures.synthetic_records(120, seed=5)
-    model = fixtures.build_model(records, y, n_folds=2)
-    return model.save(tmp_path_factory.mktemp("cli-model") / "model")
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def _score(runner: CliRunner, model_dir: Path, source: Path, out: Path):

@@ -3,7 +3,6 @@ missing registry, the promote refusal, the help text, `--version` and quiet libr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -13,38 +12,11 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
 
 from ctit.cli import SUMMARIES, app, ctit_version
 
 ROOT = Path(__file__).parents[1]
 REPO = Path(__file__).parents[2]
-
-
-def _serving_fixtures():
-    spec = importlib.util.spec_from_file_location(
-        "serving_test_fixtures_messages", ROOT / "serving" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def fixtures():
-    return _serving_fixtures()
-
-
-@pytest.fixture(scope="module")
-def model_dir(fixtures, tmp_path_factory) -> Path:
-    records, y = fixtures.synthetic_records(120, seed=5)
-    model = fixtures.build_model(records, y, n_folds=2)
-    return model.save(tmp_path_factory.mktemp("model") / "deployable")
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def _records(fixtures, tmp_path: Path, n: int) -> Path:

@@ -3,12 +3,9 @@ MLflow on SQLite in tmp_path: score over HTTP, monitor the audit log, join outco
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +13,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import uvicorn
 from mlflow.tracking import MlflowClient
 from scipy.special import expit
 from typer.testing import CliRunner
@@ -35,47 +31,12 @@ NAME = "ctit-response"
 SALT = "pepper-of-the-site"
 
 
-def _serving_fixtures():
-    spec = importlib.util.spec_from_file_location(
-        "serving_test_fixtures", ROOT / "serving" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class LiveServer:
-    """uvicorn serving an app in a background thread until `stop()`."""
-
-    def __init__(self, application) -> None:
-        config = uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def _renamed(records: list[dict], prefix: str) -> list[dict]:
     """The records with identifier-looking ids of their own (MRN-like), unique per prefix."""
     for i, record in enumerate(records):
         record["patient"]["patient_id"] = f"MRN-{prefix}-{900000 + i}"
         record["episode"]["episode_id"] = f"ENC-{prefix}-{700000 + i}"
     return records
-
-
-@pytest.fixture(scope="module")
-def fixtures():
-    return _serving_fixtures()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +69,9 @@ def registry(fixtures, tmp_path_factory: pytest.TempPathFactory):
     return {"uri": uri, "model": model}
 
 
-def _serve_and_score(model, audit_path: Path, records: list[dict], inputs: bool = True) -> None:
+def _serve_and_score(
+    live_server, model, audit_path: Path, records: list[dict], inputs: bool = True
+) -> None:
     settings = ServingSettings(
         model_uri="in-memory",
         audit_path=audit_path,
@@ -116,7 +79,7 @@ def _serve_and_score(model, audit_path: Path, records: list[dict], inputs: bool 
         audit_synchronous="NORMAL",
         audit_model_inputs=inputs,
     )
-    server = LiveServer(create_app(settings, scorer=Scorer(model, uri="in-memory")))
+    server = live_server(create_app(settings, scorer=Scorer(model, uri="in-memory")))
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             answer = client.post("/v1/score", json=records[0])
@@ -133,12 +96,12 @@ def _serve_and_score(model, audit_path: Path, records: list[dict], inputs: bool 
 
 
 @pytest.fixture(scope="module")
-def scored(fixtures, registry, tmp_path_factory: pytest.TempPathFactory):
+def scored(fixtures, registry, live_server, tmp_path_factory: pytest.TempPathFactory):
     """An audit log of 240 same-distribution patients scored over HTTP, and their outcomes."""
     records, y = fixtures.synthetic_records(240, seed=77)
     records = _renamed(records, "A")
     audit_path = tmp_path_factory.mktemp("audit") / "audit.db"
-    _serve_and_score(registry["model"], audit_path, records)
+    _serve_and_score(live_server, registry["model"], audit_path, records)
     outcomes = pd.DataFrame(
         {"episode_id": [r["episode"]["episode_id"] for r in records], "response": y}
     )
@@ -170,10 +133,10 @@ def test_feature_vectors_recorded_over_http_hold_no_identifier(scored) -> None:
     assert not [n for n in names if "date" in n or "birth" in n]
 
 
-def test_model_inputs_can_be_switched_off(fixtures, registry, tmp_path: Path) -> None:
+def test_model_inputs_can_be_switched_off(fixtures, registry, live_server, tmp_path: Path) -> None:
     records = _renamed(fixtures.synthetic_records(3, seed=4)[0], "OFF")
     audit_path = tmp_path / "audit.db"
-    _serve_and_score(registry["model"], audit_path, records, inputs=False)
+    _serve_and_score(live_server, registry["model"], audit_path, records, inputs=False)
     log = AuditLog(audit_path, salt=SALT)
     assert len(log.rows("scores")) == 3 and log.rows("score_inputs") == []
     log.close()
@@ -228,7 +191,7 @@ def test_monitor_on_an_empty_audit_log_gives_a_clear_message(registry, tmp_path:
     assert result.exit_code == 2 and "no such file" in _text(result)
 
 
-def test_monitor_flags_a_shifted_site(fixtures, registry, tmp_path: Path) -> None:
+def test_monitor_flags_a_shifted_site(fixtures, registry, live_server, tmp_path: Path) -> None:
     records = _renamed(fixtures.synthetic_records(240, seed=91)[0], "S")
     for record in records:  # another laboratory routine: no albumin, platelets lower
         record["labs"] = [lab for lab in record["labs"] if lab["test"] != "ALB"]
@@ -236,7 +199,7 @@ def test_monitor_flags_a_shifted_site(fixtures, registry, tmp_path: Path) -> Non
             if lab["test"] in ("PLT", "777-3"):
                 lab["value"] = round(lab["value"] * 0.6)
     audit = tmp_path / "shifted.db"
-    _serve_and_score(registry["model"], audit, records)
+    _serve_and_score(live_server, registry["model"], audit, records)
     out = tmp_path / "m.html"
     result = _monitor(CliRunner(), registry, audit, out, "--no-mlflow")
     assert result.exit_code == 1, result.output
@@ -320,14 +283,16 @@ def test_recalibrate_registers_a_candidate_with_lineage(
     client.set_registered_model_alias(NAME, "candidate", "1")  # leave the module's model in place
 
 
-def test_shadow_scores_a_cohort_through_the_service(fixtures, registry, tmp_path: Path) -> None:
+def test_shadow_scores_a_cohort_through_the_service(
+    fixtures, registry, live_server, tmp_path: Path
+) -> None:
     records = _renamed(fixtures.synthetic_records(30, seed=17)[0], "SH")
     site = _cohort_dir(records, np.zeros(30, dtype=int), tmp_path / "site")
     audit_path = tmp_path / "audit.db"
     settings = ServingSettings(
         model_uri="in-memory", audit_path=audit_path, audit_salt=SALT, audit_synchronous="NORMAL"
     )
-    server = LiveServer(create_app(settings, scorer=Scorer(registry["model"], uri="in-memory")))
+    server = live_server(create_app(settings, scorer=Scorer(registry["model"], uri="in-memory")))
     try:
         result = CliRunner().invoke(
             app, ["shadow", str(site), "--url", server.url, "--batch-size", "7"]

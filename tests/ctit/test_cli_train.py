@@ -1,15 +1,11 @@
 """`ctit train`: a tiny run from the command line, and clear errors for bad input."""
 
-import importlib.util
-from pathlib import Path
-
 import mlflow
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from ctit.cli import app
 
-HERE = Path(__file__).resolve().parent
 TINY_TOML = """
 name = "cli-tiny"
 [model]
@@ -29,20 +25,12 @@ experiment_name = "cli"
 """
 
 
-def _signal_cohort(directory: Path) -> Path:
-    """The training tests' signal cohort (tests/training/conftest.py)."""
-    spec = importlib.util.spec_from_file_location(
-        "training_test_cohort", HERE.parent / "training" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_signal_cohort(directory, n_patients=120, seed=2)
-
-
-def test_train_prints_metrics_and_run_id_and_registers_candidate(tmp_path, monkeypatch) -> None:
+def test_train_prints_metrics_and_run_id_and_registers_candidate(
+    tmp_path, monkeypatch, training_helpers
+) -> None:
     experiment = tmp_path / "tiny.toml"
     experiment.write_text(TINY_TOML, encoding="utf-8")
-    cohort = _signal_cohort(tmp_path / "cohort")
+    cohort = training_helpers.write_signal_cohort(tmp_path / "cohort", n_patients=120, seed=2)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # read at the CLI edge when no option is given
     result = CliRunner().invoke(
@@ -116,10 +104,10 @@ def test_without_a_cohort_the_experiment_simulates_one(tmp_path) -> None:
     assert run.info.status == "FINISHED"
 
 
-def test_unusable_tracking_store_is_a_clear_error(tmp_path) -> None:
+def test_unusable_tracking_store_is_a_clear_error(tmp_path, training_helpers) -> None:
     experiment = tmp_path / "tiny.toml"
     experiment.write_text(TINY_TOML, encoding="utf-8")
-    cohort = _signal_cohort(tmp_path / "cohort")
+    cohort = training_helpers.write_signal_cohort(tmp_path / "cohort", n_patients=120, seed=2)
     result = CliRunner().invoke(
         app, ["train", str(experiment), "--cohort", str(cohort), "--tracking-uri", "bogus://x"]
     )

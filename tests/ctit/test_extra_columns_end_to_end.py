@@ -4,10 +4,7 @@ HTTP (real uvicorn on 127.0.0.1): a feature that training accepts must reach the
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +12,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import uvicorn
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -26,7 +22,6 @@ from serving.app import create_app
 from serving.schemas import EXAMPLE_RECORD
 from serving.settings import ServingSettings
 
-HERE = Path(__file__).resolve().parent
 TOML = """
 name = "extra-columns"
 [features]
@@ -49,14 +44,10 @@ experiment_name = "extra"
 EXTRA_FEATURES = ("static_frailty_index", "static_transfused_before", "lab_FERR_last")
 
 
-def _cohort(directory: Path) -> Path:
-    """The training tests' signal cohort plus a patient column, an episode column and a lab
-    test outside the contract's analytes, all related to the response."""
-    spec = importlib.util.spec_from_file_location(
-        "training_test_cohort", HERE.parent / "training" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _cohort(module, directory: Path) -> Path:
+    """The training tests' signal cohort (`module`: tests/training/conftest.py) plus a patient
+    column, an episode column and a lab test outside the contract's analytes, all related to
+    the response."""
     tables = module.make_signal_tables(160, seed=4)
     directory.mkdir(parents=True)
     module.write_signal_cohort(directory, n_patients=160, seed=4)
@@ -94,31 +85,10 @@ def _record(frailty: float | None, ferritin: float | None) -> dict:
     return record
 
 
-class LiveServer:
-    """uvicorn serving an app in a background thread until `stop()`."""
-
-    def __init__(self, application) -> None:
-        config = uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def test_extra_columns_from_train_to_an_http_score(tmp_path) -> None:
+def test_extra_columns_from_train_to_an_http_score(tmp_path, live_server, training_helpers) -> None:
     experiment = tmp_path / "extra.toml"
     experiment.write_text(TOML, encoding="utf-8")
-    cohort = _cohort(tmp_path / "cohort")
+    cohort = _cohort(training_helpers, tmp_path / "cohort")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     runner = CliRunner()
     trained = runner.invoke(
@@ -149,7 +119,7 @@ def test_extra_columns_from_train_to_an_http_score(tmp_path) -> None:
 
     # HTTP: the registered model behind a real uvicorn server.
     settings = ServingSettings(model_uri=model_uri, audit_path=tmp_path / "audit.db")
-    server = LiveServer(create_app(settings))
+    server = live_server(create_app(settings))
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             low = http.post("/v1/score", json=_record(0.2, 450.0))

@@ -213,38 +213,3 @@ def record() -> dict[str, Any]:
     """A fresh copy of one patient record (tests may change it)."""
     records, _ = synthetic_records(3, seed=99)
     return records[0]
-
-
-class LiveServer:
-    """uvicorn serving an app on 127.0.0.1 (a free port) in a background thread until `stop()`.
-
-    `config` goes to `uvicorn.Config` (e.g. `http=serving.app.TimedH11Protocol`).
-    """
-
-    def __init__(self, app, **config: Any) -> None:
-        import threading
-        import time
-
-        import uvicorn
-
-        options = {"host": "127.0.0.1", "port": 0, "log_level": "warning", **config}
-        self.server = uvicorn.Server(uvicorn.Config(app, **options))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def live_server():
-    """The `LiveServer` class, for tests that start their own server."""
-    return LiveServer

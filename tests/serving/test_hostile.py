@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -631,60 +630,8 @@ def test_inputs_rarely_missing_in_training_are_warned_on_json_and_fhir(
 # -- 7. identifiers in the audit database and the server log (a real `ctit serve`) -------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServeProcess:
-    """`ctit serve --verbose` in its own process, its output in a file, until stopped."""
-
-    def __init__(self, model_dir: Path, workdir: Path, env: dict[str, str] | None = None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.audit = workdir / "audit" / "audit.db"
-        self.log_path = workdir / "serve.log"
-        self._log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "ctit", "--verbose", "serve", "--model", str(model_dir),
-                   "--port", str(self.port), "--audit-db", str(self.audit)]  # fmt: skip
-        environment = {
-            **os.environ,
-            "CTIT_AUDIT_SALT": "pepper",
-            "CTIT_API_TOKEN": TOKEN,
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=workdir
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ctit serve exited:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("ctit serve did not start in time")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 def test_planted_identifiers_reach_neither_the_audit_database_nor_the_log(
-    model_dir: Path, record: dict[str, Any], tmp_path: Path
+    model_dir: Path, record: dict[str, Any], tmp_path: Path, serve_process
 ) -> None:
     planted: list[str] = []
 
@@ -692,7 +639,13 @@ def test_planted_identifiers_reach_neither_the_audit_database_nor_the_log(
         planted.append(f"MRN-PLANT-{label}")
         return planted[-1]
 
-    server = ServeProcess(model_dir, tmp_path)
+    server = serve_process(
+        model_dir,
+        tmp_path,
+        "--verbose",
+        env={"CTIT_API_TOKEN": TOKEN},
+        audit=tmp_path / "audit" / "audit.db",  # its own folder: every file in it is read
+    )
     try:
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
             scored = copy.deepcopy(record)
@@ -755,10 +708,9 @@ def test_planted_identifiers_reach_neither_the_audit_database_nor_the_log(
     assert not [p for p in planted if p.encode() in stored], "identifiers in the audit database"
 
 
-def test_slow_clients_are_cut_off(model_dir: Path, tmp_path: Path) -> None:
-    server = ServeProcess(
-        model_dir, tmp_path, env={"CTIT_HEADER_TIMEOUT_S": "1", "CTIT_BODY_TIMEOUT_S": "1"}
-    )
+def test_slow_clients_are_cut_off(model_dir: Path, tmp_path: Path, serve_process) -> None:
+    env = {"CTIT_API_TOKEN": TOKEN, "CTIT_HEADER_TIMEOUT_S": "1", "CTIT_BODY_TIMEOUT_S": "1"}
+    server = serve_process(model_dir, tmp_path, "--verbose", env=env)
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=20) as head:
             head.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Ty")

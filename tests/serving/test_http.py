@@ -7,13 +7,11 @@ import hashlib
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from serving.app import create_app
 from serving.audit import AuditLog
@@ -24,35 +22,13 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class LiveServer:
-    """uvicorn serving an app in a background thread until `stop()`."""
-
-    def __init__(self, app) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.app = app
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def audit_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audit") / "audit.db"
 
 
 @pytest.fixture(scope="module")
-def server(deployable_model, audit_path: Path) -> Iterator[LiveServer]:
+def server(deployable_model, audit_path: Path, live_server) -> Iterator:
     settings = ServingSettings(
         model_uri="in-memory",
         api_token=TOKEN,
@@ -63,13 +39,13 @@ def server(deployable_model, audit_path: Path) -> Iterator[LiveServer]:
         max_batch_records=20,
     )
     app = create_app(settings, scorer=Scorer(deployable_model, uri="in-memory"))
-    live = LiveServer(app)
+    live = live_server(app)
     yield live
     live.stop()
 
 
 @pytest.fixture
-def client(server: LiveServer) -> Iterator[httpx.Client]:
+def client(server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
 
@@ -264,7 +240,7 @@ def test_missing_model_stops_the_service_at_start(tmp_path: Path) -> None:
 
 
 def test_an_internal_failure_is_500_without_patient_data_in_the_log(
-    server: LiveServer, client: httpx.Client, record, monkeypatch, caplog
+    server, client: httpx.Client, record, monkeypatch, caplog
 ) -> None:
     class Broken:
         model = server.app.state.scorer.model

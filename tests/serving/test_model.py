@@ -265,12 +265,12 @@ def test_metadata_must_name_the_model(deployable_model: DeployableModel) -> None
 def tracking(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mlflow")
     previous = mlflow.get_tracking_uri()
+    # the registry follows the tracking URI; setting it globally here would outlive the module
+    # (a later test's `MlflowClient(tracking_uri=...)` would then look in this store's registry)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{root / 'mlruns.db'}")
     experiment = mlflow.create_experiment("serving-tests", artifact_location=str(root / "art"))
     yield experiment
     mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous)
 
 
 def test_pyfunc_logs_registers_and_predicts_probabilities(

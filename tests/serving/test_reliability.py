@@ -7,12 +7,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 
 from serving.app import create_app
@@ -31,57 +25,6 @@ from serving.settings import ServingSettings
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServeProcess:
-    """`ctit serve` in its own process, logs to a file, until stopped or killed."""
-
-    def __init__(self, model_dir: Path, workdir: Path, *args: str, env: dict | None = None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.audit = workdir / "audit.db"
-        self.log_path = workdir / "serve.log"
-        self._log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "ctit", *args, "serve", "--model", str(model_dir)]
-        command += ["--port", str(self.port), "--audit-db", str(self.audit)]
-        environment = {**os.environ, "CTIT_AUDIT_SALT": "pepper", **(env or {})}
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=workdir
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ctit serve exited:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("ctit serve did not start in time")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        self._log.close()
 
 
 def _with_ids(record: dict[str, Any], i: int) -> dict[str, Any]:
@@ -94,10 +37,10 @@ def _with_ids(record: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 def test_audit_keeps_every_acknowledged_score_after_kill_9(
-    model_dir: Path, training_records, tmp_path: Path
+    model_dir: Path, training_records, tmp_path: Path, serve_process
 ) -> None:
     records, _ = training_records
-    server = ServeProcess(model_dir, tmp_path, "--verbose", env={"CTIT_API_TOKEN": TOKEN})
+    server = serve_process(model_dir, tmp_path, "--verbose", env={"CTIT_API_TOKEN": TOKEN})
     acknowledged: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -137,10 +80,10 @@ def test_audit_keeps_every_acknowledged_score_after_kill_9(
 
 
 def test_no_patient_identifier_in_any_log_line(
-    model_dir: Path, training_records, tmp_path: Path
+    model_dir: Path, training_records, tmp_path: Path, serve_process
 ) -> None:
     records, _ = training_records
-    server = ServeProcess(model_dir, tmp_path, "--verbose")
+    server = serve_process(model_dir, tmp_path, "--verbose")
     ids: list[str] = []
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -177,23 +120,8 @@ def test_no_patient_identifier_in_any_log_line(
 # -- property-based fuzzing of the API from its own OpenAPI schema ----------------------------
 
 
-class _ThreadServer:
-    def __init__(self, app) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def live_url(deployable_model, tmp_path_factory) -> Iterator[str]:
+def live_url(deployable_model, tmp_path_factory, live_server) -> Iterator[str]:
     settings_ = ServingSettings(
         model_uri="in-memory",
         api_token=TOKEN,
@@ -201,7 +129,7 @@ def live_url(deployable_model, tmp_path_factory) -> Iterator[str]:
         audit_salt="pepper",
         max_batch_records=5,
     )
-    server = _ThreadServer(create_app(settings_, scorer=Scorer(deployable_model, uri="mem")))
+    server = live_server(create_app(settings_, scorer=Scorer(deployable_model, uri="mem")))
     yield server.url
     server.stop()
 
