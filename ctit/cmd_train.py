@@ -18,20 +18,6 @@ if TYPE_CHECKING:
     from data.cohort import Cohort
     from training.config import ExperimentConfig
 
-METRIC_ROWS = (
-    ("auroc", "AUROC", 3),
-    ("auprc", "AUPRC", 3),
-    ("brier", "Brier score", 4),
-    ("scaled_brier", "Scaled Brier", 3),
-    ("calibration_intercept", "Calibration intercept", 3),
-    ("calibration_slope", "Calibration slope", 3),
-    ("oe_ratio", "Observed/expected", 3),
-    ("ece", "ECE", 3),
-    ("sensitivity", "Sensitivity", 3),
-    ("specificity", "Specificity", 3),
-    ("ppv", "PPV", 3),
-    ("npv", "NPV", 3),
-)
 MODEL_COLUMNS = (("xgboost", "XGBoost"), ("logreg", "Logistic"), ("plt_baseline", "Baseline PLT"))
 
 
@@ -51,13 +37,15 @@ def _cell(values: dict[str, float] | None, digits: int) -> str:
 
 def summary_table(metrics: dict, threshold: float) -> Table:
     """Metrics with 95% CIs for XGBoost and the comparators."""
+    from training.metrics import METRIC_LABELS
+
     table = Table(
         title=f"Out-of-fold performance of the deployed procedure (95% CI); threshold {threshold:g}"
     )
     table.add_column("Metric")
     for _, label in MODEL_COLUMNS:
         table.add_column(label, justify="right")
-    for key, label, digits in METRIC_ROWS:
+    for key, label, digits in METRIC_LABELS:
         table.add_row(
             label, *(_cell(metrics.get(m, {}).get(key), digits) for m, _ in MODEL_COLUMNS)
         )

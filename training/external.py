@@ -24,6 +24,7 @@ from data.cohort import Cohort, summarise
 from data.labels import attrition, derive_labels, get_definition
 from training import comparators, evaluation, plots
 from training.config import EvaluationConfig
+from training.metrics import METRIC_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +33,6 @@ MODEL_LABELS = {
     "logreg": "Logistic regression (comparator)",
     "plt_baseline": "Baseline PLT rule (comparator)",
 }
-METRIC_LABELS = (
-    ("auroc", "AUROC", 3),
-    ("auprc", "AUPRC", 3),
-    ("brier", "Brier score", 4),
-    ("scaled_brier", "Scaled Brier", 3),
-    ("calibration_intercept", "Calibration intercept", 3),
-    ("calibration_slope", "Calibration slope", 3),
-    ("oe_ratio", "Observed/expected", 3),
-    ("ece", "ECE", 3),
-    ("sensitivity", "Sensitivity", 3),
-    ("specificity", "Specificity", 3),
-    ("ppv", "PPV", 3),
-    ("npv", "NPV", 3),
-)
 
 
 class EvaluationError(ValueError):

@@ -16,6 +16,21 @@ from scipy import sparse
 from scipy.special import expit, logit
 
 EPS = 1e-6
+#: The headline metrics in the order every table shows them: (key, label, digits).
+METRIC_LABELS = (
+    ("auroc", "AUROC", 3),
+    ("auprc", "AUPRC", 3),
+    ("brier", "Brier score", 4),
+    ("scaled_brier", "Scaled Brier", 3),
+    ("calibration_intercept", "Calibration intercept", 3),
+    ("calibration_slope", "Calibration slope", 3),
+    ("oe_ratio", "Observed/expected", 3),
+    ("ece", "ECE", 3),
+    ("sensitivity", "Sensitivity", 3),
+    ("specificity", "Specificity", 3),
+    ("ppv", "PPV", 3),
+    ("npv", "NPV", 3),
+)
 MetricFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
