@@ -13,12 +13,14 @@ import typer
 from rich.console import Console
 
 REGISTERED_MODEL = "ctit-response"
+#: Stands for the model URI in the steps after promotion: @champion, or @candidate if refused.
+MODEL = "{model}"
+PROMOTE_STEP = "promote @candidate to @champion if it passes the gates"
 
 
 def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: int) -> list:
     cohort = out / "cohort"
     tracking = f"sqlite:///{(out / 'mlruns.db').resolve()}"
-    champion = f"models:/{REGISTERED_MODEL}@champion"
     return [
         (
             "simulate the default cohort",
@@ -51,7 +53,7 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
             ],
         ),
         (
-            "promote @candidate to @champion if it passes the gates",
+            PROMOTE_STEP,
             ["promote", REGISTERED_MODEL, "--tracking-uri", tracking, "--allow-new-data"],
         ),
         (
@@ -59,7 +61,7 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
             [
                 "report",
                 "--model",
-                champion,
+                MODEL,
                 "--tracking-uri",
                 tracking,
                 "--out",
@@ -71,7 +73,7 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
             [
                 "score",
                 "--model",
-                champion,
+                MODEL,
                 str(examples / "patient.json"),
                 "--out",
                 str(out / "scores-patient.json"),
@@ -84,7 +86,7 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
             [
                 "score",
                 "--model",
-                champion,
+                MODEL,
                 str(examples / "patient-low.json"),
                 "--out",
                 str(out / "scores-patient-low.json"),
@@ -93,6 +95,23 @@ def _steps(out: Path, experiment: Path, examples: Path, n_patients: int, seed: i
             ],
         ),
     ]
+
+
+def _refused_by_the_gates(tracking: str) -> bool:
+    """True when promotion left a @candidate and no @champion (the gates said no)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    try:
+        client.get_model_version_by_alias(REGISTERED_MODEL, "candidate")
+    except MlflowException:
+        return False
+    try:
+        client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    except MlflowException:
+        return True
+    return False
 
 
 def register(app: typer.Typer) -> None:
@@ -115,7 +134,11 @@ def register(app: typer.Typer) -> None:
         out.mkdir(parents=True, exist_ok=True)
         command = typer.main.get_command(app)
         steps = _steps(out, experiment, examples, n_patients, seed)
-        for number, (title, args) in enumerate(steps, start=1):
+        tracking = f"sqlite:///{(out / 'mlruns.db').resolve()}"
+        model = f"models:/{REGISTERED_MODEL}@champion"
+        refused = False
+        for number, (title, template) in enumerate(steps, start=1):
+            args = [model if arg == MODEL else arg for arg in template]
             console.rule(f"[bold]{number}/{len(steps)} {title}[/]  ctit {' '.join(args)}")
             try:
                 code = command.main(args, prog_name="ctit", standalone_mode=False)
@@ -124,19 +147,28 @@ def register(app: typer.Typer) -> None:
             except click.ClickException as error:
                 error.show()
                 code = error.exit_code
+            if code and title == PROMOTE_STEP and _refused_by_the_gates(tracking):
+                # The gates did their job; the tour goes on with the candidate, said plainly.
+                refused = True
+                model = f"models:/{REGISTERED_MODEL}@candidate"
+                console.print(
+                    "[bold yellow]the gates refused the candidate (above): it stays @candidate "
+                    "and no @champion is set. The demo goes on with @candidate so that the "
+                    "report shows why; a service started on @champion would find no model.[/]"
+                )
+                continue
             if code:
                 console.print(f"[bold red]demo stopped at step {number} ({title}).[/]")
                 raise typer.Exit(code)
-        tracking = f"sqlite:///{(out / 'mlruns.db').resolve()}"
-        champion = f"models:/{REGISTERED_MODEL}@champion"
         console.rule("[bold green]ctit demo: done[/]")
         for label, value in (
             ("cohort", out / "cohort"),
             ("labels", out / "labels.csv"),
             ("report", out / "report.html"),
             ("example scores", f"{out / 'scores-patient.json'}, {out / 'scores-patient-low.json'}"),
-            ("model", f"{champion} in the MLflow store {tracking}"),
-            ("serve it", f"MLFLOW_TRACKING_URI={tracking} .venv/bin/ctit serve --model {champion}"),
+            ("model", f"{model} in the MLflow store {tracking}"),
+            ("promotion", "refused by the gates (see step 5)" if refused else "@champion"),
+            ("serve it", f"MLFLOW_TRACKING_URI={tracking} .venv/bin/ctit serve --model {model}"),
             ("then open", "http://127.0.0.1:8000/ (API docs at /docs)"),
             ("MLflow UI", f".venv/bin/mlflow ui --backend-store-uri {tracking}"),
         ):

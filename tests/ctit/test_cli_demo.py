@@ -72,3 +72,28 @@ def test_demo_stops_at_the_first_failing_step(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "demo stopped at step 4" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_a_refused_promotion_is_said_and_the_tour_goes_on_with_the_candidate(
+    tmp_path: Path, monkeypatch
+) -> None:
+    experiment = tmp_path / "strict.toml"
+    # an impossible gate: the AUROC's lower bound must be at least 0.999
+    strict = TINY_EXPERIMENT.replace("min_auroc_low = 0.0", "min_auroc_low = 0.999")
+    experiment.write_text(strict, encoding="utf-8")
+    out = tmp_path / "demo"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(out), "--experiment", str(experiment),
+         "--examples", str(ROOT / "examples"), "--n-patients", "150", "--seed", "6"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "FAIL auroc_lower_bound" in said
+    assert "the gates refused the candidate" in said and "8/8" in said
+    assert "ctit serve --model models:/ctit-response@candidate" in said
+    assert "refused by the gates" in said
+    assert (out / "report.html").exists()
+    (answer,) = json.loads((out / "scores-patient.json").read_text(encoding="utf-8"))
+    assert answer["model"]["version"] == "1"
