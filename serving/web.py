@@ -3,7 +3,7 @@
 Routes (all under this router, included by `serving.app.create_app`):
 Access: with a token configured, `serving.access.AccessGate` (added by `create_app`) refuses every
 route here without the bearer token or the session cookie that its sign-in form sets;
-`/ui/parse-file` also declares the bearer dependency (`serving.app.require_token`).
+`/ui/parse-file` also declares the bearer dependency (`serving.access.require_token`).
 
 - `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
   from outside the server, so the page works offline and leaks nothing).
@@ -38,28 +38,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from data.drugs import known_drugs
 from data.units import ANALYTES
 from features.registry import REGISTRY, feature_words, outcome_words
+from serving.access import require_token
 from serving.records import RecordError, validate_record
 
 logger = logging.getLogger(__name__)
-
-_bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
-
-
-async def require_token(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-) -> None:
-    """The service's token check (`serving.app.require_token`) for routes that see patient data."""
-    # Imported on call: serving.app includes this router, so a module-level import would be a cycle.
-    from serving.app import require_token as service_check
-
-    await service_check(request, credentials)
-
 
 router = APIRouter()
 
