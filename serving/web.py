@@ -6,7 +6,8 @@ route here without the bearer token or the session cookie that its sign-in form 
 `/ui/parse-file` also declares the bearer dependency (`serving.access.require_token`).
 
 - `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
-  from outside the server, so the page works offline and leaks nothing).
+  from outside the server, so the page works offline and leaks nothing). The clinical fields'
+  labels come from `features.registry` (`{{label:<feature>}}` slots in index.html).
 - `GET /ui/static/{name}`: the page's script and style sheet (a fixed list, no path lookups).
 - `GET /ui/options`: the analytes with their accepted units, the drug names for autocomplete, the
   features' plain clinical names and units (`features.registry`, to label the explanation chart)
@@ -26,10 +27,12 @@ The page reaches `/v1/score` and `/v1/model` directly with relative URLs.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import importlib
 import importlib.util
 import json
 import logging
+import re
 from functools import cache, lru_cache
 from importlib import resources
 from types import ModuleType
@@ -41,7 +44,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from data.drugs import known_drugs
 from data.units import ANALYTES
-from features.registry import REGISTRY, feature_words, outcome_words
+from features.registry import REGISTRY, feature_label, feature_words, outcome_words
 from serving.access import require_token
 from serving.records import RecordError, validate_record
 
@@ -156,10 +159,24 @@ def example(name: str) -> Any:
     return json.loads(_static_text(f"examples/{name}.json"))
 
 
+#: Where index.html takes a clinical field's label from `features.registry` (`{{label:ecog}}`).
+_LABEL_SLOT = re.compile(r"\{\{label:([a-z_]+)\}\}")
+
+
+@cache
+def page_html() -> str:
+    """index.html with the clinical fields' labels filled in from `features.registry`, the one
+    owner of the wording (the answers and the report use the same labels)."""
+
+    return _LABEL_SLOT.sub(
+        lambda slot: html.escape(feature_label(slot.group(1))), _static_text("index.html")
+    )
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page() -> HTMLResponse:
     """The clinician page."""
-    return HTMLResponse(_static_text("index.html"), headers=_PAGE_HEADERS)
+    return HTMLResponse(page_html(), headers=_PAGE_HEADERS)
 
 
 @router.get("/ui/static/{name}", include_in_schema=False)
