@@ -114,7 +114,7 @@ def main() -> int:
 
     from data.cohort import load_cohort
     from training.config import load_experiment
-    from training.interval import fit_deployed_reference, reference_coverage
+    from training.reference import fit_deployed_reference, reference_coverage
     from training.run import fit_experiment
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ctit-bench-interval-"))

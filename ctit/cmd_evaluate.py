@@ -67,7 +67,7 @@ def evaluate(
     from data.issues import CohortError
     from data.outputs import OutputError, write_text
     from serving.model import ModelLoadError
-    from serving.pyfunc import load_deployable_model
+    from serving.model_uri import load_deployable_model
     from training.config import EvaluationConfig
     from training.external import EvaluationError, evaluate_model, log_evaluation, write_artifacts
 

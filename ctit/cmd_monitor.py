@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
 
         from data.outputs import OutputError, write_text
         from serving.model import ModelLoadError
-        from serving.pyfunc import load_deployable_model
+        from serving.model_uri import load_deployable_model
         from training.monitor import (
             MonitorConfig,
             MonitorError,
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
         from data.cohort import load_cohort
         from data.issues import CohortError
         from serving.model import ModelLoadError
-        from serving.pyfunc import load_deployable_model
+        from serving.model_uri import load_deployable_model
         from training.recalibrate import (
             RecalibrationConfig,
             RecalibrationError,

@@ -591,6 +591,28 @@ def _flag_words(name: str, lower: str, present: bool) -> str:
     return lower if present else f"no {lower}"
 
 
+#: Request fields whose clinical features carry another name (one-hot levels, derived flags).
+_FIELD_OF_PREFIX = (("subtype=", "subtype"), ("race_", "race"), ("sex_", "sex"), ("site_", "site"))
+#: Request fields a clinician may fill under another name, named beside the words.
+_FIELD_SOURCES = {"age_years": "age_years or birth_date", "dose_mg": "dose_mg"}
+
+
+def field_of(feature: str) -> str:
+    """The request field a clinical feature comes from (`subtype=TNBC` -> `subtype`)."""
+    for prefix, field_name in _FIELD_OF_PREFIX:
+        if feature.startswith(prefix):
+            return field_name
+    return feature
+
+
+def field_words(field_name: str) -> str:
+    """A request field behind clinical features as a clinician reads it, inside a sentence:
+    'ECOG performance status', 'breast-cancer subtype', 'age (age_years or birth_date)'."""
+    words = lower_first(feature_label(field_name))
+    source = _FIELD_SOURCES.get(field_name)
+    return f"{words} ({source})" if source else words
+
+
 def feature_words(name: str) -> dict[str, str]:
     """What the page and the report show of a feature: label, unit as read, description."""
     try:

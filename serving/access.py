@@ -8,6 +8,9 @@ Behind a TLS-terminating proxy, the proxy should add the `Secure` attribute; cti
 plain HTTP on loopback. Liveness (`/healthz`) stays open for the
 orchestrator; readiness, the docs, the page and its assets do not, since they reveal the model
 and the service.
+
+`AccessGate` is the ASGI middleware; `require_token` is the same check as a FastAPI dependency
+(it documents the bearer scheme in the OpenAPI schema and guards routers mounted without the gate).
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
+from typing import Annotated
 from urllib.parse import parse_qs
 
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving.settings import ServingSettings
 
 OPEN_PATHS = frozenset({"/healthz"})
 LOGIN_PATH = "/ui/login"
@@ -85,6 +93,29 @@ def token_accepted(headers: Iterable[tuple[bytes, bytes]], token: str) -> bool:
             if morsel is not None and hmac.compare_digest(morsel.value.encode("ascii"), session):
                 return True
     return False
+
+
+_bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> None:
+    """Refuse the call (401) unless it carries the bearer token (or the page's session cookie).
+
+    `AccessGate` already guards every route; this dependency documents the bearer scheme in the
+    OpenAPI schema and guards routers mounted without the gate.
+    """
+    settings: ServingSettings = request.app.state.settings
+    if settings.api_token is None:
+        return
+    if not token_accepted(request.scope["headers"], settings.api_token.get_secret_value()):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or invalid bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 class AttemptLimit:

@@ -24,12 +24,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving import cds_hooks, web
-from serving.access import AccessGate, token_accepted
+from serving.access import AccessGate, require_token
 from serving.audit import AuditLog, AuditUnavailable
 from serving.fhir import risk_assessment
 from serving.jsonin import JsonRefused, loads_strict
@@ -45,7 +44,6 @@ BATCH_PATH = "/v1/score/batch"
 # larger ones in a thread, so health checks are answered meanwhile.
 _INLINE_EPISODES = 4
 _INLINE_LABS = 400
-_bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
 #: Every status a JSON route may answer besides 200 (stated in the OpenAPI schema).
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Not JSON, nested too deeply, or a bad header"},
@@ -62,26 +60,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 #: Methods whose body is checked by `StrictJson`.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
-
-
-async def require_token(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-) -> None:
-    """Refuse the call (401) unless it carries the bearer token (or the page's session cookie).
-
-    `AccessGate` already guards every route; this dependency documents the bearer scheme in the
-    OpenAPI schema and guards routers mounted without the gate.
-    """
-    settings: ServingSettings = request.app.state.settings
-    if settings.api_token is None:
-        return
-    if not token_accepted(request.scope["headers"], settings.api_token.get_secret_value()):
-        raise HTTPException(
-            status_code=401,
-            detail="missing or invalid bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 def caller_of(request: Request) -> str:

@@ -33,6 +33,8 @@ from features.registry import (
     LAB_ANALYTES,
     feature_label,
     feature_words,
+    field_of,
+    field_words,
     lower_first,
     number_text,
     unit_text,
@@ -990,22 +992,6 @@ def _number(value: float) -> str:
 
 
 RARELY_MISSING = 0.05
-#: Request fields behind the clinical features whose name is not the field's (one-hot levels).
-_FIELD_OF_PREFIX = (("subtype=", "subtype"), ("race_", "race"), ("sex_", "sex"), ("site_", "site"))
-#: Clinical fields as a clinician reads them.
-_FIELD_WORDS = {
-    "age_years": "age (age_years or birth_date)",
-    "ecog": "ECOG performance status",
-    "subtype": "breast cancer subtype",
-    "race": "race",
-    "sex": "sex",
-    "bone_mets": "bone metastases",
-    "liver_mets": "liver metastases",
-    "marrow_involvement": "bone marrow involvement",
-    "splenomegaly": "splenomegaly",
-    "prior_radiotherapy": "prior radiotherapy",
-    "dose_mg": "hetrombopag dose (dose_mg)",
-}
 
 
 def training_missing_share(model: DeployableModel) -> dict[str, float]:
@@ -1017,14 +1003,6 @@ def training_missing_share(model: DeployableModel) -> dict[str, float]:
         if isinstance(share, int | float) and math.isfinite(share):
             out[name] = float(share)
     return out
-
-
-def field_of(feature: str) -> str:
-    """The request field a clinical feature comes from (`subtype=TNBC` -> `subtype`)."""
-    for prefix, field_name in _FIELD_OF_PREFIX:
-        if feature.startswith(prefix):
-            return field_name
-    return feature
 
 
 def missing_input_warnings(
@@ -1086,7 +1064,7 @@ def missing_input_warnings(
         out.append(
             {
                 "code": "missing_field",
-                "message": f"{_FIELD_WORDS.get(field_name, field_name)} not given; recorded for "
+                "message": f"{field_words(field_name)} not given; recorded for "
                 f"{_percent(1 - share)} of the training episodes (the model treats it as unknown)",
                 "feature": field_name,
             }

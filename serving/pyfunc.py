@@ -1,4 +1,4 @@
-"""The deployable model as an MLflow pyfunc, and loading it back from any MLflow URI.
+"""The deployable model as an MLflow pyfunc (loading it back from any URI: `serving.model_uri`).
 
 Input of the pyfunc (also what `mlflow models serve` accepts): a DataFrame with one string column
 `record` holding one patient record per row as JSON (DESIGN.md "One patient over HTTP"; a dict is
@@ -23,18 +23,19 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
-from serving.model import DeployableModel, ModelLoadError
+from serving.model import DeployableModel
+from serving.model_uri import ARTIFACT_KEY
+from serving.records import RecordError
 from serving.schemas import EXAMPLE_RECORD
+from serving.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_KEY = "deployable"
 OUTPUT_COLUMNS = [
     "record_index",
     "episode_id",
@@ -90,8 +91,6 @@ class DeployablePyfunc(mlflow.pyfunc.PythonModel):
     """MLflow wrapper: patient records as JSON strings in, calibrated probabilities out."""
 
     def load_context(self, context: Any) -> None:
-        from serving.scorer import Scorer
-
         model = DeployableModel.load(context.artifacts[ARTIFACT_KEY])
         self._scorer = Scorer(model)
 
@@ -99,8 +98,6 @@ class DeployablePyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        from serving.records import RecordError
-
         records = records_from_frame(model_input)
         try:
             results = self._scorer.score_batch(records, explain=False)
@@ -194,8 +191,6 @@ def log_deployable_model(
     `input_example` is one patient record (default: the documented example record); it is stored
     as the pyfunc's input example and used to infer the signature.
     """
-    from serving.scorer import Scorer
-
     record = input_example if input_example is not None else example_record(model)
     example = pd.DataFrame({"record": [json.dumps(record, default=str)]})
     # Scoring the example checks that the model answers before anything is logged.
@@ -213,74 +208,3 @@ def log_deployable_model(
             registered_model_name=registered_model_name,
             metadata={"ctit": model.info},
         )
-
-
-def _deployable_dir(local: Path, uri: str) -> Path:
-    """The saved DeployableModel inside a local copy of a model (pyfunc or bare)."""
-    if (local / "manifest.json").is_file():
-        return local
-    mlmodel = local / "MLmodel"
-    if not mlmodel.is_file():
-        raise ModelLoadError(
-            f"model {uri}: neither a ctit deployable model nor an MLflow model (no manifest.json "
-            "or MLmodel)"
-        )
-    try:
-        conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
-        artifacts = conf["flavors"]["python_function"]["artifacts"]
-        relative = artifacts[ARTIFACT_KEY]["path"]
-    except (KeyError, TypeError, yaml.YAMLError) as exc:
-        raise ModelLoadError(
-            f"model {uri}: MLmodel is not a ctit deployable pyfunc ({type(exc).__name__}: {exc})"
-        ) from None
-    return local / relative
-
-
-def _registry_identity(uri: str) -> dict[str, str] | None:
-    """(name, version) of a `models:/` URI, resolved against the registry."""
-    if not uri.startswith("models:/"):
-        return None
-    rest = uri.removeprefix("models:/").strip("/")
-    client = mlflow.MlflowClient()
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias)
-    else:
-        name, _, number = rest.partition("/")
-        if not number.isdigit():
-            return None
-        version = client.get_model_version(name, number)
-    return {"name": name, "version": str(version.version)}
-
-
-def load_deployable_model(uri: str) -> DeployableModel:
-    """The DeployableModel at `models:/name@alias`, `models:/name/1`, `runs:/id/path` or a path.
-
-    Raises:
-        ModelLoadError: the model is missing, not a ctit model, or corrupted; names the URI.
-    """
-    path = Path(uri)
-    if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
-        if not path.exists():
-            raise ModelLoadError(f"model {uri}: no such file or directory")
-        return DeployableModel.load(_deployable_dir(path, uri), uri=uri)
-    try:
-        identity = _registry_identity(uri)
-        with tempfile.TemporaryDirectory(prefix="ctit-load-") as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-            model = DeployableModel.load(_deployable_dir(local, uri), uri=uri)
-    except ModelLoadError:
-        raise
-    except MlflowException as exc:
-        raise ModelLoadError(f"model {uri}: cannot be fetched ({exc.message})") from None
-    except OSError as exc:
-        raise ModelLoadError(f"model {uri}: cannot be fetched ({exc})") from None
-    if identity is not None:
-        model.metadata = {
-            **model.metadata,
-            "trained_version": model.metadata.get("version"),
-            "name": identity["name"],
-            "version": identity["version"],
-        }
-    model.metadata.setdefault("uri", uri)
-    return model

@@ -23,7 +23,7 @@ import pandas as pd
 from data.cohort import cohort_from_tables
 from data.issues import CohortError
 from serving.model import DeployableModel, episodes_without_platelets
-from serving.pyfunc import load_deployable_model
+from serving.model_uri import load_deployable_model
 from serving.records import RecordBatch, RecordError, validate_record
 from serving.schemas import ScoreRequest
 from serving.settings import ScoringOptions

@@ -3,10 +3,11 @@
 Routes (all under this router, included by `serving.app.create_app`):
 Access: with a token configured, `serving.access.AccessGate` (added by `create_app`) refuses every
 route here without the bearer token or the session cookie that its sign-in form sets;
-`/ui/parse-file` also declares the bearer dependency (`serving.app.require_token`).
+`/ui/parse-file` also declares the bearer dependency (`serving.access.require_token`).
 
 - `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
-  from outside the server, so the page works offline and leaks nothing).
+  from outside the server, so the page works offline and leaks nothing). The clinical fields'
+  labels come from `features.registry` (`{{label:<feature>}}` slots in index.html).
 - `GET /ui/static/{name}`: the page's script and style sheet (a fixed list, no path lookups).
 - `GET /ui/options`: the analytes with their accepted units, the drug names for autocomplete, the
   features' plain clinical names and units (`features.registry`, to label the explanation chart)
@@ -26,10 +27,12 @@ The page reaches `/v1/score` and `/v1/model` directly with relative URLs.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import importlib
 import importlib.util
 import json
 import logging
+import re
 from functools import cache, lru_cache
 from importlib import resources
 from types import ModuleType
@@ -38,28 +41,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from data.drugs import known_drugs
 from data.units import ANALYTES
-from features.registry import REGISTRY, feature_words, outcome_words
+from features.registry import REGISTRY, feature_label, feature_words, outcome_words
+from serving.access import require_token
 from serving.records import RecordError, validate_record
 
 logger = logging.getLogger(__name__)
-
-_bearer = HTTPBearer(auto_error=False, description="Needed when CTIT_API_TOKEN is set.")
-
-
-async def require_token(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-) -> None:
-    """The service's token check (`serving.app.require_token`) for routes that see patient data."""
-    # Imported on call: serving.app includes this router, so a module-level import would be a cycle.
-    from serving.app import require_token as service_check
-
-    await service_check(request, credentials)
-
 
 router = APIRouter()
 
@@ -170,10 +159,24 @@ def example(name: str) -> Any:
     return json.loads(_static_text(f"examples/{name}.json"))
 
 
+#: Where index.html takes a clinical field's label from `features.registry` (`{{label:ecog}}`).
+_LABEL_SLOT = re.compile(r"\{\{label:([a-z_]+)\}\}")
+
+
+@cache
+def page_html() -> str:
+    """index.html with the clinical fields' labels filled in from `features.registry`, the one
+    owner of the wording (the answers and the report use the same labels)."""
+
+    return _LABEL_SLOT.sub(
+        lambda slot: html.escape(feature_label(slot.group(1))), _static_text("index.html")
+    )
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page() -> HTMLResponse:
     """The clinician page."""
-    return HTMLResponse(_static_text("index.html"), headers=_PAGE_HEADERS)
+    return HTMLResponse(page_html(), headers=_PAGE_HEADERS)
 
 
 @router.get("/ui/static/{name}", include_in_schema=False)

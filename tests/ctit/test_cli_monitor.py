@@ -264,7 +264,7 @@ def test_recalibrate_registers_a_candidate_with_lineage(
     assert "calibration_slope" in result.output  # the promotion gates were assessed
     # the booster is kept: margins equal, probabilities moved
     mlflow.set_tracking_uri(registry["uri"])
-    from serving.pyfunc import load_deployable_model
+    from serving.model_uri import load_deployable_model
 
     new = load_deployable_model(f"models:/{NAME}/2")
     assert new.booster.save_raw() == model.booster.save_raw()

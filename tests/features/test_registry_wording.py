@@ -12,6 +12,9 @@ from features.registry import (
     days_text,
     feature_label,
     feature_words,
+    field_of,
+    field_words,
+    lower_first,
     number_text,
     outcome_words,
     unit_text,
@@ -79,3 +82,13 @@ def test_outcomes_in_words() -> None:
     )
     assert outcome_words("custom:rise=30,horizon=7").startswith("rise by at least 30")
     assert outcome_words("no-such-definition") == "no-such-definition"
+
+
+def test_request_fields_read_as_their_features_labels() -> None:
+    assert field_of("subtype=TNBC") == "subtype" and field_of("race_asian") == "race"
+    assert field_of("ecog") == "ecog"
+    assert field_words("ecog") == "ECOG performance status"
+    assert field_words("subtype") == "breast-cancer subtype"
+    assert field_words("marrow_involvement") == lower_first(feature_label("marrow_involvement"))
+    assert field_words("age_years") == "age (age_years or birth_date)"
+    assert field_words("race") == "race"

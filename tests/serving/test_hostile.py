@@ -616,7 +616,7 @@ def test_inputs_rarely_missing_in_training_are_warned_on_json_and_fhir(
         fhir = client.post("/v1/score", params={"format": "fhir"}, json=record).json()
         notes = " ".join(note["text"] for note in fhir["note"])
         assert "ECOG performance status not given" in notes
-        assert "breast cancer subtype not given" in notes
+        assert "breast-cancer subtype not given" in notes
         assert "no white cell count (WBC)" in notes
         record["patient"]["ecog"] = 1
         record["patient"]["subtype"] = "TNBC"

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from serving.model import Calibrator, DeployableModel, ModelLoadError, RiskBands
-from serving.pyfunc import load_deployable_model, log_deployable_model
+from serving.model_uri import load_deployable_model
+from serving.pyfunc import log_deployable_model
 from serving.scorer import Scorer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -29,6 +30,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from data.cohort import SUBTYPES
 from data.drugs import known_drugs
 from data.units import ANALYTES
+from features.registry import feature_label
 from serving import web
 from serving.app import create_app
 from serving.settings import ServingSettings
@@ -137,6 +139,14 @@ def test_page_and_assets_are_served_with_a_strict_content_policy(client):
     assert script.status_code == 200
     assert script.headers["content-type"].startswith("text/javascript")
     assert client.get("/ui/static/style.css").headers["content-type"].startswith("text/css")
+
+
+def test_the_clinical_labels_of_the_page_are_the_registry_labels(client):
+    page = client.get("/").text
+    assert "{{" not in page
+    for name in ("ecog", "subtype", "bone_mets", "marrow_involvement", "prior_radiotherapy"):
+        assert f'<label for="{name}">{html.escape(feature_label(name))}</label>' in page
+    assert '<label for="marrow_involvement">Bone-marrow involvement</label>' in page
 
 
 @pytest.mark.parametrize("name", ["web.py", "..%2Fweb.py", "index.htm", "app.js.map"])

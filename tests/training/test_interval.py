@@ -15,12 +15,8 @@ import pytest
 from data.cohort import load_cohort
 from data.simulator import SimulationConfig, simulate_cohort
 from training.config import IntervalConfig, parse_experiment
-from training.interval import (
-    fit_bootstrap_interval,
-    fit_deployed_reference,
-    patient_bootstrap_counts,
-    reference_coverage,
-)
+from training.interval import fit_bootstrap_interval, patient_bootstrap_counts
+from training.reference import fit_deployed_reference, reference_coverage
 from training.run import fit_experiment
 
 CONFIG = {
