@@ -3,7 +3,10 @@
 Each record is located by one int64 key, `patient_code * span + seconds since origin`, so that
 "the records of this patient on or before this episode's cut-off" is one `searchsorted` over an
 array sorted by key: the same numpy code serves a cohort of one patient and of a million, with no
-per-episode Python loop and no groupby.
+per-episode Python loop and no groupby. Only the hashing of values (`factorize`, `lookup`,
+`is_missing`, the patients of `build_timeline`) uses a dict below `SMALL` values instead of pandas'
+hash tables (which cost about 0.27 ms more per scored patient), with the same results (tested
+against pandas).
 
 The cut-off (leakage guard): an index date without a time of day (midnight) includes the whole
 index day; an index with a time includes records at or before that time. Record times are rounded

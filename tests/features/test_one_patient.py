@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from data.cohort import Cohort, cohort_from_tables
 from features.labs import AnalyteSeries, window_stats
 from features.pipeline import FeatureConfig, FeaturePipeline
-from features.timeline import NS_PER_DAY, build_timeline, is_missing
+from features.timeline import NS_PER_DAY, SMALL, build_timeline, factorize, is_missing, lookup
 
 
 @pytest.fixture
@@ -220,3 +220,28 @@ def test_is_missing_is_pd_isna(values: list) -> None:
     array[:] = values
     assert is_missing(array).tolist() == pd.isna(array).tolist()
     assert is_missing(np.array([1.0, np.nan])).tolist() == [False, True]
+
+
+_KEYS = st.text(alphabet="abP1-", max_size=3) | st.integers(-2, 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(_KEYS, max_size=3 * SMALL))
+def test_factorize_is_pandas_factorize(values: list) -> None:
+    """Below `SMALL` values the codes come from a dict: the same as pandas' hash table."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    codes, uniques = factorize(array)
+    want_codes, want_uniques = pd.factorize(array, use_na_sentinel=False)
+    assert codes.tolist() == want_codes.tolist()
+    assert uniques.tolist() == list(want_uniques)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(_KEYS, unique_by=lambda v: (type(v), v), max_size=2 * SMALL),
+    wanted=st.lists(_KEYS, max_size=2 * SMALL),
+)
+def test_lookup_is_pandas_get_indexer(keys: list, wanted: list) -> None:
+    known, asked = (np.array(v + [None], dtype=object)[:-1] for v in (keys, wanted))
+    assert lookup(known, asked, "t").tolist() == pd.Index(known).get_indexer(asked).tolist()
