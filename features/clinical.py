@@ -43,13 +43,6 @@ def _rows(frame: pd.DataFrame | None, ids: np.ndarray, name: str) -> np.ndarray:
 
 
 def _take(values: np.ndarray, rows: np.ndarray, fill: object) -> np.ndarray:
-    if len(rows) == 1 and values.dtype.kind in "fiubO":  # one patient: no masks needed
-        numeric = values.dtype.kind != "O"
-        out = np.full(1, np.nan) if numeric else np.full(1, fill, dtype=object)
-        row = int(rows[0])
-        if row >= 0:
-            out[0] = values[row]
-        return out
     found = rows >= 0
     if values.dtype.kind in "fiub":
         out = np.full(len(rows), np.nan)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +31,6 @@ from features.timeline import (
 )
 
 LAB_COLUMNS = ("patient_id", "time", "test", "value")
-# A one-episode timeline (one scored patient) takes plain-Python paths that repeat the vectorised
-# ones value for value; tests switch them off to compare the two.
-_SCALAR = True
 
 
 @dataclass(frozen=True)
@@ -144,9 +140,11 @@ def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[s
     neutrophil trend (`anc_min_<w>d`, `anc_slope_<w>d`: recent myelosuppression)."""
     blocks = [series[alias] for alias in LAB_ANALYTES]
     shared = blocks[0].shared
-    anc_min, _, _ = _window_stats(series["ANC"], timeline, ANC_MIN_WINDOW)
-    _, anc_slope, _ = _window_stats(series["ANC"], timeline, ANC_SLOPE_WINDOW)
-    trend = {f"anc_min_{ANC_MIN_WINDOW}d": anc_min, f"anc_slope_{ANC_SLOPE_WINDOW}d": anc_slope}
+    anc = window_stats(series["ANC"], timeline, (ANC_MIN_WINDOW, ANC_SLOPE_WINDOW))
+    trend = {
+        f"anc_min_{ANC_MIN_WINDOW}d": anc.minimum[0],
+        f"anc_slope_{ANC_SLOPE_WINDOW}d": anc.slope[1],
+    }
     if shared is None or len(shared[0]) == 0:
         empty = np.full(timeline.n, np.nan)
         return {
@@ -155,8 +153,6 @@ def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[s
             for what in ("last", "days_since")
         } | trend
     key, day, value = shared
-    if timeline.n == 1 and _SCALAR:
-        return _lab_last_one(blocks, shared, timeline) | trend
     # One search per analyte block, then every analyte at once (same result as `last_values`).
     pos = np.stack(
         [np.searchsorted(b.key, timeline.cutoff_key, "right") - 1 + b.start for b in blocks]
@@ -173,118 +169,53 @@ def lab_features(series: dict[str, AnalyteSeries], timeline: Timeline) -> dict[s
     return out | trend
 
 
-def _lab_last_one(
-    blocks: list[AnalyteSeries],
-    shared: tuple[np.ndarray, np.ndarray, np.ndarray],
-    timeline: Timeline,
-) -> dict[str, np.ndarray]:
-    """The last value and its age per analyte (`lab_features`) of a one-episode timeline."""
-    keys, days, values = (a.tolist() for a in shared)
-    cutoff = int(timeline.cutoff_key[0])
-    patient_start = int(timeline.patient_start_key[0])
-    index_day = int(timeline.index_day[0])
-    out: dict[str, np.ndarray] = {}
-    for block, (prefix, _, _) in zip(blocks, LAB_ANALYTES.values(), strict=True):
-        start = block.start
-        pos = bisect_right(keys, cutoff, start, start + len(block.key)) - 1
-        if pos >= start and keys[pos] >= patient_start:
-            out[f"{prefix}_last"] = np.array([values[pos]])
-            out[f"{prefix}_days_since"] = np.array([float(index_day - days[pos])])
-        else:
-            out[f"{prefix}_last"] = np.full(1, np.nan)
-            out[f"{prefix}_days_since"] = np.full(1, np.nan)
-    return out
+@dataclass(frozen=True)
+class WindowStats:
+    """Per window (rows, in the order asked) and episode (columns): the minimum, the
+    least-squares slope per day and the number of measurements."""
+
+    minimum: np.ndarray
+    slope: np.ndarray
+    count: np.ndarray
 
 
-def _window_stats(
-    plt: AnalyteSeries, timeline: Timeline, window: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(min, least-squares slope per day, count) of PLT from midnight `window` days before the
-    index day up to the cut-off."""
-    if timeline.n == 1 and _SCALAR:
-        return _window_stats_one(plt, timeline, window)
-    lo = np.searchsorted(plt.key, timeline.day_start_key(timeline.index_day - window), "left")
-    hi = np.searchsorted(plt.key, timeline.cutoff_key, "right")
-    counts = np.maximum(hi - lo, 0)
-    minimum = range_reduce(np.minimum, plt.value, lo, hi)
-    owner, index, _ = segments(lo, hi)
+def window_stats(
+    series: AnalyteSeries, timeline: Timeline, windows: tuple[int, ...]
+) -> WindowStats:
+    """Statistics of an analyte's values from midnight `window` days before the index day up to
+    the cut-off, for several windows in one pass (NaN minimum and slope when a window is empty;
+    NaN slope unless two measurements differ in time)."""
+    n, k = timeline.n, len(windows)
+    starts = [timeline.day_start_key(timeline.index_day - window) for window in windows]
+    lo = np.searchsorted(series.key, np.concatenate(starts), "left")
+    hi = np.tile(np.searchsorted(series.key, timeline.cutoff_key, "right"), k)
+    owner, index, counts = segments(lo, hi)
+    y = series.value[index]
     # Days relative to the index day keep the sums small and exact enough.
-    x = (plt.seconds[index] - timeline.index_day[owner] * S_PER_DAY) / S_PER_DAY
-    y = plt.value[index]
-    n = np.maximum(counts, 1)
-    x_mean = np.bincount(owner, weights=x, minlength=timeline.n) / n
-    y_mean = np.bincount(owner, weights=y, minlength=timeline.n) / n
+    x = (series.seconds[index] - np.tile(timeline.index_day, k)[owner] * S_PER_DAY) / S_PER_DAY
+    minimum = np.full(n * k, np.nan)
+    filled = counts > 0
+    if len(y):
+        minimum[filled] = np.minimum.reduceat(y, (np.cumsum(counts) - counts)[filled])
+    size = np.maximum(counts, 1)
+    x_mean = np.bincount(owner, weights=x, minlength=n * k) / size
+    y_mean = np.bincount(owner, weights=y, minlength=n * k) / size
     xc = x - x_mean[owner]
-    sxx = np.bincount(owner, weights=xc * xc, minlength=timeline.n)
-    sxy = np.bincount(owner, weights=xc * (y - y_mean[owner]), minlength=timeline.n)
-    slope = np.full(timeline.n, np.nan)
+    sxx = np.bincount(owner, weights=xc * xc, minlength=n * k)
+    sxy = np.bincount(owner, weights=xc * (y - y_mean[owner]), minlength=n * k)
+    slope = np.full(n * k, np.nan)
     defined = sxx > 0
     slope[defined] = sxy[defined] / sxx[defined]
-    return minimum, slope, counts.astype(np.float64)
-
-
-def _day_key(timeline: Timeline, day: int) -> int:
-    """`timeline.day_start_key(day)` of a one-episode timeline, as a Python int."""
-    seconds = max(day * S_PER_DAY, timeline.origin_s)
-    return int(timeline.patient_code[0]) * timeline.span + (seconds - timeline.origin_s)
-
-
-def _window_start_key(timeline: Timeline, window: int) -> int:
-    return _day_key(timeline, int(timeline.index_day[0]) - window)
-
-
-def _window_stats_one(
-    plt: AnalyteSeries, timeline: Timeline, window: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`_window_stats` of a one-episode timeline in plain Python: the same operations in the
-    same order on the same float64 values (sums left to right, as `np.bincount` adds)."""
-    keys = plt.key.tolist()
-    lo = bisect_left(keys, _window_start_key(timeline, window))
-    hi = bisect_right(keys, int(timeline.cutoff_key[0]))
-    if hi <= lo:
-        return np.full(1, np.nan), np.full(1, np.nan), np.zeros(1)
-    y = plt.value[lo:hi].tolist()
-    minimum = y[0]
-    for value in y[1:]:
-        minimum = _np_minimum(minimum, value)
-    base = int(timeline.index_day[0]) * S_PER_DAY
-    x = [(s - base) / S_PER_DAY for s in plt.seconds[lo:hi].tolist()]
-    n = hi - lo
-    x_sum = y_sum = 0.0
-    for xi, yi in zip(x, y, strict=True):
-        x_sum += xi
-        y_sum += yi
-    x_mean, y_mean = x_sum / n, y_sum / n
-    sxx = sxy = 0.0
-    for xi, yi in zip(x, y, strict=True):
-        xc = xi - x_mean
-        sxx += xc * xc
-        sxy += xc * (yi - y_mean)
-    slope = sxy / sxx if sxx > 0 else np.nan
-    return np.array([minimum]), np.array([slope]), np.array([float(n)])
-
-
-def _np_minimum(a: float, b: float) -> float:
-    """`np.minimum(a, b)` of two floats without NaN (which of two equal zeros it keeps, too)."""
-    return float(np.minimum(a, b)) if a == b else (a if a < b else b)
+    shape = (k, n)
+    return WindowStats(
+        minimum.reshape(shape), slope.reshape(shape), counts.astype(np.float64).reshape(shape)
+    )
 
 
 def _last_change(series: AnalyteSeries, timeline: Timeline, window: int) -> np.ndarray:
     """(last - previous value) / days between them, of the two latest measurements from midnight
     `window` days before the index day up to the cut-off (NaN with fewer than two at different
     times)."""
-    if timeline.n == 1 and _SCALAR:
-        keys = series.key.tolist()
-        lo = bisect_left(keys, _window_start_key(timeline, window))
-        last = bisect_right(keys, int(timeline.cutoff_key[0])) - 1
-        prev = last - 1
-        if prev < lo or prev < 0:
-            return np.full(1, np.nan)
-        seconds, values = series.seconds, series.value
-        days = int(seconds[last] - seconds[prev]) / S_PER_DAY
-        if not days > 0:
-            return np.full(1, np.nan)
-        return np.array([(float(values[last]) - float(values[prev])) / days])
     out = np.full(timeline.n, np.nan)
     if len(series.key) == 0:
         return out
@@ -307,20 +238,15 @@ def platelet_features(
     `cycle_start_day` is the calendar day of the current regimen/cycle start (on or before the
     index date; -1 when there is none).
     """
+    windows = (*PLT_WINDOWS, PLT_TREND_WINDOW)
+    stats = window_stats(plt, timeline, windows)
     out: dict[str, np.ndarray] = {}
-    counts = {}
-    for window in PLT_WINDOWS:
-        minimum, slope, count = _window_stats(plt, timeline, window)
-        out[f"plt_min_{window}d"] = minimum
-        out[f"plt_slope_{window}d"] = slope
-        counts[window] = count
-    _, trend, _ = _window_stats(plt, timeline, PLT_TREND_WINDOW)
-    out[f"plt_slope_{PLT_TREND_WINDOW}d"] = trend
-    out[f"plt_n_{PLT_COUNT_WINDOW}d"] = counts[PLT_COUNT_WINDOW]
+    for i, window in enumerate(PLT_WINDOWS):
+        out[f"plt_min_{window}d"] = stats.minimum[i]
+        out[f"plt_slope_{window}d"] = stats.slope[i]
+    out[f"plt_slope_{PLT_TREND_WINDOW}d"] = stats.slope[windows.index(PLT_TREND_WINDOW)]
+    out[f"plt_n_{PLT_COUNT_WINDOW}d"] = stats.count[windows.index(PLT_COUNT_WINDOW)]
     out["plt_change_last"] = _last_change(plt, timeline, PLT_COUNT_WINDOW)
-    if timeline.n == 1 and _SCALAR:
-        out["plt_nadir_cycle"], out["plt_pre_cycle"] = _cycle_one(plt, timeline, cycle_start_day)
-        return out
     has_cycle = cycle_start_day >= 0
     start_key = timeline.day_start_key(np.where(has_cycle, cycle_start_day, timeline.index_day))
     cutoff = timeline.cutoff_key
@@ -335,27 +261,3 @@ def platelet_features(
     pre[~has_cycle] = np.nan
     out["plt_pre_cycle"] = pre
     return out
-
-
-def _cycle_one(
-    plt: AnalyteSeries, timeline: Timeline, cycle_start_day: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(`plt_nadir_cycle`, `plt_pre_cycle`) of `platelet_features` for a one-episode timeline."""
-    start_day = int(cycle_start_day[0])
-    if start_day < 0:
-        return np.full(1, np.nan), np.full(1, np.nan)
-    keys = plt.key.tolist()
-    cutoff = int(timeline.cutoff_key[0])
-    lo = bisect_left(keys, _day_key(timeline, start_day))
-    hi = bisect_right(keys, cutoff)
-    nadir = np.nan
-    if hi > lo:
-        values = plt.value[lo:hi].tolist()
-        nadir = values[0]
-        for value in values[1:]:
-            nadir = _np_minimum(nadir, value)
-    pos = bisect_right(keys, min(_day_key(timeline, start_day + 1) - 1, cutoff)) - 1
-    pre = np.nan
-    if pos >= 0 and keys[pos] >= int(timeline.patient_start_key[0]):
-        pre = float(plt.value[pos])
-    return np.array([nadir]), np.array([pre])

@@ -33,15 +33,6 @@ from features.regimens import read_regimens, regimen_features
 from features.registry import LAB_ANALYTES, PLT_WINDOWS, spec_of
 from features.timeline import build_timeline, episode_frame
 
-try:  # pandas 2.x block internals (as pyarrow's to_pandas uses them), for `_float_frame`
-    from pandas._libs.internals import BlockPlacement
-    from pandas.core.internals import BlockManager
-    from pandas.core.internals.blocks import new_block
-
-    _BLOCKS = pd.__version__.startswith("2.")
-except ImportError:  # another pandas: the frame comes from pd.DataFrame
-    _BLOCKS = False
-
 logger = logging.getLogger(__name__)
 
 ALL_FAMILIES: tuple[str, ...] = ("labs", "platelet_history", "regimen_history", "clinical")
@@ -234,21 +225,14 @@ class _Categorical:
     positions: tuple[int, ...]
 
 
-def _float_frame(out: np.ndarray, ids: np.ndarray, columns: pd.Index) -> pd.DataFrame:
-    """`pd.DataFrame(out.T, index=Index(ids, name="episode_id", dtype=object), columns=columns)`.
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """Model features as arrays: `X` (episodes x features, float64), the episodes' ids in the
+    cohort's order, and the warnings (unseen categories, unparseable extra static values)."""
 
-    `out` holds one row per column, as pandas stores a float frame: it becomes the frame's one
-    block without pandas' per-call inference (about 40 us for one patient).
-    """
-    if not _BLOCKS or out.dtype != np.float64:
-        return pd.DataFrame(
-            out.T, index=pd.Index(ids, name="episode_id", dtype=object), columns=columns
-        )
-    index = np.empty(len(ids), dtype=object)
-    index[:] = ids
-    axes = [columns, pd.Index._simple_new(index, name="episode_id")]
-    block = new_block(out, BlockPlacement(slice(0, len(columns))), ndim=2)
-    return pd.DataFrame._from_mgr(BlockManager((block,), axes, verify_integrity=False), axes)
+    episode_ids: np.ndarray
+    X: np.ndarray
+    warnings: list[str]
 
 
 class FeaturePipeline(BaseEstimator):
@@ -300,8 +284,9 @@ class FeaturePipeline(BaseEstimator):
         if not hasattr(self, "feature_names_"):
             raise NotFittedError("FeaturePipeline is not fitted yet; call fit(cohort) first")
 
-    def transform_with_warnings(self, cohort: CohortLike) -> tuple[pd.DataFrame, list[str]]:
-        """(features, warnings): warnings name unseen categories and unparseable static values."""
+    def transform_matrix(self, cohort: CohortLike) -> FeatureMatrix:
+        """The model features as one float64 matrix (episodes x `feature_names_`, in the cohort's
+        episode order), with the warnings: what `transform` gives, without building a frame."""
         self._check_fitted()
         raw = compute_features(cohort, self._config(), self.static_kinds_)
         warnings = raw.warnings
@@ -327,7 +312,17 @@ class FeaturePipeline(BaseEstimator):
                 )
         if warnings:  # the messages name episodes: they go to the caller, never to the log
             logger.warning("%d unseen category value(s) encoded as all zeros", len(warnings))
-        return _float_frame(out, ids, self._columns_), warnings
+        return FeatureMatrix(ids, out.T, warnings)
+
+    def transform_with_warnings(self, cohort: CohortLike) -> tuple[pd.DataFrame, list[str]]:
+        """(features, warnings): warnings name unseen categories and unparseable static values."""
+        matrix = self.transform_matrix(cohort)
+        frame = pd.DataFrame(
+            matrix.X,
+            index=pd.Index(matrix.episode_ids, name="episode_id", dtype=object),
+            columns=self._columns_,
+        )
+        return frame, matrix.warnings
 
     def transform(self, cohort: CohortLike) -> pd.DataFrame:
         """Model features of every episode; warnings are logged and kept in `X.attrs`."""

@@ -10,7 +10,6 @@ form a line and `n_lines` counts the distinct regimens.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,6 @@ import pandas as pd
 from data.drugs import DRUG_CLASSES, classes_of
 from features.timeline import (
     NAT,
-    SMALL,
     Timeline,
     ceil_seconds,
     column_values,
@@ -33,9 +31,6 @@ from features.timeline import (
 )
 
 _CLASS_INDEX = {cls: i for i, cls in enumerate(DRUG_CLASSES)}
-# A one-episode timeline (one scored patient) takes a plain-Python path that repeats the
-# vectorised one value for value; tests switch it off to compare the two.
-_SCALAR = True
 
 
 @dataclass(frozen=True)
@@ -138,9 +133,6 @@ def regimen_features(
     if order is not None:
         key, pcode = key[order], pcode[order]
         fields = {k: v[order] for k, v in fields.items()}
-    if n == 1 and len(key) <= SMALL and _SCALAR:
-        return _regimen_features_one(key, fields, timeline)
-
     lo = np.searchsorted(key, timeline.patient_start_key, "left")
     hi = np.searchsorted(key, timeline.cutoff_key, "right")
     has = hi > lo
@@ -193,86 +185,10 @@ def regimen_features(
         "days_since_last_dose": days_since.astype(np.float64),
         "cycle_interval_days": interval.astype(np.float64),
     }
+    # one conversion per matrix, then one row per class
+    exposed_rows, current_rows = exposed.T.astype(np.float64), current.T.astype(np.float64)
     for i, cls in enumerate(DRUG_CLASSES):
-        out[f"exposed_{cls}"] = exposed[:, i].astype(np.float64)
+        out[f"exposed_{cls}"] = exposed_rows[i]
     for i, cls in enumerate(DRUG_CLASSES):
-        out[f"current_{cls}"] = current[:, i].astype(np.float64)
+        out[f"current_{cls}"] = current_rows[i]
     return out, start_day.astype(np.int64)
-
-
-def _fmax(values: list[float]) -> float:
-    """`np.fmax.reduce` of floats: NaN only when every value is NaN (or there are none)."""
-    out = np.nan
-    for value in values:
-        if value != value:
-            continue
-        if out != out or value > out:
-            out = value
-        elif value == out:  # which of two equal zeros numpy keeps
-            out = float(np.fmax(out, value))
-    return out
-
-
-def _first_codes(values: list) -> list[int]:
-    """Codes in order of first appearance (`features.timeline.factorize` of a few values)."""
-    seen: dict[object, int] = {}
-    return [seen.setdefault(v, len(seen)) for v in values]
-
-
-def _regimen_features_one(
-    key: np.ndarray, fields: dict[str, np.ndarray], timeline: Timeline
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """`regimen_features` of a one-episode timeline: the episode's patient's rows sorted by key."""
-    keys = key.tolist()
-    lo = bisect_left(keys, int(timeline.patient_start_key[0]))
-    hi = bisect_right(keys, int(timeline.cutoff_key[0]))
-    has = hi > lo
-    last = max(hi - 1, 0)
-    classes = fields["classes"]
-    exposed = classes[lo:hi].sum(axis=0) > 0
-    if has:
-        current = classes[bisect_left(keys, keys[last]) : hi].sum(axis=0) > 0
-    else:
-        current = np.zeros(len(DRUG_CLASSES), dtype=bool)
-
-    regimen_code = _first_codes(fields["regimen"].tolist())
-    first_seen = {}
-    for i, code in enumerate(regimen_code):
-        first_seen.setdefault(code, i)
-    distinct = sum(1 for i in first_seen.values() if lo <= i < hi)
-    line = fields["line"].tolist()
-    max_line = _fmax(line[lo:hi])
-    n_lines = float(distinct) if max_line != max_line else max_line
-
-    cycles = np.nan
-    if has:
-        line_code = _first_codes([-1.0 if v != v else v for v in line])
-        line_code = [0 if v != v else c + 1 for v, c in zip(line, line_code, strict=True)]
-        past_lines = max(line_code) + 1
-        group = [
-            past_lines + r if v != v else c
-            for v, c, r in zip(line, line_code, regimen_code, strict=True)
-        ]
-        members = [i for i in range(last + 1) if group[i] == group[last]]
-        cycle = fields["cycle"].tolist()
-        max_cycle = _fmax([cycle[i] for i in members])
-        cycles = float(len(members)) if max_cycle != max_cycle else max_cycle
-
-    start_day = int(fields["day"][last]) if has else -1
-    days_since = float(int(timeline.index_day[0]) - start_day) if has else np.nan
-    interval = np.nan
-    if has:
-        previous = bisect_left(keys, keys[last]) - 1
-        if previous >= lo:
-            interval = float(start_day - int(fields["day"][previous]))
-    out: dict[str, np.ndarray] = {
-        "n_lines": np.array([n_lines]),
-        "cycles_current_line": np.array([cycles]),
-        "days_since_last_dose": np.array([days_since]),
-        "cycle_interval_days": np.array([interval]),
-    }
-    for i, cls in enumerate(DRUG_CLASSES):
-        out[f"exposed_{cls}"] = np.array([float(exposed[i])])
-    for i, cls in enumerate(DRUG_CLASSES):
-        out[f"current_{cls}"] = np.array([float(current[i])])
-    return out, np.array([start_day], dtype=np.int64)

@@ -3,7 +3,10 @@
 Each record is located by one int64 key, `patient_code * span + seconds since origin`, so that
 "the records of this patient on or before this episode's cut-off" is one `searchsorted` over an
 array sorted by key: the same numpy code serves a cohort of one patient and of a million, with no
-per-episode Python loop and no groupby.
+per-episode Python loop and no groupby. Only the hashing of values (`factorize`, `lookup`,
+`is_missing`, the patients of `build_timeline`) uses a dict below `SMALL` values instead of pandas'
+hash tables (which cost about 0.27 ms more per scored patient), with the same results (tested
+against pandas).
 
 The cut-off (leakage guard): an index date without a time of day (midnight) includes the whole
 index day; an index with a time includes records at or before that time. Record times are rounded
@@ -18,12 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype
-from pandas.arrays import DatetimeArray
-
-try:  # pandas 2.x block internals, for `column_values`
-    from pandas.core.internals import BlockManager
-except ImportError:  # another pandas: columns are read through frame[name]
-    BlockManager = None
 
 NS_PER_S = 1_000_000_000
 S_PER_DAY = 86_400
@@ -33,22 +30,7 @@ _KEY_LIMIT = 2**62
 
 
 def column_values(frame: pd.DataFrame, name: str, dtype: type | None = None) -> np.ndarray:
-    """`frame[name].to_numpy(dtype=dtype)`, without building a Series for a plain column.
-
-    Pandas builds a Series (about 25 us) on the first access to each column of a new frame; a
-    scored patient reads some 25 columns of a new cohort. Plain numpy columns and timezone-naive
-    datetimes are read from the frame's blocks; anything else (extension types, a name given to
-    several columns, a missing name) goes through `frame[name]`, which also raises as usual.
-    """
-    mgr = frame._mgr
-    if BlockManager is not None and type(mgr) is BlockManager:
-        names = frame.columns.tolist()
-        if names.count(name) == 1:
-            values = mgr.iget_values(names.index(name))
-            if type(values) is np.ndarray:
-                return values if dtype is None else np.asarray(values, dtype=dtype)
-            if dtype is None and type(values) is DatetimeArray and values.tz is None:
-                return np.asarray(values)
+    """`frame[name].to_numpy(dtype=dtype)`: a column as a numpy array (KeyError when absent)."""
     return frame[name].to_numpy(dtype=dtype)
 
 

@@ -516,15 +516,10 @@ class DeployableModel:
 
     def prepare(self, cohort: Any) -> _Prepared:
         """The model features of every episode of the cohort, in the cohort's episode order."""
-        frame, messages = self.pipeline.transform_with_warnings(cohort)
-        episode_ids = [str(e) for e in cohort.episodes["episode_id"]]
-        if list(frame.columns) != self.feature_names or list(frame.index) != episode_ids:
-            frame = frame.reindex(index=episode_ids, columns=self.feature_names)
-        values = frame.to_numpy()
-        if values.dtype.kind in "fiub":  # plain numbers: no missing-value markers to convert
-            X = np.ascontiguousarray(values, dtype=np.float32)
-        else:
-            X = np.ascontiguousarray(frame.to_numpy(dtype=np.float32, na_value=np.nan))
+        matrix = self.pipeline.transform_matrix(cohort)  # columns: self.feature_names
+        messages = matrix.warnings
+        episode_ids = [str(e) for e in matrix.episode_ids.tolist()]
+        X = np.ascontiguousarray(matrix.X, dtype=np.float32)
         notes: dict[str, list[str]] = {}
         if messages:
             known = set(episode_ids)

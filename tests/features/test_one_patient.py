@@ -1,8 +1,7 @@
-"""One scored patient: the plain-Python paths the features take for a one-episode cohort, the
-block-built output frame and the column reads give exactly what the vectorised pandas/numpy code
-gives (values, NaN positions, dtypes, index, columns, warnings), on the shared cohort and on
-random patients (labs after the index, unknown tests and drugs, missing birth dates and units,
-several episodes, unseen categories)."""
+"""One scored patient: each episode scored alone gets exactly its row of the cohort it came from
+(values, signed zeros, NaN positions, dtypes, index, columns, warnings), on the shared cohort and
+on random patients (labs after the index, unknown tests and drugs, missing birth dates and units,
+several episodes, unseen categories); the window statistics by hand."""
 
 from __future__ import annotations
 
@@ -15,11 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import features.labs
-import features.regimens
 from data.cohort import Cohort, cohort_from_tables
-from features.pipeline import FeatureConfig, FeaturePipeline, _float_frame
-from features.timeline import column_values, is_missing
+from features.labs import AnalyteSeries, window_stats
+from features.pipeline import FeatureConfig, FeaturePipeline
+from features.timeline import NS_PER_DAY, SMALL, build_timeline, factorize, is_missing, lookup
 
 
 @pytest.fixture
@@ -36,14 +34,6 @@ def extra_pipeline(cohort_tables) -> FeaturePipeline:
     return FeaturePipeline(config).fit(cohort_from_tables(tables))
 
 
-def _vectorised(pipeline: FeaturePipeline, cohort: Any) -> tuple[pd.DataFrame, list[str]]:
-    features.labs._SCALAR = features.regimens._SCALAR = False
-    try:
-        return pipeline.transform_with_warnings(cohort)
-    finally:
-        features.labs._SCALAR = features.regimens._SCALAR = True
-
-
 def _assert_frames_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
     assert list(got.columns) == list(want.columns)
     assert list(got.dtypes) == list(want.dtypes)
@@ -53,14 +43,6 @@ def _assert_frames_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
     )
     # Same bits, so also the same signed zeros and the same NaN positions.
     assert np.array_equal(got.to_numpy().view(np.int64), want.to_numpy().view(np.int64))
-
-
-def _assert_same_paths(pipeline: FeaturePipeline, cohort: Any) -> pd.DataFrame:
-    got, got_warnings = pipeline.transform_with_warnings(cohort)
-    want, want_warnings = _vectorised(pipeline, cohort)
-    _assert_frames_equal(got, want)
-    assert got_warnings == want_warnings
-    return got
 
 
 def _one_episode(cohort: Cohort, episode_id: str) -> Cohort:
@@ -80,37 +62,17 @@ def _one_episode(cohort: Cohort, episode_id: str) -> Cohort:
 
 
 def _assert_alone_as_in_cohort(pipeline: FeaturePipeline, cohort: Cohort) -> None:
-    """Each episode scored alone (plain-Python path) equals its row in the whole cohort."""
-    whole, _ = _vectorised(pipeline, cohort)
+    """Each episode scored alone equals its row in the whole cohort, warnings included."""
+    whole, whole_warnings = pipeline.transform_with_warnings(cohort)
     for episode_id in cohort.episodes["episode_id"]:
-        alone = _assert_same_paths(pipeline, _one_episode(cohort, episode_id))
+        alone, warnings = pipeline.transform_with_warnings(_one_episode(cohort, episode_id))
         _assert_frames_equal(alone, whole.loc[[episode_id]])
+        assert warnings == [w for w in whole_warnings if w.startswith(f"episode {episode_id}:")]
 
 
 def test_the_shared_cohort_alone_and_together(pipeline: FeaturePipeline, cohort_tables) -> None:
     cohort = cohort_from_tables(cohort_tables)
     _assert_alone_as_in_cohort(pipeline, cohort)
-
-
-def test_a_one_episode_cohort_takes_the_plain_python_path(
-    pipeline, cohort_tables, monkeypatch
-) -> None:
-    cohort = _one_episode(cohort_from_tables(cohort_tables), "E-1")
-    calls = []
-    original = features.labs._window_stats_one
-    monkeypatch.setattr(
-        features.labs, "_window_stats_one", lambda *a: calls.append(1) or original(*a)
-    )
-    regimen_calls = []
-    original_regimens = features.regimens._regimen_features_one
-    monkeypatch.setattr(
-        features.regimens,
-        "_regimen_features_one",
-        lambda *a: regimen_calls.append(1) or original_regimens(*a),
-    )
-    pipeline.transform_with_warnings(cohort)
-    assert len(calls) == 5  # three PLT windows and two ANC windows
-    assert len(regimen_calls) == 1
 
 
 # -- random patients ----------------------------------------------------------------------------
@@ -201,61 +163,51 @@ def _patient_tables(draw) -> dict[str, list[dict[str, Any]]]:
 def test_random_patients_alone_and_together(pipeline, extra_pipeline, tables) -> None:
     cohort = cohort_from_tables(tables)
     for fitted in (pipeline, extra_pipeline):
-        _assert_same_paths(fitted, cohort)
         _assert_alone_as_in_cohort(fitted, cohort)
 
 
 # -- building blocks ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("blocks", [True, False])
-@pytest.mark.parametrize("n", [0, 1, 3])
-def test_the_output_frame_is_the_pandas_frame(n: int, blocks: bool, monkeypatch) -> None:
-    import features.pipeline
+def test_the_matrix_is_the_frame(pipeline, cohort_tables) -> None:
+    cohort = cohort_from_tables(cohort_tables)
+    matrix = pipeline.transform_matrix(cohort)
+    frame, warnings = pipeline.transform_with_warnings(cohort)
+    assert matrix.X.shape == frame.shape and matrix.X.dtype == np.float64
+    assert np.array_equal(matrix.X.view(np.int64), frame.to_numpy().view(np.int64))
+    assert list(matrix.episode_ids) == list(frame.index) == list(cohort.episodes["episode_id"])
+    assert matrix.warnings == warnings
 
-    monkeypatch.setattr(features.pipeline, "_BLOCKS", blocks)
-    rng = np.random.default_rng(n)
-    out = rng.normal(size=(4, n))
-    out[1, :] = np.nan
-    ids = np.array([f"E{i}" for i in range(n)], dtype=object)
-    columns = pd.Index(["a", "b=x", "c", "d"])
-    want = pd.DataFrame(
-        out.T, index=pd.Index(ids, name="episode_id", dtype=object), columns=columns
+
+def test_window_statistics_by_hand() -> None:
+    """Two episodes of one patient (index days 10 and 20), counts on days 2, 8, 9 and 19 (noon),
+    windows of 1, 3 and 12 days: minimum, slope per day (x in days from the index day) and count."""
+    day_s = NS_PER_DAY // 1_000_000_000
+    index_ns = np.array([10, 20]) * NS_PER_DAY
+    seconds = np.array([2, 8, 9, 19]) * day_s + day_s // 2
+    timeline = build_timeline(
+        np.array(["E1", "E2"], dtype=object),
+        np.array(["P", "P"], dtype=object),
+        index_ns,
+        [seconds],
+        lookback_days=12,
     )
-    got = _float_frame(out, ids, columns)
-    _assert_frames_equal(got, want)
-    pd.testing.assert_frame_equal(got.iloc[::-1], want.iloc[::-1])
-
-
-def _frames() -> list[pd.DataFrame]:
-    when = pd.to_datetime(["2024-01-01T00:00", None, "2024-02-01T08:00"])
-    plain = pd.DataFrame(
-        {"a": ["x", None, "z"], "b": [1.0, np.nan, 3.0], "n": [1, 2, 3], "t": when, "f": [1, 0, 1]}
-    )
-    return [
-        plain,
-        plain.iloc[[2, 0]],  # a view with a non-default index
-        pd.concat([plain, plain], axis=1),  # every name twice
-        plain.assign(t=when.tz_localize("UTC")),  # timezone-aware
-        plain.assign(a=pd.Categorical(["x", None, "z"]), n=pd.array([1, None, 3], dtype="Int64")),
-        plain.astype({"a": "string"}),
-    ]
-
-
-@pytest.mark.parametrize("frame", _frames())
-@pytest.mark.parametrize("name", ["a", "b", "n", "t", "f"])
-@pytest.mark.parametrize("dtype", [None, object])
-def test_column_values_reads_what_pandas_gives(frame, name, dtype) -> None:
-    want = frame[name].to_numpy(dtype=dtype)
-    got = column_values(frame, name, dtype)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    assert pd.isna(got).tolist() == pd.isna(want).tolist()
-    assert [v for v in got.ravel() if not pd.isna(v)] == [v for v in want.ravel() if not pd.isna(v)]
-
-
-def test_column_values_raises_for_a_missing_name() -> None:
-    with pytest.raises(KeyError):
-        column_values(_frames()[0], "missing")
+    key = timeline.key(np.zeros(4, dtype=np.int64), seconds)
+    day = seconds // day_s
+    series = AnalyteSeries(key, seconds, day, np.array([40.0, 30.0, 60.0, 90.0]))
+    stats = window_stats(series, timeline, (1, 3, 12))
+    # E1 (index day 10, whole day included): 1 day from day 9: [60]; 3 days from day 7: [30, 60];
+    # 12 days from day -2: [40, 30, 60] at x = -7.5, -1.5, -0.5.
+    # E2 (index day 20): 1 day from day 19: [90]; 3 days: [90]; 12 days from day 8: [30, 60, 90].
+    np.testing.assert_array_equal(stats.count, [[1, 1], [2, 1], [3, 3]])
+    np.testing.assert_array_equal(stats.minimum, [[60, 90], [30, 90], [30, 30]])
+    x, y = np.array([-7.5, -1.5, -0.5]), np.array([40.0, 30.0, 60.0])
+    by_hand = np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2)
+    assert stats.slope[1, 0] == pytest.approx(30.0)  # (60 - 30) / 1 day
+    assert stats.slope[2, 0] == pytest.approx(by_hand)
+    # E2, 12 days: 30, 60, 90 at x = -11.5, -10.5, -0.5: sxy 330, sxx 74.
+    assert stats.slope[2, 1] == pytest.approx(330 / 74)
+    assert np.isnan(stats.slope[0]).all()  # one count: no slope
 
 
 _ODD = st.sampled_from([None, np.nan, pd.NaT, pd.NA, np.datetime64("NaT"), 1, 2.5, "", " x"])
@@ -268,3 +220,28 @@ def test_is_missing_is_pd_isna(values: list) -> None:
     array[:] = values
     assert is_missing(array).tolist() == pd.isna(array).tolist()
     assert is_missing(np.array([1.0, np.nan])).tolist() == [False, True]
+
+
+_KEYS = st.text(alphabet="abP1-", max_size=3) | st.integers(-2, 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(_KEYS, max_size=3 * SMALL))
+def test_factorize_is_pandas_factorize(values: list) -> None:
+    """Below `SMALL` values the codes come from a dict: the same as pandas' hash table."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    codes, uniques = factorize(array)
+    want_codes, want_uniques = pd.factorize(array, use_na_sentinel=False)
+    assert codes.tolist() == want_codes.tolist()
+    assert uniques.tolist() == list(want_uniques)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(_KEYS, unique_by=lambda v: (type(v), v), max_size=2 * SMALL),
+    wanted=st.lists(_KEYS, max_size=2 * SMALL),
+)
+def test_lookup_is_pandas_get_indexer(keys: list, wanted: list) -> None:
+    known, asked = (np.array(v + [None], dtype=object)[:-1] for v in (keys, wanted))
+    assert lookup(known, asked, "t").tolist() == pd.Index(known).get_indexer(asked).tolist()
