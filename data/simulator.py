@@ -793,9 +793,14 @@ def _stimulation_fixed(
 
 
 _SHARD = 10_000
-# Share of candidates with a CTIT episode (about 97% with the default parameters); a lower real
-# share only costs another round of shards.
+# Share of candidates with a CTIT episode assumed before any shard is back. It sizes the first
+# round of shards (and so the cohort: shard sizes set the random streams), so it stays at the
+# figure the cohort was calibrated with; the real share (about half) only means that the later
+# shards of a round are not needed, and they are not simulated (see `_simulate_patients`).
 _EXPECTED_YIELD = 0.25
+# Shards are submitted ahead only while those in flight are not expected to fill the cohort with
+# this margin; a shortfall costs one more shard, a surplus a shard simulated for nothing.
+_SUBMIT_MARGIN = 1.03
 _ORACLE_CHUNK = 512
 
 
@@ -815,17 +820,28 @@ def _simulate_shard(
 
 
 def _in_order(
-    pool: ProcessPoolExecutor, args: list[tuple[SimulationConfig, int, int]], ahead: int
+    pool: ProcessPoolExecutor | None,
+    args: list[tuple[SimulationConfig, int, int]],
+    ahead: int,
+    wanted: Callable[[int], bool],
 ) -> Iterator[tuple[CohortRecords | None, dict[str, np.ndarray]]]:
-    """Results of `_simulate_shard(*a)` for each of `args`, in order, with at most `ahead` shards
-    submitted and not yet consumed (finished shards wait in memory until they are written)."""
-    pending: deque[Future] = deque()
-    for a in args:
-        pending.append(pool.submit(_simulate_shard, *a))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    """Results of `_simulate_shard(*a)` for each of `args`, in order (the caller stops reading
+    when it has enough). At most `ahead` shards are in flight, and a shard is submitted ahead
+    only while `wanted(candidates in flight)` says those in flight may not be enough; without a
+    pool, shards run here one by one. What is submitted never changes a result, only how much
+    is simulated for nothing."""
+    pending: deque[tuple[int, Future]] = deque()
+    queue = deque(args)
+    while queue or pending:
+        if pool is None:
+            yield _simulate_shard(*queue.popleft())
+            continue
+        while queue and len(pending) < ahead:
+            if pending and not wanted(sum(size for size, _ in pending)):
+                break
+            a = queue.popleft()
+            pending.append((a[2], pool.submit(_simulate_shard, *a)))
+        yield pending.popleft()[1].result()
 
 
 def _simulate_patients(
@@ -838,36 +854,42 @@ def _simulate_patients(
     """Simulate candidates shard by shard until enough of them had a CTIT episode; hand the kept
     patients of each shard, in shard order, to `consume`; return the number of candidates.
 
-    Shards have a fixed size and their own random streams, so the cohort does not depend on how
-    many processes ran them.
+    Shards have a fixed size and their own random streams, and are read in order until the
+    cohort is full, so the cohort and `population` (the shards read) do not depend on how many
+    processes ran them.
     """
     n_kept = n_candidates = shard = 0
+    n_with_episode = 0
     yield_rate = _EXPECTED_YIELD
-    first_round = None
+
+    def wanted(in_flight: int) -> bool:
+        seen = n_with_episode / n_candidates if n_candidates else 2 * _EXPECTED_YIELD
+        return n_kept + seen * in_flight < config.n_patients * _SUBMIT_MARGIN
+
     while n_kept < config.n_patients:
         need = config.n_patients - n_kept
         size = int(np.ceil(need / yield_rate * 1.02)) + 20
         sizes = [min(_SHARD, size - a) for a in range(0, size, _SHARD)]
-        first_round = first_round or len(sizes)
         args = [(config, shard + i, m) for i, m in enumerate(sizes)]
-        if pool is not None:
-            results = _in_order(pool, args, ahead=config.workers + 1)
-        else:
-            results = (_simulate_shard(*a) for a in args)
-        with_episode = 0
+        results = _in_order(pool, args, config.workers + 1, wanted)
+        round_candidates = round_with_episode = 0
         for i, (records, counts) in enumerate(results):
             for key, value in counts.items():
                 population[key] = population.get(key, 0) + value
+            n_candidates += sizes[i]
+            round_candidates += sizes[i]
             if records is not None:
-                with_episode += records.n_patients
+                n_with_episode += records.n_patients
+                round_with_episode += records.n_patients
                 part = records.head(config.n_patients - n_kept)
                 n_kept += part.n_patients
                 if part.n_patients:
                     consume(part)
-            advance_to(min(90 * (shard + i + 1) // first_round, 90))
+            advance_to(90 * n_kept // config.n_patients)
+            if n_kept >= config.n_patients:
+                break
         shard += len(sizes)
-        n_candidates += size
-        yield_rate = max(with_episode / size, 0.05)
+        yield_rate = max(round_with_episode / round_candidates, 0.05)
         logger.info("%d candidates simulated, %d patients kept", n_candidates, n_kept)
         if shard > 1000:
             raise RuntimeError("the simulator kept too few patients; check the parameters")

@@ -195,8 +195,8 @@ class CohortRecords:
         ratio = np.clip(v["prolif_ratio"], 0.05, 1.3)
         prior_lines = v["line"] - 1
         e = rng.standard_normal((8, m))
-        codes = np.array([r.code for r in REGIMENS])
-        reg = codes[v["reg"]]
+        codes = [r.code for r in REGIMENS]
+        reg = v["reg"]
         anc = anc_i[c] * ratio**lm.anc_prolif_exponent * np.exp(lm.anc_noise_sd_log * e[0])
         wbc = anc + lymph_i[c] * np.exp(0.2 * e[1]) + 0.4
         hgb = (
@@ -209,7 +209,7 @@ class CohortRecords:
         alt = (
             alt_i[c]
             * np.where(p["liver"][c], lm.alt_liver_mets_factor, 1.0)
-            * np.where(reg == "T-DM1", lm.alt_tdm1_factor, 1.0)
+            * np.where(reg == codes.index("T-DM1"), lm.alt_tdm1_factor, 1.0)
             * np.exp(lm.lab_noise_sd_log * e[3])
         )
         ast = alt * lm.ast_to_alt * np.exp(lm.lab_noise_sd_log * e[4])
@@ -220,7 +220,7 @@ class CohortRecords:
         )
         crea = (
             crea_i[c]
-            * np.where(reg == "GP", lm.crea_cisplatin_factor, 1.0)
+            * np.where(reg == codes.index("GP"), lm.crea_cisplatin_factor, 1.0)
             * np.exp(lm.crea_noise_sd_log * e[6])
         )
         alb = (
@@ -269,17 +269,21 @@ class CohortRecords:
 
 
 def _as_shown(values: dict[str, np.ndarray], profile: np.ndarray) -> np.ndarray:
-    """Values in the units and rounding of each draw's laboratory profile, (draws, analytes)."""
+    """Values in the units and rounding of each draw's laboratory profile, (draws, analytes).
+
+    Rounding to d decimals is `rint(x * 10**d) / 10**d`, as `np.round` computes it.
+    """
     out = np.empty((profile.shape[0], len(ANALYTE_ORDER)))
     for j, analyte in enumerate(ANALYTE_ORDER):
-        value = values[analyte]
-        for k, spec in enumerate(LAB_PROFILES):
-            _, _, factor, decimals = spec[analyte]
-            sel = profile == k
-            if analyte == "PLT":
-                out[sel, j] = np.round(value[sel]) * factor
-            else:
-                out[sel, j] = np.round(value[sel] * factor, decimals)
+        factor = np.array([spec[analyte][2] for spec in LAB_PROFILES])[profile]
+        if analyte == "PLT":
+            np.multiply(np.rint(values[analyte]), factor, out=out[:, j])
+            continue
+        scale = np.array([10.0 ** spec[analyte][3] for spec in LAB_PROFILES])[profile]
+        shown = values[analyte] * factor
+        shown *= scale
+        np.rint(shown, out=shown)
+        np.divide(shown, scale, out=out[:, j])
     return out
 
 
