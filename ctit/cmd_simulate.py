@@ -14,8 +14,8 @@ from rich.text import Text
 
 from data.issues import CohortError
 from data.simulator import SimulationConfig, simulate_cohort
-from data.simulator_params import ModelParameters, SiteShift
-from data.simulator_report import compare_to_targets, episode_table, read_population
+from data.simulator.params import ModelParameters, SiteShift
+from data.simulator.report import compare_to_targets, episode_table, read_population
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def simulate(
         bool,
         typer.Option(
             "--site-shift",
-            help="A hospital unlike the home sites (data.simulator_params.SiteShift.preset: "
+            help="A hospital unlike the home sites (data.simulator.params.SiteShift.preset: "
             "regimen mix, lab sampling and units, baseline risk, response rate; SIMULATOR.md). "
             "The literature targets describe the home sites, so --check is skipped.",
         ),

@@ -14,16 +14,16 @@ from ctit.cli import app
 from data.cohort import load_cohort
 from data.labels import derive_labels, get_definition
 from data.simulator import SimulationConfig, simulate_cohort
-from data.simulator_dynamics import (
+from data.simulator.dynamics import (
     DrugState,
     PlateletParams,
     advance,
     advance_drug,
     steady_state,
 )
-from data.simulator_oracle import quantile_nodes
-from data.simulator_report import compare_to_targets, episode_table, read_population
-from data.simulator_tables import opaque_ids
+from data.simulator.oracle import quantile_nodes
+from data.simulator.report import compare_to_targets, episode_table, read_population
+from data.simulator.tables import opaque_ids
 
 TABLES = ("patients", "episodes", "labs", "regimens", "transfusions", "oracle", "population")
 SEEDS = (1, 2, 3)

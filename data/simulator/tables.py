@@ -7,15 +7,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from data.simulator_dynamics import hetrombopag_stimulation
-from data.simulator_params import (
+from data.simulator.candidates import Batch, Streams
+from data.simulator.config import SimulationConfig
+from data.simulator.dynamics import hetrombopag_stimulation
+from data.simulator.params import (
     ANALYTE_ORDER,
     INTERNATIONAL_SITES,
     LAB_PROFILES,
@@ -26,9 +27,6 @@ from data.simulator_params import (
     SUBTYPES,
     LabModel,
 )
-
-if TYPE_CHECKING:
-    from data.simulator import SimulationConfig, _Batch, _Streams
 
 _MASK48 = np.uint64((1 << 48) - 1)
 # Share of missing static clinical entries (prior): the EHR does not always record them.
@@ -132,12 +130,12 @@ class CohortRecords:
     @classmethod
     def from_batch(
         cls,
-        batch: _Batch,
+        batch: Batch,
         visits: dict[str, np.ndarray],
         cycles: dict[str, np.ndarray],
         episodes: dict[str, np.ndarray],
         config: SimulationConfig,
-        streams: _Streams,
+        streams: Streams,
     ) -> CohortRecords | None:
         """The candidates of a batch with a CTIT episode, renumbered 0..m-1 in batch order, with
         the other analytes of their blood draws (None if no candidate had an episode)."""
@@ -179,7 +177,7 @@ class CohortRecords:
             {k: v[keep_ep] for k, v in self.oracle.items()},
         )
 
-    def _add_lab_values(self, config: SimulationConfig, streams: _Streams) -> None:
+    def _add_lab_values(self, config: SimulationConfig, streams: Streams) -> None:
         """Draw the other analytes of each blood draw from patient effects and the latent state."""
         lm: LabModel = config.parameters.labs
         rng = streams.labs

@@ -1,165 +1,36 @@
-"""Literature-grounded simulator of a breast-cancer CTIT cohort treated with hetrombopag.
-
-Writes the cohort contract of DESIGN.md (patients, episodes, labs, regimens as CSV, no outcomes:
-labels are derived from the simulated counts by the same code as for real data) plus `oracle.csv`,
-each episode's exact probability of response given its pre-index state. The model, every parameter
-and its source are documented in `data/SIMULATOR.md`.
-
-Vectorised over patients: one loop over days (two integration steps per day); events (blood draws,
-cycle starts, hetrombopag starts) are handled for the patients they concern with numpy masks.
-Candidates are simulated in shards with their own random streams (in worker processes); each
-shard's patients with an episode, their lab values and oracle are appended to the files in shard
-order as shards finish.
-"""
+"""The day-by-day simulation of one shard's candidates: cycles, blood draws, hetrombopag episodes
+and the platelet dynamics between them, vectorised over candidates."""
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 
-from data.simulator_dynamics import (
+from data.simulator.candidates import Batch, Streams, _choice
+from data.simulator.config import SimulationConfig
+from data.simulator.dynamics import (
     DrugState,
     PlateletParams,
-    PlateletState,
     advance,
     advance_drug,
     episode_envelope,
     hetrombopag_stimulation,
     steady_state,
 )
-from data.simulator_oracle import oracle_probabilities
-from data.simulator_params import (
+from data.simulator.params import (
     ASIAN_SENSITIVE_DRUGS,
     DRUG_EFFECTS,
     GEM_PLATINUM_REGIMENS,
-    INTERNATIONAL_SITES,
-    LINE_WEIGHTS,
     REGIMEN_TOXICITY,
     REGIMENS,
-    SITE_CODES,
-    SITE_SIZE_WEIGHTS,
-    SUBTYPES,
     HetrombopagModel,
     ModelParameters,
 )
-from data.simulator_tables import CohortRecords, CohortWriter
 
-logger = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 MAX_CYCLE_DAYS = 42
 _NO_CYCLE = -(10**6)
-_REG_CODES = [r.code for r in REGIMENS]
-
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    """What to simulate.
-
-    Attributes:
-        n_patients: patients written (each has at least one CTIT episode).
-        seed: seed of every random draw; the same config writes byte-identical files.
-        start_year: calendar year of the earliest treatment start.
-        n_years: years over which patients start treatment.
-        n_sites: hospitals (1-10), each with its own laboratory coding and units.
-        oracle_draws: quadrature nodes (midpoint rule on normal quantiles) over the episode's
-            responsiveness effect; the oracle's error is estimated against half as many nodes.
-        workers: processes used (1 = in this process); the files do not depend on it.
-        parameters: the model's parameters (defaults documented in SIMULATOR.md).
-    """
-
-    n_patients: int = 2000
-    seed: int = 2024
-    start_year: int = 2019
-    n_years: int = 6
-    n_sites: int = 6
-    oracle_draws: int = 64
-    workers: int = 2
-    parameters: ModelParameters = field(default_factory=ModelParameters)
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not 1 <= self.n_patients <= 5_000_000:
-            problems.append(f"n_patients must be between 1 and 5,000,000, got {self.n_patients}")
-        if not 0 <= self.seed < 2**63:
-            problems.append(f"seed must be a non-negative integer below 2**63, got {self.seed}")
-        if not 1990 <= self.start_year <= 2100:
-            problems.append(f"start_year must be between 1990 and 2100, got {self.start_year}")
-        if not 1 <= self.n_years <= 30:
-            problems.append(f"n_years must be between 1 and 30, got {self.n_years}")
-        if not 1 <= self.n_sites <= 10:
-            problems.append(f"n_sites must be between 1 and 10, got {self.n_sites}")
-        if not 4 <= self.oracle_draws <= 1000:
-            problems.append(f"oracle_draws must be between 4 and 1000, got {self.oracle_draws}")
-        if not 1 <= self.workers <= 64:
-            problems.append(f"workers must be between 1 and 64, got {self.workers}")
-        if problems:
-            raise ValueError("invalid simulation config: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class SimulationSummary:
-    """What was written, with the oracle's own figures."""
-
-    out_dir: Path
-    files: dict[str, Path]
-    n_patients: int
-    n_episodes: int
-    n_lab_rows: int
-    n_regimen_rows: int
-    n_candidates: int
-    multi_episode_share: float
-    asian_share: float
-    oracle_mean: float
-    oracle_max_error: float
-    seconds: float
-
-
-@dataclass
-class _Totals:
-    """Running counts over the parts written, for the summary."""
-
-    patients: int = 0
-    episodes: int = 0
-    lab_rows: int = 0
-    regimen_rows: int = 0
-    multi_episode: int = 0
-    asian: int = 0
-    p_sum: float = 0.0
-    p_max_error: float = 0.0
-
-    def add(self, part: CohortRecords) -> None:
-        self.patients += part.n_patients
-        self.episodes += part.n_episodes
-        self.lab_rows += part.n_lab_rows
-        self.regimen_rows += part.n_regimen_rows
-        self.multi_episode += part.n_multi_episode
-        self.asian += part.n_asian
-        self.p_sum += float(part.oracle["p_response"].sum())
-        self.p_max_error = max(self.p_max_error, float(part.oracle["p_response_se"].max()))
-
-
-class _Streams:
-    """Independent random streams, so adding draws to one concern leaves the others unchanged.
-
-    `surveillance` drives the routine nadir counts and rechecks, which never change a decision:
-    the cohort's courses, episodes and oracle are those of the other streams alone.
-    """
-
-    def __init__(self, seed: int, batch: int) -> None:
-        children = np.random.SeedSequence([seed, batch]).spawn(5)
-        self.patients, self.events, self.noise, self.labs, self.surveillance = (
-            np.random.default_rng(c) for c in children
-        )
 
 
 def _hazard_tables(params: ModelParameters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,114 +56,6 @@ def _hazard_tables(params: ModelParameters) -> tuple[np.ndarray, np.ndarray, np.
     return hazard, reserve, gem_plat
 
 
-def _line_weight_table(factors: tuple[tuple[str, float], ...] = ()) -> np.ndarray:
-    """weights[subtype, line bucket (1, 2, 3, 4+), regimen]; `factors` shift a site's mix."""
-    table = np.zeros((len(SUBTYPES), 4, len(REGIMENS)))
-    for s, subtype in enumerate(SUBTYPES):
-        for b, weights in enumerate(LINE_WEIGHTS[subtype]):
-            for code, w in weights.items():
-                table[s, b, _REG_CODES.index(code)] = w
-    for code, factor in factors:  # SiteShift.regimen_factors
-        table[:, :, _REG_CODES.index(code)] *= factor
-    return table
-
-
-def _choice(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
-    """One categorical draw per row of `probs` (rows need not be normalised)."""
-    cum = np.cumsum(probs, axis=1)
-    u = rng.random(probs.shape[0]) * cum[:, -1]
-    return np.minimum((cum <= u[:, None]).sum(axis=1), probs.shape[1] - 1)
-
-
-class _Batch:
-    """Candidates of one batch: static covariates, latent parameters and treatment plans."""
-
-    def __init__(self, n: int, config: SimulationConfig, streams: _Streams) -> None:
-        prm = config.parameters
-        pp, pl = prm.patients, prm.platelets
-        rng = streams.patients
-        self.n = n
-        site_w = np.asarray(SITE_SIZE_WEIGHTS[: config.n_sites])
-        self.site = rng.choice(config.n_sites, size=n, p=site_w / site_w.sum())
-        intl = np.isin(np.asarray(SITE_CODES)[self.site], list(INTERNATIONAL_SITES))
-        self.asian = rng.random(n) < np.where(
-            intl, pp.asian_share_international_site, pp.asian_share_domestic_site
-        )
-        self.race_other = rng.choice(3, size=n, p=np.asarray(pp.non_asian_race_shares))
-        self.male = rng.random(n) < pp.male_share
-        self.age = np.clip(
-            rng.normal(pp.age_mean_years, pp.age_sd_years, n), pp.age_min_years, pp.age_max_years
-        )
-        self.subtype = rng.choice(3, size=n, p=np.asarray(pp.subtype_shares))
-        self.ecog = rng.choice(4, size=n, p=np.asarray(pp.ecog_shares))
-        self.bone = rng.random(n) < pp.bone_mets
-        self.liver = rng.random(n) < pp.liver_mets
-        self.marrow = rng.random(n) < np.where(
-            self.bone, pp.marrow_if_bone_mets, pp.marrow_if_no_bone_mets
-        )
-        self.spleen = rng.random(n) < (
-            pp.splenomegaly + pp.splenomegaly_extra_if_liver_mets * self.liver
-        )
-        self.radiotherapy = rng.random(n) < np.where(
-            self.bone, pp.radiotherapy_if_bone_mets, pp.radiotherapy_if_no_bone_mets
-        )
-        shares = np.asarray(pp.first_observed_line_shares)
-        self.first_line = 1 + rng.choice(shares.shape[0], size=n, p=shares / shares.sum())
-        span = max(config.n_years * 365 - 365, 30)
-        self.start_offset = rng.integers(0, span, n)
-        self.birth_jitter = rng.integers(0, 365, n)
-
-        # latent platelet parameters (log-normal between-patient variability)
-        z = rng.standard_normal((5, n))
-        circ0 = pl.circ0_median * np.exp(pl.circ0_omega * z[0])
-        self.circ0 = circ0 * np.where(self.spleen, pl.circ0_factor_splenomegaly, 1.0)
-        self.reserve0 = (
-            np.exp(-pl.reserve_loss_per_unobserved_line * (self.first_line - 1))
-            * np.where(self.marrow, pl.reserve_factor_marrow, 1.0)
-            * np.where(self.radiotherapy, pl.reserve_factor_radiotherapy, 1.0)
-        )
-        mtt = pl.mtt_days_median * np.exp(pl.mtt_omega * z[1])
-        self.ktr = (pl.n_transit + 1) / mtt
-        # Friberg et al. 2002: circulating cells leave at the transit rate
-        self.kcirc = self.ktr.copy()
-        self.gamma = pl.gamma_median * np.exp(pl.gamma_omega * z[3])
-        self.psi = np.exp(pl.drug_sensitivity_omega * z[4])
-
-        # the patient's unexplained responsiveness to hetrombopag (kept across episodes) and
-        # baseline organ function (hepatic and renal clearance of hetrombopag)
-        self.latent = rng.standard_normal(n)
-        lm = prm.labs
-        zo = rng.standard_normal((3, n))
-        self.alt0 = lm.alt_median * np.exp(lm.alt_omega * zo[0])
-        self.tbil0 = lm.tbil_median * np.exp(lm.tbil_omega * zo[1])
-        self.crea0 = (
-            lm.crea_median
-            * np.exp(lm.crea_omega * zo[2])
-            * (1.0 + lm.crea_per_year_over_50 * (self.age - 50.0))
-        )
-
-        # treatment plan: one regimen per observed line, no regimen repeated
-        k = pp.observed_lines_max
-        weights = _line_weight_table(prm.site.regimen_factors)
-        used = np.zeros((n, len(REGIMENS)), dtype=bool)
-        self.plan = np.empty((n, k), dtype=np.int64)
-        self.plan_cycles = np.empty((n, k), dtype=np.int64)
-        medians = np.array([r.median_cycles for r in REGIMENS])
-        for j in range(k):
-            bucket = np.minimum(self.first_line - 1 + j, 3)
-            w = weights[self.subtype, bucket] * ~used
-            empty = w.sum(axis=1) == 0
-            w[empty] = weights[self.subtype[empty], bucket[empty]]
-            reg = _choice(rng, w)
-            used[np.arange(n), reg] = True
-            self.plan[:, j] = reg
-            cyc = np.round(medians[reg] * np.exp(0.45 * rng.standard_normal(n)))
-            self.plan_cycles[:, j] = np.clip(cyc, 2, 24).astype(np.int64)
-        self.line_gap = rng.integers(
-            prm.care.line_gap_days_range[0], prm.care.line_gap_days_range[1] + 1, (n, k)
-        )
-
-
 @dataclass
 class _Episodes:
     """Episode records collected in the day loop (candidate index, timing, state at index)."""
@@ -308,10 +71,10 @@ class _Episodes:
         return {k: np.concatenate([r[k] for r in self.rows]) for k in self.rows[0]}
 
 
-def _run_batch(
-    batch: _Batch,
+def run_batch(
+    batch: Batch,
     config: SimulationConfig,
-    streams: _Streams,
+    streams: Streams,
     tick: Callable[[int], None] | None,
 ) -> tuple[
     dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]
@@ -727,7 +490,7 @@ def _run_batch(
 
 
 def _population_counts(
-    batch: _Batch, started: np.ndarray, course_min: np.ndarray
+    batch: Batch, started: np.ndarray, course_min: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Courses per regimen (and Asian or not) with their lowest measured PLT below 50, 75, 100."""
     n_reg = len(REGIMENS)
@@ -790,203 +553,3 @@ def _stimulation_fixed(
         * np.where(ecog >= 2, hp.factor_ecog_ge2, 1.0)
         * hp.factor_per_prior_line ** (line - 1)
     )
-
-
-_SHARD = 10_000
-# Share of candidates with a CTIT episode assumed before any shard is back. It sizes the first
-# round of shards (and so the cohort: shard sizes set the random streams), so it stays at the
-# figure the cohort was calibrated with; the real share (about half) only means that the later
-# shards of a round are not needed, and they are not simulated (see `_simulate_patients`).
-_EXPECTED_YIELD = 0.25
-# Shards are submitted ahead only while those in flight are not expected to fill the cohort with
-# this margin; a shortfall costs one more shard, a surplus a shard simulated for nothing.
-_SUBMIT_MARGIN = 1.03
-_ORACLE_CHUNK = 512
-
-
-def _simulate_shard(
-    config: SimulationConfig, shard: int, size: int
-) -> tuple[CohortRecords | None, dict[str, np.ndarray]]:
-    """Simulate `size` candidates with the random streams of shard number `shard`; return those
-    with a CTIT episode (None if none had one), with their lab values and oracle probabilities,
-    and the course-level counts of all `size` candidates."""
-    streams = _Streams(config.seed, shard)
-    batch = _Batch(size, config, streams)
-    visits, cycles, episodes, population = _run_batch(batch, config, streams, None)
-    records = CohortRecords.from_batch(batch, visits, cycles, episodes, config, streams)
-    if records is not None:
-        records.oracle = _oracle(config, records.episodes)
-    return records, population
-
-
-def _in_order(
-    pool: ProcessPoolExecutor | None,
-    args: list[tuple[SimulationConfig, int, int]],
-    ahead: int,
-    wanted: Callable[[int], bool],
-) -> Iterator[tuple[CohortRecords | None, dict[str, np.ndarray]]]:
-    """Results of `_simulate_shard(*a)` for each of `args`, in order (the caller stops reading
-    when it has enough). At most `ahead` shards are in flight, and a shard is submitted ahead
-    only while `wanted(candidates in flight)` says those in flight may not be enough; without a
-    pool, shards run here one by one. What is submitted never changes a result, only how much
-    is simulated for nothing."""
-    pending: deque[tuple[int, Future]] = deque()
-    queue = deque(args)
-    while queue or pending:
-        if pool is None:
-            yield _simulate_shard(*queue.popleft())
-            continue
-        while queue and len(pending) < ahead:
-            if pending and not wanted(sum(size for size, _ in pending)):
-                break
-            a = queue.popleft()
-            pending.append((a[2], pool.submit(_simulate_shard, *a)))
-        yield pending.popleft()[1].result()
-
-
-def _simulate_patients(
-    config: SimulationConfig,
-    pool: ProcessPoolExecutor | None,
-    advance_to: Callable[[int], None],
-    consume: Callable[[CohortRecords], None],
-    population: dict[str, np.ndarray],
-) -> int:
-    """Simulate candidates shard by shard until enough of them had a CTIT episode; hand the kept
-    patients of each shard, in shard order, to `consume`; return the number of candidates.
-
-    Shards have a fixed size and their own random streams, and are read in order until the
-    cohort is full, so the cohort and `population` (the shards read) do not depend on how many
-    processes ran them.
-    """
-    n_kept = n_candidates = shard = 0
-    n_with_episode = 0
-    yield_rate = _EXPECTED_YIELD
-
-    def wanted(in_flight: int) -> bool:
-        seen = n_with_episode / n_candidates if n_candidates else 2 * _EXPECTED_YIELD
-        return n_kept + seen * in_flight < config.n_patients * _SUBMIT_MARGIN
-
-    while n_kept < config.n_patients:
-        need = config.n_patients - n_kept
-        size = int(np.ceil(need / yield_rate * 1.02)) + 20
-        sizes = [min(_SHARD, size - a) for a in range(0, size, _SHARD)]
-        args = [(config, shard + i, m) for i, m in enumerate(sizes)]
-        results = _in_order(pool, args, config.workers + 1, wanted)
-        round_candidates = round_with_episode = 0
-        for i, (records, counts) in enumerate(results):
-            for key, value in counts.items():
-                population[key] = population.get(key, 0) + value
-            n_candidates += sizes[i]
-            round_candidates += sizes[i]
-            if records is not None:
-                n_with_episode += records.n_patients
-                round_with_episode += records.n_patients
-                part = records.head(config.n_patients - n_kept)
-                n_kept += part.n_patients
-                if part.n_patients:
-                    consume(part)
-            advance_to(90 * n_kept // config.n_patients)
-            if n_kept >= config.n_patients:
-                break
-        shard += len(sizes)
-        yield_rate = max(round_with_episode / round_candidates, 0.05)
-        logger.info("%d candidates simulated, %d patients kept", n_candidates, n_kept)
-        if shard > 1000:
-            raise RuntimeError("the simulator kept too few patients; check the parameters")
-    return n_candidates
-
-
-def _oracle(config: SimulationConfig, ep: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Oracle probabilities (with and without hetrombopag) and their numerical errors of the
-    episodes `ep`, in chunks."""
-    prm = config.parameters
-    n_ep = ep["cand"].shape[0]
-    p, p0, err = [], [], []
-    for a in range(0, n_ep, _ORACLE_CHUNK):
-        c = {k: v[a : a + _ORACLE_CHUNK] for k, v in ep.items()}
-        state = PlateletState(c["prolif"], [c["t1"], c["t2"], c["t3"]], c["circ"])
-        drug = DrugState(list(c["dtransit"].T), c["dcirc"])
-        params = PlateletParams(
-            c["ktr"], c["kcirc"], c["gamma"], c["circ0"], c["feedback_max"], prm.platelets.dt_days
-        )
-        p_chunk, p0_chunk, err_chunk = oracle_probabilities(
-            state,
-            drug,
-            c["transfused"],
-            params,
-            (c["circ0_base"], c["reserve"], c["damage"]),
-            c["stim_fixed"],
-            c["base"],
-            c["low"],
-            prm.hetrombopag,
-            prm.care,
-            prm.labs,
-            prm.platelets,
-            config.oracle_draws,
-        )
-        p.append(p_chunk)
-        p0.append(p0_chunk)
-        err.append(err_chunk)
-    return {
-        "p_response": np.concatenate(p),
-        "p_response_untreated": np.concatenate(p0),
-        "p_response_se": np.concatenate(err),
-    }
-
-
-def simulate_cohort(
-    config: SimulationConfig, out_dir: Path | str, progress: Progress | None = None
-) -> SimulationSummary:
-    """Simulate the cohort of `config` and write it (CSV tables and `oracle.csv`) into `out_dir`.
-
-    Args:
-        progress: called as `progress(advance, total)` as the work proceeds.
-    """
-    began = time.perf_counter()
-    out = Path(out_dir)
-    total = 100
-    done = [0]
-
-    def advance_to(units: int) -> None:
-        if progress is not None and units > done[0]:
-            progress(units - done[0], total)
-            done[0] = units
-
-    workers = min(config.workers, os.cpu_count() or 1)
-    pool = (
-        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"))
-        if workers > 1
-        else None
-    )
-    totals = _Totals()
-
-    def consume(part: CohortRecords) -> None:
-        writer.write(part)
-        totals.add(part)
-
-    population: dict[str, np.ndarray] = {}
-    try:
-        with CohortWriter(out, config) as writer:
-            n_candidates = _simulate_patients(config, pool, advance_to, consume, population)
-            writer.write_population(population, n_candidates)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    advance_to(total)
-    n, n_ep = totals.patients, totals.episodes
-    summary = SimulationSummary(
-        out_dir=out,
-        files={name: out / path.name for name, path in writer.paths.items()},
-        n_patients=n,
-        n_episodes=n_ep,
-        n_lab_rows=totals.lab_rows,
-        n_regimen_rows=totals.regimen_rows,
-        n_candidates=n_candidates,
-        multi_episode_share=totals.multi_episode / n,
-        asian_share=totals.asian / n,
-        oracle_mean=totals.p_sum / n_ep if n_ep else float("nan"),
-        oracle_max_error=totals.p_max_error if n_ep else float("nan"),
-        seconds=time.perf_counter() - began,
-    )
-    logger.info("simulated %d patients, %d episodes", summary.n_patients, summary.n_episodes)
-    return summary

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from data.simulator_dynamics import (
+from data.simulator.dynamics import (
     DrugState,
     PlateletParams,
     PlateletState,
@@ -33,7 +33,13 @@ from data.simulator_dynamics import (
     episode_envelope,
     hetrombopag_stimulation,
 )
-from data.simulator_params import CarePattern, HetrombopagModel, LabModel, PlateletModel
+from data.simulator.params import (
+    CarePattern,
+    HetrombopagModel,
+    LabModel,
+    ModelParameters,
+    PlateletModel,
+)
 
 HORIZON_DAYS = 14
 LATE_FROM_DAY = HORIZON_DAYS - 4
@@ -268,3 +274,44 @@ def oracle_probabilities(
     if progress is not None:
         progress(state.circ.shape[0])
     return p_full, p_untreated, np.abs(p_full - p_half)
+
+
+def episode_probabilities(
+    ep: dict[str, np.ndarray], parameters: ModelParameters, nodes: int, chunk: int
+) -> dict[str, np.ndarray]:
+    """Oracle probabilities (with and without hetrombopag) and their numerical errors of the
+    episodes `ep` (the state at the index date that the course simulation records), `chunk`
+    episodes at a time."""
+    prm = parameters
+    n_ep = ep["cand"].shape[0]
+    p, p0, err = [], [], []
+    for a in range(0, n_ep, chunk):
+        c = {k: v[a : a + chunk] for k, v in ep.items()}
+        state = PlateletState(c["prolif"], [c["t1"], c["t2"], c["t3"]], c["circ"])
+        drug = DrugState(list(c["dtransit"].T), c["dcirc"])
+        params = PlateletParams(
+            c["ktr"], c["kcirc"], c["gamma"], c["circ0"], c["feedback_max"], prm.platelets.dt_days
+        )
+        p_chunk, p0_chunk, err_chunk = oracle_probabilities(
+            state,
+            drug,
+            c["transfused"],
+            params,
+            (c["circ0_base"], c["reserve"], c["damage"]),
+            c["stim_fixed"],
+            c["base"],
+            c["low"],
+            prm.hetrombopag,
+            prm.care,
+            prm.labs,
+            prm.platelets,
+            nodes,
+        )
+        p.append(p_chunk)
+        p0.append(p0_chunk)
+        err.append(err_chunk)
+    return {
+        "p_response": np.concatenate(p),
+        "p_response_untreated": np.concatenate(p0),
+        "p_response_se": np.concatenate(err),
+    }
