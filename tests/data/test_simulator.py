@@ -177,6 +177,21 @@ def test_cli_simulate_writes_and_reports(tmp_path: Path) -> None:
     assert "targets missed" in strict.output
 
 
+def test_cli_compares_a_large_cohort_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a flag, a cohort above the size limit is written but not compared (loading a
+    100,000-patient cohort takes longer than simulating it); --check still compares it."""
+    monkeypatch.setattr("ctit.cmd_simulate.COMPARE_BY_DEFAULT_MAX_PATIENTS", 20)
+    args = ["simulate", "--n-patients", "30", "--seed", "3", "--out", str(tmp_path / "big")]
+    result = CliRunner().invoke(app, [*args, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Targets not compared" in result.output
+    assert "oracle AUROC" not in result.output
+    strict = CliRunner().invoke(app, [*args, "--workers", "1", "--check"])
+    assert "oracle AUROC" in strict.output
+
+
 def test_cli_rejects_bad_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["simulate", "--n-patients", "0", "--out", str(tmp_path / "x"), "--no-check"]
