@@ -14,8 +14,8 @@ from rich.text import Text
 
 from data.issues import CohortError
 from data.simulator import SimulationConfig, simulate_cohort
-from data.simulator_params import ModelParameters, SiteShift
-from data.simulator_report import compare_to_targets, episode_table, read_population
+from data.simulator.params import ModelParameters, SiteShift
+from data.simulator.report import compare_to_targets, episode_table, read_population
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ctit app."""
     app.command("simulate")(simulate)
+
+
+# Without --check/--no-check the targets are compared only up to this size: the comparison loads
+# the whole cohort through the real loader (at 100,000 patients, 48M lab rows: longer than the
+# simulation itself).
+COMPARE_BY_DEFAULT_MAX_PATIENTS = 20_000
 
 
 def simulate(
@@ -48,8 +54,9 @@ def simulate(
             help=(
                 "Derive labels with data.labels, compare the cohort with every target and exit "
                 "with status 1 if one is missed. Without either flag the comparison is printed "
-                "but does not decide the exit status (a small cohort misses the effect checks); "
-                "--no-check skips it."
+                "but does not decide the exit status (a small cohort misses the effect checks), "
+                f"for cohorts of up to {COMPARE_BY_DEFAULT_MAX_PATIENTS:,} patients (it loads "
+                "the whole cohort); --no-check skips it."
             ),
         ),
     ] = None,
@@ -57,7 +64,7 @@ def simulate(
         bool,
         typer.Option(
             "--site-shift",
-            help="A hospital unlike the home sites (data.simulator_params.SiteShift.preset: "
+            help="A hospital unlike the home sites (data.simulator.params.SiteShift.preset: "
             "regimen mix, lab sampling and units, baseline risk, response rate; SIMULATOR.md). "
             "The literature targets describe the home sites, so --check is skipped.",
         ),
@@ -108,6 +115,14 @@ def simulate(
     console.print(counts)
     console.print(Text(f"Wrote {', '.join(sorted(summary.files))} to {out}"))
     if check is False or site_shift:
+        return
+    if check is None and n_patients > COMPARE_BY_DEFAULT_MAX_PATIENTS:
+        console.print(
+            Text(
+                f"Targets not compared (more than {COMPARE_BY_DEFAULT_MAX_PATIENTS:,} patients: "
+                "it loads the whole cohort); use --check to compare them."
+            )
+        )
         return
     try:
         checks = compare_to_targets(episode_table(out), read_population(out))

@@ -14,16 +14,16 @@ from ctit.cli import app
 from data.cohort import load_cohort
 from data.labels import derive_labels, get_definition
 from data.simulator import SimulationConfig, simulate_cohort
-from data.simulator_dynamics import (
+from data.simulator.dynamics import (
     DrugState,
     PlateletParams,
     advance,
     advance_drug,
     steady_state,
 )
-from data.simulator_oracle import quantile_nodes
-from data.simulator_report import compare_to_targets, episode_table, read_population
-from data.simulator_tables import opaque_ids
+from data.simulator.oracle import quantile_nodes
+from data.simulator.report import compare_to_targets, episode_table, read_population
+from data.simulator.tables import opaque_ids
 
 TABLES = ("patients", "episodes", "labs", "regimens", "transfusions", "oracle", "population")
 SEEDS = (1, 2, 3)
@@ -175,6 +175,21 @@ def test_cli_simulate_writes_and_reports(tmp_path: Path) -> None:
     strict = CliRunner().invoke(app, [*args, "--check"])
     assert strict.exit_code == 1, strict.output
     assert "targets missed" in strict.output
+
+
+def test_cli_compares_a_large_cohort_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a flag, a cohort above the size limit is written but not compared (loading a
+    100,000-patient cohort takes longer than simulating it); --check still compares it."""
+    monkeypatch.setattr("ctit.cmd_simulate.COMPARE_BY_DEFAULT_MAX_PATIENTS", 20)
+    args = ["simulate", "--n-patients", "30", "--seed", "3", "--out", str(tmp_path / "big")]
+    result = CliRunner().invoke(app, [*args, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Targets not compared" in result.output
+    assert "oracle AUROC" not in result.output
+    strict = CliRunner().invoke(app, [*args, "--workers", "1", "--check"])
+    assert "oracle AUROC" in strict.output
 
 
 def test_cli_rejects_bad_config(tmp_path: Path) -> None:

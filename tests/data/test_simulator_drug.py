@@ -9,8 +9,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data.simulator import SimulationConfig, _Batch, _oracle, _run_batch, _Streams
-from data.simulator_params import ModelParameters
+from data.simulator import SimulationConfig
+from data.simulator.candidates import Batch, Streams
+from data.simulator.course import run_batch
+from data.simulator.oracle import episode_probabilities
+from data.simulator.params import ModelParameters
 
 PARAMETERS = st.fixed_dictionaries(
     {
@@ -61,9 +64,9 @@ def _config(p: dict) -> SimulationConfig:
 @given(PARAMETERS)
 def test_every_count_with_the_drug_is_at_least_the_count_without(p: dict) -> None:
     config = _config(p)
-    streams = _Streams(config.seed, 0)
-    batch = _Batch(150, config, streams)
-    visits, _, episodes, _ = _run_batch(batch, config, streams, None)
+    streams = Streams(config.seed, 0)
+    batch = Batch(150, config, streams)
+    visits, _, episodes, _ = run_batch(batch, config, streams, None)
     assert visits["plt"].shape == visits["plt_untreated"].shape
     assert (visits["plt"] >= visits["plt_untreated"]).all()
     during = visits["kind"] == 2
@@ -71,7 +74,7 @@ def test_every_count_with_the_drug_is_at_least_the_count_without(p: dict) -> Non
         # the drug does add platelets (the comparison is not vacuous)
         assert (visits["plt"][during] > visits["plt_untreated"][during]).any()
     if episodes:
-        oracle = _oracle(config, episodes)
+        oracle = episode_probabilities(episodes, config.parameters, config.oracle_draws, chunk=512)
         assert (oracle["p_response"] >= oracle["p_response_untreated"] - 1e-9).all()
         assert (oracle["p_response_untreated"] >= -1e-9).all()
         assert (oracle["p_response"] <= 1 + 1e-9).all()
@@ -94,9 +97,9 @@ def test_outside_episodes_the_two_counts_are_the_same() -> None:
             "plt_noise_sd_log": 0.1,
         }
     )
-    streams = _Streams(config.seed, 0)
-    batch = _Batch(400, config, streams)
-    visits, _, episodes, _ = _run_batch(batch, config, streams, None)
+    streams = Streams(config.seed, 0)
+    batch = Batch(400, config, streams)
+    visits, _, episodes, _ = run_batch(batch, config, streams, None)
     first_index = np.full(batch.n, np.iinfo(np.int64).max)
     np.minimum.at(first_index, episodes["cand"], episodes["day"])
     before = visits["day"] <= first_index[visits["cand"]]

@@ -137,7 +137,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Home sites (training), a same-distribution sample and a shifted site, all simulated."""
     from data.cohort import load_cohort
     from data.simulator import SimulationConfig, simulate_cohort
-    from data.simulator_params import ModelParameters, SiteShift
+    from data.simulator.params import ModelParameters, SiteShift
 
     root = tmp_path_factory.mktemp("sites")
     shifted = SiteShift.preset().apply(ModelParameters())

@@ -7,15 +7,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from data.simulator_dynamics import hetrombopag_stimulation
-from data.simulator_params import (
+from data.simulator.candidates import Batch, Streams
+from data.simulator.config import SimulationConfig
+from data.simulator.dynamics import hetrombopag_stimulation
+from data.simulator.params import (
     ANALYTE_ORDER,
     INTERNATIONAL_SITES,
     LAB_PROFILES,
@@ -26,9 +27,6 @@ from data.simulator_params import (
     SUBTYPES,
     LabModel,
 )
-
-if TYPE_CHECKING:
-    from data.simulator import SimulationConfig, _Batch, _Streams
 
 _MASK48 = np.uint64((1 << 48) - 1)
 # Share of missing static clinical entries (prior): the EHR does not always record them.
@@ -132,12 +130,12 @@ class CohortRecords:
     @classmethod
     def from_batch(
         cls,
-        batch: _Batch,
+        batch: Batch,
         visits: dict[str, np.ndarray],
         cycles: dict[str, np.ndarray],
         episodes: dict[str, np.ndarray],
         config: SimulationConfig,
-        streams: _Streams,
+        streams: Streams,
     ) -> CohortRecords | None:
         """The candidates of a batch with a CTIT episode, renumbered 0..m-1 in batch order, with
         the other analytes of their blood draws (None if no candidate had an episode)."""
@@ -179,7 +177,7 @@ class CohortRecords:
             {k: v[keep_ep] for k, v in self.oracle.items()},
         )
 
-    def _add_lab_values(self, config: SimulationConfig, streams: _Streams) -> None:
+    def _add_lab_values(self, config: SimulationConfig, streams: Streams) -> None:
         """Draw the other analytes of each blood draw from patient effects and the latent state."""
         lm: LabModel = config.parameters.labs
         rng = streams.labs
@@ -195,8 +193,8 @@ class CohortRecords:
         ratio = np.clip(v["prolif_ratio"], 0.05, 1.3)
         prior_lines = v["line"] - 1
         e = rng.standard_normal((8, m))
-        codes = np.array([r.code for r in REGIMENS])
-        reg = codes[v["reg"]]
+        codes = [r.code for r in REGIMENS]
+        reg = v["reg"]
         anc = anc_i[c] * ratio**lm.anc_prolif_exponent * np.exp(lm.anc_noise_sd_log * e[0])
         wbc = anc + lymph_i[c] * np.exp(0.2 * e[1]) + 0.4
         hgb = (
@@ -209,7 +207,7 @@ class CohortRecords:
         alt = (
             alt_i[c]
             * np.where(p["liver"][c], lm.alt_liver_mets_factor, 1.0)
-            * np.where(reg == "T-DM1", lm.alt_tdm1_factor, 1.0)
+            * np.where(reg == codes.index("T-DM1"), lm.alt_tdm1_factor, 1.0)
             * np.exp(lm.lab_noise_sd_log * e[3])
         )
         ast = alt * lm.ast_to_alt * np.exp(lm.lab_noise_sd_log * e[4])
@@ -220,7 +218,7 @@ class CohortRecords:
         )
         crea = (
             crea_i[c]
-            * np.where(reg == "GP", lm.crea_cisplatin_factor, 1.0)
+            * np.where(reg == codes.index("GP"), lm.crea_cisplatin_factor, 1.0)
             * np.exp(lm.crea_noise_sd_log * e[6])
         )
         alb = (
@@ -269,17 +267,21 @@ class CohortRecords:
 
 
 def _as_shown(values: dict[str, np.ndarray], profile: np.ndarray) -> np.ndarray:
-    """Values in the units and rounding of each draw's laboratory profile, (draws, analytes)."""
+    """Values in the units and rounding of each draw's laboratory profile, (draws, analytes).
+
+    Rounding to d decimals is `rint(x * 10**d) / 10**d`, as `np.round` computes it.
+    """
     out = np.empty((profile.shape[0], len(ANALYTE_ORDER)))
     for j, analyte in enumerate(ANALYTE_ORDER):
-        value = values[analyte]
-        for k, spec in enumerate(LAB_PROFILES):
-            _, _, factor, decimals = spec[analyte]
-            sel = profile == k
-            if analyte == "PLT":
-                out[sel, j] = np.round(value[sel]) * factor
-            else:
-                out[sel, j] = np.round(value[sel] * factor, decimals)
+        factor = np.array([spec[analyte][2] for spec in LAB_PROFILES])[profile]
+        if analyte == "PLT":
+            np.multiply(np.rint(values[analyte]), factor, out=out[:, j])
+            continue
+        scale = np.array([10.0 ** spec[analyte][3] for spec in LAB_PROFILES])[profile]
+        shown = values[analyte] * factor
+        shown *= scale
+        np.rint(shown, out=shown)
+        np.divide(shown, scale, out=out[:, j])
     return out
 
 

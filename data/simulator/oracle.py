@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from data.simulator_dynamics import (
+from data.simulator.dynamics import (
     DrugState,
     PlateletParams,
     PlateletState,
@@ -33,7 +33,13 @@ from data.simulator_dynamics import (
     episode_envelope,
     hetrombopag_stimulation,
 )
-from data.simulator_params import CarePattern, HetrombopagModel, LabModel, PlateletModel
+from data.simulator.params import (
+    CarePattern,
+    HetrombopagModel,
+    LabModel,
+    ModelParameters,
+    PlateletModel,
+)
 
 HORIZON_DAYS = 14
 LATE_FROM_DAY = HORIZON_DAYS - 4
@@ -49,45 +55,75 @@ class Schedules:
     """Every monitoring schedule of days 1..14: an interval k, a first day 1..k and a last day
     (the course's end, or an earlier stop), with its probability.
 
-    `masks` (days, schedules) marks the planned visits; `early` (days, k x first-day pairs) the
-    visits before day `LATE_FROM_DAY`; `pair` maps a schedule to its pair; `late_visits` counts
-    a schedule's visits on or after `LATE_FROM_DAY`; `weights` (2, schedules): the probability of
-    each schedule for baseline < 50 (dense monitoring) and otherwise. An episode lost before its
-    first visit has no schedule (its weight is left out: it is never evaluable).
+    A schedule's visits are those of its (k, first day) pair up to its last day, so the
+    probability that none of them shows a response is the running product, over the pair's
+    visits, of each visit's probability of showing none, read at the last visit on or before the
+    last day. Per pair, `days` lists its visit days (0-based) and `respond` / `evaluable`
+    (visits, 2) weigh the running product after each visit (for baseline < 50, dense
+    monitoring, and otherwise), so that P(respond) = `total` - `respond_before` - sum of
+    weighted products, and likewise for evaluable; `*_before` weigh schedules that stop before
+    their pair's first visit (product 1). An episode lost before its first visit has no
+    schedule (its weight is left out: it is never evaluable).
     """
 
-    masks: np.ndarray
-    early: np.ndarray
-    pair: np.ndarray
-    late_visits: np.ndarray
-    weights: np.ndarray
+    days: tuple[np.ndarray, ...]
+    respond: tuple[np.ndarray, ...]
+    evaluable: tuple[np.ndarray, ...]
+    total: np.ndarray
+    respond_before: np.ndarray
+    evaluable_before: np.ndarray
 
 
 def schedules(care: CarePattern) -> Schedules:
-    """The monitoring schedules of `care` and their probabilities."""
-    masks, pair, w_low, w_high, early = [], [], [], [], []
+    """The monitoring schedules of `care` and their probabilities.
+
+    A schedule responds unless no visit does: 1 - Q(last day) with Q the pair's running product.
+    It is evaluable unless no visit responds and none is seen on or after `LATE_FROM_DAY`:
+    1 - Q(last day) when it plans no visit that late, else 1 - Q(LATE_FROM_DAY - 1) x miss^(late
+    visits).
+    """
     d_lo, d_hi = care.episode_dropout_day_range
     stops = [(HORIZON_DAYS, 1.0 - care.episode_dropout_share)]
     stops += [(d, care.episode_dropout_share / (d_hi - d_lo + 1)) for d in range(d_lo, d_hi + 1)]
     kept = 1.0 - care.episode_lost_to_follow_up
+    miss = care.episode_visit_missed
+    all_days, all_respond, all_evaluable = [], [], []
+    total, respond_before, evaluable_before = np.zeros(2), np.zeros(2), np.zeros(2)
     for j, k in enumerate(care.episode_interval_days):
         for offset in range(1, k + 1):
-            first_days = np.arange(offset, HORIZON_DAYS + 1, k)
-            e = np.zeros(HORIZON_DAYS)
-            e[first_days[first_days < LATE_FROM_DAY] - 1] = 1.0
-            early.append(e)
+            days = np.arange(offset, HORIZON_DAYS + 1, k)
+            # weight of the running product on each day (it changes only on visit days)
+            respond = np.zeros((HORIZON_DAYS + 1, 2))
+            evaluable = np.zeros((HORIZON_DAYS + 1, 2))
             for stop, share in stops:
-                mask = np.zeros(HORIZON_DAYS)
-                mask[first_days[first_days <= stop] - 1] = 1.0
-                masks.append(mask)
-                pair.append(len(early) - 1)
                 w = kept * share / k
-                w_low.append(care.episode_interval_shares_low[j] * w)
-                w_high.append(care.episode_interval_shares_high[j] * w)
-    m = np.stack(masks, axis=1)
-    late_visits = m[LATE_FROM_DAY - 1 :].sum(axis=0)
+                w = np.array(
+                    [
+                        care.episode_interval_shares_low[j] * w,
+                        care.episode_interval_shares_high[j] * w,
+                    ]
+                )
+                total += w
+                respond[stop] += w
+                late = int(((days >= LATE_FROM_DAY) & (days <= stop)).sum())
+                if late == 0:
+                    evaluable[stop] += w
+                else:
+                    evaluable[LATE_FROM_DAY - 1] += w * miss**late
+            # the product read on day d is the one after the last visit on or before d
+            bounds = np.append(days, HORIZON_DAYS + 1)
+            respond_before += respond[: days[0]].sum(axis=0)
+            evaluable_before += evaluable[: days[0]].sum(axis=0)
+            all_days.append(days - 1)
+            all_respond.append(np.add.reduceat(respond, bounds[:-1], axis=0))
+            all_evaluable.append(np.add.reduceat(evaluable, bounds[:-1], axis=0))
     return Schedules(
-        m, np.stack(early, axis=1), np.asarray(pair), late_visits, np.stack([w_low, w_high])
+        tuple(all_days),
+        tuple(all_respond),
+        tuple(all_evaluable),
+        total,
+        respond_before,
+        evaluable_before,
     )
 
 
@@ -153,26 +189,38 @@ def _evaluate(
 
     Given the true counts, visit d shows no response with probability
     q_d = miss + (1 - miss) P(noise keeps it below the threshold). A schedule responds with
-    1 - prod q_d; it is evaluable unless no count responds and no count is seen on or after
-    LATE_FROM_DAY: 1 - prod_early q_d x miss^(late visits).
+    1 - prod q_d over its visits; every schedule's product is a running product of its
+    (k, first day) pair (`Schedules`).
     """
+    lead = counts.shape[:-1]
+    # days first: each day's values are contiguous for the running products below
+    days_first = np.moveaxis(counts, -1, 0).reshape(HORIZON_DAYS, -1)
+    limit = np.broadcast_to(np.moveaxis(threshold, -1, 0), (1, *lead)).reshape(1, -1)
     if labs.plt_noise_sd_log > 0:
         with np.errstate(over="ignore", divide="ignore"):  # a tiny noise gives +-inf: exact
-            below = ndtr((np.log(threshold) - np.log(counts)) / labs.plt_noise_sd_log)
+            q = np.log(days_first)
+            np.subtract(np.log(limit), q, out=q)
+            q /= labs.plt_noise_sd_log
+            q = ndtr(q)
     else:  # exact counts: below or not
-        below = (counts < threshold).astype(float)
-    log_not = np.log(miss + (1.0 - miss) * below)
-    no_response = np.exp(log_not @ sch.masks)
-    no_early = np.exp(log_not @ sch.early)
-    w = sch.weights.T  # (schedules, 2)
-    respond = w.sum(axis=0) - no_response @ w
-    # evaluable = 1 - no_early[pair] * miss^late (late_visits = 0 gives 1 - no_response there)
-    short = sch.late_visits == 0
-    evaluable = w[short].sum(axis=0) - no_response[..., short] @ w[short]
-    agg = np.zeros((sch.early.shape[1], 2))
-    np.add.at(agg, sch.pair[~short], w[~short] * (miss ** sch.late_visits[~short])[:, None])
-    evaluable += w[~short].sum(axis=0) - no_early @ agg
-    return respond, evaluable
+        q = (days_first < limit).astype(float)
+    q *= 1.0 - miss
+    q += miss
+    respond = np.zeros((2, q.shape[1]))
+    evaluable = np.zeros((2, q.shape[1]))
+    for days, w_respond, w_evaluable in zip(sch.days, sch.respond, sch.evaluable, strict=True):
+        product = q[days[0]].copy()
+        for i, day in enumerate(days):
+            if i:
+                product *= q[day]
+            respond += np.multiply.outer(w_respond[i], product)
+            evaluable += np.multiply.outer(w_evaluable[i], product)
+    respond = (sch.total - sch.respond_before)[:, None] - respond
+    evaluable = (sch.total - sch.evaluable_before)[:, None] - evaluable
+    # rounding leaves -1e-17 where no schedule can respond
+    np.maximum(respond, 0.0, out=respond)
+    np.maximum(evaluable, 0.0, out=evaluable)
+    return respond.T.reshape(*lead, 2), evaluable.T.reshape(*lead, 2)
 
 
 def oracle_probabilities(
@@ -226,3 +274,44 @@ def oracle_probabilities(
     if progress is not None:
         progress(state.circ.shape[0])
     return p_full, p_untreated, np.abs(p_full - p_half)
+
+
+def episode_probabilities(
+    ep: dict[str, np.ndarray], parameters: ModelParameters, nodes: int, chunk: int
+) -> dict[str, np.ndarray]:
+    """Oracle probabilities (with and without hetrombopag) and their numerical errors of the
+    episodes `ep` (the state at the index date that the course simulation records), `chunk`
+    episodes at a time."""
+    prm = parameters
+    n_ep = ep["cand"].shape[0]
+    p, p0, err = [], [], []
+    for a in range(0, n_ep, chunk):
+        c = {k: v[a : a + chunk] for k, v in ep.items()}
+        state = PlateletState(c["prolif"], [c["t1"], c["t2"], c["t3"]], c["circ"])
+        drug = DrugState(list(c["dtransit"].T), c["dcirc"])
+        params = PlateletParams(
+            c["ktr"], c["kcirc"], c["gamma"], c["circ0"], c["feedback_max"], prm.platelets.dt_days
+        )
+        p_chunk, p0_chunk, err_chunk = oracle_probabilities(
+            state,
+            drug,
+            c["transfused"],
+            params,
+            (c["circ0_base"], c["reserve"], c["damage"]),
+            c["stim_fixed"],
+            c["base"],
+            c["low"],
+            prm.hetrombopag,
+            prm.care,
+            prm.labs,
+            prm.platelets,
+            nodes,
+        )
+        p.append(p_chunk)
+        p0.append(p0_chunk)
+        err.append(err_chunk)
+    return {
+        "p_response": np.concatenate(p),
+        "p_response_untreated": np.concatenate(p0),
+        "p_response_se": np.concatenate(err),
+    }
