@@ -10,12 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["data", "features", "serving", "training", "ctit"]
-#: Circles still allowed, each a frozenset of the modules in it. Only one, and only until the
-#: simulator's own branch lands: `data.simulator_tables` reads `data.simulator`'s private batch
-#: state (`_Batch`/`_Streams`), and that work splits them apart (issue 15). Add nothing here.
-KNOWN_CIRCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"data.simulator", "data.simulator_tables"})}
-)
+#: Circles still allowed, each a frozenset of the modules in it. None: add nothing here.
+KNOWN_CIRCLES: frozenset[frozenset[str]] = frozenset()
 
 
 def _imported_top_levels(path: Path) -> set[str]:
@@ -92,13 +88,6 @@ def test_no_import_circles_between_modules() -> None:
                 at = ", ".join(str(d["line_number"]) for d in details)
                 lines.append(f"    {importer} imports {imported} (line {at})")
     assert not unexpected, "import circles between modules:\n" + "\n".join(lines)
-
-
-def test_the_known_circles_still_exist() -> None:
-    """An exception that no longer applies is removed from `KNOWN_CIRCLES`."""
-    _, edges = _import_graph()
-    gone = KNOWN_CIRCLES - circles(edges)
-    assert not gone, f"circles gone, drop them from KNOWN_CIRCLES: {[sorted(c) for c in gone]}"
 
 
 def test_circle_check_sees_indirect_circles_and_not_chains() -> None:
