@@ -207,15 +207,20 @@ def compute_features(
     return RawFeatures(ids, columns, categorical, kinds, warnings)
 
 
+def raw_frame(raw: RawFeatures) -> pd.DataFrame:
+    """One row per episode, `episode_id` first: raw values, categories as strings, NaN missing."""
+    frame = pd.DataFrame({"episode_id": raw.episode_ids, **raw.columns})
+    for name in raw.categorical:
+        frame[name] = frame[name].astype(object)
+    return frame
+
+
 def build_features(cohort: CohortLike, config: FeatureConfig | None = None) -> pd.DataFrame:
     """One row per episode, `episode_id` first: raw values, categories as strings, NaN missing."""
     raw = compute_features(cohort, config or FeatureConfig())
     if raw.warnings:  # the messages name episodes: they go to the caller, never to the log
         logger.warning("%d feature warning(s); see the returned warnings", len(raw.warnings))
-    frame = pd.DataFrame({"episode_id": raw.episode_ids, **raw.columns})
-    for name in raw.categorical:
-        frame[name] = frame[name].astype(object)
-    return frame
+    return raw_frame(raw)
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,9 @@ class FeaturePipeline(BaseEstimator):
 
     def fit(self, cohort: CohortLike, y: Any = None) -> FeaturePipeline:
         """Learn category levels and static encodings from `cohort`; returns self."""
-        raw = compute_features(cohort, self._config())
+        return self._fit_raw(compute_features(cohort, self._config()))
+
+    def _fit_raw(self, raw: RawFeatures) -> FeaturePipeline:
         names: list[str] = []
         numeric: list[tuple[int, str]] = []
         categorical: list[_Categorical] = []
@@ -288,8 +295,10 @@ class FeaturePipeline(BaseEstimator):
         """The model features as one float64 matrix (episodes x `feature_names_`, in the cohort's
         episode order), with the warnings: what `transform` gives, without building a frame."""
         self._check_fitted()
-        raw = compute_features(cohort, self._config(), self.static_kinds_)
-        warnings = raw.warnings
+        return self._encode(compute_features(cohort, self._config(), self.static_kinds_))
+
+    def _encode(self, raw: RawFeatures) -> FeatureMatrix:
+        warnings = list(raw.warnings)
         ids = raw.episode_ids
         out = np.empty((len(self.feature_names_), len(ids)))
         if self._numeric_plan_:  # one copy of all numeric columns, not one per column
@@ -316,7 +325,9 @@ class FeaturePipeline(BaseEstimator):
 
     def transform_with_warnings(self, cohort: CohortLike) -> tuple[pd.DataFrame, list[str]]:
         """(features, warnings): warnings name unseen categories and unparseable static values."""
-        matrix = self.transform_matrix(cohort)
+        return self._frame(self.transform_matrix(cohort))
+
+    def _frame(self, matrix: FeatureMatrix) -> tuple[pd.DataFrame, list[str]]:
         frame = pd.DataFrame(
             matrix.X,
             index=pd.Index(matrix.episode_ids, name="episode_id", dtype=object),
@@ -331,7 +342,20 @@ class FeaturePipeline(BaseEstimator):
         return frame
 
     def fit_transform(self, cohort: CohortLike, y: Any = None) -> pd.DataFrame:
-        return self.fit(cohort, y).transform(cohort)
+        """`fit(cohort).transform(cohort)`, computing the features once."""
+        return self.fit_transform_with_raw(cohort)[0]
+
+    def fit_transform_with_raw(self, cohort: CohortLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(model features, raw features) of `cohort`, fitted on it, the features computed once.
+
+        The model features are what `fit(cohort).transform(cohort)` gives (warnings in
+        `X.attrs`); the raw ones what `build_features` gives.
+        """
+        raw = compute_features(cohort, self._config())
+        self._fit_raw(raw)
+        frame, warnings = self._frame(self._encode(raw))
+        frame.attrs["warnings"] = warnings
+        return frame, raw_frame(raw)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         self._check_fitted()

@@ -30,8 +30,8 @@ def fit_deployed_reference(config: Any, cohort: Any) -> DeployableModel:
     labels = derive_labels(cohort, definition)
     labelled = labels[labels["label"].notna()]
     feature_config = _feature_config(config)
-    pipeline = FeaturePipeline(feature_config).fit(cohort)
-    X = pipeline.transform(cohort).loc[labelled["episode_id"].astype(str)].astype(np.float32)
+    pipeline = FeaturePipeline(feature_config)
+    X = pipeline.fit_transform(cohort).loc[labelled["episode_id"].astype(str)].astype(np.float32)
     y = labelled["label"].astype(int).to_numpy()
     groups = (
         cohort.episodes.set_index("episode_id")["patient_id"].astype(str).loc[X.index].to_numpy()

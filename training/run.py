@@ -6,6 +6,7 @@ import fnmatch
 import logging
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import xgboost as xgb
 
 from data.cohort import Cohort, summarise
 from data.labels import attrition, derive_labels, get_definition
-from features.pipeline import FeatureConfig, FeaturePipeline, build_features
+from features.pipeline import FeatureConfig, FeaturePipeline
 from features.registry import spec_of
 from serving.model import DeployableModel, RiskBands, summarise_reference
 from training import comparators, evaluation, plots, procedure, tables
@@ -100,24 +101,54 @@ def make_folds(
         raise TrainingError(f"validation.scheme = {v.scheme!r}: {error}") from None
 
 
-def fit_experiment(
-    config: ExperimentConfig,
-    cohort: Cohort,
-    progress: Progress | None = None,
-    observer: Observer | None = None,
-    fingerprint: str | None = None,
-) -> tuple[TrainResult, CVOutput]:
-    """Everything but tracking: returns the TrainResult (run_id and model_uri unset)."""
-    progress = progress or _noop
+@dataclass
+class Design:
+    """The labelled design of one experiment on one cohort: features computed once."""
+
+    definition: Any
+    labels: pd.DataFrame
+    pipeline: FeaturePipeline
+    X_all: pd.DataFrame  # every episode's model features (the time model uses the unlabelled)
+    raw: pd.DataFrame  # the labelled episodes' raw features (Table 1)
+    ids: pd.Index
+    X: pd.DataFrame
+    y: pd.Series
+    groups: pd.Series
+    monotone: dict[str, int]
+    settings: ProcedureSettings
+    folds: list[Fold]
+
+
+@dataclass
+class Deployed:
+    """What the deployed model is made of, fitted on every labelled episode."""
+
+    final: procedure.ProcedureFit
+    comparators: dict[str, Any]
+    interval_model: Any
+    time_model: Any
+    time_evidence: dict[str, Any]
+
+
+@dataclass
+class Evaluation:
+    """Out-of-fold evidence of the deployed procedure and the cohort's description."""
+
+    metrics: dict[str, Any]
+    comparison: dict[str, Any]
+    subgroups: pd.DataFrame
+    decision_curve: pd.DataFrame
+    table1: pd.DataFrame
+    sample_size: dict[str, Any]
+    cohort_summary: dict[str, Any]
+
+
+def design(config: ExperimentConfig, cohort: Cohort) -> Design:
+    """Labels, features (computed once), the labelled matrix, monotone constraints and folds."""
     definition = get_definition(config.label.definition)
     labels = derive_labels(cohort, definition)
-    feature_config = _feature_config(config)
-    progress("features", 0, 1)
-    raw = build_features(cohort, feature_config)
-    pipeline = FeaturePipeline(feature_config).fit(cohort)
-    X_all = pipeline.transform(cohort)
-    progress("features", 1, 1)
-
+    pipeline = FeaturePipeline(_feature_config(config))
+    X_all, raw = pipeline.fit_transform_with_raw(cohort)
     labelled = labels[labels["label"].notna()]
     ids = pd.Index(labelled["episode_id"].astype(str), name="episode_id")
     if len(ids) == 0:
@@ -128,47 +159,54 @@ def fit_experiment(
         cohort.episodes.set_index("episode_id")["patient_id"].astype(str).loc[ids].rename("groups")
     )
     monotone = resolve_monotone(config.model.monotone, list(X.columns))
-    folds = make_folds(config, y, groups, cohort)
-
     settings = ProcedureSettings(
         model=config.model,
         calibration_method=config.calibration.method,
         monotone=monotone_vector(list(X.columns), monotone) if monotone else None,
     )
-
-    def on_fold(done: int, total: int) -> None:
-        progress("cross-validation", done, total)
-
-    progress("cross-validation", 0, len(folds))
-    cv = cross_validate(
-        X, y, groups, folds, settings, config.validation.seed, observer=observer, on_fold=on_fold
+    return Design(
+        definition=definition,
+        labels=labels,
+        pipeline=pipeline,
+        X_all=X_all,
+        raw=raw.set_index("episode_id").loc[ids].reset_index(),
+        ids=ids,
+        X=X,
+        y=y,
+        groups=groups,
+        monotone=monotone,
+        settings=settings,
+        folds=make_folds(config, y, groups, cohort),
     )
 
-    progress("final model", 0, 1)
-    # The deployed model: exactly the procedure every outer fold ran, on all labelled episodes.
+
+def fit_deployed(
+    config: ExperimentConfig,
+    cohort: Cohort,
+    d: Design,
+    cv: CVOutput,
+    observer: Observer | None = None,
+) -> Deployed:
+    """The deployed model's parts: exactly the procedure every outer fold ran, on all labelled
+    episodes; the comparators; the interval's bootstrap refits and the time-to-response model."""
     final_observer = None
     if observer is not None:
 
         def final_observer(purpose: str, positions: np.ndarray) -> None:
             observer(f"final:{purpose}", positions)
 
+    X, y, groups = d.X.to_numpy(), d.y.to_numpy(), d.groups.to_numpy()
     final = procedure.fit_procedure(
-        X.to_numpy(),
-        y.to_numpy(),
-        groups.to_numpy(),
-        settings,
-        config.validation.seed,
-        observer=final_observer,
+        X, y, groups, d.settings, config.validation.seed, observer=final_observer
     )
-    calibrator = final.calibrator
     if observer is not None:
         observer("final:comparators", np.arange(len(y)))
-    fitted_comparators = comparators.fit_all(X, y.to_numpy())
+    fitted_comparators = comparators.fit_all(d.X, y)
     # Issue 18: the interval (bootstrap refits of the deployed configuration) and the time model.
     interval_model = fit_bootstrap_interval(
-        X.to_numpy(),
-        y.to_numpy(),
-        groups.to_numpy(),
+        X,
+        y,
+        groups,
         final.params,
         final.n_rounds,
         final.p_inner_raw,
@@ -177,67 +215,88 @@ def fit_experiment(
         observer,
     )
     time_model, time_evidence = fit_time_to_response(
-        config, cohort, labels, X_all, definition, folds, ids, cv.oof, final.params, observer
-    )
-    progress("final model", 1, 1)
+        config, cohort, d.labels, d.X_all, d.definition, d.folds, d.ids, cv.oof, final.params,
+        observer,
+    )  # fmt: skip
+    return Deployed(final, fitted_comparators, interval_model, time_model, time_evidence)
 
-    progress("evaluation", 0, 3)
+
+def evaluate(
+    config: ExperimentConfig, cohort: Cohort, d: Design, cv: CVOutput, progress: Progress
+) -> Evaluation:
+    """Out-of-fold metrics with CIs, the paired comparisons, subgroups, the decision curve,
+    Table 1, the sample-size assessment and the cohort summary."""
     ev = config.evaluation
+    progress("evaluation", 0, 3)
     metrics = evaluation.overall_metrics(cv.oof, ev)
     comparison = evaluation.paired_comparison(cv.oof, ev)
     progress("evaluation", 1, 3)
-    members = evaluation.subgroup_frame(cohort, labels)
+    members = evaluation.subgroup_frame(cohort, d.labels)
     subgroups = evaluation.subgroup_metrics(cv.oof, members, ev)
     curve = evaluation.decision_curve(cv.oof, ev)
     progress("evaluation", 2, 3)
-    raw_labelled = raw.set_index("episode_id").loc[ids].reset_index()
-    table1 = tables.table_one(raw_labelled, y)
+    table1 = tables.table_one(d.raw, d.y)
     sample_size = assess_sample_size(
-        y.to_numpy(), groups.to_numpy(), X.shape[1], ev.anticipated_auroc
+        d.y.to_numpy(), d.groups.to_numpy(), d.X.shape[1], ev.anticipated_auroc
     )
     cohort_summary = summarise(cohort)
     progress("evaluation", 3, 3)
+    return Evaluation(metrics, comparison, subgroups, curve, table1, sample_size, cohort_summary)
 
-    trained_at = datetime.now(UTC).isoformat(timespec="seconds")
+
+def deployable_model(
+    config: ExperimentConfig,
+    cohort: Cohort,
+    d: Design,
+    cv: CVOutput,
+    parts: Deployed,
+    ev: Evaluation,
+) -> DeployableModel:
+    """The artifact clinicians get: pipeline, booster, calibrator, fold models, interval, time
+    model, risk bands, training reference and the metadata the answers and the report read."""
+    config_ev = config.evaluation
     bands = RiskBands(
-        thresholds=tuple(ev.risk_bands),
-        labels=tuple(ev.band_labels),
-        operating_threshold=ev.operating_threshold,
+        thresholds=tuple(config_ev.risk_bands),
+        labels=tuple(config_ev.band_labels),
+        operating_threshold=config_ev.operating_threshold,
     )
-    reference = summarise_reference(X, cohort_summary)
-    model = DeployableModel(
-        pipeline=pipeline,
-        booster=final.booster,
-        calibrator=calibrator,
+    metrics = ev.metrics
+    return DeployableModel(
+        pipeline=d.pipeline,
+        booster=parts.final.booster,
+        calibrator=parts.final.calibrator,
         fold_boosters=cv.fold_boosters,
         bands=bands,
-        reference=reference,
-        interval_model=interval_model,
-        time_model=time_model,
+        reference=summarise_reference(d.X, ev.cohort_summary),
+        interval_model=parts.interval_model,
+        time_model=parts.time_model,
         metadata={
             "name": config.tracking.registered_model,
             "version": "unregistered",
-            "label_definition": definition.name,
-            "label_description": definition.describe(),
-            "metrics": {k: {m: v["estimate"] for m, v in d.items()} for k, d in metrics.items()},
-            "trained_at": trained_at,
+            "label_definition": d.definition.name,
+            "label_description": d.definition.describe(),
+            "metrics": {k: {m: v["estimate"] for m, v in x.items()} for k, x in metrics.items()},
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "experiment": config.name,
-            "n_training_episodes": int(len(y)),
-            "cohort_summary": cohort_summary,
+            "n_training_episodes": int(len(d.y)),
+            "cohort_summary": ev.cohort_summary,
             "interval": {
                 "level": config.interval.level,
                 "n_bootstrap": config.interval.n_bootstrap,
             },
-            "time_to_response": time_evidence,
-            "procedure": procedure.describe(settings),
+            "time_to_response": parts.time_evidence,
+            "procedure": procedure.describe(d.settings),
             "extra_fields": _extra_fields(config, cohort),
             "comparators": {
-                name: comparators.to_dict(fitted, list(X.columns))
-                for name, fitted in fitted_comparators.items()
+                name: comparators.to_dict(fitted, list(d.X.columns))
+                for name, fitted in parts.comparators.items()
             },
         },
     )
-    validation = {
+
+
+def _validation_summary(config: ExperimentConfig, d: Design) -> dict[str, Any]:
+    return {
         "scheme": config.validation.scheme,
         "folds": [
             {
@@ -247,38 +306,71 @@ def fit_experiment(
                 "n_train": len(f.train),
                 "n_test": len(f.test),
             }
-            for f in folds
+            for f in d.folds
         ],
         "calibration": config.calibration.method,
-        "procedure": procedure.describe(settings),
+        "procedure": procedure.describe(d.settings),
         "inner_folds": config.model.inner_folds,
         "n_trials": config.model.n_trials,
     }
+
+
+def fit_experiment(
+    config: ExperimentConfig,
+    cohort: Cohort,
+    progress: Progress | None = None,
+    observer: Observer | None = None,
+    fingerprint: str | None = None,
+) -> tuple[TrainResult, CVOutput]:
+    """Everything but tracking: returns the TrainResult (run_id and model_uri unset).
+
+    The steps: `design` (labels, features once, folds), `cross_validate` (the deployed procedure
+    in every outer fold), `fit_deployed` (the same procedure on everything, comparators, interval,
+    time model), `evaluate` (out-of-fold evidence) and `deployable_model` (the artifact).
+    """
+    progress = progress or _noop
+    progress("features", 0, 1)
+    d = design(config, cohort)
+    progress("features", 1, 1)
+
+    def on_fold(done: int, total: int) -> None:
+        progress("cross-validation", done, total)
+
+    progress("cross-validation", 0, len(d.folds))
+    cv = cross_validate(
+        d.X, d.y, d.groups, d.folds, d.settings, config.validation.seed,
+        observer=observer, on_fold=on_fold,
+    )  # fmt: skip
+    progress("final model", 0, 1)
+    parts = fit_deployed(config, cohort, d, cv, observer)
+    progress("final model", 1, 1)
+    ev = evaluate(config, cohort, d, cv, progress)
+    model = deployable_model(config, cohort, d, cv, parts, ev)
     result = TrainResult(
         config=config.model_dump(mode="json"),
-        label_definition=definition.name,
+        label_definition=d.definition.name,
         model=model,
-        X=X,
-        raw_features=raw_labelled,
-        y=y,
-        groups=groups,
+        X=d.X,
+        raw_features=d.raw,
+        y=d.y,
+        groups=d.groups,
         oof=cv.oof,
-        metrics=metrics,
-        subgroups=subgroups,
-        decision_curve=curve,
-        table1=table1,
-        attrition=attrition(labels),
-        sample_size=sample_size,
-        cohort_summary=cohort_summary,
+        metrics=ev.metrics,
+        subgroups=ev.subgroups,
+        decision_curve=ev.decision_curve,
+        table1=ev.table1,
+        attrition=attrition(d.labels),
+        sample_size=ev.sample_size,
+        cohort_summary=ev.cohort_summary,
         fold_importance=cv.fold_importance,
-        monotone_constraints=monotone,
+        monotone_constraints=d.monotone,
         data_fingerprint=fingerprint or data_fingerprint(cohort),
-        validation=validation,
+        validation=_validation_summary(config, d),
         tuning={
             "folds": cv.tuning,
-            "final": {**final.params, "n_rounds": final.n_rounds},
-            "final_calibrator": final.calibration,
-            "comparison": comparison,
+            "final": {**parts.final.params, "n_rounds": parts.final.n_rounds},
+            "final_calibrator": parts.final.calibration,
+            "comparison": ev.comparison,
         },
     )
     return result, cv

@@ -159,6 +159,33 @@ def test_extra_analytes_and_static_columns(cohort_tables):
     assert pipeline.group_of("lab_ferritin_last") == "extra"
 
 
+def test_fit_transform_with_raw_computes_once_and_equals_the_separate_calls(
+    cohort_tables, monkeypatch
+):
+    from features import pipeline as module
+
+    tables = {k: v.copy() for k, v in cohort_tables.items()}
+    tables["patients"]["smoker"] = ["yes", "no", "no", None]
+    config = FeatureConfig(extra_analytes=("ferritin",), extra_static=("smoker",))
+    cohort = cohort_from_tables(tables)
+    separate = FeaturePipeline(config).fit(cohort)
+    expected_X = separate.transform(cohort)
+    expected_raw = build_features(cohort, config)
+    calls = []
+    real = module.compute_features
+    monkeypatch.setattr(
+        module, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    once = FeaturePipeline(config)
+    X, raw = once.fit_transform_with_raw(cohort)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(X, expected_X)
+    pd.testing.assert_frame_equal(raw, expected_raw)
+    assert once.feature_names_ == separate.feature_names_
+    assert once.static_kinds_ == separate.static_kinds_
+    pd.testing.assert_frame_equal(once.transform(cohort), expected_X)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -115,6 +115,19 @@ def test_folds_and_the_deployed_model_call_the_same_procedure(cohort, monkeypatc
     assert [b for b in result.model.fold_boosters] == [fit.booster for _, _, fit in calls[:3]]
 
 
+def test_training_computes_the_features_once(cohort, monkeypatch) -> None:
+    from features import pipeline as module
+
+    calls = []
+    real = module.compute_features
+    monkeypatch.setattr(
+        module, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    config = parse_experiment({**FAST, "validation": {"n_splits": 3, "n_repeats": 1}})
+    fit_experiment(config, cohort)
+    assert len(calls) == 1
+
+
 def test_default_monotone_constrains_every_registry_direction() -> None:
     columns = ["plt_last", "plt_min_14d", "hgb_last", "current_gemcitabine", "ecog"]
     assert resolve_monotone(("*",), columns) == {
