@@ -185,11 +185,10 @@ def write_artifacts(ev: ExternalEvaluation, directory: Path) -> Path:
             json.dumps(getattr(ev, name), indent=2, default=str), encoding="utf-8"
         )
     scope = f"external: {ev.cohort_name}"
-    plots.roc_plot(ev.predictions, ev.metrics, directory / "plots" / "roc.png", scope)
-    plots.calibration_plot(
-        ev.predictions, ev.metrics, directory / "plots" / "calibration.png", scope
-    )
-    plots.decision_curve_plot(ev.decision_curve, directory / "plots" / "decision_curve.png", scope)
+    figures = directory / "plots"
+    plots.roc_figure(ev.predictions, ev.metrics, scope, path=figures / "roc.png")
+    plots.calibration_figure(ev.predictions, ev.metrics, scope, path=figures / "calibration.png")
+    plots.decision_curve_figure(ev.decision_curve, scope, path=figures / "decision_curve.png")
     (directory / "report.html").write_text(render_html(ev, directory / "plots"), encoding="utf-8")
     return directory
 

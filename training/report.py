@@ -35,7 +35,7 @@ from features.registry import (
     unit_text,
     value_words,
 )
-from training import report_plots as plots
+from training import plots
 from training.explain import (
     DirectionRule,
     ProbabilityMap,
@@ -1084,7 +1084,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
 
     figures = {
         "roc": plots.roc_figure(result.oof, result.metrics or {}),
-        "calibration": plots.calibration_figure(result.oof),
+        "calibration": plots.calibration_figure(result.oof, result.metrics or {}),
         "decision_curve": plots.decision_curve_figure(result.decision_curve),
         "importance": plots.importance_figure(shown, settings.top_features),
         "groups": plots.group_figure(group_table),

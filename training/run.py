@@ -511,16 +511,18 @@ def _write_artifacts(result: TrainResult, directory: Path) -> None:
 
 
 def _write_plots(result: TrainResult, directory: Path) -> None:
-    plots.roc_plot(result.oof, result.metrics, directory / "roc.png")
-    plots.calibration_plot(result.oof, result.metrics, directory / "calibration.png")
-    plots.decision_curve_plot(result.decision_curve, directory / "decision_curve.png")
+    plots.roc_figure(result.oof, result.metrics, path=directory / "roc.png")
+    plots.calibration_figure(result.oof, result.metrics, path=directory / "calibration.png")
+    plots.decision_curve_figure(result.decision_curve, path=directory / "decision_curve.png")
     n = min(len(result.X), result.config["evaluation"]["shap_sample"])
     sample = result.X.sample(n=n, random_state=0) if n < len(result.X) else result.X
     contribs = result.model.booster.predict(
         xgb.DMatrix(sample.to_numpy(dtype=np.float32), nthread=1, missing=np.nan),
         pred_contribs=True,
     )
-    plots.shap_beeswarm(contribs, sample, directory / "shap_beeswarm.png")
+    plots.beeswarm_figure(
+        plots.contributions_explanation(contribs, sample), 15, path=directory / "shap_beeswarm.png"
+    )
 
 
 def _log_report(result: TrainResult, tmp_path: Path) -> None:

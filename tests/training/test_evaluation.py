@@ -127,15 +127,18 @@ def test_plots_write_pngs(tmp_path) -> None:
     metrics = evaluation.overall_metrics(oof, EvaluationConfig(n_bootstrap=50))
     curve = evaluation.decision_curve(oof, EvaluationConfig())
     paths = [
-        plots.roc_plot(oof, metrics, tmp_path / "roc.png"),
-        plots.calibration_plot(oof, metrics, tmp_path / "cal.png"),
-        plots.decision_curve_plot(curve, tmp_path / "dca.png"),
+        plots.roc_figure(oof, metrics, path=tmp_path / "roc.png"),
+        plots.calibration_figure(oof, metrics, path=tmp_path / "cal.png"),
+        plots.decision_curve_figure(curve, path=tmp_path / "dca.png"),
     ]
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.normal(size=(30, 3)), columns=["a", "b", "c"])
-    paths.append(plots.shap_beeswarm(rng.normal(size=(30, 4)), X, tmp_path / "shap.png"))
+    explanation = plots.contributions_explanation(rng.normal(size=(30, 4)), X)
+    paths.append(plots.beeswarm_figure(explanation, 3, path=tmp_path / "shap.png"))
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without a path the same figure is a data URI (the reviewer report's inline images)
+    assert plots.roc_figure(oof, metrics).startswith("data:image/png;base64,")
 
 
 def test_calibration_bins_by_hand() -> None:
