@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -27,7 +26,7 @@ from serving import fhir
 from serving.jsonin import JsonRefused, loads_strict
 from serving.model import ModelLoadError
 from serving.records import RecordError, validate_record
-from serving.scorer import NotEstimable, Scorer
+from serving.scorer import NotEstimable, Scorer, answers_frame
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -161,46 +160,6 @@ def _score_cohort(
             )
     except NotEstimable as exc:
         _fail(f"{directory}: nothing written; {exc}")
-
-
-def _uncertainty_columns(answer: dict[str, Any]) -> dict[str, Any]:
-    """The interval's level, the median day and P(response by day d) as `response_by_day_d`."""
-    columns: dict[str, Any] = {
-        "interval_level": answer.get("interval_level"),
-        "median_days_to_response": answer.get("median_days_to_response"),
-    }
-    for day, value in enumerate(answer.get("response_by_day") or [], start=1):
-        columns[f"response_by_day_{day}"] = value
-    return columns
-
-
-def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
-    """One CSV row per episode: scores, factors and warnings as text, contributions as columns."""
-    rows = []
-    for answer in answers:
-        row: dict[str, Any] = {
-            "record_index": answer.get("record_index"),
-            "episode_id": answer["episode_id"],
-            "probability": answer["probability"],
-            "interval_low": answer["interval"][0],
-            "interval_high": answer["interval"][1],
-            **_uncertainty_columns(answer),
-            "band": answer["band"],
-            "margin": answer["margin"],
-            "base_value": answer.get("base_value"),
-            "top_factors": " | ".join(f["text"] for f in answer.get("top_factors") or []),
-            "warnings": " | ".join(w["message"] for w in answer.get("warnings") or []),
-            "model_name": answer["model"]["name"],
-            "model_version": answer["model"]["version"],
-            "label_definition": answer["model"]["label_definition"],
-        }
-        for name, value in (answer.get("contributions") or {}).items():
-            row[f"shap:{name}"] = value
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame["record_index"].isna().all():
-        frame = frame.drop(columns="record_index")
-    return frame
 
 
 #: `ctit score` prints at most this many rows of its table (the file holds them all).

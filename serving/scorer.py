@@ -291,6 +291,48 @@ def calibration_curve(
     return {"margin": margins.tolist(), "probability": probability.tolist()}
 
 
+def _csv_uncertainty_columns(answer: dict[str, Any]) -> dict[str, Any]:
+    """The interval's level, the median day and P(response by day d) as `response_by_day_d`."""
+    columns: dict[str, Any] = {
+        "interval_level": answer.get("interval_level"),
+        "median_days_to_response": answer.get("median_days_to_response"),
+    }
+    for day, value in enumerate(answer.get("response_by_day") or [], start=1):
+        columns[f"response_by_day_{day}"] = value
+    return columns
+
+
+def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per episode, as `ctit score --out FILE.csv` writes it: scores, factors and
+    warnings as text, contributions as `shap:FEATURE` columns (`record_index` only for records).
+    """
+    rows = []
+    for answer in answers:
+        row: dict[str, Any] = {
+            "record_index": answer.get("record_index"),
+            "episode_id": answer["episode_id"],
+            "probability": answer["probability"],
+            "interval_low": answer["interval"][0],
+            "interval_high": answer["interval"][1],
+            **_csv_uncertainty_columns(answer),
+            "band": answer["band"],
+            "margin": answer["margin"],
+            "base_value": answer.get("base_value"),
+            "top_factors": " | ".join(f["text"] for f in answer.get("top_factors") or []),
+            "warnings": " | ".join(w["message"] for w in answer.get("warnings") or []),
+            "model_name": answer["model"]["name"],
+            "model_version": answer["model"]["version"],
+            "label_definition": answer["model"]["label_definition"],
+        }
+        for name, value in (answer.get("contributions") or {}).items():
+            row[f"shap:{name}"] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame["record_index"].isna().all():
+        frame = frame.drop(columns="record_index")
+    return frame
+
+
 def settle_heap() -> None:
     """Collect garbage once, then exempt every object alive now from later collections.
 
