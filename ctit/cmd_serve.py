@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from ctit import cmd_spark
 from ctit.options import TrackingUri, fail_invalid_cohort, require_registered_model
 from ctit.options import tracking_uri as resolve_tracking_uri
 from data.cohort import load_cohort
@@ -189,12 +191,19 @@ def probability_table(answers: list[dict[str, Any]], limit: int = TABLE_ROWS) ->
     return table
 
 
+class Engine(StrEnum):
+    """Where `ctit score` runs."""
+
+    local = "local"
+    spark = "spark"
+
+
 def score(
-    input_path: Annotated[
-        Path,
+    input_arg: Annotated[
+        str,
         typer.Argument(
             help="One patient record as JSON (or a JSON list of them), a FHIR R4 Bundle, or a "
-            "cohort directory.",
+            "cohort directory (with --engine spark: any directory Spark reads, e.g. hdfs://...).",
             metavar="INPUT",
         ),
     ],
@@ -204,7 +213,7 @@ def score(
         typer.Option(
             "--out",
             help="Also write every answer in full: a .json or .csv file, or - for JSON on "
-            "standard output.",
+            "standard output (--engine spark: a .parquet folder).",
             metavar="PATH",
         ),
     ] = None,
@@ -219,8 +228,33 @@ def score(
         typer.Option("--index-date", help="FHIR input only: the first hetrombopag dose date."),
     ] = None,
     tracking_uri: TrackingUri = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="local: this process. spark: a cohort directory on Apache Spark (needs "
+            "ctit[spark] and Java 17), written to --out OUT.parquet.",
+        ),
+    ] = Engine.local,
+    master: Annotated[
+        str | None,
+        typer.Option(
+            "--master",
+            help="--engine spark: the Spark master, e.g. local[2], yarn, spark://host:7077 "
+            "(default: spark-submit's, else local[*]).",
+            metavar="URL",
+        ),
+    ] = None,
 ) -> None:
     """Score patients from a file or a cohort directory and print their probabilities."""
+    if engine is Engine.spark:
+        require_registered_model(model, tracking_uri)
+        _use_tracking_uri(tracking_uri)
+        cmd_spark.score_spark(input_arg, model, out, master, explain)
+        return
+    if master is not None:
+        _fail("--master goes with --engine spark")
+    input_path = Path(input_arg)
     to_stdout = out == "-"
     path = None if out is None or to_stdout else Path(out)
     suffix = path.suffix.lower() if path is not None else ".json"

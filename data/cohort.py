@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 from pandas.api import types as ptypes
 from pandas.arrays import DatetimeArray
+from pyarrow import compute as pa_compute
 from pyarrow import csv as pa_csv
 from pyarrow import parquet as pa_parquet
 
@@ -482,6 +483,33 @@ def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
     frame = frame.reset_index(drop=True) if frame.index.start != 0 else frame
     frame.columns = [str(c).strip() for c in frame.columns]
     return _Source(table, frame, np.arange(len(frame)), file.name, False)
+
+
+def frame_from_arrow(table: str, arrow: pa.Table, from_csv: bool = False) -> pd.DataFrame:
+    """A table given as Arrow (Spark hands its rows over so), typed as this loader reads files.
+
+    Text columns become categoricals and ISO date text becomes timestamps, as the Parquet and
+    fast CSV readers give them; `from_csv`: every column is text, and the other columns are
+    read as numbers where they all parse, as the CSV reader infers them. Values that do not parse
+    stay text, so the loader reports each with its row.
+    """
+    dates = _DATE_COLUMNS[table]
+    for index, spec in enumerate(arrow.schema):
+        if not pa.types.is_string(spec.type) and not pa.types.is_large_string(spec.type):
+            continue
+        column = arrow.column(index)
+        if spec.name in dates:
+            continue
+        if spec.name in _TEXT_COLUMNS[table]:
+            arrow = arrow.set_column(index, spec.name, pa_compute.dictionary_encode(column))
+        elif from_csv:
+            for kind in (pa.int64(), pa.float64()):
+                try:
+                    arrow = arrow.set_column(index, spec.name, column.cast(kind))
+                    break
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
+    return _dates_in_arrow(arrow, table).to_pandas(date_as_object=False)
 
 
 def _dates_in_arrow(arrow: pa.Table, table: str) -> pa.Table:

@@ -48,6 +48,7 @@ from data.cohort import (
     TABLES,
     cohort_from_part,
     duplicate_issues,
+    frame_from_arrow,
     no_rows_issue,
     tables_in_directory,
 )
@@ -149,6 +150,7 @@ def spark_session(master: str | None = None, app_name: str = "ctit") -> SparkSes
             builder.config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.ui.enabled", "false")
+            .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
         )
     return builder.getOrCreate()
 
@@ -348,8 +350,10 @@ def score_cohort_spark(
         payload=spark.sparkContext.broadcast(_model_bytes(model)),
     )
     schema = _spark_schema(output)
-    result = union.repartition(partitions, _KEY).mapInArrow(
-        lambda batches: _score_partition(batches, plan), schema
+    result = (
+        union.repartition(partitions, _KEY)
+        .drop(_KEY)
+        .mapInArrow(lambda batches: _score_partition(batches, plan), schema)
     )
     result = result.persist(StorageLevel.MEMORY_AND_DISK)
     found = result.filter(F.col(_KIND) != "score").select(*_ISSUE_COLUMNS).collect()
@@ -459,14 +463,14 @@ def _keyed(rows: Mapping[str, DataFrame]) -> dict[str, DataFrame]:
             episodes = (
                 rows["episodes"]
                 .select(F.col("episode_id").cast("string").alias("_ctit_eid"),
-                        F.col("patient_id").cast("string").alias(_KEY))
+                        F.xxhash64(F.col("patient_id").cast("string")).alias(_KEY))
                 .dropDuplicates(["_ctit_eid"])
             )  # fmt: skip
             frame = frame.join(
                 episodes, frame["episode_id"].cast("string") == episodes["_ctit_eid"], "left"
             ).drop("_ctit_eid")
         else:
-            frame = frame.withColumn(_KEY, F.col("patient_id").cast("string"))
+            frame = frame.withColumn(_KEY, F.xxhash64(F.col("patient_id").cast("string")))
         out[name] = frame
     return out
 
@@ -573,18 +577,20 @@ def _score_partition(batches: Iterator[pa.RecordBatch], plan: _Plan) -> Iterator
     frames: dict[str, pd.DataFrame] = {}
     lines: dict[str, np.ndarray] = {}
     for code, name in enumerate(plan.names):
-        take = np.flatnonzero(codes == code)
-        if not len(take) and name not in ("patients", "episodes"):
+        mask = codes == code
+        if not mask.any() and name not in ("patients", "episodes"):
             continue
-        part = whole.take(pa.array(take))
-        rows = part.column(ROW).to_numpy()
-        order = np.argsort(rows, kind="stable")  # the input's row order, as the loader reads it
         slots = [slot for slot, _ in plan.columns[name]]
-        arrow = part.select(slots).take(pa.array(order))
-        frame = arrow.to_pandas(date_as_object=False)
-        frame.columns = [column for _, column in plan.columns[name]]
+        part = whole.select([ROW, *slots]).filter(pa.array(mask))
+        rows = part.column(ROW).to_numpy()
+        part = part.drop_columns([ROW])
+        if len(rows) > 1 and (np.diff(rows) < 0).any():
+            order = np.argsort(rows, kind="stable")  # the input's row order, as the loader reads
+            part, rows = part.take(pa.array(order)), rows[order]
+        part = part.rename_columns([column for _, column in plan.columns[name]])
+        frame = frame_from_arrow(name, part, from_csv=name in plan.csv_tables)
         frames[name] = _local_times(frame, plan.timezone)
-        lines[name] = rows[order]
+        lines[name] = rows
     del whole
     try:
         cohort = cohort_from_part(frames, lines, text_tables=plan.csv_tables)
