@@ -33,7 +33,7 @@ def score_spark(
     cohort: str, model: str, out: str | None, master: str | None, explain: bool
 ) -> None:
     """Score `cohort` on Spark with `model` and write the scores to the Parquet `out`."""
-    from serving.spark import SparkUnavailable, score_cohort_spark, spark_session
+    from serving.spark import SparkUnavailable, require_spark, score_cohort_spark, spark_session
 
     if out is None or not out.rstrip("/").lower().endswith(".parquet"):
         fail("--engine spark writes Parquet: give --out OUT.parquet (a folder of part files)")
@@ -41,10 +41,12 @@ def score_spark(
         fail(f"{cohort}: --engine spark scores a cohort directory; no such directory")
     console = Console(stderr=True, soft_wrap=True)
     try:
-        existing = _active_session()
-        spark = spark_session(master)
+        require_spark()
     except SparkUnavailable as exc:
         fail(str(exc), code=2)
+    try:
+        existing = _active_session()
+        spark = spark_session(master)
     except Exception as exc:  # noqa: BLE001 - the JVM could not start: say so, not a traceback
         fail(f"Spark could not start ({type(exc).__name__}: {str(exc).splitlines()[0]})", 2)
     try:
@@ -76,10 +78,8 @@ def score_spark(
 
 
 def _active_session() -> Any:
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        return None
+    from pyspark.sql import SparkSession
+
     return SparkSession.getActiveSession()
 
 
