@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "serving": [],
     "http_load": [],
     "interval": [],
+    "spark": [],
 }
 
 
