@@ -141,9 +141,11 @@ def spark_session(master: str | None = None, app_name: str = "ctit") -> SparkSes
     if active is not None:
         return active
     builder = SparkSession.builder.appName(app_name)
+    if master is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        master = "local[*]"  # not under spark-submit, which sets the master itself
     if master is not None:
         builder = builder.master(master)
-    if master is None or master.startswith("local"):
+    if master is not None and master.startswith("local"):
         # Local workers are children of this process: the same Python, whatever is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (
