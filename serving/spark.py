@@ -36,6 +36,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,7 +221,8 @@ def _read_directory(spark: SparkSession, directory: str) -> tuple[dict[str, _Tab
 
 # -- the model on the executors --------------------------------------------------------------------
 
-_SCORERS: dict[str, Scorer] = {}
+#: This Python worker's scorer: (broadcast token, scorer, the folder its model was unpacked into).
+_SCORER: list[tuple[str, Scorer, tempfile.TemporaryDirectory]] = []
 
 
 def _model_bytes(model: DeployableModel) -> bytes:
@@ -233,15 +235,20 @@ def _model_bytes(model: DeployableModel) -> bytes:
 
 
 def _executor_scorer(token: str, payload: Any) -> Scorer:
-    """The scorer of this Python worker, unpacked once from the broadcast model."""
-    scorer = _SCORERS.get(token)
-    if scorer is None:
-        target = Path(tempfile.mkdtemp(prefix="ctit-spark-model-"))
-        with tarfile.open(fileobj=io.BytesIO(payload.value), mode="r:gz") as archive:
-            archive.extractall(target, filter="data")
-        model = DeployableModel.load(target / "model")
-        model.warm()
-        scorer = _SCORERS[token] = Scorer(model)
+    """The scorer of this Python worker, unpacked once per run from the broadcast model (a
+    worker is reused across tasks; a new run's model replaces the previous one)."""
+    if _SCORER and _SCORER[0][0] == token:
+        return _SCORER[0][1]
+    for _, _, folder in _SCORER:
+        folder.cleanup()
+    _SCORER.clear()
+    folder = tempfile.TemporaryDirectory(prefix="ctit-spark-model-")
+    with tarfile.open(fileobj=io.BytesIO(payload.value), mode="r:gz") as archive:
+        archive.extractall(folder.name, filter="data")
+    model = DeployableModel.load(Path(folder.name) / "model")
+    model.warm()
+    scorer = Scorer(model)
+    _SCORER.append((token, scorer, folder))
     return scorer
 
 
@@ -348,7 +355,7 @@ def score_cohort_spark(
         timezone=spark.conf.get("spark.sql.session.timeZone") or "UTC",
         explain=explain,
         output=output,
-        token=f"{model.info['name']}/{model.info['version']}/{id(model)}/{os.getpid()}",
+        token=uuid.uuid4().hex,
         payload=spark.sparkContext.broadcast(_model_bytes(model)),
     )
     schema = _spark_schema(output)
