@@ -78,6 +78,8 @@ def _tree_rss_kb(root: int) -> int:
 
 def _run(command: list[str]) -> tuple[float, float]:
     """(wall seconds, peak resident GB of the process tree) of a command that must succeed."""
+    print(f"running {Path(command[0]).name} {command[1]} (load average {os.getloadavg()[0]:.1f})",
+          flush=True)  # fmt: skip
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
