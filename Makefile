@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo
 
-.PHONY: demo test lint bench browser clean
+.PHONY: demo test lint bench browser java clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,11 +19,14 @@ demo: $(STAMP)
 browser:
 	bash scripts/ensure-chromium
 
+java:
+	bash scripts/ensure-java
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) browser lint
+test: $(STAMP) browser java lint
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "http_load": [],
     "interval": [],
     "monitor": [],
+    "spark": [],
 }
 
 

@@ -8,16 +8,17 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from ctit import cmd_spark
 from ctit.options import TrackingUri, fail_invalid_cohort, require_registered_model
 from ctit.options import tracking_uri as resolve_tracking_uri
 from data.cohort import load_cohort
@@ -27,7 +28,7 @@ from serving import fhir
 from serving.jsonin import JsonRefused, loads_strict
 from serving.model import ModelLoadError
 from serving.records import RecordError, validate_record
-from serving.scorer import NotEstimable, Scorer
+from serving.scorer import NotEstimable, Scorer, answers_frame
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -163,46 +164,6 @@ def _score_cohort(
         _fail(f"{directory}: nothing written; {exc}")
 
 
-def _uncertainty_columns(answer: dict[str, Any]) -> dict[str, Any]:
-    """The interval's level, the median day and P(response by day d) as `response_by_day_d`."""
-    columns: dict[str, Any] = {
-        "interval_level": answer.get("interval_level"),
-        "median_days_to_response": answer.get("median_days_to_response"),
-    }
-    for day, value in enumerate(answer.get("response_by_day") or [], start=1):
-        columns[f"response_by_day_{day}"] = value
-    return columns
-
-
-def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
-    """One CSV row per episode: scores, factors and warnings as text, contributions as columns."""
-    rows = []
-    for answer in answers:
-        row: dict[str, Any] = {
-            "record_index": answer.get("record_index"),
-            "episode_id": answer["episode_id"],
-            "probability": answer["probability"],
-            "interval_low": answer["interval"][0],
-            "interval_high": answer["interval"][1],
-            **_uncertainty_columns(answer),
-            "band": answer["band"],
-            "margin": answer["margin"],
-            "base_value": answer.get("base_value"),
-            "top_factors": " | ".join(f["text"] for f in answer.get("top_factors") or []),
-            "warnings": " | ".join(w["message"] for w in answer.get("warnings") or []),
-            "model_name": answer["model"]["name"],
-            "model_version": answer["model"]["version"],
-            "label_definition": answer["model"]["label_definition"],
-        }
-        for name, value in (answer.get("contributions") or {}).items():
-            row[f"shap:{name}"] = value
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame["record_index"].isna().all():
-        frame = frame.drop(columns="record_index")
-    return frame
-
-
 #: `ctit score` prints at most this many rows of its table (the file holds them all).
 TABLE_ROWS = 20
 
@@ -230,12 +191,19 @@ def probability_table(answers: list[dict[str, Any]], limit: int = TABLE_ROWS) ->
     return table
 
 
+class Engine(StrEnum):
+    """Where `ctit score` runs."""
+
+    local = "local"
+    spark = "spark"
+
+
 def score(
-    input_path: Annotated[
-        Path,
+    input_arg: Annotated[
+        str,
         typer.Argument(
             help="One patient record as JSON (or a JSON list of them), a FHIR R4 Bundle, or a "
-            "cohort directory.",
+            "cohort directory (with --engine spark: any directory Spark reads, e.g. hdfs://...).",
             metavar="INPUT",
         ),
     ],
@@ -245,7 +213,7 @@ def score(
         typer.Option(
             "--out",
             help="Also write every answer in full: a .json or .csv file, or - for JSON on "
-            "standard output.",
+            "standard output (--engine spark: a .parquet folder).",
             metavar="PATH",
         ),
     ] = None,
@@ -260,8 +228,33 @@ def score(
         typer.Option("--index-date", help="FHIR input only: the first hetrombopag dose date."),
     ] = None,
     tracking_uri: TrackingUri = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="local: this process. spark: a cohort directory on Apache Spark (needs "
+            "ctit[spark] and Java 17), written to --out OUT.parquet.",
+        ),
+    ] = Engine.local,
+    master: Annotated[
+        str | None,
+        typer.Option(
+            "--master",
+            help="--engine spark: the Spark master, e.g. local[2], yarn, spark://host:7077 "
+            "(default: spark-submit's, else local[*]).",
+            metavar="URL",
+        ),
+    ] = None,
 ) -> None:
     """Score patients from a file or a cohort directory and print their probabilities."""
+    if engine is Engine.spark:
+        require_registered_model(model, tracking_uri)
+        _use_tracking_uri(tracking_uri)
+        cmd_spark.score_spark(input_arg, model, out, master, explain)
+        return
+    if master is not None:
+        _fail("--master goes with --engine spark")
+    input_path = Path(input_arg)
     to_stdout = out == "-"
     path = None if out is None or to_stdout else Path(out)
     suffix = path.suffix.lower() if path is not None else ".json"

@@ -13,7 +13,7 @@ import io
 import logging
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 from pandas.api import types as ptypes
 from pandas.arrays import DatetimeArray
+from pyarrow import compute as pa_compute
 from pyarrow import csv as pa_csv
 from pyarrow import parquet as pa_parquet
 
@@ -304,6 +305,64 @@ def _cohort_from_tables_general(
     return cohort
 
 
+def cohort_from_part(
+    frames: Mapping[str, pd.DataFrame],
+    lines: Mapping[str, np.ndarray],
+    text_tables: Iterable[str] = (),
+) -> Cohort:
+    """Validate and normalise one part of a cohort whose rows were split by patient (Spark).
+
+    Every check of `load_cohort` runs on the part's rows. Issues name each row by `lines[table]`,
+    its line in the whole input table as `load_cohort` numbers it (CSV: header = 1; Parquet and
+    frames: 0-based row). Tables in `text_tables` came from CSV: rows with every field empty are
+    not data, as `load_cohort` reads them. A table absent or empty here is not an error (another
+    part holds its rows; `no_rows_issue` is the check of the whole table).
+
+    Raises:
+        CohortError: listing every problem found in the part.
+    """
+    issues = _Issues()
+    sources: dict[str, _Source] = {}
+    text = set(text_tables)
+    for name, frame in frames.items():
+        if name not in TABLES:
+            raise ValueError(f"unknown table {name!r} (tables: {', '.join(TABLES)})")
+        rows = np.asarray(lines[name], dtype=np.int64)
+        if len(rows) != len(frame):
+            raise ValueError(f"{name}: {len(frame)} rows but {len(rows)} line numbers")
+        frame = frame.reset_index(drop=True)
+        if name in text:
+            frame, rows = _without_blank_rows(frame, rows)
+        sources[name] = _Source(name, frame, rows, "<part>", False)
+    for name in REQUIRED_TABLES:
+        if name not in sources:
+            empty = pd.DataFrame({c: pd.Series(dtype=object) for c in REQUIRED_COLUMNS[name]})
+            sources[name] = _Source(name, empty, np.arange(0), "<part>", False)
+    cohort, _ = _build(sources, issues, whole=False)
+    if issues.errors or cohort is None:
+        raise CohortError(issues.errors, issues.warnings)
+    return cohort
+
+
+def no_rows_issue(table: str) -> Issue:
+    """The error of a required table without rows."""
+    return Issue(table, None, None, f"table {table!r} has no rows")
+
+
+def duplicate_issues(table: str, column: str, values: pd.Series, lines: np.ndarray) -> list[Issue]:
+    """The duplicate-id errors of `load_cohort` for these values of a unique id column.
+
+    For checks across parts of a cohort split by patient (an episode id given to two patients);
+    `values` and `lines` hold the rows concerned, in any order.
+    """
+    order = np.argsort(np.asarray(lines), kind="stable")
+    frame = pd.DataFrame({column: pd.Series(values).reset_index(drop=True).take(order)})
+    issues = _Issues()
+    src = _Source(table, frame.reset_index(drop=True), np.asarray(lines)[order], "<part>", False)
+    _ids(src, column, issues, unique=True)
+    return [i for i in issues.errors if i.message.startswith("duplicate ")]
+
+
 def summarise(cohort: Cohort) -> dict[str, object]:
     """JSON-able summary of a loaded cohort (rows, patients, episodes, analytes, conversions)."""
     return _summary_of(
@@ -346,6 +405,42 @@ def _frame_of(name: str, value: object, issues: _Issues) -> pd.DataFrame | None:
     return frame
 
 
+def tables_in_directory(
+    directory: str, entries: Iterable[str]
+) -> tuple[dict[str, str], list[Issue], list[Issue]]:
+    """Which entry of a cohort directory holds which table: (table -> entry, errors, warnings).
+
+    `entries` are the names in the directory (files, or on Spark also folders of part files such
+    as `labs.parquet/`); the loader and `serving.spark` share this one reading of a directory.
+    """
+    issues = _Issues()
+    files = sorted(e for e in entries if Path(e).suffix.lower() in TABLE_SUFFIXES)
+    if not files:
+        issues.add(
+            "cohort",
+            f"directory {directory} holds no tables (expected patients, episodes, labs, regimens "
+            "and optionally outcomes and transfusions, each as .csv or .parquet)",
+        )
+        return {}, issues.errors, issues.warnings
+    by_table: dict[str, list[str]] = {}
+    for file in files:
+        name = Path(file).stem
+        if name not in TABLES:
+            issues.add(name, f"{file} is not a contract table; ignored", warning=True)
+            continue
+        by_table.setdefault(name, []).append(file)
+    chosen: dict[str, str] = {}
+    for name, found in by_table.items():
+        if len(found) > 1:
+            issues.add(name, f"table given twice ({', '.join(found)}); keep one")
+            continue
+        chosen[name] = found[0]
+    for name in REQUIRED_TABLES:
+        if name not in by_table:
+            issues.add(name, f"missing table {name!r} (expected {name}.csv or {name}.parquet)")
+    return chosen, issues.errors, issues.warnings
+
+
 def _read_directory(directory: Path, issues: _Issues) -> dict[str, _Source]:
     if not directory.exists():
         issues.add("cohort", f"directory {directory} does not exist")
@@ -353,34 +448,17 @@ def _read_directory(directory: Path, issues: _Issues) -> dict[str, _Source]:
     if not directory.is_dir():
         issues.add("cohort", f"{directory} is not a directory (a cohort is a directory of tables)")
         return {}
-    files = sorted(
-        f for f in directory.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES
+    chosen, errors, warnings_ = tables_in_directory(
+        str(directory), (f.name for f in directory.iterdir() if f.is_file())
     )
-    if not files:
-        issues.add(
-            "cohort",
-            f"directory {directory} holds no tables (expected patients, episodes, labs, regimens "
-            "and optionally outcomes and transfusions, each as .csv or .parquet)",
-        )
-        return {}
-    by_table: dict[str, list[Path]] = {}
-    for file in files:
-        name = file.stem
-        if name not in TABLES:
-            issues.add(name, f"{file.name} is not a contract table; ignored", warning=True)
-            continue
-        by_table.setdefault(name, []).append(file)
     sources: dict[str, _Source] = {}
-    for name, found in by_table.items():
-        if len(found) > 1:
-            issues.add(name, f"table given twice ({', '.join(f.name for f in found)}); keep one")
-            continue
-        source = _read_file(name, found[0], issues)
+    for name, entry in chosen.items():
+        source = _read_file(name, directory / entry, issues)
         if source is not None:
             sources[name] = source
-    for name in REQUIRED_TABLES:
-        if name not in by_table:
-            issues.add(name, f"missing table {name!r} (expected {name}.csv or {name}.parquet)")
+    # Directory-level problems first, in the order they were found, then each table's.
+    issues.errors[:0] = errors
+    issues.warnings[:0] = warnings_
     return sources
 
 
@@ -405,6 +483,33 @@ def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
     frame = frame.reset_index(drop=True) if frame.index.start != 0 else frame
     frame.columns = [str(c).strip() for c in frame.columns]
     return _Source(table, frame, np.arange(len(frame)), file.name, False)
+
+
+def frame_from_arrow(table: str, arrow: pa.Table, from_csv: bool = False) -> pd.DataFrame:
+    """A table given as Arrow (Spark hands its rows over so), typed as this loader reads files.
+
+    Text columns become categoricals and ISO date text becomes timestamps, as the Parquet and
+    fast CSV readers give them; `from_csv`: every column is text, and the other columns are
+    read as numbers where they all parse, as the CSV reader infers them. Values that do not parse
+    stay text, so the loader reports each with its row.
+    """
+    dates = _DATE_COLUMNS[table]
+    for index, spec in enumerate(arrow.schema):
+        if not pa.types.is_string(spec.type) and not pa.types.is_large_string(spec.type):
+            continue
+        column = arrow.column(index)
+        if spec.name in dates:
+            continue
+        if spec.name in _TEXT_COLUMNS[table]:
+            arrow = arrow.set_column(index, spec.name, pa_compute.dictionary_encode(column))
+        elif from_csv:
+            for kind in (pa.int64(), pa.float64()):
+                try:
+                    arrow = arrow.set_column(index, spec.name, column.cast(kind))
+                    break
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
+    return _dates_in_arrow(arrow, table).to_pandas(date_as_object=False)
 
 
 def _dates_in_arrow(arrow: pa.Table, table: str) -> pa.Table:
@@ -434,14 +539,17 @@ def _read_csv(table: str, file: Path, issues: _Issues) -> _Source | None:
         if frame is None:
             return None
     frame.columns = [str(c).strip() for c in frame.columns]
-    lines = np.arange(len(frame)) + 2
+    frame, lines = _without_blank_rows(frame, np.arange(len(frame)) + 2)
+    return _Source(table, frame, lines, file.name, True)
+
+
+def _without_blank_rows(frame: pd.DataFrame, lines: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows with every field empty are not data; drop them, keeping each row's line number."""
     if len(frame.columns) and len(frame):
-        # Rows with every field empty are not data; drop them, keeping each row's line number.
         blank = frame.isna().all(axis=1).to_numpy()
         if blank.any():
-            frame = frame.loc[~blank].reset_index(drop=True)
-            lines = lines[~blank]
-    return _Source(table, frame, lines, file.name, True)
+            return frame.loc[~blank].reset_index(drop=True), lines[~blank]
+    return frame, lines
 
 
 def _read_csv_fast(table: str, data: bytes) -> pd.DataFrame | None:
@@ -672,7 +780,10 @@ class _Parsed:
 
 
 def _build(
-    sources: Mapping[str, _Source], issues: _Issues, with_summary: bool = False
+    sources: Mapping[str, _Source],
+    issues: _Issues,
+    with_summary: bool = False,
+    whole: bool = True,
 ) -> tuple[Cohort | None, dict]:
     parsed = _Parsed(with_summary=with_summary)
     ok = {name: _has_columns(src, issues) for name, src in sources.items()}
@@ -695,8 +806,8 @@ def _build(
     if ok.get("transfusions"):
         parsed.frames["transfusions"] = _transfusions(sources["transfusions"], issues, patient_ids)
     for name in ("patients", "episodes"):
-        if ok.get(name) and len(parsed.frames[name]) == 0:
-            issues.add(name, f"table {name!r} has no rows")
+        if whole and ok.get(name) and len(parsed.frames[name]) == 0:
+            issues.errors.append(no_rows_issue(name))
     summary: dict[str, object] = {}
     if with_summary:
         summary = _summary_of(parsed.frames, parsed.conversions, sources)

@@ -180,7 +180,8 @@ class Scorer:
         `progress(n)` is called after each chunk of `n` episodes.
         """
         out: list[dict[str, Any]] = []
-        for part in _chunks(cohort, chunk_size):
+        parts = _chunks(cohort, chunk_size)
+        for part in parts:
             prepared = self.model.prepare(part)
             lacking = episodes_without_platelets(self.model, prepared)
             if lacking:
@@ -188,6 +189,9 @@ class Scorer:
             out.extend(self.model.answers(prepared, part, explain, self.options))
             if progress is not None:
                 progress(len(part.episodes))
+        if len(parts) > 1:  # back to the cohort's episode order
+            position = {e: i for i, e in enumerate(cohort.episodes["episode_id"].astype(str))}
+            out.sort(key=lambda answer: position[str(answer["episode_id"])])
         return out
 
     def predict_cohort(self, cohort: Any, interval: bool = True) -> pd.DataFrame:
@@ -291,6 +295,48 @@ def calibration_curve(
     return {"margin": margins.tolist(), "probability": probability.tolist()}
 
 
+def _csv_uncertainty_columns(answer: dict[str, Any]) -> dict[str, Any]:
+    """The interval's level, the median day and P(response by day d) as `response_by_day_d`."""
+    columns: dict[str, Any] = {
+        "interval_level": answer.get("interval_level"),
+        "median_days_to_response": answer.get("median_days_to_response"),
+    }
+    for day, value in enumerate(answer.get("response_by_day") or [], start=1):
+        columns[f"response_by_day_{day}"] = value
+    return columns
+
+
+def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per episode, as `ctit score --out FILE.csv` writes it: scores, factors and
+    warnings as text, contributions as `shap:FEATURE` columns (`record_index` only for records).
+    """
+    rows = []
+    for answer in answers:
+        row: dict[str, Any] = {
+            "record_index": answer.get("record_index"),
+            "episode_id": answer["episode_id"],
+            "probability": answer["probability"],
+            "interval_low": answer["interval"][0],
+            "interval_high": answer["interval"][1],
+            **_csv_uncertainty_columns(answer),
+            "band": answer["band"],
+            "margin": answer["margin"],
+            "base_value": answer.get("base_value"),
+            "top_factors": " | ".join(f["text"] for f in answer.get("top_factors") or []),
+            "warnings": " | ".join(w["message"] for w in answer.get("warnings") or []),
+            "model_name": answer["model"]["name"],
+            "model_version": answer["model"]["version"],
+            "label_definition": answer["model"]["label_definition"],
+        }
+        for name, value in (answer.get("contributions") or {}).items():
+            row[f"shap:{name}"] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame["record_index"].isna().all():
+        frame = frame.drop(columns="record_index")
+    return frame
+
+
 def settle_heap() -> None:
     """Collect garbage once, then exempt every object alive now from later collections.
 
@@ -306,14 +352,30 @@ def settle_heap() -> None:
 
 
 def _chunks(cohort: Any, size: int) -> list[Any]:
-    """The cohort split into sub-cohorts of at most `size` episodes (whole patients together)."""
+    """The cohort split into sub-cohorts of about `size` episodes, whole patients together (a
+    patient's earlier episodes feed the prior-episode features of the later ones), each keeping
+    the cohort's episode order. A patient with more than `size` episodes is one part."""
     episodes = cohort.episodes
     if len(episodes) <= size:
         return [cohort]
+    codes, _ = pd.factorize(episodes["patient_id"])  # patients in order of first appearance
+    order = np.argsort(codes, kind="stable")
+    grouped = codes[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])  # each patient's first
+    bounds = [0]
+    while bounds[-1] < len(order):
+        end = bounds[-1] + size
+        if end >= len(order):
+            bounds.append(len(order))
+            continue
+        cut = starts[np.searchsorted(starts, end, side="right") - 1]
+        if cut <= bounds[-1]:  # one patient fills the part: take that patient whole
+            later = starts[starts > bounds[-1]]
+            cut = later[0] if len(later) else len(order)
+        bounds.append(int(cut))
     parts = []
-    positions = np.arange(len(episodes))
-    for start in range(0, len(episodes), size):
-        part_episodes = episodes.iloc[positions[start : start + size]]
+    for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+        part_episodes = episodes.iloc[np.sort(order[begin:end])]
         patients = set(part_episodes["patient_id"])
         parts.append(
             dataclasses.replace(

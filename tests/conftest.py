@@ -346,3 +346,19 @@ def serving_helpers():
 def training_helpers():
     """tests/training/conftest.py as a module: the signal cohort writers."""
     return load_helpers("training")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """Spark local[2] for the tests that ask for it: no UI, loopback only, few shuffle partitions.
+
+    Needs the `spark` extra and Java 17 (`make test` installs both, see scripts/ensure-java).
+    """
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from serving.spark import spark_session
+
+    session = spark_session("local[2]", app_name="ctit-tests")
+    session.conf.set("spark.sql.shuffle.partitions", "4")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

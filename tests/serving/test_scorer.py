@@ -94,6 +94,25 @@ def test_cohort_scores_match_the_fast_path(scorer: Scorer, cohort_dir: Path) -> 
     assert "missing_baseline" in {w["code"] for w in e4["warnings"]}
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_chunks_keep_each_patient_whole_and_the_episode_order(cohort_dir: Path, size) -> None:
+    from serving.scorer import _chunks
+
+    cohort = load_cohort(cohort_dir)  # P-a1 has the first and the last episode (E-1, E-5)
+    parts = _chunks(cohort, size)
+    seen = [list(part.episodes["episode_id"]) for part in parts]
+    assert sorted(sum(seen, [])) == sorted(cohort.episodes["episode_id"])
+    for part, ids in zip(parts, seen, strict=True):
+        order = list(cohort.episodes["episode_id"])
+        assert ids == sorted(ids, key=order.index)  # the cohort's order inside a part
+        patients = set(part.episodes["patient_id"])
+        everyone = cohort.episodes[cohort.episodes["patient_id"].isin(patients)]
+        assert sorted(everyone["episode_id"]) == sorted(ids)  # whole patients only
+        assert len(ids) <= size or len(patients) == 1
+        assert set(part.labs["patient_id"]) <= patients
+    assert ["E-1", "E-5"] in [[i for i in ids if i in ("E-1", "E-5")] for ids in seen]
+
+
 def test_several_episodes_of_one_record(scorer: Scorer, record) -> None:
     second = dict(record["episode"], episode_id="SECOND", index_date="2030-01-01")
     multi = {**{k: v for k, v in record.items() if k != "episode"}}
