@@ -30,6 +30,10 @@ DRUG_CLASSES: tuple[str, ...] = (
     "endocrine",
     "immunotherapy",
 )
+#: The classes that can cause thrombocytopenia (a regimen with none of them cannot cause CTIT).
+MYELOTOXIC_CLASSES = frozenset(DRUG_CLASSES) - {"anti_her2", "endocrine", "immunotherapy"}
+#: Cytotoxic chemotherapy (the regimen class "chemotherapy" at onset; ADCs and targeted drugs not).
+CHEMOTHERAPY_CLASSES = MYELOTOXIC_CLASSES - {"adc", "cdk46", "parp"}
 
 DRUG_TABLE = Path(__file__).with_name("drug_classes.csv")
 _DASHES = re.compile(r"[\u2010-\u2015\u2212]")

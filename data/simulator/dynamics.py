@@ -119,20 +119,28 @@ def advance(
     prolif = drive
     prolif *= state.prolif  # the pool after exponential growth at rate ktr (drive - 1)
     np.minimum(prolif, pool_max * params.pool_ss, out=prolif)
+    new_transit, circ = _mature(state.transit, state.circ, state.prolif, params)
+    np.maximum(circ, 0.5, out=circ)
+    return PlateletState(prolif, new_transit, circ)
+
+
+def _mature(
+    transit: list[np.ndarray], circ: np.ndarray, upstream: np.ndarray, params: PlateletParams
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """One exponential-Euler step of the transit chain and the circulation, fed by `upstream`
+    (each compartment relaxes towards the one before it; the last feeds the circulation)."""
     new_transit = []
-    upstream = state.prolif
-    for compartment in state.transit:
+    for compartment in transit:
         new = compartment - upstream
         new *= params.decay_tr
         new += upstream
         new_transit.append(new)
         upstream = compartment
     target = params.transfer * upstream
-    circ = state.circ - target
+    circ = circ - target
     circ *= params.decay_circ
     circ += target
-    np.maximum(circ, 0.5, out=circ)
-    return PlateletState(prolif, new_transit, circ)
+    return new_transit, circ
 
 
 def advance_drug(
@@ -148,18 +156,7 @@ def advance_drug(
     compartment and matures with the patient's own rate constants; `params`, `stimulation` and
     `pool` are given for the rows of `drug`.
     """
-    upstream = stimulation * pool
-    new_transit = []
-    for compartment in drug.transit:
-        new = compartment - upstream
-        new *= params.decay_tr
-        new += upstream
-        new_transit.append(new)
-        upstream = compartment
-    target = params.transfer * upstream
-    circ = drug.circ - target
-    circ *= params.decay_circ
-    circ += target
+    new_transit, circ = _mature(drug.transit, drug.circ, stimulation * pool, params)
     return DrugState(new_transit, circ)
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from data.cohort import load_cohort
+from data.drugs import CHEMOTHERAPY_CLASSES, MYELOTOXIC_CLASSES
 from data.labels import derive_labels, get_definition
 
 
@@ -72,36 +73,6 @@ def episode_table(cohort_dir: Path | str) -> pd.DataFrame:
         oracle = pd.read_csv(oracle_path, usecols=[c for c in wanted if c in header])
         ep = ep.merge(oracle, on="episode_id", how="left")
     return ep.sort_values("episode_id").reset_index(drop=True)
-
-
-# Drug classes that can cause thrombocytopenia (a regimen with none of them cannot cause CTIT).
-MYELOTOXIC_CLASSES = frozenset(
-    {
-        "platinum",
-        "gemcitabine",
-        "anthracycline",
-        "taxane",
-        "antimetabolite",
-        "alkylator",
-        "vinca",
-        "eribulin",
-        "adc",
-        "cdk46",
-        "parp",
-    }
-)
-CHEMOTHERAPY_CLASSES = frozenset(
-    {
-        "platinum",
-        "gemcitabine",
-        "anthracycline",
-        "taxane",
-        "antimetabolite",
-        "alkylator",
-        "vinca",
-        "eribulin",
-    }
-)
 
 
 def regimen_class(classes: list[str]) -> str:
