@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Also write the figures as JSON here.")
     args = parser.parse_args()
 
-    records, y = bench_serving._fixtures().synthetic_records(args.patients, seed=1)
+    records, y = bench_serving.serving_fixtures().synthetic_records(args.patients, seed=1)
     model = bench_serving.train_model(records, y, args.trees, args.depth)
     with tempfile.TemporaryDirectory(prefix="ctit-load-") as tmp:
         audit = Path(tmp) / "audit.db"

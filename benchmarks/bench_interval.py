@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _shared import serving_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -178,7 +179,7 @@ def main() -> int:
     full_scorer, base_scorer = Scorer(model, uri="bench"), Scorer(baseline, uri="bench")
     model.warm()
     baseline.warm()
-    light = _fixtures().synthetic_records(50, seed=1)[0]  # bench_serving's records (7 labs)
+    light = serving_fixtures().synthetic_records(50, seed=1)[0]  # bench_serving's records (7 labs)
     heavy = _records(holdout_dir, 50)  # simulated patients with their whole lab history
     print("\nin-process p50 per patient (Scorer.score, explain on; interleaved, same run):")
     for kind, records in (("bench_serving records", light), ("simulated records", heavy)):
@@ -228,18 +229,6 @@ def _interleaved(full, base, records: list[dict], rounds: int = 4) -> tuple[floa
             a.extend(_timed(lambda r=record: full.score(r), 1))
             b.extend(_timed(lambda r=record: base.score(r), 1))
     return statistics.median(a), statistics.median(b)
-
-
-def _fixtures():
-    """The synthetic record generator shared with the serving tests (as bench_serving uses)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "serving_fixtures", ROOT / "tests" / "serving" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _records(cohort_dir: Path, n: int) -> list[dict]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import os
 import resource
 import sqlite3
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _shared import serving_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,15 +40,6 @@ from serving.audit import AuditLog, feature_set_id, salted_hash  # noqa: E402
 from serving.records import RecordBatch, validate_record  # noqa: E402
 
 SALT = "bench-salt"
-
-
-def _fixtures():
-    spec = importlib.util.spec_from_file_location(
-        "serving_fixtures", ROOT / "tests" / "serving" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fill_audit(path: Path, model, X_ref: np.ndarray, rows: int, seed: int = 0) -> float:
@@ -125,7 +116,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--skip-outcomes", action="store_true")
     args = parser.parse_args()
-    fixtures = _fixtures()
+    fixtures = serving_fixtures()
     records, y = fixtures.synthetic_records(400, seed=3)
     model = fixtures.build_model(records, y, n_folds=3)
     batch = RecordBatch.from_requests([validate_record(r) for r in records], keep_ids=True)

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import gc
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -45,6 +44,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import xgboost as xgb
+from _shared import serving_fixtures
 
 from data.cohort import cohort_from_tables, summarise
 from features.pipeline import FeatureConfig, FeaturePipeline
@@ -54,16 +54,6 @@ from serving.scorer import Scorer, settle_heap
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
-
-
-def _fixtures():
-    """The synthetic record generator shared with the serving tests."""
-    spec = importlib.util.spec_from_file_location(
-        "serving_fixtures", ROOT / "tests" / "serving" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_model(records: list[dict], y: np.ndarray, trees: int, depth: int) -> DeployableModel:
@@ -386,7 +376,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Also write the figures as JSON here.")
     args = parser.parse_args()
 
-    fixtures = _fixtures()
+    fixtures = serving_fixtures()
     records, y = fixtures.synthetic_records(args.patients, seed=1)
     start = time.perf_counter()
     model = train_model(records, y, args.trees, args.depth)

@@ -19,7 +19,6 @@ disk; it says nothing about network shuffles or skew.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -29,24 +28,17 @@ import threading
 import time
 from pathlib import Path
 
+from _shared import serving_fixtures
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 CORES = 2  # local[2]
 
 
-def _fixtures():
-    spec = importlib.util.spec_from_file_location(
-        "serving_fixtures", ROOT / "tests" / "serving" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _model(work: Path) -> Path:
     target = work / "model"
     if not (target / "manifest.json").is_file():
-        fixtures = _fixtures()
+        fixtures = serving_fixtures()
         records, y = fixtures.synthetic_records(600, seed=3)
         fixtures.build_model(records, y, n_folds=3).save(target)
     return target
