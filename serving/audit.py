@@ -288,9 +288,8 @@ class AuditLog:
             endpoint=endpoint,
             caller=caller,
         )
-        inputs = self._submit_inputs(model, [(patient_id, input_sha256, answers)])
-        self._submit("scores", rows).result()
-        inputs.result()
+        items = [(patient_id, input_sha256, answers)]
+        self._submit_tables([("scores", rows), *self._input_tables(model, items)]).result()
 
     def record_scores(
         self,
@@ -303,9 +302,7 @@ class AuditLog:
         """Append the rows of several records (patient_id, input_sha256, answers) at once."""
         items = list(items)
         rows = self.score_rows(model=model, items=items, endpoint=endpoint, caller=caller)
-        inputs = self._submit_inputs(model, items)
-        self._submit("scores", rows).result()
-        inputs.result()
+        self._submit_tables([("scores", rows), *self._input_tables(model, items)]).result()
 
     async def arecord_scores(
         self,
@@ -318,18 +315,18 @@ class AuditLog:
         """`record_scores` for async code: waits for the commit without blocking the loop."""
         items = list(items)
         rows = self.score_rows(model=model, items=items, endpoint=endpoint, caller=caller)
-        inputs = self._submit_inputs(model, items)
-        await asyncio.wrap_future(self._submit("scores", rows))
-        await asyncio.wrap_future(inputs)
+        tables = [("scores", rows), *self._input_tables(model, items)]
+        await asyncio.wrap_future(self._submit_tables(tables))
 
     # -- model inputs (monitoring) --------------------------------------------------------------
 
-    def _submit_inputs(
+    def _input_tables(
         self, model: dict[str, Any], items: Sequence[tuple[str, str, Sequence[dict[str, Any]]]]
-    ) -> Future:
-        """Queue the `score_inputs` rows of answers that carry `model_input` (see module doc)."""
+    ) -> list[tuple[str, list[tuple]]]:
+        """The `feature_sets` and `score_inputs` rows of answers that carry `model_input` (see
+        module doc), written in the same transaction as their `scores` rows."""
         if not self.model_inputs:
-            return self._submit("score_inputs", [])
+            return []
         now = _now()
         name, version = str(model.get("name", "")), str(model.get("version", ""))
         rows, sets = [], {}
@@ -345,9 +342,8 @@ class AuditLog:
                 episode_hash = self.hash_id(answer["episode_id"])
                 probability, margin = float(answer["probability"]), float(answer["margin"])
                 rows.append((now, name, version, episode_hash, probability, margin, set_id, vector))
-        if sets:  # INSERT OR IGNORE, in the same group commit as the rows naming them
-            self._submit("feature_sets", list(sets.items()))
-        return self._submit("score_inputs", rows)
+        # feature_sets: INSERT OR IGNORE, before the rows naming them
+        return [("feature_sets", list(sets.items())), ("score_inputs", rows)]
 
     # -- feedback -------------------------------------------------------------------------------
 
@@ -374,13 +370,18 @@ class AuditLog:
     # -- writing --------------------------------------------------------------------------------
 
     def _submit(self, table: str, rows: list[tuple]) -> Future:
+        return self._submit_tables([(table, rows)])
+
+    def _submit_tables(self, tables: list[tuple[str, list[tuple]]]) -> Future:
+        """Queue rows of one or more tables; they commit together (one transaction, one sync)."""
         done: Future = Future()
+        tables = [(table, rows) for table, rows in tables if rows]
         if self._closed:
             done.set_exception(AuditUnavailable(f"audit log {self.path} is closed"))
-        elif not rows:
+        elif not tables:
             done.set_result(None)
         else:
-            self._queue.put((table, rows, done))
+            self._queue.put((tables, done))
         return done
 
     def _write_loop(self) -> None:
@@ -409,8 +410,9 @@ class AuditLog:
                         raise AuditUnavailable(f"audit log {self.path} was deleted or replaced")
                     self._begin()
                     try:
-                        for table, rows, _done in group:
-                            self._db.executemany(_INSERT[table], rows)
+                        for tables, _done in group:
+                            for table, rows in tables:
+                                self._db.executemany(_INSERT[table], rows)
                         self._db.execute("COMMIT")
                     except BaseException:
                         # also after a failed COMMIT (disk full): never stay inside a transaction
@@ -419,10 +421,10 @@ class AuditLog:
                         raise
             except Exception as exc:  # every waiter learns that its rows were not written
                 log.error("audit log %s: write failed (%s)", self.path, type(exc).__name__)
-                for _table, _rows, done in group:
+                for _tables, done in group:
                     done.set_exception(exc)
             else:
-                for _table, _rows, done in group:
+                for _tables, done in group:
                     done.set_result(None)
 
     def _begin(self) -> None:

@@ -204,6 +204,29 @@ def test_monitor_without_recorded_inputs_says_why(tmp_path: Path) -> None:
         run(path, reference())
 
 
+def test_a_score_and_its_model_input_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    """One transaction (one durable sync) per request: if the model-input row cannot be written,
+    the score row is rolled back with it and the caller is told."""
+    path = tmp_path / "audit.db"
+    audit = AuditLog(path, salt="pepper")
+    answer = Answer(episode_id="E1", probability=0.5, margin=0.0, model=MODEL)
+    answer.model_input = (NAMES, np.zeros(len(NAMES), dtype=np.float32))
+    audit.record_scores(model=MODEL, items=[("P1", "0" * 64, [answer])], endpoint="x", caller="t")
+    with sqlite3.connect(path) as db:  # the next model-input row will fail
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON score_inputs BEGIN "
+                   "SELECT RAISE(ABORT, 'refused'); END")  # fmt: skip
+    second = Answer(episode_id="E2", probability=0.4, margin=-0.4, model=MODEL)
+    second.model_input = answer.model_input
+    with pytest.raises(sqlite3.DatabaseError, match="refused"):
+        audit.record_scores(
+            model=MODEL, items=[("P2", "1" * 64, [second])], endpoint="x", caller="t"
+        )
+    audit.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM score_inputs").fetchone()[0] == 1
+
+
 def test_feature_vectors_are_the_model_inputs_and_carry_no_identifier(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     X = draw(3, np.random.default_rng(3))
