@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from features.notes import FeatureWarning
 from features.timeline import (
     NAT,
     NS_PER_DAY,
@@ -174,7 +175,11 @@ def static_kind(values: pd.Series) -> StaticKind:
 
 
 def static_values(
-    values: np.ndarray, kind: StaticKind, name: str, episode_ids: np.ndarray, warnings: list[str]
+    values: np.ndarray,
+    kind: StaticKind,
+    name: str,
+    episode_ids: np.ndarray,
+    warnings: list[FeatureWarning],
 ) -> np.ndarray:
     """Encode an extra static column as `kind`; misfit values become NaN, with a warning."""
     if kind == "categorical":
@@ -195,9 +200,8 @@ def static_values(
             except ValueError:
                 parsed = None
         if parsed is None:
-            warnings.append(
-                f"episode {episode_ids[i]}: {name}={value!r} is not {kind}; encoded as missing"
-            )
+            text = f"{name}={value!r} is not {kind}; encoded as missing"
+            warnings.append(FeatureWarning(episode_ids[i], text))
         else:
             out[i] = parsed
     return out
@@ -209,7 +213,7 @@ def extra_static(
     columns: tuple[str, ...],
     kinds: dict[str, StaticKind] | None,
     episode_ids: np.ndarray,
-    warnings: list[str],
+    warnings: list[FeatureWarning],
 ) -> tuple[dict[str, np.ndarray], dict[str, StaticKind]]:
     """Extra static columns (episodes first, then patients), encoded by kind (learned when None)."""
     rows = None
@@ -232,7 +236,7 @@ def extra_static(
                 episode_ids, warnings,
             )  # fmt: skip
             warnings.extend(
-                f"episode {e}: {column} was not given; the model treats it as missing"
+                FeatureWarning(e, f"{column} was not given; the model treats it as missing")
                 for e in episode_ids
             )
             continue

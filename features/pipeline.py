@@ -28,6 +28,7 @@ from features.labs import (
     platelet_features,
     read_labs,
 )
+from features.notes import FeatureWarning
 from features.prior import prior_episode_features
 from features.regimens import read_regimens, regimen_features
 from features.registry import LAB_ANALYTES, PLT_WINDOWS, spec_of
@@ -134,7 +135,7 @@ class RawFeatures:
     columns: dict[str, np.ndarray]
     categorical: set[str]
     static_kinds: dict[str, StaticKind]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[FeatureWarning] = field(default_factory=list)
 
 
 def _table(cohort: CohortLike, name: str) -> pd.DataFrame | None:
@@ -169,7 +170,7 @@ def compute_features(
 
     columns: dict[str, np.ndarray] = {}
     categorical: set[str] = set()
-    warnings: list[str] = []
+    warnings: list[FeatureWarning] = []
     series = {}
     if want_labs:
         codes = list(LAB_ANALYTES) + list(config.extra_analytes)
@@ -237,7 +238,7 @@ class FeatureMatrix:
 
     episode_ids: np.ndarray
     X: np.ndarray
-    warnings: list[str]
+    warnings: list[FeatureWarning]
 
 
 class FeaturePipeline(BaseEstimator):
@@ -316,11 +317,14 @@ class FeaturePipeline(BaseEstimator):
                 out[position] = row
             for i in np.flatnonzero(~seen):
                 warnings.append(
-                    f"episode {ids[i]}: {plan.raw} {values[i]!r} was not seen when the pipeline "
-                    "was fitted; encoded as all zeros"
+                    FeatureWarning(
+                        ids[i],
+                        f"{plan.raw} {values[i]!r} was not seen when the pipeline was fitted; "
+                        "encoded as all zeros",
+                    )
                 )
         if warnings:  # the messages name episodes: they go to the caller, never to the log
-            logger.warning("%d unseen category value(s) encoded as all zeros", len(warnings))
+            logger.warning("%d feature warning(s); see the returned warnings", len(warnings))
         return FeatureMatrix(ids, out.T, warnings)
 
     def transform_with_warnings(self, cohort: CohortLike) -> tuple[pd.DataFrame, list[str]]:

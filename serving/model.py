@@ -523,11 +523,10 @@ class DeployableModel:
         notes: dict[str, list[str]] = {}
         if messages:
             known = set(episode_ids)
-            for message in messages:
-                head, _, rest = message.partition(": ")
-                episode_id = head.removeprefix("episode ")
-                if head.startswith("episode ") and episode_id in known:
-                    notes.setdefault(episode_id, []).append(rest)
+            for message in messages:  # FeatureWarning: the episode it is about, and its text
+                episode_id = getattr(message, "episode_id", None)
+                if episode_id in known:
+                    notes.setdefault(episode_id, []).append(message.text)
         return _Prepared(episode_ids, X, notes)
 
     # -- predictions ----------------------------------------------------------------------------

@@ -348,3 +348,25 @@ def test_recent_trend_windows_and_the_index_time(cohort_tables):
     tables["episodes"].loc[0, "index_date"] = "2024-03-09T07:00:00"
     e1 = build_features(cohort_from_tables(tables)).set_index("episode_id").loc["E-1"]
     assert e1["plt_change_last"] == pytest.approx((90 - 180) / 12)
+
+
+def test_feature_warnings_name_their_episode_without_parsing(cohort_tables):
+    import pickle
+
+    from features.notes import FeatureWarning
+
+    tables = {k: v.copy() for k, v in cohort_tables.items()}
+    tables["patients"]["smoker"] = ["yes", "no", "no", None]
+    config = FeatureConfig(extra_static=("smoker",))
+    pipeline = FeaturePipeline(config).fit(cohort_from_tables(tables))
+    tables["patients"]["smoker"] = ["yes", "maybe", "no", None]  # P-b2: E-2
+    X, warnings = pipeline.transform_with_warnings(cohort_from_tables(tables))
+    (warning,) = warnings
+    assert isinstance(warning, FeatureWarning)
+    assert (warning.episode_id, warning.text) == (
+        "E-2",
+        "smoker='maybe' is not boolean; encoded as missing",
+    )
+    assert warning == "episode E-2: smoker='maybe' is not boolean; encoded as missing"
+    assert pickle.loads(pickle.dumps(warning)).episode_id == "E-2"
+    assert np.isnan(X.loc["E-2", "static_smoker"])
