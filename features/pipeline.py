@@ -323,8 +323,9 @@ class FeaturePipeline(BaseEstimator):
                         "encoded as all zeros",
                     )
                 )
-        if warnings:  # the messages name episodes: they go to the caller, never to the log
-            logger.warning("%d feature warning(s); see the returned warnings", len(warnings))
+        unseen = len(warnings) - len(raw.warnings)
+        if unseen:  # the messages name episodes: they go to the caller, never to the log
+            logger.warning("%d unseen category value(s) encoded as all zeros", unseen)
         return FeatureMatrix(ids, out.T, warnings)
 
     def transform_with_warnings(self, cohort: CohortLike) -> tuple[pd.DataFrame, list[str]]:
