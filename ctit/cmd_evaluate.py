@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from ctit.options import TrackingUri
+from ctit.options import TrackingUri, fail, fail_invalid_cohort, load_model
 from ctit.options import tracking_uri as resolve_tracking_uri
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    Console(stderr=True, soft_wrap=True).print(Text(f"error: {message}", style="bold red"))
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
@@ -61,26 +55,18 @@ def evaluate(
     """
     import tempfile
 
-    import mlflow
-
     from data.cohort import load_cohort
     from data.issues import CohortError
     from data.outputs import OutputError, write_text
-    from serving.model import ModelLoadError
-    from serving.model_uri import load_deployable_model
     from training.config import EvaluationConfig
     from training.external import EvaluationError, evaluate_model, log_evaluation, write_artifacts
 
+    deployed = load_model(model, tracking_uri)
     uri = resolve_tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-        deployed = load_deployable_model(model)
-    except ModelLoadError as error:
-        _fail(str(error), code=2)
     try:
         data = load_cohort(cohort)
     except CohortError as error:
-        _fail(f"{cohort} is not a valid cohort:\n{error}")
+        fail_invalid_cohort(cohort, error)
     settings = EvaluationConfig(
         operating_threshold=float(deployed.bands.operating_threshold), n_bootstrap=n_bootstrap
     )
@@ -89,7 +75,7 @@ def evaluate(
             deployed, data, label, settings, model_uri=model, cohort_name=cohort.resolve().name
         )
     except (EvaluationError, ValueError) as error:
-        _fail(str(error))
+        fail(str(error))
     console = Console()
     console.print(_table(result))
     for warning in result.warnings:
@@ -103,7 +89,7 @@ def evaluate(
             try:
                 write_text(out, (directory / "report.html").read_text(encoding="utf-8"))
             except OutputError as error:
-                _fail(str(error))
+                fail(str(error))
         console.print(f"reviewer page written to {out}")
 
 

@@ -12,13 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ctit.options import TrackingUri
+from ctit.options import TrackingUri, fail, fail_invalid_cohort, load_model
 from ctit.options import tracking_uri as resolve_tracking_uri
-
-
-def _fail(console: Console, message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    return typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
@@ -79,11 +74,8 @@ def register(app: typer.Typer) -> None:
 
         Exit code: 0 no alert, 1 alert (drift or calibration), 2 nothing to monitor or bad input.
         """
-        import mlflow
 
         from data.outputs import OutputError, write_text
-        from serving.model import ModelLoadError
-        from serving.model_uri import load_deployable_model
         from training.monitor import (
             MonitorConfig,
             MonitorError,
@@ -101,22 +93,17 @@ def register(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         if outcomes is not None and cohort is not None:
-            raise _fail(console, "give at most one of --outcomes or --cohort", 2)
+            fail("give at most one of --outcomes or --cohort", 2)
         if since is not None:
             try:
                 dt.date.fromisoformat(since)
             except ValueError:
-                raise _fail(console, f"--since {since!r} is not a date (YYYY-MM-DD)", 2) from None
+                fail(f"--since {since!r} is not a date (YYYY-MM-DD)", 2)
         try:
             config = MonitorConfig(window=window)
         except ValueError as error:
-            raise _fail(console, str(error), 2) from None
-        uri = resolve_tracking_uri(tracking_uri)
-        mlflow.set_tracking_uri(uri)
-        try:
-            deployed = load_deployable_model(model)
-        except ModelLoadError as error:
-            raise _fail(console, str(error), 2) from None
+            fail(str(error), 2)
+        deployed = load_model(model, tracking_uri)
         try:
             if reference is not None:
                 ref = reference_from_dir(reference, deployed.feature_names)
@@ -144,14 +131,14 @@ def register(app: typer.Typer) -> None:
                 config=config,
             )
         except MonitorError as error:
-            raise _fail(console, str(error), 2) from None
+            fail(str(error), 2)
         html = render_html(summary)
         json_path = json_out or out.with_suffix(".json")
         try:
             write_text(out, html)
             write_text(json_path, summary_json(summary))
         except OutputError as error:
-            raise _fail(console, str(error), 2) from None
+            fail(str(error), 2)
         if not no_mlflow:
             try:
                 run_id = log_to_mlflow(summary, html)
@@ -182,7 +169,7 @@ def register(app: typer.Typer) -> None:
         try:
             loaded = load_cohort(cohort)
         except CohortError as error:
-            raise _fail(console, f"cohort is invalid:\n{error}", 2) from None
+            fail_invalid_cohort(cohort, error)
         try:
             answers = post_records(
                 url,
@@ -191,7 +178,7 @@ def register(app: typer.Typer) -> None:
                 batch_size=batch_size,
             )
         except ShadowError as error:
-            raise _fail(console, str(error), 1) from None
+            fail(str(error), 1)
         console.print(f"{answers} episodes scored by {url}", highlight=False, markup=False)
 
     @app.command("recalibrate")
@@ -216,12 +203,9 @@ def register(app: typer.Typer) -> None:
         tracking_uri: TrackingUri = None,
     ) -> None:
         """Refit only the calibrator on a site's labelled cohort; register it @candidate."""
-        import mlflow
 
         from data.cohort import load_cohort
         from data.issues import CohortError
-        from serving.model import ModelLoadError
-        from serving.model_uri import load_deployable_model
         from training.recalibrate import (
             RecalibrationConfig,
             RecalibrationError,
@@ -230,27 +214,23 @@ def register(app: typer.Typer) -> None:
         )
         from training.tracking import TrackingError
 
-        console = Console(stderr=True)
         if not model.startswith("models:/"):
-            raise _fail(console, "--model must be a registered model (models:/NAME@ALIAS)", 2)
+            fail("--model must be a registered model (models:/NAME@ALIAS)", 2)
         try:
             config = RecalibrationConfig(method=method, holdout_fraction=holdout, seed=seed)
         except ValueError as error:
-            raise _fail(console, str(error), 2) from None
+            fail(str(error), 2)
+        deployed = load_model(model, tracking_uri)
         uri = resolve_tracking_uri(tracking_uri)
-        mlflow.set_tracking_uri(uri)
         try:
-            deployed = load_deployable_model(model)
             site = load_cohort(cohort)
-        except ModelLoadError as error:
-            raise _fail(console, str(error), 2) from None
         except CohortError as error:
-            raise _fail(console, f"cohort is invalid:\n{error}", 2) from None
+            fail_invalid_cohort(cohort, error)
         try:
             result = recalibrate_model(deployed, site, config)
             result = register_recalibration(result, uri)
         except (RecalibrationError, TrackingError) as error:
-            raise _fail(console, str(error), 1) from None
+            fail(str(error), 1)
         out = Console()
         out.print(
             f"method {result.method}: fitted on {result.n_fit} episodes, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 from urllib.parse import urlparse
 
 import typer
@@ -119,3 +119,18 @@ def require_registered_model(model: str, option: str | None) -> None:
                 f"`ctit promote {name}` sets @champion once a candidate passes its gates",
                 NO_MODEL_EXIT,
             )
+
+
+def load_model(model: str, option: str | None) -> Any:
+    """The deployable model at `model` (a folder or an MLflow URI in the store of `option`);
+    a model that cannot be found or loaded is the one error of `fail`, exit NO_MODEL_EXIT."""
+    import mlflow
+
+    from serving.model import ModelLoadError
+    from serving.model_uri import load_deployable_model
+
+    mlflow.set_tracking_uri(tracking_uri(option))
+    try:
+        return load_deployable_model(model)
+    except ModelLoadError as error:
+        fail(str(error), NO_MODEL_EXIT)
