@@ -28,6 +28,17 @@ from pyarrow import csv as pa_csv
 from pyarrow import parquet as pa_parquet
 
 from data import drugs, units
+from data.contract import (
+    BOOLEAN_COLUMNS,
+    DATE_COLUMNS,
+    DATE_RANGE,
+    REQUIRED_COLUMNS,
+    REQUIRED_TABLES,
+    SUBTYPES,
+    TABLES,
+    TEXT_COLUMNS,
+    TRANSFUSION_PRODUCTS,
+)
 from data.issues import CohortError, Issue
 
 try:  # pandas 2.x block internals (as pyarrow's to_pandas uses them), for `_frame_of_arrays`
@@ -41,68 +52,11 @@ except ImportError:  # another pandas: frames come from pd.DataFrame
 
 logger = logging.getLogger(__name__)
 
-TABLES: tuple[str, ...] = (
-    "patients",
-    "episodes",
-    "labs",
-    "regimens",
-    "outcomes",
-    "transfusions",
-)
-TRANSFUSION_PRODUCTS: tuple[str, ...] = ("platelets", "red_cells")
-REQUIRED_TABLES: tuple[str, ...] = ("patients", "episodes", "labs", "regimens")
-REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "patients": ("patient_id",),
-        "episodes": ("episode_id", "patient_id", "index_date"),
-        "labs": ("patient_id", "time", "test", "value", "unit"),
-        "regimens": ("patient_id", "start_date", "drugs"),
-        "outcomes": ("episode_id", "response"),
-        "transfusions": ("patient_id", "time", "product"),
-    }
-)
-BOOLEAN_COLUMNS: tuple[str, ...] = (
-    "bone_mets",
-    "liver_mets",
-    "marrow_involvement",
-    "splenomegaly",
-    "prior_radiotherapy",
-)
-SUBTYPES: tuple[str, ...] = ("HR+/HER2-", "HER2+", "TNBC")
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".parquet", ".pq")
 # Past this many rows with the same problem, one more issue counts the rest (a million bad units
 # would otherwise make an unreadable report).
 MAX_ISSUES_PER_CHECK = 50
 
-# Columns read as text from CSV (ids such as "007" must not become numbers).
-_TEXT_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "patients": (
-            "patient_id",
-            "sex",
-            "birth_date",
-            "race",
-            "site",
-            "subtype",
-            *BOOLEAN_COLUMNS,
-        ),
-        "episodes": ("episode_id", "patient_id", "index_date"),
-        "labs": ("patient_id", "time", "test", "unit"),
-        "regimens": ("patient_id", "start_date", "end_date", "drugs", "regimen"),
-        "outcomes": ("episode_id",),
-        "transfusions": ("patient_id", "time", "product"),
-    }
-)
-_DATE_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "patients": ("birth_date",),
-        "episodes": ("index_date",),
-        "labs": ("time",),
-        "regimens": ("start_date", "end_date"),
-        "outcomes": (),
-        "transfusions": ("time",),
-    }
-)
 _MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "nat", "<na>"})
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
@@ -467,11 +421,11 @@ def _read_file(table: str, file: Path, issues: _Issues) -> _Source | None:
         return _read_csv(table, file, issues)
     try:
         schema = pa_parquet.read_schema(file)
-        dates = _DATE_COLUMNS[table]
+        dates = DATE_COLUMNS[table]
         text = [
             f.name
             for f in schema
-            if f.name in _TEXT_COLUMNS[table] and f.name not in dates and pa.types.is_string(f.type)
+            if f.name in TEXT_COLUMNS[table] and f.name not in dates and pa.types.is_string(f.type)
         ]
         arrow = pa_parquet.read_table(file, read_dictionary=text)
         frame = _dates_in_arrow(arrow, table).to_pandas()
@@ -493,14 +447,14 @@ def frame_from_arrow(table: str, arrow: pa.Table, from_csv: bool = False) -> pd.
     read as numbers where they all parse, as the CSV reader infers them. Values that do not parse
     stay text, so the loader reports each with its row.
     """
-    dates = _DATE_COLUMNS[table]
+    dates = DATE_COLUMNS[table]
     for index, spec in enumerate(arrow.schema):
         if not pa.types.is_string(spec.type) and not pa.types.is_large_string(spec.type):
             continue
         column = arrow.column(index)
         if spec.name in dates:
             continue
-        if spec.name in _TEXT_COLUMNS[table]:
+        if spec.name in TEXT_COLUMNS[table]:
             arrow = arrow.set_column(index, spec.name, pa_compute.dictionary_encode(column))
         elif from_csv:
             for kind in (pa.int64(), pa.float64()):
@@ -515,7 +469,7 @@ def frame_from_arrow(table: str, arrow: pa.Table, from_csv: bool = False) -> pd.
 def _dates_in_arrow(arrow: pa.Table, table: str) -> pa.Table:
     """Parse ISO 8601 text date columns in arrow (fast); a column that does not parse whole is
     left as text for the pandas parser, which reports each bad value."""
-    for name in _DATE_COLUMNS[table]:
+    for name in DATE_COLUMNS[table]:
         index = arrow.schema.get_field_index(name)
         if index < 0 or not pa.types.is_string(arrow.schema.field(index).type):
             continue
@@ -559,8 +513,8 @@ def _read_csv_fast(table: str, data: bytes) -> pd.DataFrame | None:
         return None  # pyarrow skips blank lines, which would shift line numbers
     try:
         # Dictionary-encoded text becomes pandas categoricals: no Python string per row.
-        types = dict.fromkeys(_TEXT_COLUMNS[table], pa.dictionary(pa.int32(), pa.string()))
-        types.update(dict.fromkeys(_DATE_COLUMNS[table], pa.timestamp("ns")))
+        types = dict.fromkeys(TEXT_COLUMNS[table], pa.dictionary(pa.int32(), pa.string()))
+        types.update(dict.fromkeys(DATE_COLUMNS[table], pa.timestamp("ns")))
         parsed = pa_csv.read_csv(
             io.BytesIO(data),
             convert_options=pa_csv.ConvertOptions(
@@ -580,7 +534,7 @@ def _read_csv_exact(table: str, file: Path, data: bytes, issues: _Issues) -> pd.
     try:
         return pd.read_csv(
             io.BytesIO(data),
-            dtype=dict.fromkeys(_TEXT_COLUMNS[table], str),
+            dtype=dict.fromkeys(TEXT_COLUMNS[table], str),
             keep_default_na=False,
             na_values=[""],
             skip_blank_lines=False,
@@ -923,7 +877,6 @@ def _date_column(
 
 
 #: Dates accepted anywhere in a cohort (first and last day).
-DATE_RANGE = ("1900-01-01", "2200-12-31")
 _EARLIEST = np.datetime64(DATE_RANGE[0])
 _AFTER_LATEST = np.datetime64("2201-01-01")
 _YEAR = re.compile(r"\s*([+-]?\d{4,})-")

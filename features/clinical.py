@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from data.contract import BOOLEAN_COLUMNS
 from features.notes import FeatureWarning
 from features.timeline import (
     NAT,
@@ -19,13 +20,6 @@ from features.timeline import (
     lookup,
 )
 
-BOOLEAN_COLUMNS = (
-    "bone_mets",
-    "liver_mets",
-    "marrow_involvement",
-    "splenomegaly",
-    "prior_radiotherapy",
-)
 # Race values read as Asian ancestry: the word itself, common national groups, and the CDC race
 # code 2028-9 used by FHIR US Core.
 _ASIAN = {"asian", "chinese", "japanese", "korean", "east asian", "south asian", "2028-9"}

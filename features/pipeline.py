@@ -19,8 +19,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from data.contract import BOOLEAN_COLUMNS
 from data.units import canonical_test
-from features.clinical import BOOLEAN_COLUMNS, StaticKind, clinical_features, extra_static
+from features.clinical import StaticKind, clinical_features, extra_static
 from features.labs import (
     analyte_series,
     lab_features,

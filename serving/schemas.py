@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from data.cohort import REQUIRED_COLUMNS
+from data.contract import REQUIRED_COLUMNS
 
 #: Dates outside these are refused: they are typing errors (0001-01-01, 9999-12-31) and lie
 #: outside the nanosecond range of the feature code (1677-2262), where they would wrap.
