@@ -5,10 +5,10 @@ base64 PNG, no script and no font or other resource fetched from anywhere (a Con
 forbids it). Section ids are stable: summary, performance, global-explanations, plausibility,
 stability, case-gallery, limitations, tripod.
 
-Two steps: `training.report_context.build_context` computes everything the page shows as plain
-data (`ReportContext`), and the Jinja templates `training/templates/report.html` and
-`_macros.html` (tables, badges, facts, figures) turn it into HTML, with autoescaping on. No HTML
-is built in Python.
+Two steps: `training.report_context.build_context` computes everything the page shows as
+plain data (`training.report_types.ReportContext`), and the Jinja templates
+`training/templates/report.html` and `_macros.html` (tables, badges, facts, figures) turn it into
+HTML, with autoescaping on. No HTML is built in Python.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from markupsafe import Markup
 from data.outputs import write_text
 from training.report_context import (
     SECTIONS,
-    ReportContext,
-    ReportError,
-    ReportSettings,
     build_context,
     display_labels,
     key_figures,
     uncertainty,
 )
+from training.report_types import ReportContext, ReportError, ReportSettings
 
 if TYPE_CHECKING:
     from training.result import TrainResult

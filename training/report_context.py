@@ -1,9 +1,12 @@
 """Everything the reviewer report shows, computed as plain data (no HTML).
 
-`build_context(result, settings)` returns a `ReportContext`: frozen dataclasses of strings, numbers,
-tuples and `Table`s (headers, rows of text or `Cell`s, which columns are numeric, which rows are
-flagged), and figures as base64 PNG data URIs from `training.plots`. One function per section
-computes it; `training.report` renders it with the Jinja templates of `training/templates`.
+`build_context(result, settings)` returns a `ReportContext` (`training.report_types`: frozen
+dataclasses of strings, numbers, tuples and `Table`s, and figures as base64 PNG data URIs from
+`training.plots`). The shared inputs are computed once (`_features`, `_shap`, `_identity`), then
+one function per section: `key_figures_section`, `summary_section` (with `model_spec`),
+`performance_section`, `explanations_section`, `plausibility_section`, `stability_section`,
+`gallery_section`, `limitations` and `tripod_section`. `training.report` renders the context with
+the Jinja templates of `training/templates`.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
@@ -34,7 +37,6 @@ from features.registry import (
 )
 from training import plots
 from training.explain import (
-    DirectionRule,
     ProbabilityMap,
     feature_importance,
     group_importance,
@@ -46,6 +48,33 @@ from training.explain import (
     tree_shap,
 )
 from training.report_tripod import load_checklist
+from training.report_types import (
+    Badge,
+    Case,
+    Cell,
+    Explanations,
+    Figure,
+    Gallery,
+    KeyCell,
+    KeyFigure,
+    KeyFigures,
+    Performance,
+    Plausibility,
+    ReportContext,
+    ReportError,
+    ReportSettings,
+    RileyVerdict,
+    SampleSize,
+    Stability,
+    Summary,
+    Table,
+    Tripod,
+    Uncertainty,
+    ci,
+    fmt,
+    humanise,
+    table,
+)
 
 if TYPE_CHECKING:
     from training.result import TrainResult
@@ -142,303 +171,19 @@ _PLAUSIBILITY_BADGES = {
 }
 
 
-class ReportError(ValueError):
-    """The training result cannot be rendered; the message names the field and the problem."""
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """What the report shows.
-
-    Attributes:
-        top_features: features in the importance bar chart and beeswarm.
-        n_dependence: dependence plots (the most important features).
-        stability_features: top features whose fold ranks are shown.
-        waterfall_features: features shown per waterfall (the rest are summed).
-        max_explained: episodes explained for the global plots (a seeded sample when there are
-            more); None takes the experiment's `evaluation.shap_sample`.
-        direction: how learned directions are read from the SHAP dependence.
-        seed: sampling seed.
-    """
-
-    top_features: int = 15
-    n_dependence: int = 4
-    stability_features: int = 10
-    waterfall_features: int = 10
-    max_explained: int | None = None
-    direction: DirectionRule = field(default_factory=DirectionRule)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("top_features", "n_dependence", "stability_features", "waterfall_features"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ReportSettings.{name} must be at least 1")
-        if self.max_explained is not None and self.max_explained < 10:
-            raise ValueError("ReportSettings.max_explained must be at least 10")
-
-
-# --------------------------------------------------------------------------------------------
-# The context: plain data, section by section
-
-
-@dataclass(frozen=True)
-class Badge:
-    """A short status word; `kind` is ok, warn, flag or na."""
-
-    text: str
-    kind: str
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A table cell beyond plain text: a name with its feature code, a link to an element of the
-    page (`href`, an id), and badges after the text."""
-
-    text: str = ""
-    code: str = ""
-    href: str = ""
-    badges: tuple[Badge, ...] = ()
-
-
-@dataclass(frozen=True)
-class Table:
-    """Headers and rows of display text; `numeric` columns align right, `flagged` rows stand out."""
-
-    headers: tuple[str, ...]
-    rows: tuple[tuple[str | Cell, ...], ...]
-    numeric: frozenset[int] = frozenset()
-    flagged: frozenset[int] = frozenset()
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One image: a base64 PNG data URI, what it shows (alt) and its caption."""
-
-    src: str
-    alt: str
-    caption: str
-
-
-@dataclass(frozen=True)
-class KeyCell:
-    """One model's value of a key metric: the text shown and the logged numbers behind it."""
-
-    model: str
-    text: str
-    estimate: float | None
-    low: float | None
-    high: float | None
-
-
-@dataclass(frozen=True)
-class KeyFigure:
-    key: str
-    label: str
-    better: str
-    cells: tuple[KeyCell, ...]
-
-
-@dataclass(frozen=True)
-class KeyFigures:
-    outcome_words: str
-    n_episodes: int
-    n_events: int
-    models: tuple[str, ...]
-    rows: tuple[KeyFigure, ...]
-    flags: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RileyVerdict:
-    n_episodes: str
-    minimum_n: str
-    limited_by: str
-    enough: bool
-    criteria: Table
-
-
-@dataclass(frozen=True)
-class SampleSize:
-    riley: RileyVerdict | None
-    warnings: tuple[str, ...]
-    figures: Table | None
-
-
-@dataclass(frozen=True)
-class Summary:
-    intended_use: str
-    model_facts: tuple[tuple[str, str], ...]
-    label_text: str
-    cohort_facts: tuple[tuple[str, str], ...]
-    attrition: Table | None
-    table1: Table | None
-    sample_size: SampleSize | None
-    predictors: Table
-    model_spec: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class Uncertainty:
-    """What the probability interval means and, when the model has one, the time-to-response
-    model's meaning, evidence and out-of-fold metrics."""
-
-    interval: str
-    time_meaning: str = ""
-    time_evidence: str = ""
-    time_metrics: Table | None = None
-
-
-@dataclass(frozen=True)
-class Performance:
-    note: str
-    metrics: Table
-    roc: str
-    calibration: str
-    decision_curve: str
-    forest: str
-    subgroups: Table | None
-    uncertainty: Uncertainty | None
-
-
-@dataclass(frozen=True)
-class Explanations:
-    note: str
-    importance_figure: str
-    groups_figure: str
-    beeswarm: str
-    dependence: tuple[Figure, ...]
-    importance: Table
-    n_unused: int
-
-
-@dataclass(frozen=True)
-class Plausibility:
-    note: str
-    n_contradictions: int
-    table: Table | None
-    monotone: Table | None
-
-
-@dataclass(frozen=True)
-class Stability:
-    note: str
-    figure: str
-    table: Table | None
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str
-    episode: str
-    title: str
-    src: str
-    table: Table
-
-
-@dataclass(frozen=True)
-class Gallery:
-    note: str
-    cases: tuple[Case, ...]
-
-
-@dataclass(frozen=True)
-class Tripod:
-    filled: Table
-    authors: Table
-
-
-@dataclass(frozen=True)
-class ReportContext:
-    """Everything the reviewer report shows, section by section (ids: `SECTIONS`)."""
-
-    title: str
-    subtitle: str
-    toc: tuple[tuple[str, str], ...]
-    key: KeyFigures
-    summary: Summary
-    performance: Performance
-    explanations: Explanations
-    plausibility: Plausibility
-    stability: Stability
-    gallery: Gallery
-    limitations: tuple[str, ...]
-    tripod: Tripod
-    footer: str
-
-
-# --------------------------------------------------------------------------------------------
-# Formatting
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool | np.bool_):
-        return "yes" if value else "no"
-    if isinstance(value, int | np.integer):
-        return f"{int(value):,}"
-    if isinstance(value, float | np.floating):
-        if math.isnan(value):
-            return "—"
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.{digits}g}"
-        if float(value).is_integer() and abs(value) >= 10:
-            return f"{int(value):,}"
-        return f"{value:.{digits}f}"
-    if isinstance(value, list | tuple):
-        return "; ".join(_fmt(v, digits) for v in value) or "—"
-    return str(value)
-
-
-def _humanise(key: str) -> str:
-    text = str(key).replace("_", " ").strip()
-    return text[:1].upper() + text[1:]
-
-
-def _ci(cell: Mapping[str, float] | None, digits: int = 3) -> str:
-    """'0.785 (0.771 to 0.800)': an estimate with its 95% CI, never ambiguous with a minus."""
-    if not cell or cell.get("estimate") is None or math.isnan(cell["estimate"]):
-        return "—"
-
-    def fixed(value: float) -> str:
-        text = f"{value:.{digits}f}"
-        return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-    text = fixed(cell["estimate"])
-    low, high = cell.get("low"), cell.get("high")
-    if low is None or high is None or math.isnan(low) or math.isnan(high):
-        return text
-    return f"{text} ({fixed(low)} to {fixed(high)})"
-
-
-def table(
-    headers: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    numeric: Iterable[int] = (),
-    flagged: Iterable[int] = (),
-) -> Table:
-    """A `Table` with every value but a `Cell` formatted as text ('—' for missing)."""
-    return Table(
-        headers=tuple(str(h) for h in headers),
-        rows=tuple(tuple(c if isinstance(c, Cell) else _fmt(c) for c in row) for row in rows),
-        numeric=frozenset(numeric),
-        flagged=frozenset(flagged),
-    )
-
-
 def _frame_table(frame: pd.DataFrame | None) -> Table | None:
     if frame is None or frame.empty:
         return None
     if not isinstance(frame.index, pd.RangeIndex):
         frame = frame.reset_index()
     numeric = [i for i, c in enumerate(frame.columns) if pd.api.types.is_numeric_dtype(frame[c])]
-    return table([_humanise(c) for c in frame.columns], frame.itertuples(index=False), numeric)
+    return table([humanise(c) for c in frame.columns], frame.itertuples(index=False), numeric)
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     items: list[tuple[str, Any]] = []
     for key, value in mapping.items():
-        label = f"{prefix}{_humanise(key)}"
+        label = f"{prefix}{humanise(key)}"
         if isinstance(value, Mapping):
             items.extend(_flatten(value, prefix=f"{label} / "))
         else:
@@ -487,7 +232,7 @@ def _value_cell(name: str, value: float) -> str:
         unit = ""
     if unit == "0/1" or "=" in name:
         return "yes" if value >= 0.5 else "no"
-    return _fmt(value)
+    return fmt(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,7 +395,7 @@ def key_figures(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tup
         for model in models:
             cell = metrics[model].get(key) or {}
             cells.append(
-                KeyCell(model, _ci(cell), cell.get("estimate"), cell.get("low"), cell.get("high"))
+                KeyCell(model, ci(cell), cell.get("estimate"), cell.get("low"), cell.get("high"))
             )
         rows.append(KeyFigure(key, label, better, tuple(cells)))
     return tuple(rows)
@@ -736,13 +481,13 @@ def _cohort_facts(result: TrainResult) -> tuple[tuple[str, str], ...]:
     y = result.y.astype(int)
     events = int(y.sum())
     facts = [
-        ("Labelled episodes", _fmt(len(y))),
-        ("Patients with a labelled episode", _fmt(int(result.groups.nunique()))),
+        ("Labelled episodes", fmt(len(y))),
+        ("Patients with a labelled episode", fmt(int(result.groups.nunique()))),
         ("Responders (events)", f"{events:,} ({100 * events / len(y):.1f}%)"),
-        ("Non-responders", _fmt(len(y) - events)),
+        ("Non-responders", fmt(len(y) - events)),
     ]
     summary = result.cohort_summary or {}
-    facts += [(k, _fmt(v)) for k, v in _flatten(summary) if "date" in k.lower()]
+    facts += [(k, fmt(v)) for k, v in _flatten(summary) if "date" in k.lower()]
     subgroups = result.subgroups
     if subgroups is not None and not subgroups.empty and "subgroup" in subgroups:
         sites = sorted(subgroups.loc[subgroups["subgroup"] == "site", "level"].astype(str).unique())
@@ -754,7 +499,7 @@ def _cohort_facts(result: TrainResult) -> tuple[tuple[str, str], ...]:
     whole = {"Patients": "Patients in the cohort (all)", "Episodes": "Episodes in the cohort (all)"}
     for key, value in _flatten({k: v for k, v in summary.items() if k not in skip}):
         if "date" not in key.lower():
-            facts.append((whole.get(key, f"{key} (whole cohort)"), _fmt(value)))
+            facts.append((whole.get(key, f"{key} (whole cohort)"), fmt(value)))
     return tuple(facts)
 
 
@@ -785,13 +530,13 @@ def _sample_size(sample_size: Mapping[str, Any]) -> SampleSize | None:
         n, minimum = sample_size.get("n_episodes"), riley.get("minimum_n")
         criteria = riley.get("criteria", {})
         verdict = RileyVerdict(
-            n_episodes=_fmt(n),
-            minimum_n=_fmt(minimum),
+            n_episodes=fmt(n),
+            minimum_n=fmt(minimum),
             limited_by=RILEY_CRITERIA.get(riley.get("limiting_criterion"), "?").lower(),
             enough=n is not None and minimum is not None and n >= minimum,
             criteria=table(
                 ["Criterion (Riley et al., BMJ 2020)", "Minimum episodes"],
-                [(RILEY_CRITERIA.get(k, _humanise(k)), v) for k, v in criteria.items()],
+                [(RILEY_CRITERIA.get(k, humanise(k)), v) for k, v in criteria.items()],
                 numeric=[1],
             ),
         )
@@ -849,7 +594,7 @@ def summary_section(result: TrainResult, features: _Features, identity: _Identit
 def _booster_facts(booster: Any) -> list[tuple[str, str]]:
     import json
 
-    facts = [("Trees (boosting rounds)", _fmt(int(booster.num_boosted_rounds())))]
+    facts = [("Trees (boosting rounds)", fmt(int(booster.num_boosted_rounds())))]
     try:
         learner = json.loads(booster.save_config())["learner"]
         params = learner["gradient_booster"]["tree_train_param"]
@@ -899,15 +644,15 @@ def _procedure_facts(result: TrainResult) -> list[tuple[str, str]]:
             )
         )
         if model_cfg.get("params"):
-            facts.append(("Fixed parameters", _fmt(model_cfg["params"])))
+            facts.append(("Fixed parameters", fmt(model_cfg["params"])))
     final = (getattr(result, "tuning", None) or {}).get("final") or {}
     if not final:
         return facts + _booster_facts(result.model.booster)
     shown = {k: v for k, v in final.items() if k not in {"nthread", "seed", "objective"}}
     facts.append(
-        ("Final model parameters", "; ".join(f"{k} = {_fmt(v, 3)}" for k, v in shown.items()))
+        ("Final model parameters", "; ".join(f"{k} = {fmt(v, 3)}" for k, v in shown.items()))
     )
-    facts.append(("Trees (boosting rounds)", _fmt(int(result.model.booster.num_boosted_rounds()))))
+    facts.append(("Trees (boosting rounds)", fmt(int(result.model.booster.num_boosted_rounds()))))
     return facts
 
 
@@ -921,8 +666,8 @@ def _calibration_fact(result: TrainResult) -> str:
     return (
         f"{method}, fitted on {evidence.get('n_episodes', '?')} out-of-fold predictions of the "
         "final model's own configuration (patient-grouped inner folds); before calibration their "
-        f"slope was {_fmt(raw.get('calibration_slope'), 3)} and calibration-in-the-large "
-        f"{_fmt(raw.get('calibration_intercept'), 3)}. Every cross-validation fold fits its "
+        f"slope was {fmt(raw.get('calibration_slope'), 3)} and calibration-in-the-large "
+        f"{fmt(raw.get('calibration_intercept'), 3)}. Every cross-validation fold fits its "
         "calibrator the same way on its own training part, so the performance section evaluates "
         "the procedure that built the deployed model."
     )
@@ -946,14 +691,14 @@ def model_spec(result: TrainResult, version_label: str) -> tuple[tuple[str, str]
         facts.append(
             (
                 "Output",
-                f"calibrated probability of response; bands {_fmt(getattr(bands, 'labels', ''))} "
-                f"at thresholds {_fmt(getattr(bands, 'thresholds', ''))}; operating threshold "
-                f"{_fmt(_threshold(result))}",
+                f"calibrated probability of response; bands {fmt(getattr(bands, 'labels', ''))} "
+                f"at thresholds {fmt(getattr(bands, 'thresholds', ''))}; operating threshold "
+                f"{fmt(_threshold(result))}",
             )
         )
     for key in ("name", "trained_at", "experiment"):
         if key in metadata:
-            facts.append((f"Model {key}", _fmt(metadata[key])))
+            facts.append((f"Model {key}", fmt(metadata[key])))
     facts.append(("Model version (registry)", version_label))
     facts.append(("MLflow run", result.run_id or "—"))
     facts.append(("Model URI", result.model_uri or "—"))
@@ -972,8 +717,8 @@ def _metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> 
     names = [m for m in METRIC_LABELS if any(m in metrics[x] for x in models)]
     names += sorted({k for x in models for k in metrics[x]} - set(names))
     rows = [
-        [METRIC_LABELS.get(name, _humanise(name))]
-        + [_ci(metrics[model].get(name)) for model in models]
+        [METRIC_LABELS.get(name, humanise(name))]
+        + [ci(metrics[model].get(name)) for model in models]
         for name in names
     ]
     headers = ["Metric"] + [plots.MODEL_LABELS.get(m, m) for m in models]
@@ -996,11 +741,11 @@ def _subgroups_table(subgroups: pd.DataFrame | None) -> Table | None:
         rows.append(
             [
                 plots.MODEL_LABELS.get(record.get("model"), record.get("model")),
-                _humanise(record.get("subgroup", "")),
+                humanise(record.get("subgroup", "")),
                 record.get("level"),
                 record.get("n"),
                 record.get("events"),
-                _ci(auroc),
+                ci(auroc),
                 *(record.get(k) for k in ("brier", "oe_ratio", "sensitivity", "specificity")),
             ]
         )
@@ -1025,7 +770,7 @@ def uncertainty(result: TrainResult) -> Uncertainty | None:
     for key, label in TIME_METRICS.items():
         cell = (time.get("metrics") or {}).get(key)
         if cell and "low" in cell:
-            rows.append([label, _ci(cell)])
+            rows.append([label, ci(cell)])
     return Uncertainty(
         interval=str(info["interval"]),
         time_meaning=str(time["meaning"]),
@@ -1277,7 +1022,7 @@ def gallery_section(
     titles = {
         "high": "High predicted response",
         "low": "Low predicted response",
-        "borderline": f"Borderline (near the operating threshold {_fmt(threshold)})",
+        "borderline": f"Borderline (near the operating threshold {fmt(threshold)})",
     }
     cases = []
     for kind, episode in select_cases(probability, threshold).items():
