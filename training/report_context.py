@@ -205,6 +205,10 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _direction(value: Any) -> str:
     """A direction (+1, -1, 0) in words; '—' when there is none."""
     if value is None or pd.isna(value):
@@ -394,9 +398,8 @@ def key_figures(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tup
         cells = []
         for model in models:
             cell = metrics[model].get(key) or {}
-            cells.append(
-                KeyCell(model, ci(cell), cell.get("estimate"), cell.get("low"), cell.get("high"))
-            )
+            low, high = _number(cell.get("low")), _number(cell.get("high"))
+            cells.append(KeyCell(model, ci(cell), _number(cell.get("estimate")), low, high))
         rows.append(KeyFigure(key, label, better, tuple(cells)))
     return tuple(rows)
 

@@ -2,6 +2,7 @@
 and a self-contained page in headless Chromium (screenshots under test-artifacts/)."""
 
 import base64
+import dataclasses
 import json
 import re
 import shutil
@@ -18,7 +19,14 @@ from typer.testing import CliRunner
 from ctit import cmd_report
 from data.cohort import cohort_from_tables
 from training.config import parse_experiment
-from training.report import SECTIONS, ReportError, ReportSettings, render_report
+from training.report import (
+    SECTIONS,
+    ReportError,
+    ReportSettings,
+    build_context,
+    render_context,
+    render_report,
+)
 from training.report_source import ReportSourceError, load_train_result, run_id_of_model
 from training.result import TrainResult
 from training.run import fit_experiment, train_experiment
@@ -246,6 +254,39 @@ def test_plausibility_flags_a_learned_direction_that_contradicts_the_registry() 
     assert re.search(
         r"Learned direction contradicts clinical expectation for: [^<]*Platelet count", html
     )
+
+
+def _leaves(value: object, path: str = "context"):
+    """Every leaf of the context with its path (dataclass fields, tuples, dicts, sets)."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _leaves(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, tuple | list | frozenset | set):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}[{key!r}]")
+    else:
+        yield path, value
+
+
+def test_the_context_is_plain_data_without_html(tracked: tuple[str, str]) -> None:
+    from markupsafe import Markup
+
+    context = build_context(load_train_result(tracked[1], tracked[0]))
+    leaves = list(_leaves(context))
+    assert len(leaves) > 500
+    for path, value in leaves:
+        assert value is None or type(value) in (str, int, float, bool), (path, type(value))
+        assert not isinstance(value, Markup), path
+        if isinstance(value, str):
+            assert not re.search(r"<\s*/?[a-zA-Z!]", value), (path, value[:80])
+    images = [v for p, v in leaves if isinstance(v, str) and v.startswith("data:image/png")]
+    assert len(images) == N_IMAGES
+    assert [row.key for row in context.key.rows][0] == "auroc"
+    html = render_context(context)
+    assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64,") == N_IMAGES
 
 
 def test_report_refuses_a_result_it_cannot_explain(tracked: tuple[str, str]) -> None:
