@@ -12,6 +12,7 @@ are built once, at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import re
@@ -706,14 +707,13 @@ def _date_column(
     raw = src.columns[column]
     values, missing, bad, had_offsets = cols.dates(raw)
     # Dates outside 1900-2200 are typing errors; pandas cannot even hold those beyond 1677-2262.
-    with np.errstate(invalid="ignore"):
-        early_late = ~np.isnat(values) & ((values < _EARLIEST) | (values >= _AFTER_LATEST))
-    outside = early_late
+    # NaT compares false, so it is never outside.
+    outside = (values < _EARLIEST) | (values >= _AFTER_LATEST)
     if bad.any():
         far = np.zeros(src.n, dtype=bool)
         for p in np.flatnonzero(bad):
             far[p] = _year_outside(cols.value_at(raw, int(p)))
-        outside = early_late | far
+        outside = outside | far
     issues.rows(
         src,
         outside,
@@ -761,14 +761,14 @@ def _number_column(
     issues.rows(src, bad, column, lambda p: f"non-numeric value {_show(raw, p)}")
     if required:
         issues.rows(src, missing, column, lambda _: f"missing {column}")
-    with np.errstate(invalid="ignore"):
-        out = np.zeros(len(values), dtype=bool)
-        if low is not None:
-            out |= values < low
-        if high is not None:
-            out |= values > high
-        if integer:
-            out |= np.isfinite(values) & (values != np.round(values))
+    # NaN compares false: a missing value is never out of range.
+    out = np.zeros(len(values), dtype=bool)
+    if low is not None:
+        out |= values < low
+    if high is not None:
+        out |= values > high
+    if integer:
+        out |= np.isfinite(values) & (values != np.round(values))
     out &= ~bad
     issues.rows(src, out, column, lambda p: f"{column} {values[p]:g} is not {what}")
     return values
@@ -901,7 +901,7 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
 
     test = cols.texts(src.columns["test"])
     tcodes, test_text = test.codes, test.uniques
-    analytes = [units.canonical_test(t) for t in test_text]
+    analytes = [_canonical_test(t) for t in test_text]
     issues.rows(src, test.missing, "test", lambda _: "missing test code")
     unit = cols.texts(src.columns["unit"])
     ucodes, unit_text = unit.codes, unit.uniques
@@ -911,8 +911,7 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
     # distinct codes and units there are. Code -1 (missing) maps to the trailing sentinel.
     nt, nu = len(test_text) + 1, len(unit_text) + 1
     pair_key = (tcodes % nt).astype(np.int64) * nu + (ucodes % nu)
-    pair_uniq, pcodes = np.unique(pair_key, return_inverse=True)
-    pcodes = pcodes.reshape(-1)
+    pair_uniq, pcodes = _pairs(pair_key, nt * nu)
     pair_t, pair_u = np.divmod(pair_uniq, nu)
     analyte_ext, unit_ext = [*analytes, None], [*unit_text, None]
     pair_factor = units.pair_factors(
@@ -1034,6 +1033,24 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
     return _assemble(src, columns, _patient_time_order(pid, time))
 
 
+_canonical_test = functools.lru_cache(maxsize=65536)(units.canonical_test)
+
+
+def _pairs(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct keys, each row's position among them), as `np.unique(key,
+    return_inverse=True)`; through a table of all `size` keys when that is not much larger than
+    the rows (linear time), else by sorting (memory linear in the rows however large `size`)."""
+    if size > 4 * len(key) + 4096:
+        distinct, inverse = np.unique(key, return_inverse=True)
+        return distinct, inverse.reshape(-1)
+    present = np.zeros(size, dtype=bool)
+    present[key] = True
+    distinct = np.flatnonzero(present)
+    position = np.zeros(size, dtype=np.int64)
+    position[distinct] = np.arange(len(distinct))
+    return distinct, position[key]
+
+
 def _first_positions(codes: np.ndarray, n_uniques: int) -> np.ndarray:
     """Position of the first row of each code (codes are numbered by first appearance)."""
     first = np.zeros(n_uniques, dtype=np.int64)
@@ -1113,17 +1130,11 @@ def _drug_columns(src: _Source, issues: _Issues, parsed: _Parsed) -> tuple[np.nd
     classes: list[str | None] = []
     unknown: dict[str, int] = {}
     for i, text in enumerate(uniques):
-        parts = [p.strip() for p in str(text).split(";") if p.strip()]
-        generics = list(dict.fromkeys(drugs.normalise_drug(p) for p in parts))
-        if not generics:
-            names.append(None)
-            classes.append(None)
-            continue
-        names.append(";".join(generics))
-        classes.append(";".join(sorted({c for g in generics for c in drugs.classes_of(g)})))
-        for g in generics:
-            if not drugs.is_known(g):
-                unknown.setdefault(g, i)
+        generic_names, drug_classes, not_known = _drug_list(str(text))
+        names.append(generic_names)
+        classes.append(drug_classes)
+        for g in not_known:
+            unknown.setdefault(g, i)
     name_arr = np.array([*names, None], dtype=object)
     empty = np.array([n is None for n in names] + [True])[codes]
     issues.rows(src, empty, "drugs", lambda _: "no drug given (generic names separated by ';')")
@@ -1144,6 +1155,22 @@ def _drug_columns(src: _Source, issues: _Issues, parsed: _Parsed) -> tuple[np.nd
             )
     parsed.extra["unknown_drugs"] = sorted(unknown)
     return name_arr[codes], np.array([*classes, None], dtype=object)[codes]
+
+
+@functools.lru_cache(maxsize=4096)
+def _drug_list(text: str) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(generic names joined by ';', sorted classes joined by ';', unknown names) of one drug
+    list as written; None, None when it names no drug. Cached: regimens repeat a few lists."""
+    parts = [p.strip() for p in text.split(";") if p.strip()]
+    generics = list(dict.fromkeys(drugs.normalise_drug(p) for p in parts))
+    if not generics:
+        return None, None, ()
+    classes = sorted({c for g in generics for c in drugs.classes_of(g)})
+    return (
+        ";".join(generics),
+        ";".join(classes),
+        tuple(g for g in generics if not drugs.is_known(g)),
+    )
 
 
 def _outcomes(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
