@@ -780,12 +780,12 @@ def _assemble(
     """New frame: normalised columns in the input order, then unknown extra columns as given."""
     data: dict[str, np.ndarray] = {}
     for name, given in src.columns.items():
-        data[name] = columns[name] if name in columns else cols.as_array(given)
-    for name, value in columns.items():
-        if name not in data:
-            data[name] = value
+        data[name] = columns.pop(name) if name in columns else cols.as_array(given)
+    data.update(columns)
+    columns.clear()
     if order is not None:
-        data = {name: value[order] for name, value in data.items()}
+        for name in data:  # one column at a time: the unsorted copy goes as its sorted one comes
+            data[name] = data[name][order]
     return cols.frame_of(data, src.n)
 
 
@@ -910,8 +910,12 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
     # Factors only for the (test, unit) pairs that occur: linear in the rows, however many
     # distinct codes and units there are. Code -1 (missing) maps to the trailing sentinel.
     nt, nu = len(test_text) + 1, len(unit_text) + 1
-    pair_key = (tcodes % nt).astype(np.int64) * nu + (ucodes % nu)
+    pair_key = tcodes.astype(np.int64)
+    pair_key %= nt
+    pair_key *= nu
+    pair_key += ucodes % nu
     pair_uniq, pcodes = _pairs(pair_key, nt * nu)
+    pair_key = None
     pair_t, pair_u = np.divmod(pair_uniq, nu)
     analyte_ext, unit_ext = [*analytes, None], [*unit_text, None]
     pair_factor = units.pair_factors(
@@ -1016,13 +1020,16 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
             key = (analytes[t], unit_text[u])
             parsed.conversions[key] = parsed.conversions.get(key, 0) + int(pair_rows[p])
 
-    test_out = np.array(
-        [a if a is not None else t for a, t in zip(analytes, test_text, strict=True)] + [None],
-        dtype=object,
-    )[tcodes]
-    unit_canon = np.array([*canonical_unit, None], dtype=object)[tcodes]
-    unit_out = np.where(known, unit_canon, unit.values)
-
+    test_out = cols.lookup(
+        [*(a if a is not None else t for a, t in zip(analytes, test_text, strict=True)), None],
+        tcodes,
+    )
+    # A known analyte's unit is its canonical one; another test keeps the unit as given.
+    unit_code = np.where(known, tcodes, ucodes + nt)
+    unit_out = cols.lookup([*canonical_unit, None, *unit_text, None], unit_code)
+    # Large tables: let each temporary go before the sort copies the columns.
+    unit_code = factor = limits = known = checkable = negative = impossible = pcodes = None
+    order = _patient_time_order(pid, time)
     columns = {
         "patient_id": pid.values,
         "time": time,
@@ -1030,7 +1037,8 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
         "value": converted,
         "unit": unit_out,
     }
-    return _assemble(src, columns, _patient_time_order(pid, time))
+    pid = time = test_out = converted = unit_out = value = test = unit = tcodes = ucodes = None
+    return _assemble(src, columns, order)
 
 
 _canonical_test = functools.lru_cache(maxsize=65536)(units.canonical_test)

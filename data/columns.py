@@ -12,6 +12,7 @@ reading rows of dicts, which are Python objects already. Frames are built only a
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -134,7 +135,7 @@ def of_series(values: pd.Series) -> Column:
     dtype = values.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         return Coded(
-            np.asarray(values.cat.codes, dtype=np.int64),
+            np.asarray(values.cat.codes),
             np.asarray(values.cat.categories, dtype=object),
         )
     if ptypes.is_datetime64_any_dtype(dtype):
@@ -167,7 +168,7 @@ def _of_arrow_column(chunked: pa.ChunkedArray) -> Column:
         array = chunked.unify_dictionaries().combine_chunks() if chunked.num_chunks else None
         if array is None:
             return Coded(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
-        codes = array.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        codes = array.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         return Coded(codes, array.dictionary.to_numpy(zero_copy_only=False).astype(object))
     if pa.types.is_timestamp(kind):
         if kind.tz is not None:
@@ -229,15 +230,26 @@ def clean_text(value: object) -> str | None:
     return text or None
 
 
-@dataclass(frozen=True)
 class Texts:
-    """A text column cleaned: values (str or None), codes into `uniques` (distinct cleaned texts,
-    -1 when missing) and the missing rows."""
+    """A text column cleaned: codes into `uniques` (distinct cleaned texts, -1 when missing), the
+    missing rows, and `values` (str or None per row, made when asked: a large table's codes
+    often suffice)."""
 
-    values: np.ndarray
-    codes: np.ndarray
-    uniques: list[str]
-    missing: np.ndarray
+    def __init__(self, codes: np.ndarray, uniques: list[str]) -> None:
+        self.codes = codes
+        self.uniques = uniques
+        self.missing = codes < 0
+
+    @functools.cached_property
+    def values(self) -> np.ndarray:
+        return lookup([*self.uniques, None], self.codes)
+
+
+def lookup(table: list, codes: np.ndarray) -> np.ndarray:
+    """`table[code]` for each code as an object array (code -1 picks the last entry)."""
+    values = np.empty(len(table), dtype=object)
+    values[:] = table
+    return values[codes]
 
 
 def texts(column: Column) -> Texts:
@@ -247,11 +259,11 @@ def texts(column: Column) -> Texts:
     cleaned = [clean_text(u) for u in found]
     # Cleaning may merge distinct inputs (" a" and "a"): renumber by cleaned text.
     index: dict[str, int] = {}
-    remap = np.empty(len(cleaned) + 1, dtype=np.int64)
+    remap = np.empty(len(cleaned) + 1, dtype=_code_dtype(len(cleaned)))
     for i, text in enumerate(cleaned):
         remap[i] = -1 if text is None else index.setdefault(text, len(index))
     remap[-1] = -1
-    return _texts(remap[codes], list(index))
+    return Texts(remap[codes], list(index))
 
 
 def _texts_of_objects(column: np.ndarray) -> Texts:
@@ -269,13 +281,12 @@ def _texts_of_objects(column: np.ndarray) -> Texts:
             text = clean_text(value)
             code = code_of[value] = -1 if text is None else index.setdefault(text, len(index))
         codes.append(code)
-    return _texts(np.array(codes, dtype=np.int64), list(index))
+    return Texts(np.array(codes, dtype=np.int64), list(index))
 
 
-def _texts(codes: np.ndarray, uniques: list[str]) -> Texts:
-    values = np.empty(len(uniques) + 1, dtype=object)
-    values[: len(uniques)] = uniques
-    return Texts(values[codes], codes, uniques, codes < 0)
+def _code_dtype(n_uniques: int) -> type:
+    """Codes of a large table take half the memory as int32."""
+    return np.int32 if n_uniques < 2**31 - 1 else np.int64
 
 
 # ---------------------------------------------------------------------------------------------
