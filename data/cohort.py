@@ -995,7 +995,7 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
     # Unknown tests are kept under their own code and unit, with one warning per code.
     unknown_tests: dict[str, int] = {}
     if None in analytes:
-        counts = np.bincount(tcodes[tcodes >= 0], minlength=len(test_text))
+        counts = np.bincount(tcodes + 1, minlength=len(test_text) + 1)[1:]
         firsts = _first_positions(tcodes, len(test_text))
         for i, (code, analyte) in enumerate(zip(test_text, analytes, strict=True)):
             if analyte is None and counts[i]:
@@ -1084,12 +1084,17 @@ def _patient_time_order(pid: Texts, time: np.ndarray) -> np.ndarray | None:
         return None
     valid = ~np.isnat(time)
     seconds, remainder = np.divmod(key2, 10**9)
-    if valid.any() and not remainder[valid].any():
-        # Whole-second times (the usual case): one int64 key and numpy's radix sort.
+    if valid.any() and not np.count_nonzero((remainder != 0) & valid):
+        # Whole-second times (the usual case): one int64 key and numpy's radix sort. In place:
+        # a large table's temporaries cost memory and, on first touch, time.
+        remainder = None
         low = seconds[valid].min()
-        span = np.where(valid, seconds - low + 1, 0)
-        if span.max() < 2**34 and len(rank) < 2**28:
-            return np.argsort(key1 * 2**34 + span, kind="stable")
+        seconds -= low - 1
+        seconds[~valid] = 0
+        if seconds.max() < 2**34 and len(rank) < 2**28:
+            key1 *= 2**34
+            key1 += seconds
+            return np.argsort(key1, kind="stable")
     return np.lexsort((key2, key1))
 
 
