@@ -6,14 +6,16 @@ Generates its own synthetic contract tables with numpy (about 50 lab rows per pa
 units, LOINC codes and aliases), writes them as CSV and/or Parquet, then times `load_cohort`
 (read, validate, normalise), `derive_labels`, and the p50/p99 latency of `cohort_from_tables`
 for one patient (the HTTP path: a generated patient and examples/patient.json). Peak memory is
-the process high-water mark (VmHWM) reset before each step, so it includes the generated tables
-held by the script.
+the process high-water mark (VmHWM) reset before each step; the generated tables are written and
+freed before the loads, so it is the loader's peak plus the interpreter and libraries (the
+resident memory at the start of the step is printed beside it).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import tempfile
@@ -133,14 +135,34 @@ def _peak_mib() -> float:
     return float("nan")
 
 
+_ELAPSED = [float("nan")]
+
+
+def _last_elapsed() -> float:
+    return _ELAPSED[0]
+
+
+def _rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _time(label: str, rows: int, fn):
+    gc.collect()
+    before = _rss_mib()
     _reset_peak()
     start = time.perf_counter()
     result = fn()
     elapsed = time.perf_counter() - start
+    _ELAPSED[0] = elapsed
     print(
         f"{label:<34} {elapsed:8.2f} s  {rows / elapsed:>12,.0f} rows/s  "
-        f"peak {_peak_mib():8.0f} MiB"
+        f"peak {_peak_mib():8.0f} MiB (at start {before:.0f} MiB)"
     )
     return result
 
@@ -162,6 +184,12 @@ def main() -> None:
         f"in {time.perf_counter() - start:.1f} s"
     )
     formats = ["csv", "parquet"] if args.format == "both" else [args.format]
+    one = {
+        name: frame[frame["patient_id"] == "P1"].to_dict("records")
+        for name, frame in tables.items()
+    }
+    one["episodes"] = one["episodes"][:1]
+    lab_rows = len(tables["labs"])
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in formats:
             directory = Path(tmp) / fmt
@@ -171,7 +199,13 @@ def main() -> None:
                     frame.to_csv(directory / f"{name}.csv", index=False)
                 else:
                     frame.to_parquet(directory / f"{name}.parquet", index=False)
+        del tables, frame  # measure the loader, not the generated tables
+        cohort = None
+        for fmt in formats:
+            cohort = None
+            directory = Path(tmp) / fmt
             cohort = _time(f"load+validate ({fmt})", rows, lambda d=directory: load_cohort(d))
+            print(f"  {lab_rows / _last_elapsed():,.0f} lab rows/s")
         episodes = len(cohort.episodes)
         labels = _time(
             "derive_labels (default)",
@@ -180,13 +214,19 @@ def main() -> None:
         )
         print(f"  labelled {labels['label'].notna().sum():,} of {episodes:,} episodes")
 
-    one = {
-        name: frame[frame["patient_id"] == "P1"].to_dict("records")
-        for name, frame in tables.items()
-    }
-    one["episodes"] = one["episodes"][:1]
     _single_patient("cohort_from_tables, one patient (generated)", one, args.single_calls)
     _single_patient("cohort_from_tables, examples/patient.json", _example(), args.single_calls)
+    _single_patient(
+        "cohort_from_tables, serving.schemas.EXAMPLE_RECORD", _schema_example(), args.single_calls
+    )
+
+
+def _schema_example() -> dict[str, list[dict]]:
+    """The request example of the API, as `serving.scorer` hands it to the loader."""
+    from serving.records import RecordBatch, validate_record
+    from serving.schemas import EXAMPLE_RECORD
+
+    return RecordBatch.from_requests([validate_record(EXAMPLE_RECORD)]).tables
 
 
 def _example() -> dict[str, list[dict]]:

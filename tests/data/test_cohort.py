@@ -1,9 +1,11 @@
 """Cohort loading and validation: the fixture is accepted, every kind of error is reported with
 its table, line and column, CSV and Parquet alike, and nothing in the input changes."""
 
+import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -578,3 +580,171 @@ def test_transfusions_table_is_optional_and_normalised(cohort_tables, tmp_path: 
     assert row["product"] == "platelets"
     assert row["time"] == pd.Timestamp("2024-03-01 10:30")
     assert np.isnan(row["units"])
+
+
+# --- one patient's records (the HTTP path), with hand-checked values -------------------------
+
+# examples/patient.json as of this test (the hand-checked values below refer to it).
+RECORD: dict[str, Any] = {
+    "patient": {
+        "patient_id": "P1",
+        "sex": "F",
+        "birth_date": "1973-05-02",
+        "race": "Asian",
+        "ecog": 0,
+        "subtype": "HR+/HER2-",
+        "bone_mets": True,
+        "liver_mets": False,
+        "marrow_involvement": False,
+        "splenomegaly": False,
+        "prior_radiotherapy": False,
+    },
+    "episode": {"episode_id": "E1", "index_date": "2025-03-10", "dose_mg": 7.5},
+    "labs": [
+        {"time": "2025-02-17T08:00:00", "test": "777-3", "value": 186, "unit": "10*3/uL"},
+        {"time": "2025-02-17T08:00:00", "test": "718-7", "value": 10.8, "unit": "g/dL"},
+        {"time": "2025-02-17T08:00:00", "test": "6690-2", "value": 5.9, "unit": "10*3/uL"},
+        {"time": "2025-02-17T08:00:00", "test": "751-8", "value": 3.9, "unit": "10*3/uL"},
+        {"time": "2025-02-28T08:00:00", "test": "PLT", "value": 96, "unit": "10*9/L"},
+        {"time": "2025-03-10T08:00:00", "test": "777-3", "value": 64, "unit": "10*3/uL"},
+        {"time": "2025-03-10T08:00:00", "test": "718-7", "value": 10.4, "unit": "g/dL"},
+        {"time": "2025-03-10T08:00:00", "test": "WBC", "value": 5.2, "unit": "10*9/L"},
+        {"time": "2025-03-10T08:00:00", "test": "ANC", "value": 3.4, "unit": "10*9/L"},
+        {"time": "2025-03-10T08:00:00", "test": "ALT", "value": 21, "unit": "U/L"},
+        {"time": "2025-03-10T08:00:00", "test": "AST", "value": 24, "unit": "U/L"},
+        {"time": "2025-03-10T08:00:00", "test": "TBIL", "value": 0.5, "unit": "mg/dL"},
+        {"time": "2025-03-10T08:00:00", "test": "CREA", "value": 0.8, "unit": "mg/dL"},
+        {"time": "2025-03-10T08:00:00", "test": "ALB", "value": 40, "unit": "g/L"},
+    ],
+    "regimens": [
+        {
+            "start_date": "2024-06-03",
+            "end_date": "2024-10-20",
+            "drugs": ["palbociclib", "letrozole"],
+            "line": 1,
+            "cycle": 6,
+        },
+        {
+            "start_date": "2024-12-02",
+            "end_date": "2024-12-22",
+            "drugs": ["capecitabine"],
+            "line": 2,
+            "cycle": 1,
+        },
+        {
+            "start_date": "2024-12-23",
+            "end_date": "2025-01-12",
+            "drugs": ["capecitabine"],
+            "line": 2,
+            "cycle": 2,
+        },
+        {
+            "start_date": "2025-01-27",
+            "end_date": "2025-02-16",
+            "drugs": ["capecitabine"],
+            "line": 2,
+            "cycle": 3,
+        },
+        {
+            "start_date": "2025-02-17",
+            "end_date": "2025-03-09",
+            "drugs": ["capecitabine"],
+            "line": 2,
+            "cycle": 4,
+        },
+    ],
+}
+
+
+def _record_tables() -> dict[str, list[dict[str, Any]]]:
+    """RECORD as contract tables (as `serving.records` makes them, absent keys left out)."""
+    record = copy.deepcopy(RECORD)
+    pid = record["patient"]["patient_id"]
+    episode = {"patient_id": pid, **record["episode"]}
+    labs = [{"patient_id": pid, **lab} for lab in record["labs"]]
+    regimens = [{"patient_id": pid, **r, "drugs": ";".join(r["drugs"])} for r in record["regimens"]]
+    return {
+        "patients": [record["patient"]],
+        "episodes": [episode],
+        "labs": labs,
+        "regimens": regimens,
+    }
+
+
+def test_one_patient_record_is_normalised() -> None:
+    tables = _record_tables()
+    tables["regimens"].append(  # no end_date or cycle key: missing there
+        {"patient_id": "P1", "start_date": "2025-03-10", "drugs": "capecitabine", "line": 2}
+    )
+    cohort = cohort_from_tables(tables)
+    labs = cohort.labs
+    # Hand-checked: CREA 0.8 mg/dL x 88.42 = 70.736 umol/L; HGB 10.8 and 10.4 g/dL x 10 in g/L.
+    assert labs["value"][labs["test"] == "CREA"].tolist() == pytest.approx([70.736])
+    assert labs["value"][labs["test"] == "HGB"].tolist() == pytest.approx([108.0, 104.0])
+    assert labs["unit"][labs["test"] == "HGB"].tolist() == ["g/L", "g/L"]
+    assert dict(cohort.conversions) == {
+        ("PLT", "10*3/uL"): 2,  # counted although the factor is 1: the unit is not canonical
+        ("HGB", "g/dL"): 2,
+        ("WBC", "10*3/uL"): 1,
+        ("ANC", "10*3/uL"): 1,
+        ("TBIL", "mg/dL"): 1,
+        ("CREA", "mg/dL"): 1,
+    }
+    assert cohort.regimens["end_date"].isna().tolist() == [False] * 5 + [True]
+    assert cohort.regimens["cycle"].isna().tolist() == [False] * 5 + [True]
+    # 1973-05-02 to 2025-03-10: 18940 days (52 years of 18993 days less 53) / 365.25.
+    assert cohort.episodes["age_years"].iloc[0] == pytest.approx(18940 / 365.25)
+    assert cohort.patients["bone_mets"].tolist() == [1.0]
+    assert cohort.patients["liver_mets"].tolist() == [0.0]
+    for frame, column in [
+        (cohort.episodes, "index_date"),
+        (cohort.labs, "time"),
+        (cohort.regimens, "start_date"),
+        (cohort.regimens, "end_date"),
+        (cohort.patients, "birth_date"),
+    ]:
+        assert frame[column].dtype == "datetime64[ns]", column
+    assert cohort.labs["value"].dtype == "float64"
+    assert cohort.regimens["line"].dtype == "float64"
+    assert cohort.regimens["drugs"].tolist()[0] == "palbociclib;letrozole"
+
+
+def test_one_patient_warnings_in_order() -> None:
+    tables = _record_tables()
+    tables["patients"][0]["subtype"] = "luminal"
+    tables["labs"].append({"patient_id": "P1", "time": "2025-03-01", "test": "FERR", "value": 3,
+                           "unit": "ng/mL"})  # fmt: skip
+    tables["labs"].append({"patient_id": "X9", "time": "2025-01-01", "test": "PLT", "value": 50,
+                           "unit": "/uL"})  # fmt: skip
+    tables["regimens"][0]["drugs"] = "docetaxel;wonderdrug, placebo"
+    cohort = cohort_from_tables(tables)
+    assert [(w.table, w.line, w.column) for w in cohort.warnings] == [
+        ("patients", 0, "subtype"),
+        ("labs", 15, "patient_id"),
+        ("labs", 14, "test"),
+        ("regimens", 0, "drugs"),
+    ]
+    assert cohort.labs["patient_id"].iloc[0] == "P1"  # sorted by patient, then time
+    assert cohort.labs["patient_id"].iloc[-1] == "X9"
+    assert cohort.labs["value"].iloc[-1] == 0.05
+
+
+def test_one_patient_errors_name_table_row_and_column() -> None:
+    tables = _record_tables()
+    tables["labs"][0]["unit"] = "furlongs"
+    tables["episodes"][0]["index_date"] = "10/03/2025"
+    with pytest.raises(CohortError) as caught:
+        cohort_from_tables(tables)
+    assert [(i.table, i.line, i.column) for i in caught.value.errors] == [
+        ("episodes", 0, "index_date"),
+        ("labs", 0, "unit"),
+    ]
+    assert caught.value.errors[1].message.startswith("unknown unit 'furlongs' for PLT")
+
+
+def test_one_patient_with_a_given_outcome() -> None:
+    tables = _record_tables()
+    tables["outcomes"] = [{"episode_id": "E1", "response": 1}]
+    outcomes = cohort_from_tables(tables).outcomes
+    assert outcomes["response"].tolist() == [1]
+    assert outcomes["response"].dtype == "Int64"
