@@ -191,7 +191,7 @@ def main() -> None:
 
 def _example() -> dict[str, list[dict]]:
     """examples/patient.json as the HTTP service hands it to the loader."""
-    from serving.records import patient_record_to_tables
+    from serving.request.records import patient_record_to_tables
 
     path = Path(__file__).resolve().parents[1] / "examples" / "patient.json"
     return patient_record_to_tables(json.loads(path.read_text()))

@@ -126,7 +126,7 @@ def _assert_same(tables: dict[str, Any]) -> Cohort | CohortError:
 
 
 def _record_tables() -> dict[str, list[dict[str, Any]]]:
-    """RECORD as contract tables (as `serving.records` makes them, absent keys left out)."""
+    """RECORD as contract tables (as `serving.request.records` makes them, absent keys left out)."""
     record = copy.deepcopy(RECORD)
     pid = record["patient"]["patient_id"]
     episode = {"patient_id": pid, **record["episode"]}
@@ -167,7 +167,7 @@ def test_example_record_takes_the_small_path_and_matches() -> None:
 
 
 def test_serving_tables_take_the_small_path() -> None:
-    from serving.records import patient_record_to_tables
+    from serving.request.records import patient_record_to_tables
 
     tables = patient_record_to_tables(copy.deepcopy(RECORD))
     assert _small_cohort(copy.deepcopy(tables)) is not None

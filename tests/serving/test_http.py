@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.app import create_app
-from serving.audit import AuditLog
-from serving.scorer import Scorer
+from serving.http.app import create_app
+from serving.http.audit import AuditLog
+from serving.scoring.scorer import Scorer
 from serving.settings import ServingSettings
 
 TOKEN = "s3cret-token"
@@ -232,7 +232,7 @@ def test_openapi_documents_the_example(client: httpx.Client) -> None:
 
 
 def test_missing_model_stops_the_service_at_start(tmp_path: Path) -> None:
-    from serving.model import ModelLoadError
+    from serving.bundle.store import ModelLoadError
 
     settings = ServingSettings(model_uri=str(tmp_path / "gone"), audit_path=tmp_path / "a.db")
     with pytest.raises(ModelLoadError, match="gone: no such file"):

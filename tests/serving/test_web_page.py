@@ -31,12 +31,12 @@ from data.cohort import SUBTYPES
 from data.drugs import known_drugs
 from data.units import ANALYTES
 from features.registry import feature_label
-from serving import web
-from serving.app import create_app
+from serving.http import web
+from serving.http.app import create_app
 from serving.settings import ServingSettings
 
 FHIR_DIR = Path(__file__).parents[1] / "fixtures" / "fhir"
-STATIC = resources.files("serving").joinpath("static")
+STATIC = resources.files("serving.http").joinpath("static")
 
 RECORD = {
     "patient": {"patient_id": "P-web", "sex": "F", "birth_date": "1970-01-02", "subtype": "TNBC"},

@@ -22,10 +22,11 @@ import pandas as pd
 
 from data.cohort import cohort_from_tables
 from data.issues import CohortError
-from serving.model import DeployableModel, episodes_without_platelets
-from serving.model_uri import load_deployable_model
-from serving.records import RecordBatch, RecordError, validate_record
-from serving.schemas import ScoreRequest
+from serving.answers.warnings import is_unknown_drug
+from serving.bundle.model import DeployableModel, episodes_without_platelets
+from serving.bundle.uri import load_deployable_model
+from serving.request.records import RecordBatch, RecordError, validate_record
+from serving.request.schemas import ScoreRequest
 from serving.settings import ScoringOptions
 
 log = logging.getLogger(__name__)
@@ -147,9 +148,9 @@ class Scorer:
         except CohortError as exc:
             raise records.errors_of(exc, batch=batch) from None
         if explain:
-            records.issue_warnings(
-                w for w in getattr(cohort, "warnings", ()) if w.column != "drugs"
-            )
+            # Unknown drugs go to the answers, by episode (`serving.answers.warnings`); the
+            # loader's other warnings are filed under the record whose row they name.
+            records.issue_warnings(w for w in cohort.warnings if not is_unknown_drug(w))
         prepared = self.model.prepare(cohort)
         lacking = episodes_without_platelets(self.model, prepared)
         if lacking:
