@@ -9,6 +9,8 @@ every route here without the bearer token or the session cookie that its sign-in
   fetched from outside the server, so the page works offline and leaks nothing). The clinical
   fields' labels come from `features.registry` (`{{label:<feature>}}` slots in index.html).
 - `GET /ui/static/{name}`: the page's script and style sheet (a fixed list, no path lookups).
+- `GET /v1/contract`: the cohort contract (`data.contract.contract_as_dict`); the page builds its
+  lists of patient and episode fields and of yes/no answers from it at start-up.
 - `GET /ui/options`: the analytes with their accepted units, the drug names for autocomplete, the
   features' plain clinical names and units (`features.registry`, to label the explanation chart)
   and, with a model loaded, its response definition in words.
@@ -43,6 +45,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, Response
 
+from data.contract import contract_as_dict
 from data.drugs import known_drugs
 from data.units import ANALYTES
 from features.registry import REGISTRY, feature_label, feature_words, outcome_words
@@ -204,6 +207,13 @@ def ui_options() -> dict[str, Any]:
     ]
     features = {spec.name: feature_words(spec.name) for spec in REGISTRY.values()}
     return {"analytes": analytes, "drugs": known_drugs(), "features": features}
+
+
+@router.get("/v1/contract", tags=["model"], dependencies=[Depends(require_token)])
+def contract() -> dict[str, Any]:
+    """The cohort contract (`data.contract`): tables, columns, each column's kind, bounds, unit,
+    choices and description. The page builds its form's field lists from it at start-up."""
+    return contract_as_dict()
 
 
 @router.get("/ui/options", tags=["page"])

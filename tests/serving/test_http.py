@@ -59,7 +59,12 @@ def test_health_is_open_and_ready(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/score"), ("POST", "/v1/score/batch"), ("GET", "/v1/model")],
+    [
+        ("POST", "/v1/score"),
+        ("POST", "/v1/score/batch"),
+        ("GET", "/v1/model"),
+        ("GET", "/v1/contract"),
+    ],
 )
 def test_token_is_required_route_by_route(client: httpx.Client, method: str, path: str, record):
     body = {"records": [record]} if path.endswith("batch") else record
@@ -219,6 +224,17 @@ def test_model_card(client: httpx.Client) -> None:
     assert plt["group"] == "labs" and plt["unit"] == "10*9/L" and plt["direction"] == 1
     assert card["training_cohort"]["episodes"] == 240
     assert card["bands"]["thresholds"] == [0.5, 0.75]
+
+
+def test_contract_is_served_as_declared(client: httpx.Client) -> None:
+    from data.contract import contract_as_dict
+
+    body = client.get("/v1/contract", headers=AUTH).json()
+    assert body == contract_as_dict()
+    patients = next(t for t in body["tables"] if t["name"] == "patients")
+    assert {"name": "ecog", "kind": "integer", "minimum": 0, "maximum": 4}.items() <= next(
+        c for c in patients["columns"] if c["name"] == "ecog"
+    ).items()
 
 
 def test_openapi_documents_the_example(client: httpx.Client) -> None:

@@ -473,6 +473,19 @@ def test_without_the_model_card_the_chart_says_it_is_uncalibrated(chrome, router
 
 @browser
 @pytest.mark.browser
+def test_page_builds_its_field_lists_from_the_contract(chrome, router_url):
+    from data.contract import EPISODES, PATIENTS
+
+    open_page(chrome, router_url)
+    fields = chrome.execute_script("return window.ctit.fields()")
+    assert fields["tristate"] == list(PATIENTS.names("boolean"))
+    # every patient column with an input on the form, in the contract's order (site has none)
+    assert fields["patient"] == [n for n in PATIENTS.names() if n != "site"]
+    assert fields["episode"] == [n for n in EPISODES.names() if n != "patient_id"]
+
+
+@browser
+@pytest.mark.browser
 def test_page_helpers_parse_numbers_and_error_locations(chrome, router_url):
     open_page(chrome, router_url)
     parse = "return window.ctit.parseNumber(arguments[0])"
