@@ -69,6 +69,19 @@ class _Forest:
 
         `aft`: the boosters are `survival:aft` models (margin = log time; base = log base_score).
         """
+        learners = [_learner(booster, aft) for booster in boosters]
+        n_features = boosters[0].num_features()
+        if any(
+            learner is None or booster.num_features() != n_features
+            for learner, booster in zip(learners, boosters, strict=True)
+        ):
+            return None
+        forest = cls._flatten(learners, aft)  # type: ignore[arg-type]
+        return forest if forest._agrees_with(boosters, n_features) else None
+
+    @classmethod
+    def _flatten(cls, learners: Sequence[dict], aft: bool) -> _Forest:
+        """The trees of all learners as one set of node arrays, each booster a segment."""
         parts: dict[str, list[np.ndarray]] = {
             k: [] for k in ("feature", "threshold", "left", "right", "missing", "value")
         }
@@ -76,16 +89,7 @@ class _Forest:
         segments: list[tuple[int, int]] = []
         bases: list[np.float32] = []
         depth = offset = 0
-        n_features = boosters[0].num_features()
-        for booster in boosters:
-            learner = json.loads(bytes(booster.save_raw("json")))["learner"]
-            objective = learner["objective"]["name"]
-            if aft:
-                if objective != "survival:aft":
-                    return None
-                learner = {**learner, "objective": {"name": "binary:logistic"}}  # same tree checks
-            if not plain_gbtree(learner) or booster.num_features() != n_features:
-                return None
+        for learner in learners:
             if aft:
                 score = np.float32(json.loads(learner["learner_model_param"]["base_score"])[0])
                 bases.append(np.float32(math.log(float(score))))
@@ -114,7 +118,7 @@ class _Forest:
                 offset += len(nodes)
             segments.append((first_tree, len(roots)))
         arrays = {k: np.concatenate(v) for k, v in parts.items()}
-        forest = cls(
+        return cls(
             feature=arrays["feature"],
             threshold=arrays["threshold"].astype(np.float32),
             left=arrays["left"],
@@ -126,23 +130,26 @@ class _Forest:
             base=np.asarray(bases, dtype=np.float32),
             depth=depth,
         )
-        probes = forest._probes(n_features)
-        got = forest._probe_margins(probes)
+
+    def _agrees_with(self, boosters: Sequence[xgb.Booster], n_features: int) -> bool:
+        """Whether every booster's margins on the probe rows equal this walk's, bit for bit."""
+        probes = self._probes(n_features)
+        got = self._probe_margins(probes)
         for k, booster in enumerate(boosters):
             expected = booster.inplace_predict(probes, predict_type="margin")
             if np.array_equal(got[k], expected):
                 continue
             # xgboost's logf of the base score can be one float32 step from ours (seen for 1 in
             # ~60 bootstrap refits): the neighbours of the base margin are tried before giving up.
-            base = forest.base[k]
+            base = self.base[k]
             for step in (1, -1, 2, -2):
-                forest.base[k] = _float32_steps(base, step)
-                if np.array_equal(forest._probe_margins(probes)[k], expected):
+                self.base[k] = _float32_steps(base, step)
+                if np.array_equal(self._probe_margins(probes)[k], expected):
                     break
             else:
                 log.warning("numpy tree walk differs from xgboost; xgboost predicts alone")
-                return None
-        return forest
+                return False
+        return True
 
     def _probe_margins(self, probes: np.ndarray) -> np.ndarray:
         """Margins of the probe rows, walked `FOREST_MAX_ROWS` at a time as in scoring."""
@@ -221,3 +228,14 @@ def _tree_depth(left: Sequence[int], right: Sequence[int]) -> int:
         else:
             stack.extend(((left[node], level + 1), (right[node], level + 1)))
     return deepest
+
+
+def _learner(booster: xgb.Booster, aft: bool) -> dict | None:
+    """The booster's learner as JSON, or None for what the walk does not reproduce."""
+    learner = json.loads(bytes(booster.save_raw("json")))["learner"]
+    if aft:
+        if learner["objective"]["name"] != "survival:aft":
+            return None
+        checked = {**learner, "objective": {"name": "binary:logistic"}}  # same tree checks
+        return learner if plain_gbtree(checked) else None
+    return learner if plain_gbtree(learner) else None

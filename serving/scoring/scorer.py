@@ -22,6 +22,7 @@ import pandas as pd
 
 from data.cohort import cohort_from_tables
 from data.issues import CohortError
+from features.registry import feature_words, spec_of
 from serving.answers.warnings import is_unknown_drug
 from serving.bundle.model import DeployableModel, episodes_without_platelets
 from serving.bundle.uri import load_deployable_model
@@ -212,22 +213,20 @@ class Scorer:
         `CURVE_TOLERANCE` of `calibrator.transform_margin`: the clinician page maps its SHAP
         waterfall through it to end at the calibrated probability.
         """
-        from features.registry import spec_of
-
         meta = self.model.metadata
         features = []
         for name, group in zip(self.model.feature_names, self.model.groups, strict=True):
+            words = feature_words(name)  # the registry's wording, its fallback included
             try:
-                spec = spec_of(name)
-                unit, description, direction = spec.unit, spec.description, spec.direction
+                direction = spec_of(name).direction
             except KeyError:
-                unit, description, direction = "", name, None
+                direction = None
             features.append(
                 {
                     "name": name,
                     "group": group,
-                    "unit": unit,
-                    "description": description,
+                    "unit": words["unit"],
+                    "description": words["description"],
                     "direction": direction,
                 }
             )
