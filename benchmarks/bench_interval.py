@@ -65,8 +65,8 @@ def _http_ms(model, records: list[dict], repeats: int) -> float:
     """Median ms per POST /v1/score over one keep-alive connection to a real uvicorn."""
     import uvicorn
 
-    from serving.app import create_app
-    from serving.scorer import Scorer
+    from serving.http.app import create_app
+    from serving.scoring.scorer import Scorer
     from serving.settings import ServingSettings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +126,7 @@ def main() -> int:
     ref_dir = _simulate(args.reference, args.seed + 2, work / f"reference_{args.reference}")
     print(f"simulated in {time.perf_counter() - start:.0f} s")
 
-    from serving.model import DeployableModel
+    from serving.bundle.model import DeployableModel
 
     trained = work / f"model_{args.train}_{args.seed}"
     start = time.perf_counter()
@@ -173,7 +173,7 @@ def main() -> int:
             print(f"  {name}: {v['estimate']:.3f} ({v['low']:.3f}-{v['high']:.3f})")
 
     # -- cost per patient ---------------------------------------------------------------------
-    from serving.scorer import Scorer
+    from serving.scoring.scorer import Scorer
 
     baseline = replace(model, interval_model=None, time_model=None)
     full_scorer, base_scorer = Scorer(model, uri="bench"), Scorer(baseline, uri="bench")

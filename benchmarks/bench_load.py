@@ -223,15 +223,15 @@ def main() -> None:
 
 def _schema_example() -> dict[str, list[dict]]:
     """The request example of the API, as `serving.scorer` hands it to the loader."""
-    from serving.records import RecordBatch, validate_record
-    from serving.schemas import EXAMPLE_RECORD
+    from serving.request.records import RecordBatch, validate_record
+    from serving.request.schemas import EXAMPLE_RECORD
 
     return RecordBatch.from_requests([validate_record(EXAMPLE_RECORD)]).tables
 
 
 def _example() -> dict[str, list[dict]]:
     """examples/patient.json as the HTTP service hands it to the loader."""
-    from serving.records import patient_record_to_tables
+    from serving.request.records import patient_record_to_tables
 
     path = Path(__file__).resolve().parents[1] / "examples" / "patient.json"
     return patient_record_to_tables(json.loads(path.read_text()))

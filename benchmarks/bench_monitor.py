@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data.cohort import cohort_from_tables  # noqa: E402
-from serving.audit import AuditLog, feature_set_id, salted_hash  # noqa: E402
-from serving.records import RecordBatch, validate_record  # noqa: E402
+from serving.http.audit import AuditLog, feature_set_id, salted_hash  # noqa: E402
+from serving.request.records import RecordBatch, validate_record  # noqa: E402
 
 SALT = "bench-salt"
 

@@ -48,9 +48,12 @@ from _shared import serving_fixtures
 
 from data.cohort import cohort_from_tables, summarise
 from features.pipeline import FeatureConfig, FeaturePipeline
-from serving.model import Calibrator, DeployableModel, RiskBands, summarise_reference
-from serving.records import RecordBatch, validate_record
-from serving.scorer import Scorer, settle_heap
+from serving.answers.bands import RiskBands
+from serving.bundle.calibrator import Calibrator
+from serving.bundle.model import DeployableModel
+from serving.bundle.reference import summarise_reference
+from serving.request.records import RecordBatch, validate_record
+from serving.scoring.scorer import Scorer, settle_heap
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -487,7 +490,7 @@ def mlflow_serve(
 ) -> dict[str, float]:
     import mlflow
 
-    from serving.pyfunc import log_deployable_model
+    from serving.bundle.pyfunc import log_deployable_model
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     mlflow.set_tracking_uri(uri)

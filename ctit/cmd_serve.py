@@ -24,11 +24,11 @@ from ctit.options import tracking_uri as resolve_tracking_uri
 from data.cohort import load_cohort
 from data.issues import CohortError
 from data.outputs import OutputError, atomic_output
-from serving import fhir
-from serving.jsonin import JsonRefused, loads_strict
-from serving.model import ModelLoadError
-from serving.records import RecordError, validate_record
-from serving.scorer import NotEstimable, Scorer, answers_frame
+from serving.bundle.store import ModelLoadError
+from serving.fhir import convert as fhir
+from serving.request.jsonin import JsonRefused, loads_strict
+from serving.request.records import RecordError, validate_record
+from serving.scoring.scorer import NotEstimable, Scorer, answers_frame
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ def serve(
     _use_tracking_uri(tracking_uri)
     import uvicorn
 
-    from serving.app import TimedH11Protocol, create_app
+    from serving.http.app import TimedH11Protocol, create_app
 
     try:
         settings = ServingSettings.from_env(
@@ -363,7 +363,7 @@ def serve(
         # By name: a worker process imports it only after it answers the supervisor's health
         # pings (unpickling a class would import the whole service first, and under load the
         # supervisor kills a worker silent for 5 s).
-        "http": "serving.app:TimedH11Protocol",
+        "http": "serving.http.app:TimedH11Protocol",
         "timeout_keep_alive": settings.keep_alive_s,
         "h11_max_incomplete_event_size": 64 * 1024,
     }
@@ -410,7 +410,7 @@ def _settings_json(settings: ServingSettings) -> str:
 
 def worker_app() -> Any:
     """The app of one `ctit serve --workers N` process (uvicorn calls this factory)."""
-    from serving.app import TimedH11Protocol, create_app
+    from serving.http.app import TimedH11Protocol, create_app
 
     settings = ServingSettings.model_validate_json(os.environ[_SETTINGS_VARIABLE])
     TimedH11Protocol.header_timeout_s = settings.header_timeout_s

@@ -15,8 +15,8 @@ from rich.text import Text
 
 from ctit.options import fail, fail_invalid_cohort
 from data.issues import CohortError
-from serving.model import ModelLoadError
-from serving.scorer import NotEstimable
+from serving.bundle.store import ModelLoadError
+from serving.scoring.scorer import NotEstimable
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,12 @@ def score_spark(
     cohort: str, model: str, out: str | None, master: str | None, explain: bool
 ) -> None:
     """Score `cohort` on Spark with `model` and write the scores to the Parquet `out`."""
-    from serving.spark import SparkUnavailable, require_spark, score_cohort_spark, spark_session
+    from serving.scoring.spark import (
+        SparkUnavailable,
+        require_spark,
+        score_cohort_spark,
+        spark_session,
+    )
 
     if out is None or not out.rstrip("/").lower().endswith(".parquet"):
         fail("--engine spark writes Parquet: give --out OUT.parquet (a folder of part files)")

@@ -126,8 +126,8 @@ def load_model(model: str, option: str | None) -> Any:
     a model that cannot be found or loaded is the one error of `fail`, exit NO_MODEL_EXIT."""
     import mlflow
 
-    from serving.model import ModelLoadError
-    from serving.model_uri import load_deployable_model
+    from serving.bundle.store import ModelLoadError
+    from serving.bundle.uri import load_deployable_model
 
     mlflow.set_tracking_uri(tracking_uri(option))
     try:

@@ -295,7 +295,7 @@ def serve_process() -> type[ServeProcess]:
 class LiveServer:
     """uvicorn serving an app on 127.0.0.1 (a free port) in a background thread until `stop()`.
 
-    `config` goes to `uvicorn.Config` (e.g. `http=serving.app.TimedH11Protocol`).
+    `config` goes to `uvicorn.Config` (e.g. `http=serving.http.app.TimedH11Protocol`).
     """
 
     def __init__(self, app, **config: object) -> None:
@@ -355,7 +355,7 @@ def spark() -> Iterator[object]:
     Needs the `spark` extra and Java 17 (`make test` installs both, see scripts/ensure-java).
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from serving.spark import spark_session
+    from serving.scoring.spark import spark_session
 
     session = spark_session("local[2]", app_name="ctit-tests")
     session.conf.set("spark.sql.shuffle.partitions", "4")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from serving.interval import BootstrapInterval
-from serving.model import Calibrator
+from serving.bundle.calibrator import Calibrator
+from serving.predict.interval import BootstrapInterval
 from training.config import IntervalConfig
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ import pandas as pd
 from scipy import stats
 from scipy.special import expit, logit
 
-from serving.audit import feature_set_id, salted_hash
+from serving.http.audit import feature_set_id, salted_hash
 
 log = logging.getLogger(__name__)
 

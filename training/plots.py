@@ -30,7 +30,7 @@ MODEL_LABELS = {
 OOF_COLUMNS = {"xgboost": "p_xgb", "logreg": "p_logreg", "plt_baseline": "p_plt"}
 COLOURS = {"xgboost": "#1f5f8b", "logreg": "#c2571a", "plt_baseline": "#6a8f3a"}
 #: What raises and what lowers the chance of response: the clinician page's colours
-#: (serving/static/style.css --raise and --lower), so a colour means one thing everywhere.
+#: (serving/http/static/style.css --raise and --lower), so a colour means one thing everywhere.
 RAISE_COLOUR = "#1f5fa8"
 LOWER_COLOUR = "#b3541e"
 DPI = 96

@@ -26,7 +26,7 @@ import numpy as np
 import xgboost as xgb
 from sklearn.model_selection import StratifiedGroupKFold
 
-from serving.model import Calibrator
+from serving.bundle.calibrator import Calibrator
 from training.config import ModelConfig
 from training.metrics import calibration_intercept, calibration_slope
 from training.tuning import BASE_PARAMS, Observer, matrix, sample_candidates

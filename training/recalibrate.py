@@ -109,7 +109,7 @@ def choose_method(method: str, y_fit: np.ndarray, calibrator_method: str) -> str
 
 def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray, old: Any) -> Any:
     """A new `serving.model.Calibrator` for booster margins `margin` and outcomes `y`."""
-    from serving.model import Calibrator
+    from serving.bundle.calibrator import Calibrator
 
     if method == "logistic":
         return Calibrator("platt").fit(expit(margin), y)
@@ -219,7 +219,7 @@ def register_recalibration(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from serving.pyfunc import log_deployable_model
+    from serving.bundle.pyfunc import log_deployable_model
     from training.promote import PromotionError, assess
     from training.tracking import TrackingSettings, tracked_run
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from data.labels import derive_labels, get_definition
 from features.pipeline import FeaturePipeline
-from serving.model import DeployableModel
+from serving.bundle.model import DeployableModel
 from training.procedure import ProcedureSettings, fit_procedure
 from training.run import _feature_config, resolve_monotone
 from training.tuning import monotone_vector

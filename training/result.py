@@ -91,7 +91,7 @@ class TrainResult:
     @classmethod
     def load(cls, directory: str | Path) -> TrainResult:
         """Read a directory written by `save`."""
-        from serving.model import DeployableModel
+        from serving.bundle.model import DeployableModel
 
         directory = Path(directory)
         meta = json.loads((directory / "result.json").read_text(encoding="utf-8"))

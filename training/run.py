@@ -19,7 +19,9 @@ from data.cohort import Cohort, summarise
 from data.labels import attrition, derive_labels, get_definition
 from features.pipeline import FeatureConfig, FeaturePipeline
 from features.registry import spec_of
-from serving.model import DeployableModel, RiskBands, summarise_reference
+from serving.answers.bands import RiskBands
+from serving.bundle.model import DeployableModel
+from serving.bundle.reference import summarise_reference
 from training import comparators, evaluation, plots, procedure, tables
 from training.config import ExperimentConfig, ExperimentError
 from training.crossval import CVOutput, cross_validate
@@ -432,7 +434,7 @@ def log_result(
     """Log everything of the result to the active run, then register the model (last)."""
     import mlflow
 
-    from serving.pyfunc import log_deployable_model
+    from serving.bundle.pyfunc import log_deployable_model
     from training.tracking import input_schema, version_description
 
     steps = 6

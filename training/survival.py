@@ -29,7 +29,7 @@ import pandas as pd
 import xgboost as xgb
 
 from data.labels import NO_BASELINE, LabelDefinition
-from serving.survival import TimeToResponse, median_day
+from serving.predict.survival import TimeToResponse, median_day
 from training.config import ExperimentConfig, SurvivalConfig
 from training.metrics import (
     bootstrap_weights,

@@ -268,7 +268,7 @@ def input_description() -> str:
     """The pyfunc's input in words: one `record` column of JSON patient records, with each
     part's fields (the full JSON schema is logged beside the model as
     `model_input/record.schema.json`)."""
-    from serving.schemas import ScoreRequest
+    from serving.request.schemas import ScoreRequest
 
     schema = ScoreRequest.model_json_schema()
     defs = schema.get("$defs", {})
@@ -285,7 +285,7 @@ def input_description() -> str:
 
 
 def input_schema() -> dict[str, Any]:
-    from serving.schemas import ScoreRequest
+    from serving.request.schemas import ScoreRequest
 
     return ScoreRequest.model_json_schema()
 

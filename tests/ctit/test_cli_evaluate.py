@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from ctit.cli import app
 from data.cohort import load_cohort
 from data.labels import derive_labels
-from serving.model_uri import load_deployable_model
+from serving.bundle.uri import load_deployable_model
 from training import metrics
 
 TOML = """

@@ -29,7 +29,7 @@ def _records(fixtures, tmp_path: Path, n: int) -> Path:
 
 
 def test_score_prints_a_short_probability_table(runner, fixtures, model_dir, tmp_path) -> None:
-    from serving.scorer import Scorer
+    from serving.scoring.scorer import Scorer
 
     path = _records(fixtures, tmp_path, 3)
     result = runner.invoke(app, ["score", "--model", str(model_dir), str(path)])

@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from ctit.cli import app
 from data.cohort import cohort_from_tables
-from serving.app import create_app
-from serving.audit import AuditLog
-from serving.pyfunc import log_deployable_model
-from serving.records import RecordBatch, validate_record
-from serving.scorer import Scorer
+from serving.bundle.pyfunc import log_deployable_model
+from serving.http.app import create_app
+from serving.http.audit import AuditLog
+from serving.request.records import RecordBatch, validate_record
+from serving.scoring.scorer import Scorer
 from serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_recalibrate_registers_a_candidate_with_lineage(
     assert "calibration_slope" in result.output  # the promotion gates were assessed
     # the booster is kept: margins equal, probabilities moved
     mlflow.set_tracking_uri(registry["uri"])
-    from serving.model_uri import load_deployable_model
+    from serving.bundle.uri import load_deployable_model
 
     new = load_deployable_model(f"models:/{NAME}/2")
     assert new.booster.save_raw() == model.booster.save_raw()

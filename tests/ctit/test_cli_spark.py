@@ -68,10 +68,10 @@ def test_master_needs_the_spark_engine(model_dir: Path, cohort_dir: Path) -> Non
 def test_missing_java_is_a_clear_error(
     model_dir: Path, cohort_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import serving.spark
+    import serving.scoring.spark
 
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(serving.spark.shutil, "which", lambda name: None)
+    monkeypatch.setattr(serving.scoring.spark.shutil, "which", lambda name: None)
     result = CliRunner().invoke(app, ["score", "--engine", "spark", "--model", str(model_dir),
                                       str(cohort_dir), "--out", "x.parquet"])  # fmt: skip
     assert result.exit_code == 2

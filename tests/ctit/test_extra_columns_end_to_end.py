@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from ctit.cli import app
 from data.cohort import load_cohort
 from data.labels import derive_labels
-from serving.app import create_app
-from serving.schemas import EXAMPLE_RECORD
+from serving.http.app import create_app
+from serving.request.schemas import EXAMPLE_RECORD
 from serving.settings import ServingSettings
 
 TOML = """

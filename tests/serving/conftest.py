@@ -20,9 +20,12 @@ import xgboost as xgb
 
 from data.cohort import cohort_from_tables, summarise
 from features.pipeline import FeatureConfig, FeaturePipeline
-from serving.model import Calibrator, DeployableModel, RiskBands, summarise_reference
-from serving.records import RecordBatch, validate_record
-from serving.scorer import Scorer
+from serving.answers.bands import RiskBands
+from serving.bundle.calibrator import Calibrator
+from serving.bundle.model import DeployableModel
+from serving.bundle.reference import summarise_reference
+from serving.request.records import RecordBatch, validate_record
+from serving.scoring.scorer import Scorer
 
 METADATA = {
     "name": "ctit-response",

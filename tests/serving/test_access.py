@@ -14,9 +14,9 @@ import uvicorn
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
-from serving.access import COOKIE, session_value
-from serving.app import create_app
-from serving.scorer import Scorer
+from serving.http.access import COOKIE, session_value
+from serving.http.app import create_app
+from serving.scoring.scorer import Scorer
 from serving.settings import ServingSettings
 
 TOKEN = "gate-token-42"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import serving.audit as audit_module
-from serving.audit import AuditLog
+import serving.http.audit as audit_module
+from serving.http.audit import AuditLog
 
 ANSWER = {"episode_id": "E-1", "probability": 0.7, "band": "intermediate"}
 MODEL = {"name": "ctit-response", "version": "3"}

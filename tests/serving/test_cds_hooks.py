@@ -23,10 +23,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, model_validator
 
-from serving.app import create_app
-from serving.audit import AuditLog
-from serving.cds_hooks import ORDER_SELECT, PATIENT_VIEW, CdsSettings, allowed_fhir_server
-from serving.fhir import fhir_to_patient_records
+from serving.fhir.cds_hooks import ORDER_SELECT, PATIENT_VIEW, CdsSettings, allowed_fhir_server
+from serving.fhir.convert import fhir_to_patient_records
+from serving.http.app import create_app
+from serving.http.audit import AuditLog
 from serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]

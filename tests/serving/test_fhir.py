@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from data.cohort import cohort_from_tables
 from data.drugs import is_known
-from serving.fhir import (
+from serving.fhir.convert import (
     FhirError,
     drugs_in_text,
     fhir_to_patient_records,
@@ -27,7 +27,7 @@ from serving.fhir import (
     risk_assessment,
     rxnorm_table,
 )
-from serving.records import patient_record_to_tables, validate_record
+from serving.request.records import patient_record_to_tables, validate_record
 
 ROOT = Path(__file__).resolve().parents[1]
 FHIR = ROOT / "fixtures" / "fhir"
@@ -344,7 +344,7 @@ def test_rxnorm_table_names_known_drugs_with_unique_codes() -> None:
         assert entry.role == "index" or is_known(entry.drug), entry.drug
         if entry.rxcui is None and entry.role != "index":
             assert "text only" in entry.note, entry.drug
-    path = Path(__file__).resolve().parents[2] / "serving" / "rxnorm.csv"
+    path = Path(__file__).resolve().parents[2] / "serving" / "fhir" / "rxnorm.csv"
     with path.open(encoding="utf-8") as handle:
         assert next(csv.reader(handle)) == ["drug", "rxcui", "role", "note"]
 

@@ -10,10 +10,10 @@ import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.audit import AuditLog
-from serving.fhir import fhir_to_patient_records
-from serving.fhir_api import SCORE_PATH
+from serving.fhir.api import SCORE_PATH
+from serving.fhir.convert import fhir_to_patient_records
+from serving.http.app import create_app
+from serving.http.audit import AuditLog
 from serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]

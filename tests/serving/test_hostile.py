@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.app import TimedH11Protocol, create_app
-from serving.audit import AuditLog
-from serving.cds_hooks import ORDER_SELECT, md_text
-from serving.scorer import Scorer
+from serving.fhir.cds_hooks import ORDER_SELECT, md_text
+from serving.http.app import TimedH11Protocol, create_app
+from serving.http.audit import AuditLog
+from serving.scoring.scorer import Scorer
 from serving.settings import MIB, ServingSettings
 
 TOKEN = "hostile-token"
@@ -504,7 +504,7 @@ def test_salt_policy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     salted.close()
     with sqlite3.connect(tmp_path / "salted.db") as db:
         assert db.execute("SELECT count(*) FROM meta WHERE key = 'salt'").fetchone()[0] == 0
-    with caplog.at_level("WARNING", logger="serving.audit"):
+    with caplog.at_level("WARNING", logger="serving.http.audit"):
         AuditLog(tmp_path / "unsalted.db").close()
     assert "CTIT_AUDIT_SALT is not set" in caplog.text
     assert "recover short patient identifiers" in caplog.text

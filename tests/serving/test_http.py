@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.app import create_app
-from serving.audit import AuditLog
-from serving.scorer import Scorer
+from serving.http.app import create_app
+from serving.http.audit import AuditLog
+from serving.scoring.scorer import Scorer
 from serving.settings import ServingSettings
 
 TOKEN = "s3cret-token"
@@ -59,7 +59,12 @@ def test_health_is_open_and_ready(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/score"), ("POST", "/v1/score/batch"), ("GET", "/v1/model")],
+    [
+        ("POST", "/v1/score"),
+        ("POST", "/v1/score/batch"),
+        ("GET", "/v1/model"),
+        ("GET", "/v1/contract"),
+    ],
 )
 def test_token_is_required_route_by_route(client: httpx.Client, method: str, path: str, record):
     body = {"records": [record]} if path.endswith("batch") else record
@@ -221,6 +226,17 @@ def test_model_card(client: httpx.Client) -> None:
     assert card["bands"]["thresholds"] == [0.5, 0.75]
 
 
+def test_contract_is_served_as_declared(client: httpx.Client) -> None:
+    from data.contract import contract_as_dict
+
+    body = client.get("/v1/contract", headers=AUTH).json()
+    assert body == contract_as_dict()
+    patients = next(t for t in body["tables"] if t["name"] == "patients")
+    assert {"name": "ecog", "kind": "integer", "minimum": 0, "maximum": 4}.items() <= next(
+        c for c in patients["columns"] if c["name"] == "ecog"
+    ).items()
+
+
 def test_openapi_documents_the_example(client: httpx.Client) -> None:
     assert client.get("/openapi.json").status_code == 401
     spec = client.get("/openapi.json", headers=AUTH).json()
@@ -232,7 +248,7 @@ def test_openapi_documents_the_example(client: httpx.Client) -> None:
 
 
 def test_missing_model_stops_the_service_at_start(tmp_path: Path) -> None:
-    from serving.model import ModelLoadError
+    from serving.bundle.store import ModelLoadError
 
     settings = ServingSettings(model_uri=str(tmp_path / "gone"), audit_path=tmp_path / "a.db")
     with pytest.raises(ModelLoadError, match="gone: no such file"):

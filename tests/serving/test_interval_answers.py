@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data.cohort import cohort_from_tables
-from serving.interval import BootstrapInterval
-from serving.model import Calibrator, DeployableModel
-from serving.records import RecordBatch, validate_record
-from serving.scorer import Scorer
-from serving.survival import TimeToResponse, median_day
+from serving.bundle.calibrator import Calibrator
+from serving.bundle.model import DeployableModel
+from serving.predict.interval import BootstrapInterval
+from serving.predict.survival import TimeToResponse, median_day
+from serving.request.records import RecordBatch, validate_record
+from serving.scoring.scorer import Scorer
 
 
 def _stump(n_features: int = 2) -> xgb.Booster:
@@ -197,7 +198,7 @@ def test_model_card_states_the_meaning(full_model) -> None:
 
 
 def test_support_envelope_alternatives_hand_made() -> None:
-    from serving.interval import SupportEnvelope
+    from serving.predict.interval import SupportEnvelope
 
     names = ["alb_last", "current_parp", "subtype=A", "subtype=B"]
     reference = {
@@ -233,7 +234,7 @@ def test_support_envelope_alternatives_hand_made() -> None:
 
 
 def test_fhir_risk_assessment_has_one_prediction_per_horizon(full_model, record) -> None:
-    from serving.fhir import risk_assessment
+    from serving.fhir.convert import risk_assessment
 
     answer = Scorer(full_model).score(record)
     resource = risk_assessment(answer, record)
@@ -249,7 +250,7 @@ def test_fhir_risk_assessment_has_one_prediction_per_horizon(full_model, record)
 
 
 def test_cds_card_says_how_soon_in_one_sentence(full_model, record) -> None:
-    from serving.cds_hooks import detail_of
+    from serving.fhir.cds_hooks import detail_of
 
     answer = Scorer(full_model).score(record)
     detail = detail_of(answer, record, [])
@@ -268,7 +269,7 @@ def test_http_answers_and_model_card_carry_the_fields(full_model, record, tmp_pa
     import httpx
     import uvicorn
 
-    from serving.app import create_app
+    from serving.http.app import create_app
     from serving.settings import ServingSettings
 
     settings = ServingSettings(model_uri="in-memory", audit_path=tmp_path / "audit.db")

@@ -12,10 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.model import Calibrator, DeployableModel, ModelLoadError, RiskBands
-from serving.model_uri import load_deployable_model
-from serving.pyfunc import log_deployable_model
-from serving.scorer import Scorer
+from serving.answers.bands import RiskBands
+from serving.bundle.calibrator import Calibrator
+from serving.bundle.model import DeployableModel
+from serving.bundle.pyfunc import log_deployable_model
+from serving.bundle.store import ModelLoadError
+from serving.bundle.uri import load_deployable_model
+from serving.scoring.scorer import Scorer
 
 
 def _sigmoid(z: float) -> float:
@@ -94,7 +97,7 @@ def test_contributions_are_exact_treeshap(deployable_model: DeployableModel, tra
     import shap
 
     from data.cohort import cohort_from_tables
-    from serving.records import RecordBatch, validate_record
+    from serving.request.records import RecordBatch, validate_record
 
     records = training_records[0][:8]
     batch = RecordBatch.from_requests([validate_record(r) for r in records])
@@ -389,7 +392,7 @@ def test_mlflow_models_serve_returns_probabilities(
 
 def test_interval_is_the_fold_models_spread(deployable_model: DeployableModel, record) -> None:
     from data.cohort import cohort_from_tables
-    from serving.records import RecordBatch, validate_record
+    from serving.request.records import RecordBatch, validate_record
 
     answer = Scorer(deployable_model).score(record)
     batch = RecordBatch.from_requests([validate_record(record)])
@@ -414,7 +417,7 @@ def test_interval_is_the_fold_models_spread(deployable_model: DeployableModel, r
 
 def _training_matrix(deployable_model: DeployableModel, records: list[dict]) -> np.ndarray:
     from data.cohort import cohort_from_tables
-    from serving.records import RecordBatch, validate_record
+    from serving.request.records import RecordBatch, validate_record
 
     batch = RecordBatch.from_requests([validate_record(r) for r in records])
     return deployable_model.prepare(cohort_from_tables(batch.tables)).X
@@ -447,7 +450,7 @@ def test_small_inputs_get_xgboosts_margins_to_the_bit(
 def test_the_tree_walk_declines_what_it_does_not_reproduce() -> None:
     import xgboost as xgb
 
-    from serving.model import _Forest
+    from serving.predict.forest import _Forest
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4)).astype(np.float32)
@@ -463,12 +466,12 @@ def test_the_tree_walk_declines_what_it_does_not_reproduce() -> None:
 
 
 def test_interval_percentiles_equal_numpy() -> None:
-    from serving.model import _percentiles
+    from serving.predict.forest import percentiles
 
     rng = np.random.default_rng(4)
     for folds in (1, 2, 3, 5, 10):
         values = rng.random((folds, 7))
-        got = _percentiles(values, (10.0, 90.0))
+        got = percentiles(values, (10.0, 90.0))
         assert np.allclose(got, np.percentile(values, (10.0, 90.0), axis=0), atol=1e-15)
 
 
@@ -479,7 +482,7 @@ def test_explanations_come_from_the_precomputed_table_and_equal_pred_contribs(
 
     records, _ = training_records
     from data.cohort import cohort_from_tables
-    from serving.records import RecordBatch, validate_record
+    from serving.request.records import RecordBatch, validate_record
 
     batch = RecordBatch.from_requests([validate_record(r) for r in records[:40]])
     X = deployable_model.prepare(cohort_from_tables(batch.tables)).X
@@ -496,7 +499,7 @@ def test_a_failing_table_build_falls_back_to_xgboost(
 ) -> None:
     import xgboost as xgb
 
-    import serving.model as model_module
+    import serving.bundle.model as model_module
 
     def broken(booster):
         raise MemoryError("no room for the table")

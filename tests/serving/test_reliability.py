@@ -19,8 +19,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from serving.app import create_app
-from serving.scorer import Scorer
+from serving.http.app import create_app
+from serving.scoring.scorer import Scorer
 from serving.settings import ServingSettings
 
 TOKEN = "fuzz-token"

@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.scorer import Scorer
+from serving.http.app import create_app
+from serving.scoring.scorer import Scorer
 from serving.settings import ServingSettings
 
 SCHEMA = Path(__file__).resolve().parents[1] / "fixtures" / "schemas" / "fhir.schema.json"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from data.cohort import load_cohort
-from serving.model import Calibrator
-from serving.records import RecordError, patient_record_to_tables
-from serving.scorer import Scorer
+from serving.bundle.calibrator import Calibrator
+from serving.request.records import RecordError, patient_record_to_tables
+from serving.scoring.scorer import Scorer
 
 
 def _set_baseline(record: dict, value: float) -> dict:
@@ -96,7 +96,7 @@ def test_cohort_scores_match_the_fast_path(scorer: Scorer, cohort_dir: Path) -> 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
 def test_chunks_keep_each_patient_whole_and_the_episode_order(cohort_dir: Path, size) -> None:
-    from serving.scorer import _chunks
+    from serving.scoring.scorer import _chunks
 
     cohort = load_cohort(cohort_dir)  # P-a1 has the first and the last episode (E-1, E-5)
     parts = _chunks(cohort, size)

@@ -1,5 +1,5 @@
-"""Scores on Spark local[2] (serving.spark): equal to `ctit score`, every bad row reported, and
-the plain MLflow route (`mlflow.pyfunc.spark_udf`) on a registered model."""
+"""Scores on Spark local[2] (serving.scoring.spark): equal to `ctit score`, every bad row reported,
+and the plain MLflow route (`mlflow.pyfunc.spark_udf`) on a registered model."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from ctit.cli import app
 from data.cohort import load_cohort
 from data.issues import CohortError
 from data.simulator import SimulationConfig, simulate_cohort
-from serving.pyfunc import log_deployable_model
-from serving.scorer import Scorer, answers_frame
-from serving.spark import ROW, score_cohort_spark, score_records_spark
+from serving.bundle.pyfunc import log_deployable_model
+from serving.scoring.scorer import Scorer, answers_frame
+from serving.scoring.spark import ROW, score_cohort_spark, score_records_spark
 
 TESTS = Path(__file__).resolve().parents[1]
 

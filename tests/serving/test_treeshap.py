@@ -12,7 +12,7 @@ import xgboost as xgb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.treeshap import ShapTable, _pattern_values
+from serving.predict.treeshap import ShapTable, _pattern_values
 
 
 def _train(depth: int, trees: int = 30, seed: int = 0, n: int = 600, **params) -> tuple:

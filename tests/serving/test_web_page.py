@@ -31,12 +31,12 @@ from data.cohort import SUBTYPES
 from data.drugs import known_drugs
 from data.units import ANALYTES
 from features.registry import feature_label
-from serving import web
-from serving.app import create_app
+from serving.http import web
+from serving.http.app import create_app
 from serving.settings import ServingSettings
 
 FHIR_DIR = Path(__file__).parents[1] / "fixtures" / "fhir"
-STATIC = resources.files("serving").joinpath("static")
+STATIC = resources.files("serving.http").joinpath("static")
 
 RECORD = {
     "patient": {"patient_id": "P-web", "sex": "F", "birth_date": "1970-01-02", "subtype": "TNBC"},
@@ -469,6 +469,19 @@ def test_without_the_model_card_the_chart_says_it_is_uncalibrated(chrome, router
     assert "calibration could not be loaded" in note
     assert f"end at {100 * final:.1f}%" in note
     assert "Uncalibrated probability of response" in chart.text
+
+
+@browser
+@pytest.mark.browser
+def test_page_builds_its_field_lists_from_the_contract(chrome, router_url):
+    from data.contract import EPISODES, PATIENTS
+
+    open_page(chrome, router_url)
+    fields = chrome.execute_script("return window.ctit.fields()")
+    assert fields["tristate"] == list(PATIENTS.names("boolean"))
+    # every patient column with an input on the form, in the contract's order (site has none)
+    assert fields["patient"] == [n for n in PATIENTS.names() if n != "site"]
+    assert fields["episode"] == [n for n in EPISODES.names() if n != "patient_id"]
 
 
 @browser

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from data.cohort import load_cohort
 from data.simulator import SimulationConfig, simulate_cohort
-from serving.model_uri import load_deployable_model
+from serving.bundle.uri import load_deployable_model
 from training import run as run_module
 from training import tracking as tracking_module
 from training.config import parse_experiment

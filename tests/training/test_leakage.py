@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from serving.model import Calibrator
+from serving.bundle.calibrator import Calibrator
 from training import crossval, procedure, tuning
 from training.config import ModelConfig
 from training.crossval import cross_validate

@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import expit
 
-from serving.audit import AuditLog, salted_hash
-from serving.model import Answer, Calibrator
+from serving.answers.answer import Answer
+from serving.bundle.calibrator import Calibrator
+from serving.http.audit import AuditLog, salted_hash
 from training import metrics
 from training.monitor import (
     MonitorConfig,

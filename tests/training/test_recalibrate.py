@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from serving.model import Calibrator
+from serving.bundle.calibrator import Calibrator
 from training.recalibrate import (
     ISOTONIC_MIN,
     LOGISTIC_MIN_CLASS,
@@ -95,7 +95,8 @@ def _train_home_model(cohort_dir: Path):
     from data.cohort import load_cohort
     from data.labels import DEFAULT_DEFINITION, derive_labels
     from features.pipeline import FeatureConfig, FeaturePipeline
-    from serving.model import DeployableModel, summarise_reference
+    from serving.bundle.model import DeployableModel
+    from serving.bundle.reference import summarise_reference
 
     cohort = load_cohort(cohort_dir)
     labels = derive_labels(cohort, DEFAULT_DEFINITION)
@@ -159,8 +160,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _monitored(sites: dict, cohort, path: Path) -> dict:
-    from serving.audit import AuditLog
-    from serving.scorer import Scorer
+    from serving.http.audit import AuditLog
+    from serving.scoring.scorer import Scorer
     from training.monitor import Reference, monitor_audit
 
     model = sites["model"]

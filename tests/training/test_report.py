@@ -504,7 +504,7 @@ def test_report_counts_and_names_agree_with_each_other(tracked, report_html: str
     marrow = [row for row in table1 if row[0] == "Bone-marrow involvement"]
     assert [row[1] for row in marrow] == ["yes"]
     # Raise and lower colours are the page's.
-    style = (ROOT / "serving" / "static" / "style.css").read_text(encoding="utf-8")
+    style = (ROOT / "serving" / "http" / "static" / "style.css").read_text(encoding="utf-8")
     from training.plots import LOWER_COLOUR, RAISE_COLOUR
 
     assert f"--raise: {RAISE_COLOUR};" in style and f"--lower: {LOWER_COLOUR};" in style

@@ -1,4 +1,4 @@
-"""The deployable model as an MLflow pyfunc (loading it back from any URI: `serving.model_uri`).
+"""The deployable model as an MLflow pyfunc (loading it back from any URI: `serving.bundle.uri`).
 
 Input of the pyfunc (also what `mlflow models serve` accepts): a DataFrame with one string column
 `record` holding one patient record per row as JSON (DESIGN.md "One patient over HTTP"; a dict is
@@ -28,11 +28,11 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
-from serving.model import DeployableModel
-from serving.model_uri import ARTIFACT_KEY
-from serving.records import RecordError
-from serving.schemas import EXAMPLE_RECORD
-from serving.scorer import Scorer
+from serving.bundle.model import DeployableModel
+from serving.bundle.uri import ARTIFACT_KEY
+from serving.request.records import RecordError
+from serving.request.schemas import EXAMPLE_RECORD
+from serving.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,12 @@ import pandas as pd
 
 from data.cohort import cohort_from_tables
 from data.issues import CohortError
-from serving.model import DeployableModel, episodes_without_platelets
-from serving.model_uri import load_deployable_model
-from serving.records import RecordBatch, RecordError, validate_record
-from serving.schemas import ScoreRequest
+from features.registry import feature_words, spec_of
+from serving.answers.warnings import is_unknown_drug
+from serving.bundle.model import DeployableModel, episodes_without_platelets
+from serving.bundle.uri import load_deployable_model
+from serving.request.records import RecordBatch, RecordError, validate_record
+from serving.request.schemas import ScoreRequest
 from serving.settings import ScoringOptions
 
 log = logging.getLogger(__name__)
@@ -147,9 +149,9 @@ class Scorer:
         except CohortError as exc:
             raise records.errors_of(exc, batch=batch) from None
         if explain:
-            records.issue_warnings(
-                w for w in getattr(cohort, "warnings", ()) if w.column != "drugs"
-            )
+            # Unknown drugs go to the answers, by episode (`serving.answers.warnings`); the
+            # loader's other warnings are filed under the record whose row they name.
+            records.issue_warnings(w for w in cohort.warnings if not is_unknown_drug(w))
         prepared = self.model.prepare(cohort)
         lacking = episodes_without_platelets(self.model, prepared)
         if lacking:
@@ -211,22 +213,20 @@ class Scorer:
         `CURVE_TOLERANCE` of `calibrator.transform_margin`: the clinician page maps its SHAP
         waterfall through it to end at the calibrated probability.
         """
-        from features.registry import spec_of
-
         meta = self.model.metadata
         features = []
         for name, group in zip(self.model.feature_names, self.model.groups, strict=True):
+            words = feature_words(name)  # the registry's wording, its fallback included
             try:
-                spec = spec_of(name)
-                unit, description, direction = spec.unit, spec.description, spec.direction
+                direction = spec_of(name).direction
             except KeyError:
-                unit, description, direction = "", name, None
+                direction = None
             features.append(
                 {
                     "name": name,
                     "group": group,
-                    "unit": unit,
-                    "description": description,
+                    "unit": words["unit"],
+                    "description": words["description"],
                     "direction": direction,
                 }
             )

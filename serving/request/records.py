@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from data import units
 from data.issues import CohortError, Issue
 from data.units import canonical_test, unit_factor
-from serving.schemas import ScoreRequest
+from serving.request.schemas import ScoreRequest
 
 #: Values that are possible but rare enough to warn about (owned by `data.units`).
 IMPROBABLE = units.IMPROBABLE
@@ -170,14 +170,14 @@ class RecordBatch:
         return RecordError(errors)
 
     def issue_warnings(self, issues: Iterable[Issue]) -> None:
-        """File loader warnings (unknown drugs, unknown tests) under the record they came from."""
+        """File loader warnings (unknown tests, unknown subtypes, ...) under the record whose row
+        they name, code `input` (unknown drugs are the answers' own, by episode)."""
         for issue in issues:
             record_index, path = self.locate(issue)
             if record_index is None:
                 continue
-            code = "unknown_drug" if issue.column == "drugs" else "input"
             self.warnings.setdefault(record_index, []).append(
-                {"code": code, "message": issue.message, "loc": list(path)}
+                {"code": "input", "message": issue.message, "loc": list(path)}
             )
 
 

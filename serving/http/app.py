@@ -1,11 +1,13 @@
 """The HTTP scoring service (FastAPI): score one patient or a batch, describe the model, health.
 
 Routes: POST /v1/score, POST /v1/score/batch, GET /v1/model, GET /healthz, GET /readyz, the
-OpenAPI docs (/docs, /openapi.json), and the routers of `serving.cds_hooks` and `serving.web`.
+OpenAPI docs (/docs, /openapi.json), and the routers of `serving.fhir.cds_hooks` and
+`serving.http.web` (which serves GET /v1/contract with the page, so the page needs no other route
+to build its form).
 
 Access: when `ServingSettings.api_token` is set, every route but /healthz needs
 `Authorization: Bearer <token>` or the clinician page's session cookie (401 otherwise; a browser
-gets a sign-in form): see `serving.access`.
+gets a sign-in form): see `serving.http.access`.
 
 Limits: a body longer than `max_body_bytes` (single) or `max_batch_bytes` (batch) is refused with
 413 from its Content-Length before it is read, or as soon as the streamed bytes pass the limit.
@@ -27,14 +29,15 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from serving import cds_hooks, web
-from serving.access import AccessGate, require_token
-from serving.audit import AuditLog, AuditUnavailable
-from serving.fhir import risk_assessment
-from serving.jsonin import JsonRefused, loads_strict
-from serving.records import RecordError
-from serving.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
-from serving.scorer import Scorer, settle_heap
+from serving.fhir import cds_hooks
+from serving.fhir.convert import risk_assessment
+from serving.http import web
+from serving.http.access import AccessGate, require_token
+from serving.http.audit import AuditLog, AuditUnavailable
+from serving.request.jsonin import JsonRefused, loads_strict
+from serving.request.records import RecordError
+from serving.request.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
+from serving.scoring.scorer import Scorer, settle_heap
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -147,7 +150,7 @@ async def _send_error(send: Send, status: int, detail: str) -> None:
 
 
 class StrictJson:
-    """ASGI middleware: every request body is read by `serving.jsonin.loads_strict` first.
+    """ASGI middleware: every request body is read by `serving.request.jsonin.loads_strict` first.
 
     Refused before any route sees them: nesting deeper than `jsonin.MAX_DEPTH` (400), duplicate
     keys, NaN/Infinity/1e309 and unpaired surrogates (422 with the value's path, never the value).
@@ -584,7 +587,7 @@ def create_app(
     """The service; loads (and checks) the model at `settings.model_uri` unless given a scorer.
 
     Raises:
-        serving.model.ModelLoadError: the model is missing or corrupted (names the URI).
+        serving.bundle.store.ModelLoadError: the model is missing or corrupted (names the URI).
     """
     if scorer is None:
         scorer = Scorer.load(settings.model_uri, options=settings.scoring)
@@ -612,7 +615,7 @@ def create_app(
         f"label {info['label_definition']}.",
         version=str(info["version"]),
         lifespan=lifespan,
-        # /docs is `serving.web`'s: Swagger UI from local, pinned files (FastAPI's own loads a CDN)
+        # /docs is `serving.http.web`'s: Swagger UI from local, pinned files (FastAPI's loads a CDN)
         docs_url=None,
         redoc_url=None,
     )

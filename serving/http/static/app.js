@@ -9,9 +9,13 @@
   // An XML namespace identifier, never fetched.
   var SVG_NS = "http" + "://www.w3.org/2000/svg";
   var TOKEN_KEY = "ctit.bearerToken";
-  var TRISTATE = ["bone_mets", "liver_mets", "marrow_involvement", "splenomegaly", "prior_radiotherapy"];
-  var PATIENT_FIELDS = ["patient_id", "sex", "birth_date", "race", "ecog", "subtype"].concat(TRISTATE);
-  var EPISODE_FIELDS = ["episode_id", "index_date", "dose_mg", "age_years"];
+  // The form's fields come from the cohort contract (GET v1/contract, `applyContract`): the
+  // patients' and episodes' columns that have an input here, and the patients' yes/no columns.
+  var TRISTATE = [];         // boolean columns of `patients` (Yes / No / Not recorded)
+  var PATIENT_FIELDS = [];   // columns of `patients` with an input on the form
+  var PATIENT_KINDS = {};    // column of `patients` -> its contract kind
+  var EPISODE_FIELDS = [];   // columns of `episodes` with an input on the form
+  var CLINICAL = [];         // the "Clinical findings" section: ecog, subtype, race and TRISTATE
   var MAX_FACTORS = 8;
 
   var state = {
@@ -215,10 +219,32 @@
     return "The server could not answer (HTTP " + res.status + "). Nothing you entered was lost.";
   }
 
+  /** The form's lists of fields from the cohort contract (GET v1/contract). */
+  function applyContract(contract) {
+    function table(name) {
+      return contract.tables.filter(function (t) { return t.name === name; })[0];
+    }
+    function onForm(c) { return !!document.getElementById(c.name); }
+    var patients = table("patients").columns;
+    PATIENT_KINDS = {};
+    patients.forEach(function (c) { PATIENT_KINDS[c.name] = c.kind; });
+    TRISTATE = patients.filter(function (c) { return c.kind === "boolean"; }).map(function (c) { return c.name; });
+    PATIENT_FIELDS = patients.filter(onForm).map(function (c) { return c.name; });
+    EPISODE_FIELDS = table("episodes").columns
+      .filter(function (c) { return onForm(c) && !PATIENT_KINDS[c.name]; })
+      .map(function (c) { return c.name; });
+    CLINICAL = ["ecog", "subtype", "race"].concat(TRISTATE);
+  }
+
+  /** The contract, then the tests, units and drugs: the form is usable once both arrived. */
   function loadOptions() {
-    return fetchJson("ui/options", { headers: authHeaders() }).then(function (res) {
+    return fetchJson("v1/contract", { headers: authHeaders() }).then(function (contract) {
+      if (!contract.ok) return contract;
+      applyContract(contract.body);
+      return fetchJson("ui/options", { headers: authHeaders() });
+    }).then(function (res) {
       if (!res.ok) {
-        showSummary([{ text: "Could not load the list of tests and drugs: " + describeHttpFailure(res),
+        showSummary([{ text: "Could not load the form's fields, tests and drugs: " + describeHttpFailure(res),
                        target: res.status === 401 || res.status === 403 ? $("token") : null }]);
         if (res.status === 401 || res.status === 403) { $("access-panel").hidden = false; $("access-panel").open = true; }
         return;
@@ -555,16 +581,17 @@
       else episode[id] = x;
     });
 
-    ["sex", "birth_date", "race", "subtype"].forEach(function (id) {
+    PATIENT_FIELDS.forEach(function (id) {
+      if (id === "patient_id") return;
       var raw = val(id);
-      if (raw) patient[id] = raw; else delete patient[id];
-    });
-    if (val("ecog") !== "") patient.ecog = Number(val("ecog")); else delete patient.ecog;
-    TRISTATE.forEach(function (id) {
-      var raw = val(id);
-      if (raw === "true") patient[id] = true;
-      else if (raw === "false") patient[id] = false;
-      else delete patient[id];
+      var kind = PATIENT_KINDS[id];
+      if (raw === "") delete patient[id];
+      else if (kind === "boolean") {
+        if (raw === "true") patient[id] = true;
+        else if (raw === "false") patient[id] = false;
+        else delete patient[id];
+      } else if (kind === "integer" || kind === "number") patient[id] = Number(raw);
+      else patient[id] = raw;
     });
     if (index && patient.birth_date && patient.birth_date > index) {
       fail($("birth_date"), "The birth date is after the index date.");
@@ -731,8 +758,6 @@
     updateSectionNotes();
     markStale();
   }
-
-  var CLINICAL = ["ecog", "subtype", "race"].concat(TRISTATE);
 
   /** The collapsed "Clinical findings" section says how many of its fields are filled. */
   function updateSectionNotes() {
@@ -1363,7 +1388,8 @@
   window.ctit = {
     sigmoid: sigmoid, parseNumber: parseNumber, formatProbability: formatProbability, waterfallSteps: waterfallSteps, locToTarget: locToTarget,
     calibrationMap: calibrationMap, collectForm: collectForm, renderResult: renderResult,
-    wrapText: wrapText, markStale: markStale
+    wrapText: wrapText, markStale: markStale,
+    fields: function () { return { tristate: TRISTATE, patient: PATIENT_FIELDS, episode: EPISODE_FIELDS }; }
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -55,8 +55,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 class BootstrapInterval:
     """B bootstrap refits (boosters and their calibrators) and the nominal level.
 
-    `calibrators` are `serving.model.Calibrator`-like objects with `transform_margin` and
-    `to_dict`; they are kept untyped here so this module does not import `serving.model`.
+    `calibrators` are `serving.bundle.calibrator.Calibrator`-like objects with `transform_margin`
+    and `to_dict`; they are kept untyped here so this module does not import `serving.bundle`.
     """
 
     boosters: list[xgb.Booster]

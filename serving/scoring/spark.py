@@ -1,6 +1,6 @@
 """Scores on Apache Spark: a cohort of any size, grouped by patient and scored by ctit's own code.
 
-    from serving.spark import score_cohort_spark
+    from serving.scoring.spark import score_cohort_spark
     result = score_cohort_spark(spark, "hdfs:///lake/ctit/cohort", "models:/ctit-response@champion")
     result.scores.write.parquet("scores.parquet")      # the columns of `ctit score --out X.csv`
     result.unpersist()
@@ -54,8 +54,8 @@ from data.cohort import (
     tables_in_directory,
 )
 from data.issues import CohortError, Issue
-from serving.model import DeployableModel
-from serving.scorer import NotEstimable, Scorer, answers_frame
+from serving.bundle.model import DeployableModel
+from serving.scoring.scorer import NotEstimable, Scorer, answers_frame
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -305,7 +305,7 @@ def score_cohort_spark(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from serving.model_uri import load_deployable_model
+    from serving.bundle.uri import load_deployable_model
 
     model = load_deployable_model(model_uri)
     output = _output_columns(model, explain, contributions)
@@ -538,7 +538,7 @@ def _slot_layout(
 
 def _output_columns(model: DeployableModel, explain: bool, contributions: bool) -> tuple[str, ...]:
     """The columns `ctit score --out X.csv` writes for this model (from its example record)."""
-    from serving.pyfunc import example_record
+    from serving.bundle.pyfunc import example_record
 
     answers = Scorer(model).score_batch([example_record(model)], explain=explain)
     for answer in answers:
@@ -683,11 +683,11 @@ def _sorted_unique(issues: list[Issue]) -> list[Issue]:
 
 def pyfunc_udf(spark: SparkSession, model_uri: str, env_manager: str = "local") -> Any:
     """`mlflow.pyfunc.spark_udf` of a ctit model: one record-JSON column in, a struct of the
-    pyfunc's output columns out (`serving.pyfunc.SIGNATURE`)."""
+    pyfunc's output columns out (`serving.bundle.pyfunc.SIGNATURE`)."""
     import mlflow.pyfunc
     from pyspark.sql import types as T
 
-    from serving.pyfunc import SIGNATURE
+    from serving.bundle.pyfunc import SIGNATURE
 
     kinds = {"long": T.LongType(), "double": T.DoubleType(), "string": T.StringType()}
     result = T.StructType(

@@ -15,8 +15,8 @@ Shapley values are computed once for every pattern when the model loads (Fast Tr
 sum. The base value is `g(empty set)` summed over leaves plus the booster's base margin.
 
 `ShapTable.build` proves its answers against xgboost's own `pred_contribs` on probe rows and
-declines (None) for what it does not reproduce (see `serving.model._Forest`): objectives other than
-binary:logistic, DART, categorical or vector-leaf trees, tables above `max_bytes`.
+declines (None) for what it does not reproduce (see `serving.predict.forest._Forest`): objectives
+other than binary:logistic, DART, categorical or vector-leaf trees, tables above `max_bytes`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A `DeployableModel` from a local path or any MLflow URI (`models:/`, `runs:/`, ...).
 
-Scoring loads models through here (`serving.scorer.Scorer.load`), and so do the commands that
-evaluate or monitor a registered model; `serving.pyfunc` logs them in the layout read here (the
-saved model under the pyfunc artifact `ARTIFACT_KEY`).
+Scoring loads models through here (`serving.scoring.scorer.Scorer.load`), and so do the commands
+that evaluate or monitor a registered model; `serving.bundle.pyfunc` logs them in the layout read
+here (the saved model under the pyfunc artifact `ARTIFACT_KEY`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import mlflow
 import yaml
 from mlflow.exceptions import MlflowException
 
-from serving.model import DeployableModel, ModelLoadError
+from serving.bundle.model import DeployableModel
+from serving.bundle.store import ModelLoadError
 
 #: The pyfunc artifact that holds the saved `DeployableModel`.
 ARTIFACT_KEY = "deployable"

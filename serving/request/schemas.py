@@ -1,6 +1,10 @@
 """Request and answer bodies of the scoring API: the cohort contract of one patient, as pydantic.
 
 A request carries one patient's rows of the cohort contract (DESIGN.md "One patient over HTTP").
+The row models (`PatientIn`, `EpisodeIn`, `LabIn`, `RegimenIn`) are built from `data.contract`:
+field names, types, bounds, units and descriptions are the contract's. Kept here by hand are only
+the request's own rules: identifiers' and texts' lengths, drugs as a list or a `;` string, a
+regimen's end on or after its start, and extra keys never under a contract column's name.
 Checks made here are about the shape of one record (types, required fields, dates in order,
 impossible static values); units, analytes, drugs and lab values are checked by
 `data.cohort.cohort_from_tables`, the same code that loads a training cohort.
@@ -21,20 +25,31 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
+    create_model,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from data.contract import REQUIRED_COLUMNS
+from data.contract import (
+    CONTRACT,
+    DATE_RANGE,
+    EPISODES,
+    LABS,
+    MAX_ID_LENGTH,
+    PATIENTS,
+    REGIMENS,
+    Column,
+    Table,
+)
 
 #: Dates outside these are refused: they are typing errors (0001-01-01, 9999-12-31) and lie
 #: outside the nanosecond range of the feature code (1677-2262), where they would wrap.
-EARLIEST = dt.date(1900, 1, 1)
-LATEST = dt.date(2200, 12, 31)
+EARLIEST = dt.date.fromisoformat(DATE_RANGE[0])
+LATEST = dt.date.fromisoformat(DATE_RANGE[1])
 
 
 def _bounded(value: dt.date) -> dt.date:
@@ -52,18 +67,94 @@ def _bounded(value: dt.date) -> dt.date:
     return value
 
 
+def _naive(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.replace(tzinfo=None)
+    return value
+
+
+def _drug_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(";") if part.strip()]
+    return value
+
+
 _RANGE_NOTE = f"Between {EARLIEST.isoformat()} and {LATEST.isoformat()}."
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
-Date = Annotated[dt.date, AfterValidator(_bounded), Field(description=_RANGE_NOTE)]
-DateTime = Annotated[dt.datetime, AfterValidator(_bounded)]
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+Date = Annotated[dt.date, AfterValidator(_bounded)]
+#: A datetime with a UTC offset keeps its wall-clock reading (the contract's times are local).
+DateTime = Annotated[dt.datetime, AfterValidator(_bounded), AfterValidator(_naive)]
+#: Generic drug names: a list, or one `;`-separated string.
+Drugs = Annotated[
+    list[Annotated[str, Field(min_length=1)]], BeforeValidator(_drug_list), Field(min_length=1)
+]
+
+#: Request-only limits on text columns (the contract bounds numbers, not text lengths).
+_TEXT_LIMITS: dict[str, dict[str, int]] = {
+    "sex": {"max_length": 32},
+    "subtype": {"max_length": 32},
+    "test": {"max_length": 64},
+    "unit": {"max_length": 32},
+}
+
+
+def _annotation(column: Column) -> Any:
+    """The request type of a contract column, with its bounds."""
+    kind = column.kind
+    if kind == "id":
+        return Identifier
+    if kind in ("text", "category"):
+        limits = {
+            **({"min_length": 1} if column.required else {}),
+            **_TEXT_LIMITS.get(column.name, {}),
+        }
+        return Annotated[str, Field(**limits)] if limits else str
+    simple = {"date": Date, "datetime": DateTime, "boolean": bool, "drugs": Drugs}
+    if kind in simple:
+        return simple[kind]
+    bounds: dict[str, float] = {}
+    if column.minimum is not None:
+        bounds["gt" if column.exclusive_minimum else "ge"] = column.minimum
+    if column.maximum is not None:
+        bounds["le"] = column.maximum
+    number = FiniteFloat if kind == "number" else int
+    return Annotated[number, Field(**bounds)] if bounds else number
+
+
+def _description(column: Column) -> str:
+    words = [column.description]
+    if column.unit:
+        words.append(f"Unit: {column.unit}.")
+    if column.is_date:
+        words.append(_RANGE_NOTE)
+    return " ".join(w for w in words if w)
+
+
+def _fields(table: Table, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Pydantic fields of a contract table's columns: name, type, bounds, description; optional
+    columns default to None."""
+    fields: dict[str, Any] = {}
+    for column in table.columns:
+        if column.name in leave_out:
+            continue
+        annotation = _annotation(column)
+        description = _description(column) or None
+        if column.required:
+            fields[column.name] = (annotation, Field(description=description))
+        else:
+            fields[column.name] = (annotation | None, Field(None, description=description))
+    return fields
 
 
 def _contract_columns() -> frozenset[str]:
-    """Every column name of the cohort contract (all tables), plus the request's own fields."""
-    names = {name for columns in REQUIRED_COLUMNS.values() for name in columns}
-    names |= {"response", "product", "units", "episode", "episodes", "labs", "regimens"}
-    return frozenset(names)
+    """Every column name of the cohort contract (all tables), plus the request's own parts."""
+    names = {column.name for table in CONTRACT.values() for column in table.columns}
+    return frozenset(names | {"episode", "episodes", "labs", "regimens"})
+
+
+#: Names an extra key may not take (see `_Row`).
+CONTRACT_COLUMNS = _contract_columns()
 
 
 class _Row(BaseModel):
@@ -96,6 +187,45 @@ class _Row(BaseModel):
                     ],
                 )
         return handler(data)
+
+
+class _Regimen(_Row):
+    """The request-only rule of a regimen row: it cannot end before it starts."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Any:
+        end, start = getattr(self, "end_date", None), getattr(self, "start_date", None)
+        if end is not None and start is not None and end < start:
+            raise ValueError("end_date is before start_date")
+        return self
+
+
+def _row_model(name: str, doc: str, table: Table, base: type[_Row] = _Row) -> type[_Row]:
+    """The request model of one row of `table`: its contract columns (a patient's own rows leave
+    out `patient_id`: the record's patient is theirs), extra keys kept."""
+    leave_out = () if table is PATIENTS else ("patient_id",)
+    model = create_model(name, __base__=base, __module__=__name__, **_fields(table, leave_out))
+    model.__doc__ = doc
+    return model
+
+
+PatientIn = _row_model(
+    "PatientIn",
+    "The patient's row of the `patients` table; unknown extra columns are kept.",
+    PATIENTS,
+)
+EpisodeIn = _row_model(
+    "EpisodeIn", "One CTIT episode; `index_date` is the first hetrombopag dose.", EPISODES
+)
+LabIn = _row_model(
+    "LabIn", "One lab result: `test` is a LOINC code or canonical alias (PLT, HGB, ...).", LABS
+)
+RegimenIn = _row_model(
+    "RegimenIn",
+    "One anticancer regimen: generic drug names as a list (or one `;`-separated string).",
+    REGIMENS,
+    base=_Regimen,
+)
 
 
 EXAMPLE_RECORD: dict[str, Any] = {
@@ -139,89 +269,6 @@ EXAMPLE_RECORD: dict[str, Any] = {
         },
     ],
 }
-
-
-def _naive(value: Any) -> Any:
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.replace(tzinfo=None)
-    return value
-
-
-class PatientIn(_Row):
-    """The patient's row of the `patients` table; unknown extra columns are kept."""
-
-    model_config = ConfigDict(extra="allow")
-
-    patient_id: Identifier
-    sex: Annotated[str, Field(max_length=32)] | None = None
-    birth_date: Date | None = None
-    race: str | None = None
-    site: str | None = None
-    ecog: int | None = Field(None, ge=0, le=4, description="ECOG performance status 0-4.")
-    subtype: Annotated[str, Field(max_length=32)] | None = Field(
-        None, description="HR+/HER2-, HER2+ or TNBC (another value is kept and warned)."
-    )
-    bone_mets: bool | None = None
-    liver_mets: bool | None = None
-    marrow_involvement: bool | None = None
-    splenomegaly: bool | None = None
-    prior_radiotherapy: bool | None = None
-
-
-class EpisodeIn(_Row):
-    """One CTIT episode; `index_date` is the first hetrombopag dose."""
-
-    model_config = ConfigDict(extra="allow")
-
-    episode_id: Identifier
-    index_date: Date = Field(description=f"First hetrombopag dose (ISO 8601 date). {_RANGE_NOTE}")
-    age_years: FiniteFloat | None = Field(None, ge=0, le=120, description="Else from birth_date.")
-    dose_mg: FiniteFloat | None = Field(None, gt=0, le=100, description="Daily hetrombopag dose.")
-
-
-class LabIn(_Row):
-    """One lab result: `test` is a LOINC code or canonical alias (PLT, HGB, ...)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    time: DateTime = Field(description=f"ISO 8601 date or datetime, local time. {_RANGE_NOTE}")
-    test: Annotated[str, Field(min_length=1, max_length=64)]
-    value: FiniteFloat
-    unit: Annotated[str, Field(min_length=1, max_length=32)]
-
-    _naive_time = field_validator("time", mode="after")(_naive)
-
-
-class RegimenIn(_Row):
-    """One anticancer regimen: generic drug names as a list (or one `;`-separated string)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    start_date: Date
-    end_date: Date | None = None
-    drugs: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    regimen: str | None = None
-    line: int | None = Field(None, ge=1, le=30)
-    cycle: int | None = Field(None, ge=1, le=200)
-
-    @field_validator("drugs", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(";") if part.strip()]
-        return value
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RegimenIn:
-        if self.end_date is not None and self.end_date < self.start_date:
-            raise ValueError("end_date is before start_date")
-        return self
-
-
-#: Names an extra key may not take (see `_Row`).
-CONTRACT_COLUMNS = _contract_columns().union(
-    *(set(model.model_fields) for model in (PatientIn, EpisodeIn, LabIn, RegimenIn))
-)
 
 
 def _one_of_episodes(schema: dict[str, Any]) -> None:

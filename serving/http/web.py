@@ -1,19 +1,22 @@
 """The clinician web page served at `/`, its static assets, and two small JSON helpers for it.
 
-Routes (all under this router, included by `serving.app.create_app`):
-Access: with a token configured, `serving.access.AccessGate` (added by `create_app`) refuses every
-route here without the bearer token or the session cookie that its sign-in form sets;
-`/ui/parse-file` also declares the bearer dependency (`serving.access.require_token`).
+Routes (all under this router, included by `serving.http.app.create_app`):
+Access: with a token configured, `serving.http.access.AccessGate` (added by `create_app`) refuses
+every route here without the bearer token or the session cookie that its sign-in form sets;
+`/ui/parse-file` also declares the bearer dependency (`serving.http.access.require_token`).
 
-- `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/static`; nothing is fetched
-  from outside the server, so the page works offline and leaks nothing). The clinical fields'
-  labels come from `features.registry` (`{{label:<feature>}}` slots in index.html).
+- `GET /`: the page (hand-written HTML, CSS and JS shipped in `serving/http/static`; nothing is
+  fetched from outside the server, so the page works offline and leaks nothing). The clinical
+  fields' labels come from `features.registry` (`{{label:<feature>}}` slots in index.html).
 - `GET /ui/static/{name}`: the page's script and style sheet (a fixed list, no path lookups).
+- `GET /v1/contract`: the cohort contract (`data.contract.contract_as_dict`); the page builds its
+  lists of patient and episode fields and of yes/no answers from it at start-up.
 - `GET /ui/options`: the analytes with their accepted units, the drug names for autocomplete, the
   features' plain clinical names and units (`features.registry`, to label the explanation chart)
   and, with a model loaded, its response definition in words.
 - `GET /ui/examples` and `GET /ui/examples/{name}`: the example patient records shipped in
-  `serving/static/examples` (the same files as the CLI tour's `examples/`), for "load an example".
+  `serving/http/static/examples` (the same files as the CLI tour's `examples/`), for "load an
+  example".
 - `GET /favicon.ico` and `GET /ui/static/favicon.svg`: the page's icon.
 - `GET /docs` and `GET /docs/assets/{name}`: Swagger UI from the pinned `fastapi-offline` package's
   files, served by this server (no CDN), under the same content policy as the page.
@@ -42,11 +45,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, Response
 
+from data.contract import contract_as_dict
 from data.drugs import known_drugs
 from data.units import ANALYTES
 from features.registry import REGISTRY, feature_label, feature_words, outcome_words
-from serving.access import require_token
-from serving.records import RecordError, validate_record
+from serving.http.access import require_token
+from serving.request.records import RecordError, validate_record
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ _PAGE_HEADERS = {
 
 @cache
 def _static_text(name: str) -> str:
-    return resources.files("serving").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("serving.http").joinpath("static", name).read_text(encoding="utf-8")
 
 
 @cache
@@ -205,6 +209,13 @@ def ui_options() -> dict[str, Any]:
     return {"analytes": analytes, "drugs": known_drugs(), "features": features}
 
 
+@router.get("/v1/contract", tags=["model"], dependencies=[Depends(require_token)])
+def contract() -> dict[str, Any]:
+    """The cohort contract (`data.contract`): tables, columns, each column's kind, bounds, unit,
+    choices and description. The page builds its form's field lists from it at start-up."""
+    return contract_as_dict()
+
+
 @router.get("/ui/options", tags=["page"])
 def options(request: Request) -> dict[str, Any]:
     """What the form offers: tests with their accepted units, drug names, feature names; with a
@@ -223,10 +234,11 @@ def options(request: Request) -> dict[str, Any]:
 
 
 def _fhir() -> ModuleType | None:
-    """`serving.fhir` when this installation has it (the FHIR adapter is optional for the page)."""
-    if importlib.util.find_spec("serving.fhir") is None:
+    """`serving.fhir.convert` when this installation has it (the FHIR adapter is optional for the
+    page)."""
+    if importlib.util.find_spec("serving.fhir.convert") is None:
         return None
-    return importlib.import_module("serving.fhir")
+    return importlib.import_module("serving.fhir.convert")
 
 
 def _unprocessable(loc: list[str | int], msg: str) -> HTTPException:

@@ -1,6 +1,6 @@
 """CDS Hooks 2.0 service: `patient-view` and `order-select` cards with the hetrombopag score.
 
-Routes (included by `serving.app.create_app`):
+Routes (included by `serving.http.app.create_app`):
 
 - `GET /cds-services`: discovery, two services with prefetch templates (`SERVICES`).
 - `POST /cds-services/{id}`: cards. Data come from `prefetch`; a template key that the client did
@@ -25,7 +25,7 @@ When cards appear:
   up to today is below 100 x10^9/L (the CTIT threshold); otherwise no card, so the chart of a
   patient without CTIT stays quiet.
 
-This router also carries `serving.fhir_api.router` (FHIR Bundle in, RiskAssessments out).
+This router also carries `serving.fhir.api.router` (FHIR Bundle in, RiskAssessments out).
 The scorer, audit log and settings are reached through `request.app.state.scorer`, `.audit` and
 `.settings` (`ServingSettings`; without it nothing is fetched). Optional
 `request.app.state.cds_settings` (`CdsSettings`) tunes the fetch: timeout, pages, cards remembered.
@@ -50,9 +50,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from data.units import ANALYTES, canonical_test, convert
-from serving import fhir_api
-from serving.audit import AuditUnavailable
-from serving.fhir import (
+from serving.fhir import api as fhir_api
+from serving.fhir.convert import (
     ECOG_LOINC,
     LOINC,
     METASTASIS_CODES,
@@ -62,9 +61,10 @@ from serving.fhir import (
     resources_in,
     risk_assessment,
 )
-from serving.records import RecordError
+from serving.http.audit import AuditUnavailable
+from serving.predict.survival import timing_sentence
+from serving.request.records import RecordError
 from serving.settings import ServingSettings, fhir_base_url
-from serving.survival import timing_sentence
 
 if TYPE_CHECKING:
     import httpx
@@ -505,7 +505,7 @@ def detail_of(answer: Mapping[str, Any], record: Mapping[str, Any], notes: list[
         f"**Probability of platelet response to hetrombopag: {float(answer['probability']):.0%}** "
         f"({_interval_words(answer)} {float(interval[0]):.0%}-{float(interval[1]):.0%}), band "
         f"**{md_text(answer.get('band'))}**.",
-        # built from numbers by serving.survival, no untrusted text in it
+        # built from numbers by serving.predict.survival, no untrusted text in it
         *([timing] if (timing := timing_sentence(answer)) else []),
         "",
         f"Response definition: {md_text(model.get('label_definition', '?'))}. Index date (first "

@@ -9,7 +9,7 @@ read too) or a list of loose resources. Resources read:
   `issued`). Timezone offsets are dropped: the wall-clock time as recorded is kept, the cohort
   contract's "no timezone means local". ECOG performance status (LOINC 89247-1) fills `ecog`.
 - MedicationRequest, MedicationStatement, MedicationAdministration: RxNorm ingredient codes of
-  `serving/rxnorm.csv`, else the drug names of `data/drug_classes.csv` found in the text. The
+  `serving/fhir/rxnorm.csv`, else the drug names of `data/drug_classes.csv` found in the text. The
   RxCUIs there are ingredient (IN) codes entered from knowledge of RxNorm, not checked against
   RxNav (not reachable from here); a drug whose code was not certain has none and is matched by
   text only (its `note` says so). When a code and the text disagree, the code wins, with a
@@ -103,8 +103,8 @@ class FhirError(ValueError):
 
 @dataclass(frozen=True)
 class RxNormEntry:
-    """One row of `serving/rxnorm.csv`: a generic drug, its RxNorm ingredient code (or None when
-    mapped by text only) and its role (`anticancer`, `supportive` or `index`)."""
+    """One row of `serving/fhir/rxnorm.csv`: a generic drug, its RxNorm ingredient code (or None
+    when mapped by text only) and its role (`anticancer`, `supportive` or `index`)."""
 
     drug: str
     rxcui: str | None
@@ -115,7 +115,7 @@ class RxNormEntry:
 @lru_cache(maxsize=1)
 def rxnorm_table() -> tuple[RxNormEntry, ...]:
     """The shipped RxNorm ingredient table, read once."""
-    text = resources.files("serving").joinpath("rxnorm.csv").read_text(encoding="utf-8")
+    text = resources.files("serving.fhir").joinpath("rxnorm.csv").read_text(encoding="utf-8")
     return tuple(
         RxNormEntry(row["drug"], row["rxcui"] or None, row["role"], row["note"])
         for row in csv.DictReader(text.splitlines())

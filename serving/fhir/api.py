@@ -5,7 +5,7 @@
 and answers a `collection` Bundle: one RiskAssessment per patient, then an OperationOutcome with
 the adapter's warnings (severity `warning`). Bad input is an OperationOutcome with severity
 `error`: 400 when the body is not readable FHIR, 422 when a record breaks the cohort contract.
-Every score is written to the audit log. The router is included in `serving.cds_hooks.router`,
+Every score is written to the audit log. The router is included in `serving.fhir.cds_hooks.router`,
 which `create_app` mounts with the service's token check.
 """
 
@@ -19,16 +19,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from serving.audit import AuditUnavailable
-from serving.fhir import (
+from serving.fhir.convert import (
     FhirError,
     fhir_to_patient_records,
     is_fhir,
     patient_reference,
     risk_assessment,
 )
-from serving.jsonin import JsonRefused, loads_strict
-from serving.records import RecordError
+from serving.http.audit import AuditUnavailable
+from serving.request.jsonin import JsonRefused, loads_strict
+from serving.request.records import RecordError
 
 router = APIRouter(tags=["FHIR"])
 
@@ -91,7 +91,7 @@ async def score_fhir(
     """Score a FHIR R4 Bundle (or list of resources): one RiskAssessment per patient."""
     raw = await request.body()
     state = request.scope.get("state") or {}
-    try:  # `serving.app.StrictJson` has usually parsed it already
+    try:  # `serving.http.app.StrictJson` has usually parsed it already
         payload = state["json_body"] if "json_body" in state else loads_strict(raw)
     except JsonRefused as exc:
         return _error(exc.status, "invalid" if exc.status == 400 else "processing",

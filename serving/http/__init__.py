@@ -1,0 +1,2 @@
+"""The HTTP service: the FastAPI app and its middleware (`app`), access control (`access`), the
+audit log (`audit`) and the clinician page with its static files (`web`, `static/`)."""
