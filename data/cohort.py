@@ -127,8 +127,11 @@ class _Issues:
         column: str | None = None,
         line: int | None = None,
         warning: bool = False,
+        value: str | None = None,
+        code: str | None = None,
     ) -> None:
-        (self.warnings if warning else self.errors).append(Issue(table, line, column, message))
+        issue = Issue(table, line, column, message, value=value, code=code)
+        (self.warnings if warning else self.errors).append(issue)
 
     def rows(
         self,
@@ -137,6 +140,7 @@ class _Issues:
         column: str | None,
         describe: Callable[[int], str],
         warning: bool = False,
+        code: str | None = None,
     ) -> int:
         """Report each masked row (`describe(position)` gives the reason); returns the count."""
         if not np.count_nonzero(mask):  # the usual case, and cheaper than mask.any() on few rows
@@ -145,7 +149,8 @@ class _Issues:
         target = self.warnings if warning else self.errors
         shown = positions[:MAX_ISSUES_PER_CHECK]
         for pos in shown:
-            target.append(Issue(src.table, int(src.lines[pos]), column, describe(int(pos))))
+            line = int(src.lines[pos])
+            target.append(Issue(src.table, line, column, describe(int(pos)), code=code))
         rest = len(positions) - len(shown)
         if rest:
             pos = int(positions[len(shown)])
@@ -155,6 +160,7 @@ class _Issues:
                     int(src.lines[pos]),
                     column,
                     f"{describe(pos)}; and {rest - 1} more rows with the same problem",
+                    code=code,
                 )
             )
         return len(positions)
@@ -241,7 +247,7 @@ def cohort_from_tables(tables: Mapping[str, pd.DataFrame | list[dict] | None]) -
     for name in ("labs", "regimens"):
         if name not in sources and not any(i.table == name for i in issues.errors):
             sources[name] = _empty_source(name, "<memory>")
-    cohort, _ = _build(sources, issues)
+    cohort, _ = _build(sources, issues, improbable=True)
     if issues.errors or cohort is None:
         raise CohortError(issues.errors, issues.warnings)
     return cohort
@@ -588,6 +594,8 @@ class _Parsed:
     extra: dict[str, object] = field(default_factory=dict)
     #: Building the report of `validate_cohort` (adds its warnings), not a cohort to use.
     with_summary: bool = False
+    #: Warn about improbable lab values (`validate_cohort`, and one patient's record).
+    improbable: bool = False
     #: Known patient ids, and each one's birth date when the patients table gives them.
     patient_ids: frozenset[str] | None = None
     births: dict[str, np.datetime64] | None = None
@@ -599,8 +607,9 @@ def _build(
     issues: _Issues,
     with_summary: bool = False,
     whole: bool = True,
+    improbable: bool = False,
 ) -> tuple[Cohort | None, dict]:
-    parsed = _Parsed(with_summary=with_summary)
+    parsed = _Parsed(with_summary=with_summary, improbable=improbable or with_summary)
     ok = {name: _has_columns(src, issues) for name, src in sources.items()}
     if ok.get("patients"):
         parsed.frames["patients"] = _patients(sources["patients"], issues, parsed)
@@ -975,7 +984,7 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
         ),
     )
 
-    if parsed.with_summary:  # `ctit validate`: the HTTP answers' improbable-value warnings
+    if parsed.improbable:  # `ctit validate` and the HTTP answers' improbable-value warnings
         ranges = [units.IMPROBABLE.get(a, (-np.inf, np.inf)) if a else None for a in analytes]
         low = np.array([r[0] if r else -np.inf for r in ranges] + [-np.inf])[tcodes]
         high = np.array([r[1] if r else np.inf for r in ranges] + [np.inf])[tcodes]
@@ -990,6 +999,7 @@ def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
                 "(check the value and unit)"
             ),
             warning=True,
+            code="improbable_value",
         )
 
     # Unknown tests are kept under their own code and unit, with one warning per code.
@@ -1168,6 +1178,8 @@ def _drug_columns(src: _Source, issues: _Issues, parsed: _Parsed) -> tuple[np.nd
                 column="drugs",
                 line=int(src.lines[first]),
                 warning=True,
+                value=drug,
+                code="unknown_drug",
             )
     parsed.extra["unknown_drugs"] = sorted(unknown)
     return name_arr[codes], np.array([*classes, None], dtype=object)[codes]

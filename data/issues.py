@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -12,21 +12,31 @@ class Issue:
 
     `line` is the CSV line number (header = 1, first data row = 2) or, for Parquet files and
     in-memory records, the 0-based row index; it is `None` for problems of a whole table or file.
-    `column` is `None` when the problem is not about one column.
+    `column` is `None` when the problem is not about one column. `value` is the offending value
+    when the issue is about one value that callers act on (an unknown drug's name), so they
+    never parse it back out of the message; `code` names the kind of warning for machines
+    (`unknown_drug`, `improbable_value`). Neither is part of equality.
     """
 
     table: str
     line: int | None
     column: str | None
     message: str
+    value: str | None = field(default=None, compare=False)
+    code: str | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "table": self.table,
             "line": self.line,
             "column": self.column,
             "message": self.message,
         }
+        if self.value is not None:
+            out["value"] = self.value
+        if self.code is not None:
+            out["code"] = self.code
+        return out
 
     def __str__(self) -> str:
         where = self.table if self.line is None else f"{self.table}:{self.line}"

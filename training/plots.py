@@ -260,13 +260,26 @@ def group_figure(groups: pd.DataFrame) -> str:
         return _data_uri(fig)
 
 
+@contextmanager
+def _seeded_numpy(seed: int = 0) -> Iterator[None]:
+    """shap's plots jitter and sample with numpy's global generator: seed it for the plot (the
+    same report twice gives the same images) and give the caller's state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)  # noqa: NPY002 - shap draws from the global generator
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def beeswarm_figure(
     explanation: shap.Explanation, max_display: int, path: Path | None = None
 ) -> Any:
     """SHAP beeswarm of the most important features."""
     with _pyplot() as plt:
         plt.figure(figsize=(8.0, 0.42 * min(max_display, explanation.shape[1]) + 1.6))
-        shap.plots.beeswarm(explanation, max_display=max_display, show=False, plot_size=None)
+        with _seeded_numpy():
+            shap.plots.beeswarm(explanation, max_display=max_display, show=False, plot_size=None)
         fig = plt.gcf()
         fig.axes[0].set_xlabel("SHAP value (log-odds of response)")
         return _emit(fig, path)
@@ -278,7 +291,8 @@ def dependence_figure(explanation: shap.Explanation, feature: str, xlabel: str =
         fig, ax = plt.subplots(figsize=(5.4, 4.0))
         column = explanation[:, feature]
         colour = explanation if explanation.values.shape[1] > 1 else "#1f5f8b"
-        shap.plots.scatter(column, color=colour, ax=ax, show=False, ylabel="SHAP (log-odds)")
+        with _seeded_numpy():
+            shap.plots.scatter(column, color=colour, ax=ax, show=False, ylabel="SHAP (log-odds)")
         if xlabel:
             ax.set_xlabel(xlabel)
         from matplotlib.ticker import FormatStrFormatter, MaxNLocator

@@ -22,9 +22,14 @@ def _count_cell(count: int, total: int) -> str:
     return f"{count} ({100 * count / total:.1f}%)" if total else "0"
 
 
+def _is_text(values: pd.Series) -> bool:
+    """Object or string dtype (pandas 3 reads text as `str`, pandas 2 as `object`)."""
+    return values.dtype == object or isinstance(values.dtype, pd.StringDtype)
+
+
 def _is_categorical(values: pd.Series) -> bool:
     non_missing = values.dropna()
-    if values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype):
+    if _is_text(values) or isinstance(values.dtype, pd.CategoricalDtype):
         return True
     if pd.api.types.is_bool_dtype(values):
         return True
@@ -35,7 +40,7 @@ def _is_binary(values: pd.Series) -> bool:
     non_missing = values.dropna()
     if pd.api.types.is_bool_dtype(values):
         return True
-    if values.dtype == object:
+    if _is_text(values):
         return set(non_missing.astype(str).str.lower().unique()) <= {"true", "false", "1", "0"}
     return set(non_missing.unique()) <= {0, 1}
 

@@ -8,9 +8,7 @@ once; the answers only say which episode could have seen them).
 
 from __future__ import annotations
 
-import ast
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -178,19 +176,7 @@ def _percent(share: float) -> str:
 
 def is_unknown_drug(issue: Issue) -> bool:
     """Whether a loader warning is about an unknown drug (the answers file these by episode)."""
-    return issue.table == "regimens" and issue.column == "drugs"
-
-
-_UNKNOWN_DRUG = re.compile(r"""unknown drug ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
-
-
-def _drug_of(issue: Issue) -> str | None:
-    """The drug a loader warning names (`unknown drug 'name' in N rows: ...`), None otherwise."""
-    match = _UNKNOWN_DRUG.match(issue.message)
-    if match is None:
-        return None
-    name = ast.literal_eval(match.group(1))
-    return name if isinstance(name, str) else None
+    return issue.code == "unknown_drug"
 
 
 def unknown_drug_warnings(cohort: Any) -> dict[str, list[Warning]]:
@@ -200,8 +186,7 @@ def unknown_drug_warnings(cohort: Any) -> dict[str, list[Warning]]:
     the drugs of its own patient's regimens started on or before its index date (only what the
     features could have seen: an unknown drug's class is not counted).
     """
-    unknown = {_drug_of(issue) for issue in cohort.warnings if is_unknown_drug(issue)}
-    unknown.discard(None)
+    unknown = {issue.value for issue in cohort.warnings if is_unknown_drug(issue) and issue.value}
     regimens = cohort.regimens
     if not unknown or regimens is None or len(regimens) == 0:
         return {}

@@ -16,13 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from data import units
 from data.issues import CohortError, Issue
-from data.units import canonical_test, unit_factor
 from serving.request.schemas import ScoreRequest
-
-#: Values that are possible but rare enough to warn about (owned by `data.units`).
-IMPROBABLE = units.IMPROBABLE
 
 
 class RecordError(ValueError):
@@ -177,7 +172,7 @@ class RecordBatch:
             if record_index is None:
                 continue
             self.warnings.setdefault(record_index, []).append(
-                {"code": "input", "message": issue.message, "loc": list(path)}
+                {"code": issue.code or "input", "message": issue.message, "loc": list(path)}
             )
 
 
@@ -187,7 +182,7 @@ def _present(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record_warnings(request: ScoreRequest) -> list[dict[str, Any]]:
-    """Warnings about a record that the loader does not give: late rows, improbable values."""
+    """Warnings about a record that the loader does not give: rows after the index date."""
     out: list[dict[str, Any]] = []
     index_dates = [episode.index_date for episode in request.all_episodes()]
     last_index = max(index_dates)
@@ -209,24 +204,6 @@ def _record_warnings(request: ScoreRequest) -> list[dict[str, Any]]:
                     "message": f"regimen {', '.join(regimen.drugs)} starts on "
                     f"{regimen.start_date.isoformat()}, after the index date; not used",
                     "loc": ["regimens", k, "start_date"],
-                }
-            )
-    for k, lab in enumerate(request.labs):
-        analyte = canonical_test(lab.test)
-        if analyte is None or analyte not in IMPROBABLE:
-            continue
-        factor = unit_factor(analyte, lab.unit)
-        if factor is None:
-            continue
-        value = lab.value * factor
-        low, high = IMPROBABLE[analyte]
-        if value < low or value > high:
-            out.append(
-                {
-                    "code": "improbable_value",
-                    "message": f"{analyte} {lab.value:g} {lab.unit} on {lab.time.date()} is "
-                    f"outside the usual range {low:g}-{high:g} (check the value and unit)",
-                    "loc": ["labs", k, "value"],
                 }
             )
     return out
