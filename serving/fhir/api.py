@@ -19,13 +19,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from serving.fhir.convert import (
-    FhirError,
-    fhir_to_patient_records,
-    is_fhir,
-    patient_reference,
-    risk_assessment,
-)
+from serving.fhir.assessment import patient_reference, risk_assessment
+from serving.fhir.bundles import is_fhir
+from serving.fhir.codes import FhirError
+from serving.fhir.reader import fhir_to_patient_records
 from serving.http.audit import AuditUnavailable
 from serving.request.jsonin import JsonRefused, loads_strict
 from serving.request.records import RecordError

@@ -52,16 +52,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data.units import ANALYTES, canonical_test, convert
 from serving.fhir import api as fhir_api
-from serving.fhir.convert import (
-    ECOG_LOINC,
-    LOINC,
-    METASTASIS_CODES,
-    FhirError,
-    fhir_to_patient_records,
-    is_index_order,
-    resources_in,
-    risk_assessment,
-)
+from serving.fhir.assessment import risk_assessment
+from serving.fhir.bundles import is_index_order, resources_in
+from serving.fhir.codes import ECOG_LOINC, LOINC, METASTASIS_CODES, FhirError
+from serving.fhir.reader import fhir_to_patient_records
 from serving.http.audit import AuditUnavailable
 from serving.predict.survival import timing_sentence
 from serving.request.records import RecordError

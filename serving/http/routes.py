@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from serving.fhir.convert import risk_assessment
+from serving.fhir.assessment import risk_assessment
 from serving.http.access import require_token
 from serving.http.audit import AuditLog, AuditUnavailable
 from serving.request.records import RecordError
