@@ -1,7 +1,7 @@
 """FHIR-native scoring route: a FHIR R4 Bundle in, a Bundle of RiskAssessments out.
 
 `POST /fhir/RiskAssessment/$score` (optional `?index_date=YYYY-MM-DD`) reads the body with
-`serving.fhir.fhir_to_patient_records`, scores every patient with `request.app.state.scorer`,
+`serving.fhir.reader.fhir_to_patient_records`, scores every patient with `request.app.state.scorer`,
 and answers a `collection` Bundle: one RiskAssessment per patient, then an OperationOutcome with
 the adapter's warnings (severity `warning`). Bad input is an OperationOutcome with severity
 `error`: 400 when the body is not readable FHIR, 422 when a record breaks the cohort contract.

@@ -1,9 +1,9 @@
 """The HTTP scoring service (FastAPI): score one patient or a batch, describe the model, health.
 
-Routes: POST /v1/score, POST /v1/score/batch, GET /v1/model, GET /healthz, GET /readyz, the
-OpenAPI docs (/docs, /openapi.json), and the routers of `serving.fhir.cds_hooks` and
-`serving.http.web` (which serves GET /v1/contract with the page, so the page needs no other route
-to build its form).
+Routes: POST /v1/score, POST /v1/score/batch, GET /v1/model, GET /healthz, GET /readyz (all in
+`serving.http.routes`), the OpenAPI docs (/docs, /openapi.json), and the routers of
+`serving.fhir.cds_hooks` and `serving.http.web` (which serves GET /v1/contract with the page, so
+the page needs no other route to build its form).
 
 Access: when `ServingSettings.api_token` is set, every route but /healthz needs
 `Authorization: Bearer <token>` or the clinician page's session cookie (401 otherwise; a browser
