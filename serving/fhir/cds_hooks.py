@@ -33,6 +33,7 @@ The scorer, audit log and settings are reached through `request.app.state.scorer
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.util
@@ -51,16 +52,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data.units import ANALYTES, canonical_test, convert
 from serving.fhir import api as fhir_api
-from serving.fhir.convert import (
-    ECOG_LOINC,
-    LOINC,
-    METASTASIS_CODES,
-    FhirError,
-    fhir_to_patient_records,
-    is_index_order,
-    resources_in,
-    risk_assessment,
-)
+from serving.fhir.assessment import risk_assessment
+from serving.fhir.bundles import is_index_order, resources_in
+from serving.fhir.codes import ECOG_LOINC, LOINC, METASTASIS_CODES, FhirError
+from serving.fhir.reader import fhir_to_patient_records
 from serving.http.audit import AuditUnavailable
 from serving.predict.survival import timing_sentence
 from serving.request.records import RecordError
@@ -368,40 +363,61 @@ async def gather(
     prefetch = body.prefetch or {}
     templates = prefetch_templates()
     missing = [key for key in templates if key not in prefetch]
+    resources = [r for key in templates if key in prefetch for r in _resources(prefetch[key])]
+    if not missing:
+        return resources, []
+    refusal, base = _fetch_refusal(body, fhir_servers)
+    if refusal:
+        fetched, notes, reasons = [], [], dict.fromkeys(missing, refusal)
+    else:
+        fetched, notes, reasons = await _fetch_missing(body, settings, base, templates, missing)
+    _require_keys(reasons)
+    notes += [
+        f"{key} not available ({reason}); scored without it" for key, reason in reasons.items()
+    ]
+    return resources + fetched, notes
+
+
+async def _fetch_missing(
+    body: CdsRequest,
+    settings: CdsSettings,
+    base: str,
+    templates: Mapping[str, str],
+    missing: list[str],
+) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
+    """The resources of the `missing` prefetch keys fetched from `base`, notes about result
+    pages left unread, and why each key that could not be fetched was not."""
+    import httpx
+
+    auth = body.fhirAuthorization
+    if auth is None:  # `_fetch_refusal` refuses this case
+        return [], [], {}
     resources: list[dict[str, Any]] = []
     notes: list[str] = []
-    for key in templates:
-        if key in prefetch:
-            resources += _resources(prefetch[key])
-    if not missing:
-        return resources, notes
-    refusal, base = _fetch_refusal(body, fhir_servers)
-    reasons = dict.fromkeys(missing, refusal) if refusal else {}
-    auth = body.fhirAuthorization
-    if not refusal and auth is not None:
-        import httpx
+    reasons: dict[str, str] = {}
+    headers = {"Authorization": f"Bearer {auth.access_token}", "Accept": "application/fhir+json"}
+    async with httpx.AsyncClient(
+        headers=headers, timeout=settings.fetch_timeout_s, follow_redirects=False
+    ) as client:
+        for key in missing:
+            path = _render(templates[key], body.context)
+            try:
+                pages, truncated = await _fetch(client, base, path, settings)
+            except ValueError as exc:
+                reasons[key] = str(exc)
+                continue
+            for page in pages:
+                resources += _resources(page)
+            if truncated:
+                notes.append(
+                    f"{key}: only the first {settings.max_pages} result pages were read "
+                    "(the most recent data first)"
+                )
+    return resources, notes, reasons
 
-        headers = {
-            "Authorization": f"Bearer {auth.access_token}",
-            "Accept": "application/fhir+json",
-        }
-        async with httpx.AsyncClient(
-            headers=headers, timeout=settings.fetch_timeout_s, follow_redirects=False
-        ) as client:
-            for key in missing:
-                path = _render(templates[key], body.context)
-                try:
-                    pages, truncated = await _fetch(client, base, path, settings)
-                except ValueError as exc:
-                    reasons[key] = str(exc)
-                    continue
-                for page in pages:
-                    resources += _resources(page)
-                if truncated:
-                    notes.append(
-                        f"{key}: only the first {settings.max_pages} result pages were read "
-                        "(the most recent data first)"
-                    )
+
+def _require_keys(reasons: Mapping[str, str]) -> None:
+    """Raises `PreconditionFailed` naming the required keys in `reasons` (missing, with why)."""
     required: dict[str, list[str]] = {}
     for key in REQUIRED_KEYS:
         if key in reasons:
@@ -411,10 +427,6 @@ async def gather(
             "required data missing: "
             + "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in required.items())
         )
-    notes += [
-        f"{key} not available ({reason}); scored without it" for key, reason in reasons.items()
-    ]
-    return resources, notes
 
 
 # --------------------------------------------------------------------------- cards
@@ -630,25 +642,12 @@ def _model_of(scorer: Any) -> tuple[dict[str, Any], float | None]:
 @router.post("/cds-services/{service_id}")
 async def call_service(service_id: str, body: CdsRequest, request: Request) -> dict[str, Any]:
     """Cards for one hook call (see the module docstring for when cards appear)."""
-    service = SERVICES.get(service_id)
-    if service is None:
-        raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
-    if body.hook != service["hook"]:
-        raise HTTPException(
-            400, f"service {service_id!r} answers the {service['hook']!r} hook, not {body.hook!r}"
-        )
-    patient_id = body.context.get("patientId")
-    if not isinstance(patient_id, str) or not patient_id:
-        raise HTTPException(400, "context.patientId is required")
+    patient_id = _checked_call(service_id, body)
     notes: list[str] = []
     drafts: list[dict[str, Any]] = []
     index_date: dt.date | None = None
     if service_id == ORDER_SELECT:
-        orders = body.context.get("draftOrders")
-        try:
-            drafts = [r for r in resources_in(orders) if is_index_order(r, ("draft",))]
-        except FhirError as exc:
-            raise HTTPException(400, f"context.draftOrders: {exc}") from None
+        drafts = _draft_orders(body)
         if not drafts:
             return {"cards": []}
         index_date = _draft_index_date(drafts, notes)
@@ -657,17 +656,9 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
         resources, missing = await gather(body, settings, _fhir_servers(request))
     except PreconditionFailed as exc:
         raise HTTPException(412, str(exc)) from None
-    try:
-        records, warnings = fhir_to_patient_records(resources + drafts, index_date=index_date)
-    except FhirError as exc:
-        raise HTTPException(412, f"no usable data for Patient/{patient_id}: {exc}") from None
-    record = next((r for r in records if r["patient"]["patient_id"] == patient_id), None)
-    if record is None:
-        raise HTTPException(412, f"no data about Patient/{patient_id} in the prefetch or fetch")
-    if service_id == PATIENT_VIEW:
-        active = any(is_index_order(r, ("active",)) for r in resources)
-        if not (active or _has_ctit(record)):
-            return {"cards": []}
+    record, warnings = _patient_record(resources + drafts, index_date, patient_id)
+    if service_id == PATIENT_VIEW and not _card_wanted(resources, record):
+        return {"cards": []}
     notes += missing + [w for w in warnings if _about(w, patient_id)]
     audit = getattr(request.app.state, "audit", None)
     if audit is not None and not audit.writable():
@@ -684,19 +675,82 @@ async def call_service(service_id: str, body: CdsRequest, request: Request) -> d
     episode_id = str(record["episode"]["episode_id"])
     _ledger(request, settings).add(card["uuid"], patient_id, episode_id, str(model["version"]))
     if audit is not None:
-        try:
-            await run_in_threadpool(
-                audit.record_score,
-                model=model,
-                patient_id=patient_id,
-                input_sha256=hashlib.sha256(await request.body()).hexdigest(),
-                answers=[_with(answer, cds_card_uuid=card["uuid"], cds_hook=body.hook)],
-                endpoint=f"/cds-services/{service_id}",
-                caller=cds_caller(audit, body.context.get("userId")),
-            )
-        except AuditUnavailable:
-            raise HTTPException(503, "the audit log is not writable; nothing is scored") from None
+        await _audit_card(request, audit, service_id, body, _CardScore(answer, card, model))
     return {"cards": [card]}
+
+
+def _checked_call(service_id: str, body: CdsRequest) -> str:
+    """The call's `context.patientId`; 404 for an unknown service, 400 for another service's
+    hook or no patient id."""
+    service = SERVICES.get(service_id)
+    if service is None:
+        raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
+    if body.hook != service["hook"]:
+        raise HTTPException(
+            400, f"service {service_id!r} answers the {service['hook']!r} hook, not {body.hook!r}"
+        )
+    patient_id = body.context.get("patientId")
+    if not isinstance(patient_id, str) or not patient_id:
+        raise HTTPException(400, "context.patientId is required")
+    return patient_id
+
+
+def _draft_orders(body: CdsRequest) -> list[dict[str, Any]]:
+    """The draft hetrombopag orders of an order-select call (400 when not readable FHIR)."""
+    orders = body.context.get("draftOrders")
+    try:
+        return [r for r in resources_in(orders) if is_index_order(r, ("draft",))]
+    except FhirError as exc:
+        raise HTTPException(400, f"context.draftOrders: {exc}") from None
+
+
+def _patient_record(
+    resources: list[dict[str, Any]], index_date: dt.date | None, patient_id: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The scoring record of `patient_id` from the resources, and the adapter's warnings (412
+    when the resources hold no usable data about the patient)."""
+    try:
+        records, warnings = fhir_to_patient_records(resources, index_date=index_date)
+    except FhirError as exc:
+        raise HTTPException(412, f"no usable data for Patient/{patient_id}: {exc}") from None
+    record = next((r for r in records if r["patient"]["patient_id"] == patient_id), None)
+    if record is None:
+        raise HTTPException(412, f"no data about Patient/{patient_id} in the prefetch or fetch")
+    return record, warnings
+
+
+def _card_wanted(resources: list[dict[str, Any]], record: Mapping[str, Any]) -> bool:
+    """Patient view: a card only with an active hetrombopag order or a count below `CTIT_PLT`."""
+    active = any(is_index_order(r, ("active",)) for r in resources)
+    return active or _has_ctit(record)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CardScore:
+    """One scored card: the answer, the card made from it and the model that scored it."""
+
+    answer: dict[str, Any]
+    card: dict[str, Any]
+    model: dict[str, Any]
+
+
+async def _audit_card(
+    request: Request, audit: Any, service_id: str, body: CdsRequest, scored: _CardScore
+) -> None:
+    """Writes the card's answer to the audit log (503 when the log refuses it)."""
+    answer = _with(scored.answer, cds_card_uuid=scored.card["uuid"], cds_hook=body.hook)
+    try:
+        await run_in_threadpool(
+            audit.record_score,
+            model=scored.model,
+            patient_id=body.context["patientId"],
+            input_sha256=hashlib.sha256(await request.body()).hexdigest(),
+            answers=[answer],
+            endpoint=f"/cds-services/{service_id}",
+            caller=cds_caller(audit, body.context.get("userId")),
+        )
+    except AuditUnavailable:
+        raise HTTPException(503, "the audit log is not writable; nothing is scored") from None
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

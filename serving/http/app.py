@@ -1,9 +1,9 @@
 """The HTTP scoring service (FastAPI): score one patient or a batch, describe the model, health.
 
-Routes: POST /v1/score, POST /v1/score/batch, GET /v1/model, GET /healthz, GET /readyz, the
-OpenAPI docs (/docs, /openapi.json), and the routers of `serving.fhir.cds_hooks` and
-`serving.http.web` (which serves GET /v1/contract with the page, so the page needs no other route
-to build its form).
+Routes: POST /v1/score, POST /v1/score/batch, GET /v1/model, GET /healthz, GET /readyz (all in
+`serving.http.routes`), the OpenAPI docs (/docs, /openapi.json), and the routers of
+`serving.fhir.cds_hooks` and `serving.http.web` (which serves GET /v1/contract with the page, so
+the page needs no other route to build its form).
 
 Access: when `ServingSettings.api_token` is set, every route but /healthz needs
 `Authorization: Bearer <token>` or the clinician page's session cookie (401 otherwise; a browser
@@ -17,61 +17,33 @@ Every answer is written to the audit log (durably) before it is returned.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving.fhir import cds_hooks
-from serving.fhir.convert import risk_assessment
-from serving.http import web
+from serving.http import routes, web
 from serving.http.access import AccessGate, require_token
-from serving.http.audit import AuditLog, AuditUnavailable
+from serving.http.audit import AuditLog
+from serving.http.routes import BATCH_PATH
 from serving.request.jsonin import JsonRefused, loads_strict
-from serving.request.records import RecordError
-from serving.request.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
+from serving.request.schemas import ErrorOut
 from serving.scoring.scorer import Scorer, settle_heap
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
-BATCH_PATH = "/v1/score/batch"
-# Batches this small are scored on the event loop, like one record (a thread hop costs ~1 ms);
-# larger ones in a thread, so health checks are answered meanwhile.
-_INLINE_EPISODES = 4
-_INLINE_LABS = 400
-#: Every status a JSON route may answer besides 200 (stated in the OpenAPI schema).
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Not JSON, nested too deeply, or a bad header"},
-    401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
-    413: {"model": ErrorOut, "description": "Body or batch too large"},
-    422: {
-        "model": ErrorOut,
-        "description": "The record breaks the contract (paths and reasons; never the value); "
-        "also a record without a platelet count on or before the index date (not estimable)",
-    },
-    500: {"model": ErrorOut, "description": "Internal error (logged without patient data)"},
-    503: {"model": ErrorOut, "description": "The audit log is not writable: nothing is scored"},
-}
 #: Methods whose body is checked by `StrictJson`.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
-
-
-def caller_of(request: Request) -> str:
-    """Who called: the `X-Caller` header (an application name) or the client address."""
-    named = request.headers.get("x-caller", "").strip()
-    if named:
-        return "".join(ch for ch in named[:64] if ch.isprintable())
-    client = request.client
-    return f"{client.host}" if client else "unknown"
 
 
 class BodyLimit:
@@ -406,179 +378,6 @@ def _documented_errors(app: FastAPI) -> Any:
     return openapi
 
 
-def _record_error(exc: RecordError, prefix: list[str | int]) -> JSONResponse:
-    detail = [{**error, "loc": [*prefix, *error["loc"]]} for error in exc.errors]
-    return JSONResponse({"detail": detail}, status_code=422)
-
-
-def audit_refusal(request: Request, failed: bool = False) -> JSONResponse | None:
-    """503 when the audit log cannot take rows (deleted, replaced, closed), else None.
-
-    Nothing is scored while the log is not writable: an answer that is not audited must not
-    leave. `failed`: a write was just refused (always answer 503).
-    """
-    audit: AuditLog | None = getattr(request.app.state, "audit", None)
-    if not failed and audit is not None and audit.writable():
-        return None
-    return JSONResponse(
-        {
-            "detail": "the audit log is not writable (deleted, replaced or closed); nothing is "
-            "scored until it is restored; see the server log"
-        },
-        status_code=503,
-    )
-
-
-def _internal_error(route: str, exc: Exception) -> JSONResponse:
-    # Only the exception type is logged: messages and tracebacks may quote patient data.
-    log.error("%s: scoring failed with %s", route, type(exc).__name__)
-    return JSONResponse({"detail": "internal error while scoring; see the server log"}, 500)
-
-
-def _small(records: list[Any]) -> bool:
-    episodes = sum(len(record.all_episodes()) for record in records)
-    labs = sum(len(record.labs or ()) for record in records)
-    return episodes <= _INLINE_EPISODES and labs <= _INLINE_LABS
-
-
-def _router() -> APIRouter:
-    router = APIRouter()
-    secured = [Depends(require_token)]
-
-    @router.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
-    @router.get("/readyz", tags=["health"], responses={503: {"model": ErrorOut}})
-    async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the model is loaded and the audit log answers."""
-        scorer: Scorer | None = getattr(request.app.state, "scorer", None)
-        audit: AuditLog | None = getattr(request.app.state, "audit", None)
-        if scorer is None or audit is None or not audit.check():
-            return JSONResponse(
-                {
-                    "detail": "not ready: the audit log is not writable (deleted, replaced or "
-                    "closed)"
-                    if scorer is not None
-                    else "not ready"
-                },
-                status_code=503,
-            )
-        return JSONResponse({"status": "ready", "model": scorer.model.info})
-
-    @router.post(
-        "/v1/score",
-        tags=["scoring"],
-        dependencies=secured,
-        response_model=ScoreOut,
-        responses={
-            **_ERRORS,
-            200: {
-                "description": "The answer (JSON), or with `format=fhir` a FHIR R4 "
-                "RiskAssessment (application/fhir+json).",
-                "content": {"application/fhir+json": {"schema": {"type": "object"}}},
-            },
-        },
-    )
-    async def score(
-        body: ScoreRequest,
-        request: Request,
-        answer_format: Annotated[
-            Literal["json", "fhir"],
-            Query(
-                alias="format",
-                description="`fhir` returns the score as a FHIR R4 RiskAssessment resource.",
-            ),
-        ] = "json",
-    ) -> JSONResponse:
-        """Score one patient record with one episode: probability, interval, band, explanation."""
-        scorer: Scorer = request.app.state.scorer
-        if (refusal := audit_refusal(request)) is not None:
-            return refusal
-        try:
-            if _small([body]):
-                answer = scorer.score(body)
-            else:  # thousands of labs: keep the event loop free for health checks meanwhile
-                answer = await asyncio.to_thread(scorer.score, body)
-            resource = (
-                risk_assessment(answer, body.model_dump(mode="json", exclude_none=True))
-                if answer_format == "fhir"
-                else None
-            )
-        except RecordError as exc:
-            return _record_error(exc, ["body"])
-        except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
-            return _internal_error("/v1/score", exc)
-        raw = await request.body()
-        try:
-            await request.app.state.audit.arecord_scores(
-                model=answer["model"],
-                items=[(body.patient.patient_id, hashlib.sha256(raw).hexdigest(), [answer])],
-                endpoint="/v1/score",
-                caller=caller_of(request),
-            )
-        except AuditUnavailable:
-            return audit_refusal(request, failed=True)
-        if resource is not None:
-            return JSONResponse(resource, media_type="application/fhir+json")
-        return JSONResponse(answer)
-
-    @router.post(
-        BATCH_PATH,
-        tags=["scoring"],
-        dependencies=secured,
-        response_model=BatchOut,
-        responses=_ERRORS,
-    )
-    async def score_batch(body: BatchRequest, request: Request) -> JSONResponse:
-        """Score several patient records; each answer carries `record_index`."""
-        settings: ServingSettings = request.app.state.settings
-        if len(body.records) > settings.max_batch_records:
-            return JSONResponse(
-                {
-                    "detail": f"batch of {len(body.records)} records; at most "
-                    f"{settings.max_batch_records} per call"
-                },
-                status_code=413,
-            )
-        scorer: Scorer = request.app.state.scorer
-        if (refusal := audit_refusal(request)) is not None:
-            return refusal
-        try:
-            if _small(body.records):  # as quick as /v1/score: no thread hop
-                answers = scorer.score_batch(body.records, body.explain)
-            else:  # a batch may take long: keep the event loop free for health checks meanwhile
-                answers = await asyncio.to_thread(scorer.score_batch, body.records, body.explain)
-        except RecordError as exc:
-            return _record_error(exc, ["body", "records"])
-        except Exception as exc:  # noqa: BLE001 - never let patient data reach a traceback log
-            return _internal_error(BATCH_PATH, exc)
-        per_record: dict[int, list[dict[str, Any]]] = {}
-        for answer in answers:
-            per_record.setdefault(answer["record_index"], []).append(answer)
-        items = []
-        for i, record in enumerate(body.records):
-            digest = hashlib.sha256(
-                record.model_dump_json(exclude_none=True).encode("utf-8")
-            ).hexdigest()
-            items.append((record.patient.patient_id, digest, per_record.get(i, [])))
-        try:
-            await request.app.state.audit.arecord_scores(
-                model=scorer.model.info, items=items, endpoint=BATCH_PATH, caller=caller_of(request)
-            )
-        except AuditUnavailable:
-            return audit_refusal(request, failed=True)
-        return JSONResponse({"results": answers})
-
-    @router.get("/v1/model", tags=["model"], dependencies=secured)
-    async def model(request: Request) -> dict[str, Any]:
-        """Model identity, metrics, features, risk bands and the training cohort summary."""
-        return request.app.state.model_card
-
-    return router
-
-
 def create_app(
     settings: ServingSettings,
     scorer: Scorer | None = None,
@@ -593,22 +392,49 @@ def create_app(
         scorer = Scorer.load(settings.model_uri, options=settings.scoring)
     own_audit = audit is None
     if audit is None:
-        salt = settings.audit_salt.get_secret_value() if settings.audit_salt else None
-        audit = AuditLog(
-            settings.audit_path,
-            salt=salt,
-            synchronous=settings.audit_synchronous,
-            model_inputs=settings.audit_model_inputs,
-        )
+        audit = _audit_log(settings)
+    app = _new_app(scorer, _closing(audit if own_audit else None))
+    app.state.settings = settings
+    app.state.scorer = scorer
+    app.state.audit = audit
+    app.state.model_card = scorer.describe()
+    app.openapi = _documented_errors(app)  # type: ignore[method-assign]
+    app.add_exception_handler(RequestValidationError, validation_failed)
+    _add_middleware(app, settings)
+    _include_routers(app)
+    settle_heap()  # the app's own long-lived objects join the model's in the frozen heap
+    return app
+
+
+def _audit_log(settings: ServingSettings) -> AuditLog:
+    """The audit log the settings name (the app owns it and closes it at shutdown)."""
+    salt = settings.audit_salt.get_secret_value() if settings.audit_salt else None
+    return AuditLog(
+        settings.audit_path,
+        salt=salt,
+        synchronous=settings.audit_synchronous,
+        model_inputs=settings.audit_model_inputs,
+    )
+
+
+def _closing(owned: AuditLog | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: closes the audit log at shutdown when the app opened it."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        if own_audit:
-            audit.close()
+        if owned is not None:
+            owned.close()
 
+    return lifespan
+
+
+def _new_app(
+    scorer: Scorer, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]
+) -> FastAPI:
+    """The FastAPI object, titled and versioned after the model."""
     info = scorer.model.info
-    app = FastAPI(
+    return FastAPI(
         title="ctit scoring service",
         description="Probability that hetrombopag raises platelets in cancer-therapy-induced "
         f"thrombocytopenia, with explanations. Model {info['name']} version {info['version']}, "
@@ -619,12 +445,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.scorer = scorer
-    app.state.audit = audit
-    app.state.model_card = scorer.describe()
-    app.openapi = _documented_errors(app)  # type: ignore[method-assign]
-    app.add_exception_handler(RequestValidationError, validation_failed)
+
+
+def _add_middleware(app: FastAPI, settings: ServingSettings) -> None:
+    """The middleware, added innermost first: `Guard` ends up outermost."""
     app.add_middleware(StrictJson)
     app.add_middleware(BodyLimit, single=settings.max_body_bytes, batch=settings.max_batch_bytes)
     # Added after the body checks, so it runs before them: nothing else sees a request without
@@ -637,8 +461,10 @@ def create_app(
         window_s=settings.login_window_s,
     )
     app.add_middleware(Guard, body_timeout_s=settings.body_timeout_s)
-    app.include_router(_router())
+
+
+def _include_routers(app: FastAPI) -> None:
+    """The service's routes, then CDS Hooks and FHIR (token-guarded), then the page's."""
+    app.include_router(routes.router)
     app.include_router(cds_hooks.router, dependencies=[Depends(require_token)])
     app.include_router(web.router)
-    settle_heap()  # the app's own long-lived objects join the model's in the frozen heap
-    return app

@@ -134,6 +134,78 @@ def _pattern_values(zeros: np.ndarray) -> np.ndarray:
     return out
 
 
+def _flatten(trees: list[dict[str, Any]]) -> tuple[list[tuple[int, float, bool]], list[_Leaf]]:
+    """The internal nodes of all trees, numbered in order (split feature, threshold, missing
+    goes left), and every leaf with its path over those numbers."""
+    leaves: list[_Leaf] = []
+    nodes: list[tuple[int, float, bool]] = []
+    for tree in trees:
+        numbering = {}
+        for node, left in enumerate(tree["left_children"]):
+            if left != -1:
+                numbering[node] = len(nodes)
+                nodes.append(
+                    (
+                        int(tree["split_indices"][node]),
+                        float(tree["split_conditions"][node]),
+                        bool(tree["default_left"][node]),
+                    )
+                )
+        leaves.extend(_leaves(tree, numbering))
+    return nodes, leaves
+
+
+def _paths(
+    leaves: list[_Leaf], n_nodes: int, n_features: int, depth: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per leaf: the edge of each split of its path (2 * node + 1 when it goes right; padded
+    with an edge never followed), the feature slot of each split (-1: padding), and the feature
+    of each slot (`n_features`: none)."""
+    n_leaves = len(leaves)
+    never = 2 * n_nodes  # the padding edge, never followed
+    path_edge = np.full((n_leaves, 8), never, dtype=np.int32)
+    slot = np.full((n_leaves, max(depth, 1)), -1, dtype=np.int64)
+    slot_feature = np.full((n_leaves, width), n_features, dtype=np.intp)
+    for i, leaf in enumerate(leaves):
+        for k, (node, goes_left, leaf_slot) in enumerate(leaf.splits):
+            path_edge[i, k] = 2 * node + (0 if goes_left else 1)
+            slot[i, k] = leaf_slot
+        slot_feature[i, : len(leaf.features)] = leaf.features
+    return path_edge, slot, slot_feature
+
+
+def _folded_rows(slot: np.ndarray, widths: np.ndarray, block: np.ndarray, depth: int) -> np.ndarray:
+    """For each leaf and followed-bits byte (bit k: split k of the path followed), the row of
+    the leaf's distinct-feature pattern in the values table (leaf `i` starts at `block[i]`)."""
+    codes = np.arange(2 ** max(depth, 1), dtype=np.int64)
+    pattern = np.broadcast_to((np.int64(1) << widths) - 1, (len(codes), len(widths))).T.copy()
+    for k in range(slot.shape[1]):
+        missed = (codes >> k & 1) == 0
+        clear = np.where(slot[:, k] >= 0, np.int64(1) << np.maximum(slot[:, k], 0), 0)
+        pattern[:, missed] &= ~clear[:, None]
+    return (block[:, None] + pattern).ravel()
+
+
+def _leaf_values(
+    leaves: list[_Leaf], widths: np.ndarray, block: np.ndarray, width: int, base: float
+) -> tuple[np.ndarray, float]:
+    """Every leaf's Shapley values per pattern (leaf `i` from row `block[i]`, 2**widths[i] rows),
+    and the base value: `base` (the base margin) plus each leaf's g of the empty set."""
+    values = np.zeros((int(np.sum(2**widths)), width))
+    bias = base
+    for d in np.unique(widths):
+        members = np.flatnonzero(widths == d)
+        leaf_values = np.array([leaves[i].value for i in members])
+        if d == 0:  # a tree that is a single leaf: all of it is base value
+            bias += float(leaf_values.sum())
+            continue
+        zeros = np.array([leaves[i].zeros for i in members])
+        bias += float(np.sum(leaf_values * np.prod(zeros, axis=1)))
+        rows = block[members][:, None] + np.arange(2**d)[None, :]
+        values[rows, :d] = _pattern_values(zeros) * leaf_values[:, None, None]
+    return values, bias
+
+
 class ShapTable:
     """Precomputed Shapley values of every leaf of one booster, per pattern of followed splits.
 
@@ -174,22 +246,7 @@ class ShapTable:
         learner = json.loads(bytes(booster.save_raw("json")))["learner"]
         if not plain_gbtree(learner):
             return None
-        trees = learner["gradient_booster"]["model"]["trees"]
-        leaves: list[_Leaf] = []
-        nodes: list[tuple[int, float, bool]] = []  # internal nodes of all trees
-        for tree in trees:
-            numbering = {}
-            for node, left in enumerate(tree["left_children"]):
-                if left != -1:
-                    numbering[node] = len(nodes)
-                    nodes.append(
-                        (
-                            int(tree["split_indices"][node]),
-                            float(tree["split_conditions"][node]),
-                            bool(tree["default_left"][node]),
-                        )
-                    )
-            leaves.extend(_leaves(tree, numbering))
+        nodes, leaves = _flatten(learner["gradient_booster"]["model"]["trees"])
         widths = np.array([len(leaf.features) for leaf in leaves], dtype=np.int64)
         depth = max((len(leaf.splits) for leaf in leaves), default=0)
         width = max(int(widths.max(initial=0)), 1)
@@ -197,38 +254,11 @@ class ShapTable:
         if depth > 8 or size > max_bytes:
             log.info("SHAP table would take %d MB; xgboost computes contributions", size >> 20)
             return None
-        n_leaves, n_features = len(leaves), booster.num_features()
-        never = 2 * len(nodes)  # the padding edge, never followed
-        path_edge = np.full((n_leaves, 8), never, dtype=np.int32)
-        slot = np.full((n_leaves, max(depth, 1)), -1, dtype=np.int64)
-        slot_feature = np.full((n_leaves, width), n_features, dtype=np.intp)
-        for i, leaf in enumerate(leaves):
-            for k, (node, goes_left, leaf_slot) in enumerate(leaf.splits):
-                path_edge[i, k] = 2 * node + (0 if goes_left else 1)
-                slot[i, k] = leaf_slot
-            slot_feature[i, : len(leaf.features)] = leaf.features
-        # followed-bits byte (bit k: split k of the path followed) -> distinct-feature pattern
-        codes = np.arange(2 ** max(depth, 1), dtype=np.int64)
-        pattern = np.broadcast_to((np.int64(1) << widths) - 1, (len(codes), n_leaves)).T.copy()
-        for k in range(slot.shape[1]):
-            missed = (codes >> k & 1) == 0
-            clear = np.where(slot[:, k] >= 0, np.int64(1) << np.maximum(slot[:, k], 0), 0)
-            pattern[:, missed] &= ~clear[:, None]
-        block = np.zeros(n_leaves, dtype=np.int64)
+        n_features = booster.num_features()
+        path_edge, slot, slot_feature = _paths(leaves, len(nodes), n_features, depth, width)
+        block = np.zeros(len(leaves), dtype=np.int64)
         block[1:] = np.cumsum(2**widths)[:-1]
-        start = (block[:, None] + pattern).ravel()
-        values = np.zeros((int(np.sum(2**widths)), width))
-        bias = float(base_margin(learner))
-        for d in np.unique(widths):
-            members = np.flatnonzero(widths == d)
-            leaf_values = np.array([leaves[i].value for i in members])
-            if d == 0:  # a tree that is a single leaf: all of it is base value
-                bias += float(leaf_values.sum())
-                continue
-            zeros = np.array([leaves[i].zeros for i in members])
-            bias += float(np.sum(leaf_values * np.prod(zeros, axis=1)))
-            rows = block[members][:, None] + np.arange(2**d)[None, :]
-            values[rows, :d] = _pattern_values(zeros) * leaf_values[:, None, None]
+        values, bias = _leaf_values(leaves, widths, block, width, float(base_margin(learner)))
         node_array = np.array(nodes, dtype=object).reshape(-1, 3)
         shap_table = cls(
             node_feature=np.asarray(node_array[:, 0], dtype=np.intp),
@@ -236,7 +266,8 @@ class ShapTable:
             node_missing_left=np.asarray(node_array[:, 2], dtype=bool),
             path_edge=path_edge,
             slot_feature=slot_feature,
-            values=values[start],  # folded: row = leaf * 2**depth + followed-bits byte
+            # folded: row = leaf * 2**depth + followed-bits byte
+            values=values[_folded_rows(slot, widths, block, depth)],
             bias=bias,
             n_features=n_features,
         )

@@ -73,57 +73,91 @@ def loads_strict(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if nesting_depth(data) > max_depth:
         raise JsonRefused(400, [], f"JSON nested deeper than {max_depth} levels", "json_too_deep")
-    state = {"non_finite": False, "duplicate": None}
+    watch = _Watch()
+    obj = _parse(data, watch)
+    _refuse_duplicate_key(obj, watch.duplicate)
+    if watch.non_finite:
+        _refuse_non_finite(obj)
+    if _SURROGATE_ESCAPE.search(data):
+        _refuse_unpaired_surrogate(obj)
+    return obj
 
-    def number(text: str) -> Any:
+
+class _Watch:
+    """The parser's hooks: notes the first duplicate key and whether a number was not finite
+    (NaN, Infinity, out of range; each left as `_NON_FINITE` until its path is found)."""
+
+    def __init__(self) -> None:
+        self.non_finite = False
+        self.duplicate: str | None = None
+
+    def number(self, text: str) -> Any:
         value = float(text)
         if math.isfinite(value):
             return value
-        state["non_finite"] = True
+        self.non_finite = True
         return _NON_FINITE
 
-    def constant(_text: str) -> Any:
-        state["non_finite"] = True
+    def constant(self, _text: str) -> Any:
+        self.non_finite = True
         return _NON_FINITE
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    def pairs(self, items: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(items)
-        if len(out) != len(items) and state["duplicate"] is None:
+        if len(out) != len(items) and self.duplicate is None:
             seen: set[str] = set()
             for key, _ in items:
                 if key in seen:
-                    state["duplicate"] = key
+                    self.duplicate = key
                     break
                 seen.add(key)
         return out
 
+
+def _parse(data: bytes, watch: _Watch) -> Any:
+    """`json.loads` with `watch`'s hooks; 400 for text that is not JSON."""
     try:
-        obj = json.loads(data, parse_float=number, parse_constant=constant, object_pairs_hook=pairs)
+        return json.loads(
+            data,
+            parse_float=watch.number,
+            parse_constant=watch.constant,
+            object_pairs_hook=watch.pairs,
+        )
     except RecursionError:  # only when max_depth is set above the interpreter's limit
         raise JsonRefused(400, [], "JSON nested too deeply", "json_too_deep") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
         raise JsonRefused(400, [], f"not valid JSON ({reason})", "json_invalid") from None
-    if state["duplicate"] is not None:
-        key = _safe(str(state["duplicate"]))[:64]
-        holder = _find(obj, lambda v: isinstance(v, dict) and state["duplicate"] in v)
-        loc = [*(holder or []), key]
-        raise JsonRefused(422, loc, f"duplicate key {key!r} in one JSON object", "duplicate_key")
-    if state["non_finite"]:
-        loc = _find(obj, lambda v: v is _NON_FINITE) or []
+
+
+def _refuse_duplicate_key(obj: Any, duplicate: str | None) -> None:
+    """422 at the object holding `duplicate` (the first key seen twice in one object), if any."""
+    if duplicate is None:
+        return
+    key = _safe(str(duplicate))[:64]
+    holder = _find(obj, lambda v: isinstance(v, dict) and duplicate in v)
+    loc = [*(holder or []), key]
+    raise JsonRefused(422, loc, f"duplicate key {key!r} in one JSON object", "duplicate_key")
+
+
+def _refuse_non_finite(obj: Any) -> None:
+    """422 at the first non-finite number."""
+    loc = _find(obj, lambda v: v is _NON_FINITE) or []
+    raise JsonRefused(
+        422,
+        loc,
+        "not a finite number (NaN, Infinity and numbers beyond 1.8e308 are refused)",
+        "finite_number",
+    )
+
+
+def _refuse_unpaired_surrogate(obj: Any) -> None:
+    """422 at the first key or string holding an unpaired surrogate (escapes may be paired)."""
+    loc = _find(obj, _unpaired, keys=True)
+    if loc is not None:
         raise JsonRefused(
-            422,
-            loc,
-            "not a finite number (NaN, Infinity and numbers beyond 1.8e308 are refused)",
-            "finite_number",
+            422, loc, "text holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)", "string_type"
         )
-    if _SURROGATE_ESCAPE.search(data):
-        loc = _find(obj, _unpaired, keys=True)
-        if loc is not None:
-            raise JsonRefused(
-                422, loc, "text holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)", "string_type"
-            )
-    return obj
 
 
 def _unpaired(value: Any) -> bool:

@@ -302,18 +302,52 @@ def score_cohort_spark(
         NotEstimable: episodes without a platelet count on or before their index date.
         ModelLoadError: the model cannot be loaded.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
     from serving.bundle.uri import load_deployable_model
 
     model = load_deployable_model(model_uri)
     output = _output_columns(model, explain, contributions)
+    read, warnings = _input_tables(spark, tables)
+    rows, counts = _numbered_rows(spark, read, warnings)
+    errors = _episode_ids_across_patients(rows["episodes"])
+    union, columns = _tagged_union(rows)
+    if partitions is None:
+        partitions = _default_partitions(spark, counts)
+    plan = _Plan(
+        names=tuple(rows),
+        columns={name: tuple((slot, column) for slot, column in columns[name]) for name in rows},
+        csv_tables=frozenset(name for name, t in read.items() if t.from_csv),
+        timezone=spark.conf.get("spark.sql.session.timeZone") or "UTC",
+        explain=explain,
+        output=output,
+        token=uuid.uuid4().hex,
+        payload=spark.sparkContext.broadcast(_model_bytes(model)),
+    )
+    result = _scored_partitions(union, partitions, plan)
+    warnings = _checked_issues(result, errors, warnings)
+    return _scores_of(result, output, warnings, partitions)
+
+
+def _input_tables(
+    spark: SparkSession, tables: Mapping[str, DataFrame] | str | Path
+) -> tuple[dict[str, _Table], list[Issue]]:
+    """The tables given or read from a directory, their headers checked; the reading warnings."""
     if isinstance(tables, Mapping):
         read, warnings = _given_tables(tables)
     else:
         read, warnings = _read_directory(spark, str(tables))
     _check_columns(read)
+    return read, warnings
+
+
+def _numbered_rows(
+    spark: SparkSession, read: Mapping[str, _Table], warnings: list[Issue]
+) -> tuple[dict[str, DataFrame], dict[str, dict[int, int]]]:
+    """Each table with its rows' numbers in `ROW`, and its rows per Spark partition.
+
+    Raises:
+        CohortError: no patients or no episodes.
+    """
+    from pyspark.sql import functions as F
 
     numbered = {
         name: t.frame.withColumn(_MID, F.monotonically_increasing_id()) for name, t in read.items()
@@ -325,13 +359,20 @@ def score_cohort_spark(
     if errors:
         raise CohortError(errors, warnings)
     rows = {name: _with_rows(frame, read[name], counts[name]) for name, frame in numbered.items()}
-    errors = _episode_ids_across_patients(rows["episodes"])
+    return rows, counts
+
+
+def _tagged_union(
+    rows: Mapping[str, DataFrame],
+) -> tuple[DataFrame, dict[str, list[tuple[str, str]]]]:
+    """The rows of every table in one long frame (table code, patient key, row number, typed
+    slots), and each table's (slot, column) assignment."""
+    from pyspark.sql import functions as F
 
     slots, columns = _slot_layout({name: frame.drop(ROW) for name, frame in rows.items()})
-    names = tuple(rows)
     keyed = _keyed(rows)
     union = None
-    for code, name in enumerate(names):
+    for code, name in enumerate(rows):
         assigned = dict(columns[name])
         part = keyed[name].select(
             F.lit(code).cast("int").alias(_TABLE),
@@ -344,28 +385,41 @@ def score_cohort_spark(
             ],
         )  # fmt: skip
         union = part if union is None else union.unionByName(part)
+    return union, columns
+
+
+def _default_partitions(spark: SparkSession, counts: Mapping[str, Mapping[int, int]]) -> int:
+    """Enough partitions for `ROWS_PER_PARTITION` rows each, at least the default parallelism."""
     total = sum(sum(c.values()) for c in counts.values())
     parallelism = spark.sparkContext.defaultParallelism
-    if partitions is None:
-        partitions = parallelism * max(1, math.ceil(total / (parallelism * ROWS_PER_PARTITION)))
-    plan = _Plan(
-        names=names,
-        columns={name: tuple((slot, column) for slot, column in columns[name]) for name in names},
-        csv_tables=frozenset(name for name, t in read.items() if t.from_csv),
-        timezone=spark.conf.get("spark.sql.session.timeZone") or "UTC",
-        explain=explain,
-        output=output,
-        token=uuid.uuid4().hex,
-        payload=spark.sparkContext.broadcast(_model_bytes(model)),
-    )
-    schema = _spark_schema(output)
+    return parallelism * max(1, math.ceil(total / (parallelism * ROWS_PER_PARTITION)))
+
+
+def _scored_partitions(union: DataFrame, partitions: int, plan: _Plan) -> DataFrame:
+    """The rows repartitioned by patient and scored by `_score_partition` (persisted): score rows
+    and issue rows together."""
+    from pyspark import StorageLevel
+
+    schema = _spark_schema(plan.output)
     result = (
         union.repartition(partitions, _KEY)
         .drop(_KEY)
         .mapInArrow(lambda batches: _score_partition(batches, plan), schema)
     )
-    result = result.persist(StorageLevel.MEMORY_AND_DISK)
+    return result.persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def _checked_issues(result: DataFrame, errors: list[Issue], warnings: list[Issue]) -> list[Issue]:
+    """The warnings, with every partition's (sorted, each once), when nothing is an error.
+
+    Raises:
+        CohortError: any error (the cached result is freed).
+        NotEstimable: episodes without a platelet count (the cached result is freed).
+    """
+    from pyspark.sql import functions as F
+
     found = result.filter(F.col(_KIND) != "score").select(*_ISSUE_COLUMNS).collect()
+    errors, warnings = list(errors), list(warnings)
     lacking: list[str] = []
     for row in found:
         if row[_KIND] == "not_estimable":
@@ -380,6 +434,15 @@ def score_cohort_spark(
     if lacking:
         result.unpersist()
         raise NotEstimable(sorted(lacking))
+    return warnings
+
+
+def _scores_of(
+    result: DataFrame, output: tuple[str, ...], warnings: list[Issue], partitions: int
+) -> SparkScores:
+    """The score rows of the result, counted."""
+    from pyspark.sql import functions as F
+
     scores = result.filter(F.col(_KIND) == "score").select(*[F.col(f"`{c}`") for c in output])
     episodes = scores.count()
     log.info("scored %d episodes in %d partitions", episodes, partitions)
