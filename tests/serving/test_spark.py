@@ -90,6 +90,7 @@ def _bad_cohort(directory: Path) -> Path:
     tables = _root_fixtures().make_tables()
     tables["patients"].loc[1, "ecog"] = 7  # patients.csv line 3
     tables["labs"].loc[4, "unit"] = "furlongs"  # labs.csv line 6 (CREA)
+    tables["labs"]["value"] = tables["labs"]["value"].astype(object)  # pandas 3: text in floats
     tables["labs"].loc[20, "value"] = "lots"  # labs.csv line 22
     tables["regimens"].loc[4, "end_date"] = "2024-04-01"  # before its start: line 6
     episodes = tables["episodes"]
