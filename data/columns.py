@@ -199,6 +199,8 @@ def factorize(column: Column) -> tuple[np.ndarray, list]:
     if isinstance(column, Coded):
         return column.codes, list(column.uniques)
     if column.dtype == object:
+        # A dict, not pd.factorize: pandas 2's string hash stops at NUL, so it merges "a\x00b"
+        # with "a" (and "\x00" with ""); and lists or dicts where text belongs are unhashable.
         index: dict[object, int] = {}
         uniques: list = []
         codes = np.empty(len(column), dtype=np.int64)
@@ -365,7 +367,7 @@ _PLAIN_ISO = re.compile(
 def _plain_dates(column: np.ndarray) -> np.ndarray | None:
     """numpy's parser for text that is all plain ISO 8601 (or missing): a few microseconds for
     one patient where Arrow's costs tens; None when any value needs Arrow or pandas."""
-    if not _NUMPY_AGREES:
+    if not _numpy_agrees_with_arrow():
         return None
     values = column.tolist()
     for i, value in enumerate(values):
@@ -381,6 +383,7 @@ def _plain_dates(column: np.ndarray) -> np.ndarray | None:
         return None
 
 
+@functools.cache
 def _numpy_agrees_with_arrow() -> bool:
     """The numpy kernel steps aside unless it parses these samples exactly as Arrow does."""
     samples = [
@@ -400,9 +403,6 @@ def _numpy_agrees_with_arrow() -> bool:
         return False
     ok = all(_PLAIN_ISO.fullmatch(s) for s in samples if s is not None)
     return ok and np.array_equal(arrow.to_numpy(zero_copy_only=False), mine, equal_nan=True)
-
-
-_NUMPY_AGREES = _numpy_agrees_with_arrow()
 
 
 def _dates_pandas(column: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:

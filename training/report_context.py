@@ -404,6 +404,23 @@ def key_figures(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tup
     return tuple(rows)
 
 
+def _contradicted(plausibility: pd.DataFrame) -> str:
+    """The features whose learned direction contradicts clinical expectation, in words ("" if
+    none): the key flags and the limitations say the same."""
+    features = plausibility.loc[plausibility["status"] == "contradicts", "feature"]
+    return ", ".join(feature_label(c) for c in features)
+
+
+def _small_subgroup_levels(result: TrainResult) -> int:
+    """How many subgroup levels of the XGBoost model rest on fewer than 30 episodes."""
+    subgroups = result.subgroups
+    if subgroups is None or subgroups.empty or "n" not in subgroups:
+        return 0
+    if "model" in subgroups:
+        subgroups = subgroups[subgroups["model"] == "xgboost"]
+    return int((subgroups["n"] < 30).sum())
+
+
 def _flags(result: TrainResult, plausibility: pd.DataFrame) -> tuple[str, ...]:
     """What a reviewer must look at first: weak calibration or discrimination, sample size,
     contradicted directions, small subgroups, a simulated cohort."""
@@ -426,18 +443,12 @@ def _flags(result: TrainResult, plausibility: pd.DataFrame) -> tuple[str, ...]:
             )
     for message in (result.sample_size or {}).get("warnings") or []:
         flags.append(f"Sample size: {message}.")
-    contradicting = plausibility.loc[plausibility["status"] == "contradicts", "feature"].tolist()
+    contradicting = _contradicted(plausibility)
     if contradicting:
-        flags.append(
-            "Learned direction contradicts clinical expectation for "
-            + ", ".join(feature_label(c) for c in contradicting)
-            + "."
-        )
-    if result.subgroups is not None and not result.subgroups.empty and "n" in result.subgroups:
-        small = result.subgroups[result.subgroups.get("model", "xgboost") == "xgboost"]
-        n_small = int((small["n"] < 30).sum())
-        if n_small:
-            flags.append(f"{n_small} subgroup levels have fewer than 30 episodes.")
+        flags.append(f"Learned direction contradicts clinical expectation for {contradicting}.")
+    n_small = _small_subgroup_levels(result)
+    if n_small:
+        flags.append(f"{n_small} subgroup levels have fewer than 30 episodes.")
     if _is_simulated(result):
         flags.append("The cohort is simulated: the figures test the software, not the clinic.")
     return tuple(flags)
@@ -1108,13 +1119,11 @@ def limitations(result: TrainResult, features: _Features, shap_values: _Shap) ->
         )
     for message in (result.sample_size or {}).get("warnings") or []:
         items.append(f"Sample size: {message}.")
-    plausibility = shap_values.plausibility
-    contradicting = plausibility.loc[plausibility["status"] == "contradicts", "feature"].tolist()
+    contradicting = _contradicted(shap_values.plausibility)
     if contradicting:
         items.append(
-            "Learned direction contradicts clinical expectation for: "
-            + ", ".join(feature_label(c) for c in contradicting)
-            + " (see plausibility)."
+            f"Learned direction contradicts clinical expectation for: {contradicting} "
+            "(see plausibility)."
         )
     high_missing = [c for c in X.columns if X[c].isna().mean() > 0.5]
     if high_missing:
@@ -1123,10 +1132,9 @@ def limitations(result: TrainResult, features: _Features, shap_values: _Shap) ->
             + ", ".join(feature_label(c) for c in high_missing)
             + "."
         )
-    if result.subgroups is not None and not result.subgroups.empty and "n" in result.subgroups:
-        small = int((result.subgroups["n"] < 30).sum())
-        if small:
-            items.append(f"{small} subgroup estimates rest on fewer than 30 episodes.")
+    small = _small_subgroup_levels(result)
+    if small:
+        items.append(f"{small} subgroup levels rest on fewer than 30 episodes.")
     return tuple(items)
 
 

@@ -282,14 +282,8 @@ class AuditLog:
 
         `input_sha256` is the SHA-256 of the request as received (or `input_hash(record)`).
         """
-        rows = self.score_rows(
-            model=model,
-            items=[(patient_id, input_sha256, answers)],
-            endpoint=endpoint,
-            caller=caller,
-        )
         items = [(patient_id, input_sha256, answers)]
-        self._submit_tables([("scores", rows), *self._input_tables(model, items)]).result()
+        self._submit_tables(self._score_tables(model, items, endpoint, caller)).result()
 
     def record_scores(
         self,
@@ -300,9 +294,7 @@ class AuditLog:
         caller: str,
     ) -> None:
         """Append the rows of several records (patient_id, input_sha256, answers) at once."""
-        items = list(items)
-        rows = self.score_rows(model=model, items=items, endpoint=endpoint, caller=caller)
-        self._submit_tables([("scores", rows), *self._input_tables(model, items)]).result()
+        self._submit_tables(self._score_tables(model, items, endpoint, caller)).result()
 
     async def arecord_scores(
         self,
@@ -313,10 +305,20 @@ class AuditLog:
         caller: str,
     ) -> None:
         """`record_scores` for async code: waits for the commit without blocking the loop."""
+        tables = self._score_tables(model, items, endpoint, caller)
+        await asyncio.wrap_future(self._submit_tables(tables))
+
+    def _score_tables(
+        self,
+        model: dict[str, Any],
+        items: Iterable[tuple[str, str, Sequence[dict[str, Any]]]],
+        endpoint: str,
+        caller: str,
+    ) -> list[tuple[str, list[tuple]]]:
+        """The rows of one submission: the scores, then the model-input rows of each record."""
         items = list(items)
         rows = self.score_rows(model=model, items=items, endpoint=endpoint, caller=caller)
-        tables = [("scores", rows), *self._input_tables(model, items)]
-        await asyncio.wrap_future(self._submit_tables(tables))
+        return [("scores", rows), *self._input_tables(model, items)]
 
     # -- model inputs (monitoring) --------------------------------------------------------------
 
