@@ -11,7 +11,6 @@ are built once, at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import logging
@@ -43,6 +42,7 @@ from data.contract import (
     TRANSFUSION_PRODUCTS,
 )
 from data.issues import CohortError, Issue
+from data.table import Table, as_table
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,17 @@ _SECONDS_PER_YEAR = 365.25 * 86400.0
 _PRODUCTS = frozenset(TRANSFUSION_PRODUCTS)
 
 
-@dataclass(frozen=True, eq=False)
+_TABLE_NAMES = ("patients", "episodes", "labs", "regimens", "outcomes", "transfusions")
+
+
+@dataclass(init=False, frozen=True, eq=False, repr=False)
 class Cohort:
     """Validated, normalised cohort tables (new frames, never the input objects).
 
-    See docs/ARCHITECTURE.md "data" for the columns of each frame.
+    Each table is held as numpy columns (`Cohort.table`, what the feature pipeline reads); its
+    pandas frame (`cohort.labs`, ...) is built when first asked for, and from then on is the
+    table. A frozen dataclass: `dataclasses.replace` gives a changed copy. See
+    docs/ARCHITECTURE.md "data" for the columns of each table.
     """
 
     patients: pd.DataFrame
@@ -73,6 +79,49 @@ class Cohort:
     # The simulator's true response probabilities (oracle.csv) when the directory has them.
     simulation: Mapping[str, object] | None = None
     conversions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        patients: pd.DataFrame | Table,
+        episodes: pd.DataFrame | Table,
+        labs: pd.DataFrame | Table,
+        regimens: pd.DataFrame | Table,
+        outcomes: pd.DataFrame | Table | None = None,
+        warnings: tuple[Issue, ...] = (),
+        transfusions: pd.DataFrame | Table | None = None,
+        simulation: Mapping[str, object] | None = None,
+        conversions: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        given = (patients, episodes, labs, regimens, outcomes, transfusions)
+        tables = {name: as_table(v, name) for name, v in zip(_TABLE_NAMES, given, strict=True)}
+        set_ = object.__setattr__
+        set_(self, "_tables", {k: v for k, v in tables.items() if v is not None})
+        set_(self, "warnings", tuple(warnings))
+        set_(self, "simulation", simulation)
+        set_(self, "conversions", MappingProxyType(dict(conversions or {})))
+
+    def table(self, name: str) -> Table | None:
+        """A table's numpy columns (None when absent), without building its frame."""
+        if name not in _TABLE_NAMES:
+            raise KeyError(f"no table {name!r} in a cohort (tables: {', '.join(_TABLE_NAMES)})")
+        return self._tables.get(name)
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{name}={len(table)} rows" for name, table in self._tables.items())
+        return f"Cohort({rows}, warnings={len(self.warnings)})"
+
+
+def _frame_of(name: str) -> property:
+    def get(self: Cohort) -> pd.DataFrame | None:
+        table = self._tables.get(name)
+        return None if table is None else table.frame
+
+    return property(get, doc=f"The {name} table as a pandas frame (None when absent).")
+
+
+# Set after the dataclass is made: as class attributes in the body they would be field defaults.
+for _name in _TABLE_NAMES:
+    setattr(Cohort, _name, _frame_of(_name))
 
 
 @dataclass(frozen=True)
@@ -178,12 +227,9 @@ def load_cohort(path: str | Path) -> Cohort:
     """
     issues = _Issues()
     sources = _read_directory(Path(path), issues)
-    cohort, _ = _build(sources, issues)
+    cohort, _ = _build(sources, issues, simulation=_simulation_summary(Path(path)))
     if issues.errors or cohort is None:
         raise CohortError(issues.errors, issues.warnings)
-    simulation = _simulation_summary(Path(path))
-    if simulation is not None:
-        cohort = dataclasses.replace(cohort, simulation=simulation)
     return cohort
 
 
@@ -589,7 +635,7 @@ def _show(column: Column, pos: int) -> str:
 class _Parsed:
     """Normalised frames so far and facts needed across tables."""
 
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    frames: dict[str, Table] = field(default_factory=dict)
     conversions: dict[tuple[str, str], int] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
     #: Building the report of `validate_cohort` (adds its warnings), not a cohort to use.
@@ -608,6 +654,7 @@ def _build(
     with_summary: bool = False,
     whole: bool = True,
     improbable: bool = False,
+    simulation: Mapping[str, object] | None = None,
 ) -> tuple[Cohort | None, dict]:
     parsed = _Parsed(with_summary=with_summary, improbable=improbable or with_summary)
     ok = {name: _has_columns(src, issues) for name, src in sources.items()}
@@ -628,7 +675,8 @@ def _build(
             issues.errors.append(no_rows_issue(name))
     summary: dict[str, object] = {}
     if with_summary:
-        summary = _summary_of(parsed.frames, parsed.conversions, sources)
+        frames = {name: table.frame for name, table in parsed.frames.items()}
+        summary = _summary_of(frames, parsed.conversions, sources)
         summary.update(parsed.extra)
     required_ok = all(ok.get(name) for name in REQUIRED_TABLES)
     if issues.errors or not required_ok:
@@ -642,6 +690,7 @@ def _build(
         warnings=tuple(issues.warnings),
         conversions=MappingProxyType(dict(parsed.conversions)),
         transfusions=parsed.frames.get("transfusions"),
+        simulation=simulation,
     )
     return cohort, summary
 
@@ -785,8 +834,8 @@ def _number_column(
 
 def _assemble(
     src: _Source, columns: dict[str, np.ndarray], order: np.ndarray | None = None
-) -> pd.DataFrame:
-    """New frame: normalised columns in the input order, then unknown extra columns as given."""
+) -> Table:
+    """New table: normalised columns in the input order, then unknown extra columns as given."""
     data: dict[str, np.ndarray] = {}
     for name, given in src.columns.items():
         data[name] = columns.pop(name) if name in columns else cols.as_array(given)
@@ -795,10 +844,10 @@ def _assemble(
     if order is not None:
         for name in data:  # one column at a time: the unsorted copy goes as its sorted one comes
             data[name] = data[name][order]
-    return cols.frame_of(data, src.n)
+    return Table(data, src.n)
 
 
-def _patients(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
+def _patients(src: _Source, issues: _Issues, parsed: _Parsed) -> Table:
     columns: dict[str, np.ndarray] = {}
     ids = _ids(src, "patient_id", issues, unique=True)
     columns["patient_id"] = ids.values
@@ -854,7 +903,7 @@ def _subtypes(src: _Source, issues: _Issues) -> np.ndarray:
     return np.array([*mapped, None], dtype=object)[text.codes]
 
 
-def _episodes(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
+def _episodes(src: _Source, issues: _Issues, parsed: _Parsed) -> Table:
     columns: dict[str, np.ndarray] = {}
     eids = _ids(src, "episode_id", issues, unique=True)
     columns["episode_id"] = eids.values
@@ -899,7 +948,7 @@ def _episodes(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
     return _assemble(src, columns)
 
 
-def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
+def _labs(src: _Source, issues: _Issues, parsed: _Parsed) -> Table:
     pid = _ids(src, "patient_id", issues, unique=False)
     _known(src, pid, parsed.patient_ids, "patient_id", "patient", issues, warning=True)
     time, _ = _date_column(src, "time", issues, required=True)
@@ -1108,7 +1157,7 @@ def _patient_time_order(pid: Texts, time: np.ndarray) -> np.ndarray | None:
     return np.lexsort((key2, key1))
 
 
-def _regimens(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
+def _regimens(src: _Source, issues: _Issues, parsed: _Parsed) -> Table:
     columns: dict[str, np.ndarray] = {}
     pid = _ids(src, "patient_id", issues, unique=False)
     columns["patient_id"] = pid.values
@@ -1201,7 +1250,7 @@ def _drug_list(text: str) -> tuple[str | None, str | None, tuple[str, ...]]:
     )
 
 
-def _outcomes(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
+def _outcomes(src: _Source, issues: _Issues, parsed: _Parsed) -> Table:
     columns: dict[str, np.ndarray] = {}
     eid = _ids(src, "episode_id", issues, unique=True)
     columns["episode_id"] = eid.values
@@ -1219,7 +1268,7 @@ def _outcomes(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
     return _assemble(src, columns)
 
 
-def _transfusions(src: _Source, issues: _Issues, parsed: _Parsed) -> pd.DataFrame:
+def _transfusions(src: _Source, issues: _Issues, parsed: _Parsed) -> Table:
     """Transfusions: patient_id, time, product (platelets | red_cells), optional units (> 0)."""
     columns: dict[str, np.ndarray] = {}
     pid = _ids(src, "patient_id", issues, unique=False)

@@ -6,8 +6,8 @@ into distinct values). Rows of dicts (one patient over HTTP), pandas frames, CSV
 arrive in this one form, so the loader has one implementation of each check and normalisation,
 and its cost per call is a few numpy or pyarrow calls (microseconds), not pandas Series
 operations. Per-value Python work happens on distinct values only (`factorize`), except when
-reading rows of dicts, which are Python objects already. Frames are built only at the edge
-(`frame_of`), with the public `pd.DataFrame` constructor.
+reading rows of dicts, which are Python objects already. The loader's output keeps the arrays
+(`data.table.Table`); frames are built only at the edge, with the public `pd.DataFrame`.
 """
 
 from __future__ import annotations
@@ -183,11 +183,6 @@ def _of_arrow_column(chunked: pa.ChunkedArray) -> Column:
     if pa.types.is_boolean(kind) and not chunked.null_count:
         return chunked.to_numpy()
     return chunked.to_pandas().to_numpy(dtype=object)
-
-
-def frame_of(columns: Mapping[str, np.ndarray], n: int) -> pd.DataFrame:
-    """A new frame of equal-length arrays (the only place the loader builds one)."""
-    return pd.DataFrame(dict(columns), index=pd.RangeIndex(n), copy=False)
 
 
 # ---------------------------------------------------------------------------------------------

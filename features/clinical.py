@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from data.contract import BOOLEAN_COLUMNS
+from data.table import Table, as_table
 from features.notes import FeatureWarning
 from features.timeline import (
     NAT,
@@ -30,11 +31,11 @@ _DAYS_PER_YEAR = 365.25
 StaticKind = str  # "numeric" | "boolean" | "categorical"
 
 
-def _rows(frame: pd.DataFrame | None, ids: np.ndarray, name: str) -> np.ndarray:
-    """Position of each id in `frame[name]` (-1 when absent)."""
-    if frame is None or len(frame) == 0:
+def _rows(table: Table | None, ids: np.ndarray, name: str) -> np.ndarray:
+    """Position of each id in `table[name]` (-1 when absent)."""
+    if table is None or len(table) == 0:
         return np.full(len(ids), -1, dtype=np.int64)
-    return lookup(column_values(frame, name, object), ids, f"patients.{name}")
+    return lookup(column_values(table, name, object), ids, f"patients.{name}")
 
 
 def _take(values: np.ndarray, rows: np.ndarray, fill: object) -> np.ndarray:
@@ -48,17 +49,18 @@ def _take(values: np.ndarray, rows: np.ndarray, fill: object) -> np.ndarray:
     return out
 
 
-def numeric_column(frame: pd.DataFrame, table: str, name: str) -> np.ndarray:
+def numeric_column(table: Table, table_name: str, name: str) -> np.ndarray:
     """A normalised numeric (or boolean as 1.0/0.0) column as float64."""
-    values = column_values(frame, name)
+    values = column_values(table, name)
     if values.dtype.kind in "fiub":
         return values.astype(np.float64)
-    converted = pd.to_numeric(frame[name], errors="coerce")
-    bad = converted.isna() & frame[name].notna()
+    series = table.series(name)
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = converted.isna() & series.notna()
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
         raise TypeError(
-            f"{table}: row {first}: {name}: expected a number, got {frame[name].iloc[first]!r}"
+            f"{table_name}: row {first}: {name}: expected a number, got {series.iloc[first]!r}"
         )
     return converted.to_numpy(dtype=np.float64)
 
@@ -87,13 +89,15 @@ def _is_asian(race: np.ndarray) -> np.ndarray:
 
 
 def clinical_features(
-    patients: pd.DataFrame | None, episodes: pd.DataFrame, timeline: Timeline
+    patients: Table | pd.DataFrame | None,
+    episodes: Table | pd.DataFrame,
+    timeline: Timeline,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(numeric features, categorical features as strings or None) from patients and episodes."""
     n = timeline.n
-    # Column names as sets: `name in frame.columns` builds a hash table per new frame.
-    episode_columns = set(episodes.columns.tolist())
-    patient_columns = set(patients.columns.tolist()) if patients is not None else set()
+    patients, episodes = as_table(patients, "patients"), as_table(episodes, "episodes")
+    episode_columns = set(episodes.names)
+    patient_columns = set(patients.names) if patients is not None else set()
     rows = _rows(patients, timeline_patient_ids(episodes), "patient_id")
     numeric: dict[str, np.ndarray] = {}
 
@@ -137,7 +141,7 @@ def clinical_features(
     return numeric, categorical
 
 
-def timeline_patient_ids(episodes: pd.DataFrame) -> np.ndarray:
+def timeline_patient_ids(episodes: Table) -> np.ndarray:
     return column_values(episodes, "patient_id", object)
 
 
@@ -202,26 +206,27 @@ def static_values(
 
 
 def extra_static(
-    patients: pd.DataFrame | None,
-    episodes: pd.DataFrame,
+    patients: Table | pd.DataFrame | None,
+    episodes: Table | pd.DataFrame,
     columns: tuple[str, ...],
     kinds: dict[str, StaticKind] | None,
     episode_ids: np.ndarray,
     warnings: list[FeatureWarning],
 ) -> tuple[dict[str, np.ndarray], dict[str, StaticKind]]:
     """Extra static columns (episodes first, then patients), encoded by kind (learned when None)."""
+    patients, episodes = as_table(patients, "patients"), as_table(episodes, "episodes")
     rows = None
     out: dict[str, np.ndarray] = {}
     used: dict[str, StaticKind] = {}
     for column in columns:
-        if column in episodes.columns:
-            series = episodes[column]
-            values = series.to_numpy()
-        elif patients is not None and column in patients.columns:
+        if column in episodes.names:
+            series = episodes.series(column)
+            values = column_values(episodes, column)
+        elif patients is not None and column in patients.names:
             if rows is None:
                 rows = _rows(patients, timeline_patient_ids(episodes), "patient_id")
-            series = patients[column]
-            values = _take(series.to_numpy(), rows, None)
+            series = patients.series(column)
+            values = _take(column_values(patients, column), rows, None)
         elif kinds is not None:
             # A fitted model scoring a record without this field: missing, said per episode.
             used[column] = kinds[column]

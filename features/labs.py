@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from data.table import Table, as_table
 from features.registry import (
     ANC_MIN_WINDOW,
     ANC_SLOPE_WINDOW,
@@ -57,11 +58,12 @@ class AnalyteSeries:
     shared: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def read_labs(labs: pd.DataFrame | None) -> LabRecords | None:
+def read_labs(labs: Table | pd.DataFrame | None) -> LabRecords | None:
     """Dated, valued lab rows as arrays (rows without a time or a value are not measurements)."""
+    labs = as_table(labs, "labs")
     if labs is None or len(labs) == 0:
         return None
-    names = set(labs.columns.tolist())
+    names = labs.names
     for name in LAB_COLUMNS:
         if name not in names:
             raise ValueError(f"labs: missing required column {name!r}")

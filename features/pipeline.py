@@ -19,7 +19,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from data.cohort import Cohort
 from data.contract import BOOLEAN_COLUMNS
+from data.table import Table, as_table
 from data.units import canonical_test
 from features.clinical import StaticKind, clinical_features, extra_static
 from features.labs import (
@@ -57,7 +59,7 @@ _UNSAFE = re.compile(r"[\[\]<>,\s\"']")
 
 
 class CohortLike(Protocol):
-    """What the pipeline reads of a `data.cohort.Cohort`."""
+    """What the pipeline reads of a `data.cohort.Cohort` (whose numpy columns it reads directly)."""
 
     patients: pd.DataFrame
     episodes: pd.DataFrame
@@ -139,11 +141,11 @@ class RawFeatures:
     warnings: list[FeatureWarning] = field(default_factory=list)
 
 
-def _table(cohort: CohortLike, name: str) -> pd.DataFrame | None:
-    frame = getattr(cohort, name, None)
-    if frame is not None and not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"cohort.{name}: expected a pandas DataFrame, got {type(frame).__name__}")
-    return frame
+def _table(cohort: CohortLike, name: str) -> Table | None:
+    """A table's columns: a `data.cohort.Cohort`'s numpy columns, or a view of a frame."""
+    if isinstance(cohort, Cohort):
+        return cohort.table(name)
+    return as_table(getattr(cohort, name, None), name)
 
 
 def compute_features(

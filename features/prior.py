@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.timeline import NS_PER_DAY
+from data.table import Table, as_table
+from features.timeline import NS_PER_DAY, column_values
 
 PRIOR_FEATURES = ("prior_plt_max_d14", "prior_plt_rise_d14", "days_since_prior_episode")
 BASELINE_DAYS = 3
@@ -28,7 +29,7 @@ def prior_episode_features(
     episode_ids: np.ndarray,
     patient_ids: np.ndarray,
     index_ns: np.ndarray,
-    labs: pd.DataFrame | None,
+    labs: Table | pd.DataFrame | None,
 ) -> dict[str, np.ndarray]:
     """The three prior-episode features for each episode (NaN without a previous episode)."""
     n = len(episode_ids)
@@ -47,16 +48,17 @@ def prior_episode_features(
     out["days_since_prior_episode"][rows] = (
         frame["index_ns"].to_numpy() - frame["prior_ns"].to_numpy()
     ) / NS_PER_DAY
-    if labs is None or labs.empty or "test" not in labs:
+    labs = as_table(labs, "labs")
+    if labs is None or len(labs) == 0 or "test" not in labs.names:
         return out
-    plt = labs.loc[labs["test"] == "PLT", ["patient_id", "time", "value"]]
-    if plt.empty:
+    is_plt = column_values(labs, "test", object) == "PLT"
+    if not is_plt.any():
         return out
     plt = pd.DataFrame(
         {
-            "patient_id": plt["patient_id"].astype(str).to_numpy(),
-            "time_ns": _nanoseconds(plt["time"]),
-            "value": plt["value"].to_numpy(dtype=float),
+            "patient_id": column_values(labs, "patient_id", object)[is_plt].astype(str),
+            "time_ns": _nanoseconds(labs.series("time")[is_plt]),
+            "value": column_values(labs, "value", float)[is_plt],
         }
     )
     # The current episode's cut-off, as features.timeline defines it.

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from data.drugs import DRUG_CLASSES, classes_of
+from data.table import Table, as_table
 from features.timeline import (
     NAT,
     Timeline,
@@ -44,24 +45,25 @@ class RegimenRecords:
     regimen: np.ndarray  # identifier of the regimen: its name, else its drugs
 
 
-def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
-    if name not in set(frame.columns.tolist()):
-        return np.full(len(frame), np.nan)
-    values = column_values(frame, name)
+def _float_column(table: Table, name: str) -> np.ndarray:
+    if name not in table.names:
+        return np.full(len(table), np.nan)
+    values = column_values(table, name)
     if values.dtype.kind not in "fiub":
+        series = table.series(name)
         try:
-            values = pd.to_numeric(frame[name], errors="raise").to_numpy()
+            values = pd.to_numeric(series, errors="raise").to_numpy()
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"regimens.{name}: expected numbers, got {frame[name].dtype}") from exc
+            raise TypeError(f"regimens.{name}: expected numbers, got {series.dtype}") from exc
     return values.astype(np.float64)
 
 
-def _class_matrix(frame: pd.DataFrame) -> np.ndarray:
+def _class_matrix(table: Table) -> np.ndarray:
     """Rows x 14 class indicators, from `classes` (or, failing that, from `drugs`)."""
-    if "classes" in set(frame.columns.tolist()):
-        source, split = column_values(frame, "classes", object), lambda text: text.split(";")
+    if "classes" in table.names:
+        source, split = column_values(table, "classes", object), lambda text: text.split(";")
     else:
-        source = column_values(frame, "drugs", object)
+        source = column_values(table, "drugs", object)
 
         def split(text: str) -> list[str]:
             return [c for drug in text.split(";") for c in classes_of(drug)]
@@ -76,11 +78,12 @@ def _class_matrix(frame: pd.DataFrame) -> np.ndarray:
     return table[codes]
 
 
-def read_regimens(regimens: pd.DataFrame | None) -> RegimenRecords | None:
+def read_regimens(regimens: Table | pd.DataFrame | None) -> RegimenRecords | None:
     """Dated regimen rows as arrays (an undated row cannot be placed before the index)."""
+    regimens = as_table(regimens, "regimens")
     if regimens is None or len(regimens) == 0:
         return None
-    names = set(regimens.columns.tolist())
+    names = regimens.names
     for name in ("patient_id", "start_date", "drugs"):
         if name not in names:
             raise ValueError(f"regimens: missing required column {name!r}")

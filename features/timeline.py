@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype
 
+from data.table import Table, as_table
+
 NS_PER_S = 1_000_000_000
 S_PER_DAY = 86_400
 NS_PER_DAY = NS_PER_S * S_PER_DAY
@@ -29,21 +31,21 @@ NAT = np.iinfo(np.int64).min
 _KEY_LIMIT = 2**62
 
 
-def column_values(frame: pd.DataFrame, name: str, dtype: type | None = None) -> np.ndarray:
-    """`frame[name].to_numpy(dtype=dtype)`: a column as a numpy array (KeyError when absent)."""
-    return frame[name].to_numpy(dtype=dtype)
+def column_values(table: Table, name: str, dtype: type | None = None) -> np.ndarray:
+    """A column as a numpy array, as `dtype` when given (KeyError when absent)."""
+    return table.get(name, dtype)
 
 
-def datetime_ns(frame: pd.DataFrame, table: str, column_name: str) -> np.ndarray:
+def datetime_ns(table: Table, name: str, column_name: str) -> np.ndarray:
     """Int64 nanoseconds of a datetime column (NaT as the int64 minimum)."""
-    values = column_values(frame, column_name)
+    values = column_values(table, column_name)
     if values.dtype.kind != "M":  # timezone-aware, or not dates at all
-        series = frame[column_name]
+        series = table.series(column_name)
         if isinstance(series.dtype, pd.DatetimeTZDtype) or not is_datetime64_any_dtype(
             series.dtype
         ):
             raise TypeError(
-                f"{table}.{column_name}: expected timezone-naive datetime64 values of a "
+                f"{name}.{column_name}: expected timezone-naive datetime64 values of a "
                 f"normalised cohort (data.cohort.load_cohort), got {series.dtype}"
             )
         values = series.to_numpy()
@@ -90,9 +92,12 @@ class Timeline:
         return self.key(self.patient_code, seconds)
 
 
-def episode_frame(episodes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def episode_frame(
+    episodes: Table | pd.DataFrame,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(episode ids, patient ids, index times in ns) of the episodes table, checked."""
-    names = set(episodes.columns.tolist())
+    episodes = as_table(episodes, "episodes")
+    names = episodes.names
     for column in ("episode_id", "patient_id", "index_date"):
         if column not in names:
             raise ValueError(f"episodes: missing required column {column!r}")

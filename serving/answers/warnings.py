@@ -187,8 +187,10 @@ def unknown_drug_warnings(cohort: Any) -> dict[str, list[Warning]]:
     features could have seen: an unknown drug's class is not counted).
     """
     unknown = {issue.value for issue in cohort.warnings if is_unknown_drug(issue) and issue.value}
+    if not unknown:
+        return {}
     regimens = cohort.regimens
-    if not unknown or regimens is None or len(regimens) == 0:
+    if regimens is None or len(regimens) == 0:
         return {}
     given: dict[str, list[tuple[Any, str]]] = {}
     for patient_id, start, drugs in zip(

@@ -55,13 +55,13 @@ _SCORE_ANSWERS: dict[int | str, dict[str, Any]] = {
 router = APIRouter()
 
 
-def scorer_of(request: Request) -> Scorer:
-    """The service's scorer (`app.state.scorer`)."""
+async def scorer_of(request: Request) -> Scorer:
+    """The service's scorer (`app.state.scorer`); async, so FastAPI does not run it in a thread."""
     return request.app.state.scorer
 
 
-def settings_of(request: Request) -> ServingSettings:
-    """The service's settings (`app.state.settings`)."""
+async def settings_of(request: Request) -> ServingSettings:
+    """The service's settings (`app.state.settings`); async, as `scorer_of`."""
     return request.app.state.settings
 
 

@@ -370,3 +370,22 @@ def test_feature_warnings_name_their_episode_without_parsing(cohort_tables):
     assert warning == "episode E-2: smoker='maybe' is not boolean; encoded as missing"
     assert pickle.loads(pickle.dumps(warning)).episode_id == "E-2"
     assert np.isnan(X.loc["E-2", "static_smoker"])
+
+
+def test_the_loaders_arrays_and_the_frames_give_the_same_features(tmp_path) -> None:
+    """A loaded cohort's features come from its numpy columns; the same tables given as frames
+    (a `CohortLike`, or frames a caller has asked for) give bit-identical features."""
+    from types import SimpleNamespace
+
+    from data.simulator import SimulationConfig, simulate_cohort
+
+    simulate_cohort(SimulationConfig(n_patients=150, seed=4, workers=1), tmp_path)
+    config = FeatureConfig(families=(*FeatureConfig().families, "prior_episode"))
+    cohort = load_cohort(tmp_path)
+    from_arrays = build_features(cohort, config)
+    assert not cohort.table("labs").has_frame
+    names = ("patients", "episodes", "labs", "regimens")
+    frames = SimpleNamespace(**{name: getattr(cohort, name) for name in names})
+    from_frames = build_features(frames, config)
+    pd.testing.assert_frame_equal(from_arrays, from_frames, check_exact=True)
+    assert build_features(cohort, config).equals(from_arrays)  # now read through its frames
