@@ -228,7 +228,14 @@ BASELINES_MS = {
     "fastapi_inplace_predict_exact_shap_http_p50": 3.5,
     "mlflow_models_serve_http_p50": 10.0,
 }
-TARGETS = {"in_process_p50_ms": 3.0, "http_p50_ms": 5.0, "http_p99_ms": 15.0, "req_per_s": 300.0}
+#: Issue 15's targets: in process p50 <= 2.0 ms; HTTP p50 within 0.6 ms of in process (with the
+#: durable audit row); >= 300 requests/s with one worker at concurrency 4. The p99 limit is ours.
+TARGETS = {
+    "in_process_p50_ms": 2.0,
+    "http_minus_in_process_p50_ms": 0.6,
+    "http_p99_ms": 15.0,
+    "req_per_s": 300.0,
+}
 
 
 def shap_one_row(model: DeployableModel, record: dict, n: int) -> dict[str, float]:
@@ -262,10 +269,12 @@ def against_baselines(results: dict, shap: dict[str, float]) -> dict[str, object
     http = results.get("http")
     if http:
         single = http["score_explain"]
-        out["http_p50_target_met"] = single["p50_ms"] <= TARGETS["http_p50_ms"]
+        gap = single["p50_ms"] - in_process
+        out["http_minus_in_process_p50_ms"] = gap
+        out["http_p50_target_met"] = gap <= TARGETS["http_minus_in_process_p50_ms"]
         out["http_p99_target_met"] = single["p99_ms"] <= TARGETS["http_p99_ms"]
-        best_rate = max(single["sequential_req_per_s"], http["score_explain_4_threads_req_per_s"])
-        out["req_per_s_target_met"] = best_rate >= TARGETS["req_per_s"]
+        rate = http["score_explain_4_threads_req_per_s"]
+        out["req_per_s_target_met"] = rate >= TARGETS["req_per_s"]
         out["http_vs_baseline_fastapi_exact_shap"] = (
             BASELINES_MS["fastapi_inplace_predict_exact_shap_http_p50"] / single["p50_ms"]
         )

@@ -223,9 +223,9 @@ class Guard:
             nonlocal body_done
             if body_done:
                 return await receive()
-            remaining = deadline - asyncio.get_running_loop().time()
             try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+                async with asyncio.timeout_at(deadline):  # no task per call, unlike wait_for
+                    message = await receive()
             except TimeoutError:
                 raise _SlowBody from None
             if message["type"] != "http.request" or not message.get("more_body", False):

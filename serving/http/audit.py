@@ -8,8 +8,10 @@ Durability: WAL with `synchronous=FULL` by default. Under WAL, NORMAL survives a
 crash but may lose the last commits on power loss or an OS crash; an audit trail of clinical advice
 must not, so every commit is synced before the response is returned. A sync costs milliseconds
 (6-8 ms measured on this project's build machine), so one writer thread commits all waiting rows
-together (group commit): concurrent requests share a sync. `synchronous="NORMAL"` is available
-for hosts that accept the power-loss window (then a commit costs about 0.1 ms). Server workers
+together (group commit): concurrent requests share a sync. Where a sync is quick (0.12 ms on this
+project's development VM, less than the two thread wake-ups of handing rows to the writer), the
+caller commits its own rows while the writer is idle (`AuditLog._commit_here`).
+`synchronous="NORMAL"` is available for hosts that accept the power-loss window. Server workers
 (processes) share the file; a writer waiting for another's lock retries every 0.1-2 ms instead of
 SQLite's 1-100 ms busy sleeps (with two workers: about 230 -> 300 requests/s here).
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -109,6 +112,12 @@ def feature_set_id(names: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(names)).encode("utf-8")).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=16)
+def _feature_set(names: tuple[str, ...]) -> tuple[str, str]:
+    """`feature_set_id(names)` and the names as JSON, computed once per model's feature list."""
+    return feature_set_id(names), json.dumps(list(names))
+
+
 def input_hash(record: Any) -> str:
     """SHA-256 of a record's canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
@@ -137,16 +146,19 @@ class AuditUnavailable(RuntimeError):
 
 
 _LOCK_WAIT_S = 30.0
+#: Commit in the caller's thread while commits take less than this on average (`_commit_here`).
+_INLINE_COMMIT_S = 0.0005
+_COMMIT_AVERAGING = 0.2  # weight of the newest commit in the moving average
 _BUSY_TIMEOUT_S = 30.0  # the connection's own wait, for everything but `_begin`
 
 
 class AuditLog:
     """Append-only audit of scores and clinician feedback.
 
-    One writer thread owns the inserts and commits whatever is queued as one transaction (group
-    commit), so concurrent requests share one sync of the disk; each caller waits until its own
-    rows are committed. `record_*` block until then; `arecord_*` await it without blocking the
-    event loop.
+    One writer thread commits whatever is queued as one transaction (group commit), so concurrent
+    requests share one sync of the disk; while commits are quick and the writer idle, a caller
+    commits its own rows instead. Each caller waits until its own rows are committed:
+    `record_*` block until then; `arecord_*` await it without blocking the event loop.
     """
 
     def __init__(
@@ -168,8 +180,9 @@ class AuditLog:
         self.model_inputs = model_inputs
         self._queue: queue.SimpleQueue[tuple[str, list[tuple], Future] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="ctit-audit", daemon=True)
-        self._writer.start()
         self._closed = False
+        self._commit_s = 0.0  # moving average of a commit's duration (s), see `_commit_here`
+        self._writer.start()
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -305,8 +318,11 @@ class AuditLog:
         caller: str,
     ) -> None:
         """`record_scores` for async code: waits for the commit without blocking the loop."""
-        tables = self._score_tables(model, items, endpoint, caller)
-        await asyncio.wrap_future(self._submit_tables(tables))
+        done = self._submit_tables(self._score_tables(model, items, endpoint, caller))
+        if done.done():  # committed here: no hop through the loop's callbacks
+            done.result()
+            return
+        await asyncio.wrap_future(done)
 
     def _score_tables(
         self,
@@ -338,8 +354,8 @@ class AuditLog:
                 if carried is None:
                     continue
                 names, values = carried
-                set_id = feature_set_id(names)
-                sets.setdefault(set_id, json.dumps(list(names)))
+                set_id, names_json = _feature_set(tuple(names))
+                sets.setdefault(set_id, names_json)
                 vector = np.asarray(values, dtype="<f4").tobytes()
                 episode_hash = self.hash_id(answer["episode_id"])
                 probability, margin = float(answer["probability"]), float(answer["margin"])
@@ -375,16 +391,47 @@ class AuditLog:
         return self._submit_tables([(table, rows)])
 
     def _submit_tables(self, tables: list[tuple[str, list[tuple]]]) -> Future:
-        """Queue rows of one or more tables; they commit together (one transaction, one sync)."""
+        """Queue rows of one or more tables; they commit together (one transaction, one sync).
+
+        When commits are quick and nobody else is writing, they are committed here, in the
+        caller's thread (see `_commit_here`); the returned future is then already done.
+        """
         done: Future = Future()
         tables = [(table, rows) for table, rows in tables if rows]
         if self._closed:
             done.set_exception(AuditUnavailable(f"audit log {self.path} is closed"))
         elif not tables:
             done.set_result(None)
-        else:
+        elif not self._commit_here(tables, done):
             self._queue.put((tables, done))
         return done
+
+    def _commit_here(self, tables: list[tuple[str, list[tuple]]], done: Future) -> bool:
+        """Commit in the caller's thread, if that is the cheaper way; whether it was tried.
+
+        Handing rows to the writer thread and being woken when they are synced costs two thread
+        wake-ups, 0.2-0.3 ms on a 2-core VM: more than the sync itself on a fast disk (0.12 ms
+        here). So while recent commits took under `_INLINE_COMMIT_S`, nothing is queued, the
+        writer is idle and no other process holds the write lock, the caller commits itself
+        (an event loop is blocked that long, as by any scoring). On a slow disk (a sync of 6-8 ms)
+        the average rises above the limit and every commit goes to the writer, which shares one
+        sync among all waiting requests (group commit).
+        """
+        if self._commit_s > _INLINE_COMMIT_S or not self._queue.empty():
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            committed = self._commit([tables], wait=False)
+        except Exception as exc:  # the caller learns that its rows were not written
+            log.error("audit log %s: write failed (%s)", self.path, type(exc).__name__)
+            done.set_exception(exc)
+            return True
+        finally:
+            self._lock.release()
+        if committed:
+            done.set_result(None)
+        return committed
 
     def _write_loop(self) -> None:
         while True:
@@ -403,24 +450,7 @@ class AuditLog:
                 group.append(more)
             try:
                 with self._lock:
-                    if not self._same_file() and not self._reopen():
-                        log.error(
-                            "audit log %s: the database file was deleted or replaced; rows "
-                            "refused until it is back",
-                            self.path,
-                        )
-                        raise AuditUnavailable(f"audit log {self.path} was deleted or replaced")
-                    self._begin()
-                    try:
-                        for tables, _done in group:
-                            for table, rows in tables:
-                                self._db.executemany(_INSERT[table], rows)
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        # also after a failed COMMIT (disk full): never stay inside a transaction
-                        if self._db.in_transaction:
-                            self._db.execute("ROLLBACK")
-                        raise
+                    self._commit([tables for tables, _done in group], wait=True)
             except Exception as exc:  # every waiter learns that its rows were not written
                 log.error("audit log %s: write failed (%s)", self.path, type(exc).__name__)
                 for _tables, done in group:
@@ -429,12 +459,42 @@ class AuditLog:
                 for _tables, done in group:
                     done.set_result(None)
 
-    def _begin(self) -> None:
+    def _commit(self, submissions: list[list[tuple[str, list[tuple]]]], wait: bool) -> bool:
+        """Insert the submissions' rows and commit them as one transaction; under `_lock`.
+
+        Without `wait`, gives up (False, nothing written) when another process holds the write
+        lock. Raises `AuditUnavailable` when the file was deleted or replaced.
+        """
+        if not self._same_file() and not self._reopen():
+            log.error(
+                "audit log %s: the database file was deleted or replaced; rows refused until it "
+                "is back",
+                self.path,
+            )
+            raise AuditUnavailable(f"audit log {self.path} was deleted or replaced")
+        start = time.perf_counter()
+        if not self._begin(wait):
+            return False
+        try:
+            for tables in submissions:
+                for table, rows in tables:
+                    self._db.executemany(_INSERT[table], rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            # also after a failed COMMIT (disk full): never stay inside a transaction
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._commit_s += (time.perf_counter() - start - self._commit_s) * _COMMIT_AVERAGING
+        return True
+
+    def _begin(self, wait: bool = True) -> bool:
         """BEGIN IMMEDIATE, retried every 0.1-2 ms while another process holds the write lock.
 
         Several server workers share one file. SQLite's own busy handler sleeps in steps of 1 to
         100 ms, far longer than the other writer's commit (a sync, ~0.4 ms here): with two
-        workers that halved the throughput. Gives up after `_LOCK_WAIT_S`.
+        workers that halved the throughput. Gives up after `_LOCK_WAIT_S` (raises), or at once
+        without `wait` (returns False).
         """
         deadline = time.monotonic() + _LOCK_WAIT_S
         pause = 0.0001
@@ -443,10 +503,12 @@ class AuditLog:
             while True:
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
-                    return
+                    return True
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc) or time.monotonic() > deadline:
                         raise
+                    if not wait:
+                        return False
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -91,4 +92,55 @@ def test_a_full_disk_fails_the_write_and_the_log_recovers_when_space_returns(
     filler.unlink()
     _record(log)  # not stuck inside the failed transaction
     assert [row["patient_hash"] == log.hash_id("P-1") for row in log.rows()] == [True, True]
+    log.close()
+
+
+class _Traced(AuditLog):
+    """Notes which thread ran each commit."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.committers: list[str] = []
+        super().__init__(*args, **kwargs)
+
+    def _commit(self, submissions, wait):  # type: ignore[no-untyped-def]
+        self.committers.append(threading.current_thread().name)
+        return super()._commit(submissions, wait)
+
+
+def test_quick_commits_are_made_by_the_caller_slow_ones_by_the_writer(tmp_path: Path) -> None:
+    log = _Traced(tmp_path / "audit.db", salt="s")
+    _record(log)
+    assert log.committers == [threading.current_thread().name]  # no hop to the writer thread
+    log._commit_s = 1.0  # as after syncs of a second: group commit in the writer instead
+    _record(log)
+    assert log.committers[1:] == ["ctit-audit"]
+    assert len(log.rows()) == 2
+    log.close()
+
+
+def test_an_awaited_row_committed_by_the_caller_is_durable_when_the_await_returns(
+    tmp_path: Path,
+) -> None:
+    log = _Traced(tmp_path / "audit.db", salt="s")
+    items = [("P-1", "0" * 64, [ANSWER])]
+    asyncio.run(log.arecord_scores(model=MODEL, items=items, endpoint="/v1/score", caller="t"))
+    assert log.committers == [threading.current_thread().name]
+    reader = sqlite3.connect(log.path)  # another connection sees the committed row
+    assert reader.execute("SELECT count(*) FROM scores").fetchone() == (1,)
+    reader.close()
+    log.close()
+
+
+def test_a_caller_finding_the_lock_held_leaves_its_rows_to_the_writer(tmp_path: Path) -> None:
+    log = _Traced(tmp_path / "audit.db", salt="s")
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(log.path, 0.2, held))
+    holder.start()
+    held.wait(5)
+    _record(log)
+    holder.join()
+    # the caller tried once without waiting; the writer waited for the lock and committed
+    assert log.committers[0] == threading.current_thread().name
+    assert log.committers[-1] == "ctit-audit"
+    assert len(log.rows()) == 1
     log.close()
