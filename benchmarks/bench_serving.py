@@ -52,6 +52,7 @@ from serving.answers.bands import RiskBands
 from serving.bundle.calibrator import Calibrator
 from serving.bundle.model import DeployableModel
 from serving.bundle.reference import summarise_reference
+from serving.http.audit import AuditLog
 from serving.request.records import RecordBatch, validate_record
 from serving.scoring.scorer import Scorer, settle_heap
 
@@ -254,6 +255,22 @@ def shap_one_row(model: DeployableModel, record: dict, n: int) -> dict[str, floa
     }
 
 
+def durable_commit(scorer: Scorer, record: dict, tmp_path: Path, n: int) -> dict[str, float]:
+    """One answer's audit rows written durably (`AuditLog.record_scores`, synchronous=FULL), as
+    the server writes them: the disk's share of the HTTP figure, to read its gap against."""
+    answer = scorer.score(record)
+    items = [(record["patient"]["patient_id"], "0" * 64, [answer])]
+    audit = AuditLog(tmp_path / "commit.db", salt="bench")
+
+    def write() -> None:
+        audit.record_scores(model=answer["model"], items=items, endpoint="/v1/score", caller="b")
+
+    try:
+        return percentiles(time_calls(write, n, warmup=200))
+    finally:
+        audit.close()
+
+
 def against_baselines(results: dict, shap: dict[str, float]) -> dict[str, object]:
     """Ratios (baseline / ours: above 1 is faster) and the issue's targets, met or not."""
     out: dict[str, object] = {"shap_one_row": shap}
@@ -417,6 +434,8 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         serve = [str(VENV_BIN / "ctit"), "serve", "--model", str(model_dir), "--port", str(port),
                  "--no-access-log", "--workers", str(args.workers)]  # fmt: skip
+        results["durable_commit"] = durable_commit(scorer, record, tmp_path, args.requests)
+        print("audit rows of one answer, durable:", json.dumps(results["durable_commit"], indent=1))
         with subprocess_server(serve, env, f"{base}/readyz"):
             single = http_latency(f"{base}/v1/score", record, args.requests)
             light = http_latency(
