@@ -9,7 +9,6 @@ bootstrap 95% CI, and the candidate-minus-comparator AUROC and Brier differences
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import tempfile
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
 
@@ -253,81 +253,77 @@ def _cell(values: dict[str, float] | None, digits: int) -> str:
     return f"{e:.{digits}f} ({lo:.{digits}f} to {hi:.{digits}f})"
 
 
-def _image(path: Path, alt: str) -> str:
+def _image(path: Path) -> str | None:
+    """The PNG at `path` as a data URI (the page carries its own images), or None."""
     if not path.is_file():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+_FIGURES = (
+    ("calibration", "Calibration plot"),
+    ("decision_curve", "Decision curve"),
+    ("roc", "ROC curves"),
+)
 
 
 def render_html(ev: ExternalEvaluation, plot_dir: Path | None = None) -> str:
     """A self-contained page for reviewers: what was evaluated, on what, and every figure."""
-    e = html.escape
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("training", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("external.html").render(x=_page_context(ev, plot_dir))
+
+
+def _page_context(ev: ExternalEvaluation, plot_dir: Path | None) -> dict[str, Any]:
+    """The page's values as plain strings and lists (the template only lays them out)."""
     models = [m for m in evaluation.MODELS if m in ev.metrics]
-    head = "".join(f"<th>{e(MODEL_LABELS[m])}</th>" for m in models)
-    rows = "".join(
-        f"<tr><th>{e(label)}</th>"
-        + "".join(f"<td>{_cell(ev.metrics[m].get(key), d)}</td>" for m in models)
-        + "</tr>"
-        for key, label, d in METRIC_LABELS
-    )
-    comparison_rows = "".join(
-        f"<tr><th>{e(MODEL_LABELS[name])}</th>"
-        f"<td>{_cell(diffs['auroc_diff'], 3)}</td><td>{_cell(diffs['brier_diff'], 4)}</td></tr>"
-        for name, diffs in ev.comparison.items()
-    )
-    sub = ev.subgroups[ev.subgroups["model"] == "xgboost"]
-    sub_rows = "".join(
-        f"<tr><td>{e(str(r.subgroup))}</td><td>{e(str(r.level))}</td><td>{r.n}</td>"
-        f"<td>{r.events}</td><td>{_cell({'estimate': r.auroc, 'low': r.auroc_low, 'high': r.auroc_high}, 3)}</td>"  # noqa: E501
-        f"<td>{_cell({'estimate': r.brier}, 4)}</td><td>{_cell({'estimate': r.oe_ratio}, 2)}</td></tr>"  # noqa: E501
-        for r in sub.itertuples()
-    )
-    excluded = {k: v for k, v in ev.attrition.items() if k != "response_rate"}
-    warnings = "".join(f"<li>{e(w)}</li>" for w in ev.warnings) or "<li>none</li>"
-    figures = ""
-    if plot_dir is not None:
-        figures = "".join(
-            _image(plot_dir / f"{name}.png", title)
-            for name, title in (
-                ("calibration", "Calibration plot"),
-                ("decision_curve", "Decision curve"),
-                ("roc", "ROC curves"),
-            )
-        )
     model = ev.model
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>External validation: {e(model.get("name", ""))} v{e(model.get("version", ""))}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; }}
-table {{ border-collapse: collapse; margin: 1rem 0; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }}
-th:first-child {{ text-align: left; }}
-figure img {{ max-width: 100%; }}
-</style></head><body>
-<h1>External validation of {e(model.get("name", ""))} version {e(model.get("version", ""))}</h1>
-<p>Model <code>{e(model.get("uri", ""))}</code>, trained on label
-<code>{e(model.get("label_definition", ""))}</code>, evaluated on cohort
-<code>{e(ev.cohort_name)}</code> under label <code>{e(ev.label_definition)}</code>:
-{ev.n_episodes} labelled episodes of {ev.predictions["patient_id"].nunique()} patients,
-{ev.events} responders. The deployed model scored every episode as serving does (its feature
-pipeline, booster and calibrator); the comparators are those stored in the model artifact,
-fitted on the same training data. 95% CIs: patient bootstrap ({ev.settings.n_bootstrap}
-resamples); threshold metrics at {ev.settings.operating_threshold:g}.</p>
-<h2>Performance</h2>
-<table><thead><tr><th>Metric</th>{head}</tr></thead><tbody>{rows}</tbody></table>
-<h2>Deployed model minus comparator (paired bootstrap)</h2>
-<table><thead><tr><th>Comparator</th><th>AUROC difference</th><th>Brier difference</th></tr>
-</thead><tbody>{comparison_rows}</tbody></table>
-<p>A positive AUROC difference and a negative Brier difference favour the deployed model.</p>
-<h2>Figures</h2>{figures}
-<h2>Subgroups (deployed model)</h2>
-<table><thead><tr><th>Subgroup</th><th>Level</th><th>n</th><th>Responders</th>
-<th>AUROC (95% CI)</th>
-<th>Brier</th><th>O/E</th></tr></thead><tbody>{sub_rows}</tbody></table>
-<p>Subgroups with fewer than 10 episodes or one outcome class show no figures.</p>
-<h2>Attrition</h2><pre>{e(json.dumps(excluded, indent=2, default=str))}</pre>
-<h2>Warnings</h2><ul>{warnings}</ul>
-</body></html>
-"""
+    figures = []
+    for name, title in _FIGURES if plot_dir is not None else ():
+        src = _image(plot_dir / f"{name}.png")
+        if src is not None:
+            figures.append((src, title))
+    return {
+        "name": str(model.get("name", "")),
+        "version": str(model.get("version", "")),
+        "uri": str(model.get("uri", "")),
+        "trained_label": str(model.get("label_definition", "")),
+        "cohort": ev.cohort_name,
+        "label": ev.label_definition,
+        "episodes": ev.n_episodes,
+        "patients": ev.predictions["patient_id"].nunique(),
+        "events": ev.events,
+        "n_bootstrap": ev.settings.n_bootstrap,
+        "threshold": f"{ev.settings.operating_threshold:g}",
+        "models": [MODEL_LABELS[m] for m in models],
+        "performance": [
+            (label, [_cell(ev.metrics[m].get(key), digits) for m in models])
+            for key, label, digits in METRIC_LABELS
+        ],
+        "comparison": [
+            (MODEL_LABELS[name], _cell(d["auroc_diff"], 3), _cell(d["brier_diff"], 4))
+            for name, d in ev.comparison.items()
+        ],
+        "subgroups": [_subgroup_row(r) for r in ev.subgroups.itertuples() if r.model == "xgboost"],
+        "figures": figures,
+        "attrition": json.dumps(
+            {k: v for k, v in ev.attrition.items() if k != "response_rate"}, indent=2, default=str
+        ),
+        "warnings": list(ev.warnings),
+    }
+
+
+def _subgroup_row(r: Any) -> list[Any]:
+    auroc = {"estimate": r.auroc, "low": r.auroc_low, "high": r.auroc_high}
+    return [
+        str(r.subgroup),
+        str(r.level),
+        r.n,
+        r.events,
+        _cell(auroc, 3),
+        _cell({"estimate": r.brier}, 4),
+        _cell({"estimate": r.oe_ratio}, 2),
+    ]
