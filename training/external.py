@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
 
@@ -25,6 +24,7 @@ from data.labels import attrition, derive_labels, get_definition
 from training import comparators, evaluation, plots
 from training.config import EvaluationConfig
 from training.metrics import METRIC_LABELS
+from training.templates import environment
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +269,7 @@ _FIGURES = (
 
 def render_html(ev: ExternalEvaluation, plot_dir: Path | None = None) -> str:
     """A self-contained page for reviewers: what was evaluated, on what, and every figure."""
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("training", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    return env.get_template("external.html").render(x=_page_context(ev, plot_dir))
+    return environment().get_template("external.html").render(x=_page_context(ev, plot_dir))
 
 
 def _page_context(ev: ExternalEvaluation, plot_dir: Path | None) -> dict[str, Any]:
@@ -282,10 +277,9 @@ def _page_context(ev: ExternalEvaluation, plot_dir: Path | None) -> dict[str, An
     models = [m for m in evaluation.MODELS if m in ev.metrics]
     model = ev.model
     figures = []
-    for name, title in _FIGURES if plot_dir is not None else ():
-        src = _image(plot_dir / f"{name}.png")
-        if src is not None:
-            figures.append((src, title))
+    if plot_dir is not None:
+        images = ((_image(plot_dir / f"{name}.png"), title) for name, title in _FIGURES)
+        figures = [(src, title) for src, title in images if src is not None]
     return {
         "name": str(model.get("name", "")),
         "version": str(model.get("version", "")),

@@ -53,6 +53,7 @@ from scipy import stats
 from scipy.special import expit, logit
 
 from serving.http.audit import feature_set_id, salted_hash
+from training.templates import environment
 
 log = logging.getLogger(__name__)
 
@@ -867,17 +868,12 @@ def _report_css() -> str:
 
 def render_html(summary: Mapping[str, Any]) -> str:
     """The monitoring page: self-contained HTML in the style of the reviewer report."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("training", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["num"] = _num
-    env.filters["pct"] = lambda v: "-" if v is None else f"{100 * v:.1f}%"
-    template = env.get_template("monitor.html")
+    template = environment({"num": _num, "pct": _pct}).get_template("monitor.html")
     return template.render(s=summary, css=_report_css())
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import jinja2
 from markupsafe import Markup
 
 from data.outputs import write_text
@@ -28,6 +27,7 @@ from training.report_context import (
     uncertainty,
 )
 from training.report_types import ReportContext, ReportError, ReportSettings
+from training.templates import environment
 
 if TYPE_CHECKING:
     from training.result import TrainResult
@@ -47,19 +47,9 @@ __all__ = [
 ]
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("training", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def render_context(context: ReportContext) -> str:
     """The reviewer HTML of a computed context."""
-    return _environment().get_template("report.html").render(r=context)
+    return environment().get_template("report.html").render(r=context)
 
 
 def render_report(result: TrainResult, settings: ReportSettings | None = None) -> str:
@@ -73,7 +63,7 @@ def render_report(result: TrainResult, settings: ReportSettings | None = None) -
 
 def uncertainty_html(result: TrainResult) -> Markup:
     """The report's paragraph on the probability interval and the time-to-response evidence."""
-    macros = _environment().get_template("_macros.html").module
+    macros = environment().get_template("_macros.html").module
     return macros.uncertainty(uncertainty(result))  # type: ignore[attr-defined]
 
 

@@ -472,9 +472,9 @@ class AuditLog:
                 self.path,
             )
             raise AuditUnavailable(f"audit log {self.path} was deleted or replaced")
-        start = time.perf_counter()
         if not self._begin(wait):
             return False
+        start = time.perf_counter()  # the transaction only: a wait for another worker's lock
         try:
             for tables in submissions:
                 for table, rows in tables:

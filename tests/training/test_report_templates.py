@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from training.report import _environment
 from training.report_tripod import ITEMS_FILE, REPORT_COVERAGE, TRIPOD_AI_ITEMS, parse_checklist
 from training.report_types import Badge, Cell, SampleSize, Table, Uncertainty, ci, fmt, table
+from training.templates import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _macros():
-    return _environment().get_template("_macros.html").module
+    return environment().get_template("_macros.html").module
 
 
 def test_table_formats_values_and_keeps_cells() -> None:
