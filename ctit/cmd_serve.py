@@ -330,6 +330,7 @@ def serve(
     import uvicorn
 
     from serving.http.app import TimedH11Protocol, create_app
+    from serving.http.workers import run_workers
 
     try:
         settings = ServingSettings.from_env(
@@ -381,7 +382,7 @@ def serve(
     # from the same settings, handed over through the environment of the child processes.
     app.state.audit.close()
     os.environ[_SETTINGS_VARIABLE] = _settings_json(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         f"{__name__}:worker_app",
         factory=True,
         host=host,
@@ -389,12 +390,14 @@ def serve(
         workers=workers,
         log_level="info",
         access_log=access_log,
-        # A worker imports the whole service and loads its model before it can answer the
-        # supervisor's pings; uvicorn's default 5 s killed (and restarted) every worker of a
-        # busy host in a loop.
+        # A worker has this long to answer its first ping and, later, each ping. uvicorn's
+        # default 5 s killed (and restarted) every worker of a busy host in a loop.
         timeout_worker_healthcheck=60,
         **server_options,
     )
+    # Not uvicorn's own supervisor: it blocks on one worker's ping and so handled SIGTERM only
+    # after a starting worker's full health-check timeout (see serving.http.workers).
+    run_workers(config, workers)
 
 
 _SETTINGS_VARIABLE = "_CTIT_SERVE_SETTINGS"

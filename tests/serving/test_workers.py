@@ -1,0 +1,246 @@
+"""The worker supervisor of `ctit serve --workers N` (serving.http.workers), on a tiny real app.
+
+Each test starts the supervisor in its own process (it installs signal handlers and blocks), with
+real uvicorn workers serving a small ASGI app written to a temporary folder: `/pid` names the
+worker, `/die` ends it, `/freeze` stops it with SIGSTOP (it can then answer nothing). The app can
+take a while to import (`TINY_APP_DELAY_S`), like the real app loading its model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+_APP = '''
+import os, signal, time
+
+time.sleep(float(os.environ.get("TINY_APP_DELAY_S", "0")))
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/die":
+        os._exit(3)
+    if scope["path"] == "/freeze":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    body = str(os.getpid()).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+_SUPERVISOR = """
+import sys, uvicorn
+from serving.http.workers import run_workers
+
+port, workers, health = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+config = uvicorn.Config("tiny_app:app", port=port, workers=workers, log_level="info",
+                        timeout_worker_healthcheck=health)
+run_workers(config, workers)
+"""
+
+
+class Service:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    def get(self, path: str, timeout: float = 5) -> str | None:
+        """One request on a new connection; None when nothing answers."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def workers(self) -> set[int]:
+        """The worker processes: the parent's children started by multiprocessing's spawn."""
+        pids: set[int] = set()
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids |= {int(p) for p in (task / "children").read_text().split()}
+        return {p for p in pids if b"spawn_main" in _cmdline(p)}
+
+    def wait_until(self, what: str, check, timeout: float = 60) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert self.proc.poll() is None, self.text()
+            assert time.monotonic() < deadline, f"{what}:\n{self.text()}"
+            time.sleep(0.1)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has been stopped but not reaped yet
+    return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator:
+    (tmp_path / "tiny_app.py").write_text(_APP)
+    started: list[Service] = []
+
+    def _start(workers: int = 2, health_s: float = 60, delay_s: float = 0) -> Service:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "TINY_APP_DELAY_S": str(delay_s)}
+        log = tmp_path / f"supervisor-{len(started)}.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _SUPERVISOR, str(port), str(workers), str(health_s)],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        service = Service(proc, port, log)
+        started.append(service)
+        return service
+
+    yield _start
+    for service in started:  # whatever a failed test left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.proc.pid, signal.SIGKILL)
+        service.proc.wait(timeout=30)
+
+
+def _stop(service: Service, *, group: bool = False, within_s: float = 20) -> set[int]:
+    """SIGTERM (to the parent, or to the whole process group as a terminal or a test does)."""
+    workers = service.workers()
+    if group:
+        os.killpg(service.proc.pid, signal.SIGTERM)
+    else:
+        service.proc.send_signal(signal.SIGTERM)
+    try:
+        service.proc.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"no stop within {within_s} s:\n{service.text()}") from None
+    return workers
+
+
+def test_workers_serve_and_stop_together_on_sigterm(start) -> None:  # noqa: ANN001
+    service = start(workers=2)
+    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
+    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    answered = int(service.get("/pid") or 0)
+    workers = _stop(service)
+    assert answered in workers
+    assert service.proc.returncode == 0
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived its parent"
+    assert "Stopping parent process" in service.text()
+
+
+def test_sigterm_while_workers_are_still_starting_stops_at_once(start) -> None:  # noqa: ANN001
+    # The workers take 4 s to load their app and have 60 s to answer their first ping. The old
+    # supervisor (uvicorn's) waited on a starting worker's ping and so could take the whole 60 s
+    # to act on SIGTERM; here the stop waits only for the workers' own graceful exit.
+    service = start(workers=2, health_s=60, delay_s=4)
+    service.wait_until("two workers started", lambda: len(service.workers()) == 2)
+    _stop(service, group=True, within_s=30)
+    assert "died" not in service.text(), "a worker stopped by the signal was restarted"
+
+
+def test_sigterm_is_acted_on_while_a_worker_does_not_answer_its_ping(start) -> None:  # noqa: ANN001
+    # uvicorn's supervisor blocked on the silent worker's ping for the whole health-check timeout
+    # (60 s) before it even looked at the signal.
+    service = start(workers=2, health_s=60)
+    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
+    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    workers = service.workers()
+    assert service.get("/freeze", timeout=1) is None
+    service.wait_until("one worker is stopped", lambda: len(_frozen(workers)) == 1, timeout=10)
+    time.sleep(1.5)  # a ping to the frozen worker is now outstanding
+    service.proc.send_signal(signal.SIGTERM)
+    service.wait_until(
+        "the parent acts on SIGTERM", lambda: "Received SIGTERM" in service.text(), timeout=10
+    )
+    os.kill(_frozen(workers)[0], signal.SIGCONT)  # now it can take its SIGTERM
+    _stop(service)
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived its parent"
+
+
+def _frozen(pids: set[int]) -> list[int]:
+    return [p for p in pids if "\nState:\tT" in Path(f"/proc/{p}/status").read_text()]
+
+
+def test_a_worker_that_dies_is_replaced_and_the_others_keep_answering(start) -> None:  # noqa: ANN001
+    service = start(workers=2)
+    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
+    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    before = service.workers()
+    assert service.get("/die") is None  # that worker ended without an answer
+    service.wait_until(
+        "a replacement worker",
+        lambda: len(service.workers()) == 2 and service.workers() != before,
+    )
+    assert len(service.workers() & before) == 1, "only the worker that died is replaced"
+    assert "died (exit code 3); starting another" in service.text()
+    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    _stop(service)
+
+
+def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(start) -> None:  # noqa: ANN001
+    service = start(workers=2, health_s=2)
+    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
+    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    before = service.workers()
+    assert service.get("/freeze", timeout=1) is None  # SIGSTOP: it answers nothing any more
+    service.wait_until(
+        "the frozen worker is replaced",
+        lambda: len(service.workers()) == 2 and service.workers() != before,
+    )
+    assert len(service.workers() & before) == 1, "only the frozen worker is replaced"
+    assert service.text().count("has not answered for") == 1
+    _stop(service)
+
+
+def test_sighup_replaces_the_workers_one_at_a_time_without_an_outage(start) -> None:  # noqa: ANN001
+    service = start(workers=2, delay_s=1)
+    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
+    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    before = service.workers()
+    service.proc.send_signal(signal.SIGHUP)
+    last_answer = time.monotonic()
+    longest_gap = 0.0
+    deadline = time.monotonic() + 60
+    while not (len(service.workers()) == 2 and not service.workers() & before):
+        assert time.monotonic() < deadline, f"the workers were not replaced:\n{service.text()}"
+        if service.get("/pid", timeout=2) is not None:
+            now = time.monotonic()
+            longest_gap = max(longest_gap, now - last_answer)
+            last_answer = now
+        time.sleep(0.05)
+    # Each old worker is stopped only once the other takes requests, so one always answers; a
+    # replacement takes at least its 1 s import, so stopping both at once would leave a gap.
+    assert longest_gap < 1.0, f"no answer for {longest_gap:.1f} s during the restart"
+    assert service.text().count("stopped for a restart") == 2
+    _stop(service)
