@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-_APP = '''
+_APP = """
 import os, signal, time
 
 time.sleep(float(os.environ.get("TINY_APP_DELAY_S", "0")))
@@ -40,7 +40,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 _SUPERVISOR = """
 import sys, uvicorn
