@@ -50,6 +50,9 @@ def _answer_pings(conn: Connection, server: uvicorn.Server) -> None:
         while True:
             conn.recv_bytes()
             conn.send_bytes(_UP if server.started else _STARTING)
+    # The parent is gone (killed, or ended by a signal it does not handle): stop, do not keep the
+    # port unsupervised.
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _worker_main(config: uvicorn.Config, sockets: list[socket.socket], conn: Connection) -> None:
@@ -122,7 +125,10 @@ class _Worker:
     def describe_exit(self) -> str:
         code = self.process.exitcode
         if code is not None and code < 0:
-            return f"killed by {signal.Signals(-code).name}"
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:  # a real-time signal has no name
+                return f"killed by signal {-code}"
         return f"exit code {code}"
 
 
@@ -172,12 +178,15 @@ class _Supervisor:
     def run(self) -> None:
         logger.info("Started parent process [%d]", os.getpid())
         with self.signals.installed():
-            self.workers = [self._start() for _ in range(self.count)]
-            while not self.stopping:
-                self._turn(timeout=PING_INTERVAL_S / 2)
-            self._stop_all()
-        for sock in self.sockets:
-            sock.close()
+            try:
+                for _ in range(self.count):
+                    self.workers.append(self._start())
+                while not self.stopping:
+                    self._turn(timeout=PING_INTERVAL_S / 2)
+            finally:  # whatever ends the loop, no worker outlives the parent
+                self._stop_all()
+                for sock in self.sockets:
+                    sock.close()
         logger.info("Stopping parent process [%d]", os.getpid())
 
     def _start(self) -> _Worker:
