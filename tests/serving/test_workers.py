@@ -83,6 +83,10 @@ class Service:
             assert time.monotonic() < deadline, f"{what}:\n{self.text()}"
             time.sleep(0.1)
 
+    def wait_ready(self) -> None:
+        self.wait_until("two workers started", lambda: len(self.workers()) == 2)
+        self.wait_until("the service answers", lambda: self.get("/pid") is not None)
+
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -149,8 +153,7 @@ def _stop(service: Service, *, group: bool = False, within_s: float = 20) -> set
 
 def test_workers_serve_and_stop_together_on_sigterm(start) -> None:  # noqa: ANN001
     service = start(workers=2)
-    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
-    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    service.wait_ready()
     answered = int(service.get("/pid") or 0)
     workers = _stop(service)
     assert answered in workers
@@ -173,8 +176,7 @@ def test_sigterm_is_acted_on_while_a_worker_does_not_answer_its_ping(start) -> N
     # uvicorn's supervisor blocked on the silent worker's ping for the whole health-check timeout
     # (60 s) before it even looked at the signal.
     service = start(workers=2, health_s=60)
-    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
-    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    service.wait_ready()
     workers = service.workers()
     assert service.get("/freeze", timeout=1) is None
     service.wait_until("one worker is stopped", lambda: len(_frozen(workers)) == 1, timeout=10)
@@ -194,8 +196,7 @@ def _frozen(pids: set[int]) -> list[int]:
 
 def test_a_worker_that_dies_is_replaced_and_the_others_keep_answering(start) -> None:  # noqa: ANN001
     service = start(workers=2)
-    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
-    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    service.wait_ready()
     before = service.workers()
     assert service.get("/die") is None  # that worker ended without an answer
     service.wait_until(
@@ -210,8 +211,7 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_answering(start) -> 
 
 def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(start) -> None:  # noqa: ANN001
     service = start(workers=2, health_s=2)
-    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
-    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    service.wait_ready()
     before = service.workers()
     assert service.get("/freeze", timeout=1) is None  # SIGSTOP: it answers nothing any more
     service.wait_until(
@@ -225,8 +225,7 @@ def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(start) -> No
 
 def test_sighup_replaces_the_workers_one_at_a_time_without_an_outage(start) -> None:  # noqa: ANN001
     service = start(workers=2, delay_s=1)
-    service.wait_until("two workers answer", lambda: len(service.workers()) == 2)
-    service.wait_until("the service answers", lambda: service.get("/pid") is not None)
+    service.wait_ready()
     before = service.workers()
     service.proc.send_signal(signal.SIGHUP)
     last_answer = time.monotonic()
