@@ -8,11 +8,25 @@ handled only afterwards: a service manager that allows 30 s before SIGKILL saw `
 --workers 2` ignore its stop request.
 
 `run_workers` never blocks on one worker. It waits on every worker's exit sentinel and answer
-pipe and on a wake-up descriptor that the signal handlers write to, so a stop request (SIGTERM or
-SIGINT) is acted on at once, a dead worker is seen the moment it exits, and a worker that stops
-answering pings for `Config.timeout_worker_healthcheck` seconds is killed and replaced. SIGHUP
-replaces the workers one at a time. On stop each worker gets SIGTERM (uvicorn's graceful
-shutdown) and, after `STOP_GRACE_S` or a second stop request, SIGKILL.
+pipe and on a wake-up descriptor that the signal handlers write to, so a stop request is acted on
+at once, a dead worker is seen the moment it exits, and a worker that stops answering pings for
+`Config.timeout_worker_healthcheck` seconds is killed and replaced.
+
+Signals to the parent:
+
+- SIGTERM, SIGINT, SIGQUIT: stop. Each worker gets SIGTERM (uvicorn's graceful shutdown) and,
+  after `stop_grace_s` or a second stop request, SIGKILL.
+- SIGHUP: replace the workers one at a time, each old one stopped only once every other worker
+  takes requests; an old worker that does not finish within `stop_grace_s` is killed.
+- SIGTTIN, SIGTTOU: one worker more, one fewer (never fewer than one).
+- SIGUSR1, SIGUSR2: logged and ignored (their default action would end the parent).
+
+The workers ignore all of these but SIGTERM and SIGINT, so a signal sent to the whole process
+group (a terminal's Ctrl-\\, `kill -HUP -- -PGID`) acts once, through the parent.
+
+A worker that dies before it ever took requests is started again after a pause that doubles from
+`RESTART_DELAY_S` to `MAX_RESTART_DELAY_S`, so a worker that cannot start does not spin the CPU
+with fresh interpreters; a worker that had been up is replaced at once.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 import uvicorn
@@ -36,46 +51,107 @@ logger = logging.getLogger("uvicorn.error")
 STOP_GRACE_S = 25.0
 #: Seconds between two pings of a worker that answered the last one.
 PING_INTERVAL_S = 1.0
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_HANDLED = (*_STOP_SIGNALS, signal.SIGHUP)
+#: The pause before restarting a worker that died before it took requests, doubled each time.
+RESTART_DELAY_S = 0.5
+MAX_RESTART_DELAY_S = 30.0
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+_PARENT_SIGNALS = (
+    *_STOP_SIGNALS,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    *_IGNORED_SIGNALS,
+)
+#: Signals meant for the parent only: a worker that received them from a group-wide kill would
+#: otherwise die (HUP, USR1, USR2), dump core (QUIT) or be suspended (TTIN, TTOU).
+_WORKER_IGNORES = (
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    *_IGNORED_SIGNALS,
+)
 _SPAWN = multiprocessing.get_context("spawn")
 
+# A worker's answers to a ping, and the message it sends unasked the moment its app takes requests.
+_UP, _STARTING, _STARTED = b"up", b"starting", b"started"
 
-_UP, _STARTING = b"up", b"starting"
+
+class _Health:
+    """The worker's end of the ping pipe: answers pings from a thread, and says when it is up."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.up = False
+        self._lock = threading.Lock()  # the health thread and the event loop both send
+
+    def _send(self, message: bytes) -> None:
+        with self._lock:
+            self.conn.send_bytes(message)
+
+    def announce_up(self) -> None:
+        """Sent before the first request is accepted, so a worker that answered anything is known
+        to the parent as up even if it dies before the next ping."""
+        self.up = True
+        with contextlib.suppress(OSError):
+            self._send(_STARTED)
+
+    def answer_pings(self) -> None:
+        """The health thread: answers each ping (up or starting) until the parent goes."""
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                self.conn.recv_bytes()
+                self._send(_UP if self.up else _STARTING)
+        # The parent is gone (killed, or ended by a signal it does not handle): stop, do not keep
+        # the port unsupervised.
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _answer_pings(conn: Connection, server: uvicorn.Server) -> None:
-    """The worker's health thread: answers each ping (up or starting) until the parent goes."""
-    with contextlib.suppress(EOFError, OSError):
-        while True:
-            conn.recv_bytes()
-            conn.send_bytes(_UP if server.started else _STARTING)
-    # The parent is gone (killed, or ended by a signal it does not handle): stop, do not keep the
-    # port unsupervised.
-    os.kill(os.getpid(), signal.SIGTERM)
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, health: _Health) -> None:
+        super().__init__(config)
+        self.health = health
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.health.announce_up()
 
 
 def _worker_main(config: uvicorn.Config, sockets: list[socket.socket], conn: Connection) -> None:
     """Entry point of one worker process: answer pings first, then load the app and serve."""
-    server = uvicorn.Server(config)
-    health = threading.Thread(
-        target=_answer_pings, args=(conn, server), name="ctit-health", daemon=True
-    )
-    health.start()
+    # They were blocked since the parent's fork (see `_Worker`): ignore them, which drops any
+    # that came meanwhile, and only then unblock them.
+    for sig in _WORKER_IGNORES:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
+    health = _Health(conn)
+    threading.Thread(target=health.answer_pings, name="ctit-health", daemon=True).start()
     config.configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=sockets)
+        _Server(config, health).run(sockets=sockets)
 
 
 class _Worker:
     """One worker process, the parent's end of its ping pipe, and its outstanding ping."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, sockets: list[socket.socket], failed_starts: int
+    ) -> None:
         self.conn, child_end = _SPAWN.Pipe()
         self.process = _SPAWN.Process(
             target=_worker_main, args=(config, sockets, child_end), name="ctit-worker"
         )
-        self.process.start()
+        # The new process (and multiprocessing's resource tracker, started with the first one)
+        # inherits this mask: a group-wide signal meant for the parent cannot end it before it
+        # ignores such signals. The parent takes any that came meanwhile when they are unblocked.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         # Only the child holds its end now, so its death reads as end-of-file here.
         child_end.close()
         # The first ping waits in the pipe: a new worker has the health-check timeout to start.
@@ -83,7 +159,10 @@ class _Worker:
         self.waiting_since: float | None = time.monotonic()
         self.answered_at = self.waiting_since
         self.up = False  # the app has started and takes requests
-        self.stop_sent = False
+        #: How many workers before this one died in the same place without ever taking requests.
+        self.failed_starts = failed_starts
+        self.stopped_at: float | None = None  # when it was first sent SIGTERM
+        self.retiring = False  # stopped for good (SIGTTOU), not to be replaced
 
     @property
     def pid(self) -> int:
@@ -101,20 +180,28 @@ class _Worker:
     def read_answer(self, now: float) -> None:
         with contextlib.suppress(EOFError, OSError):
             while self.conn.poll():
-                self.up = self.conn.recv_bytes() == _UP
-                self.waiting_since = None
-                self.answered_at = now
+                message = self.conn.recv_bytes()
+                self.up = self.up or message in (_UP, _STARTED)
+                if message != _STARTED:  # an answer to the outstanding ping
+                    self.waiting_since = None
+                    self.answered_at = now
 
     def hung(self, now: float, timeout: float) -> bool:
         return self.waiting_since is not None and now - self.waiting_since > timeout
 
+    def overdue(self, now: float, grace: float) -> bool:
+        """Sent SIGTERM more than `grace` seconds ago and still running."""
+        return self.stopped_at is not None and now - self.stopped_at > grace
+
     def stop(self) -> None:
-        """SIGTERM; sent again on each call, since a child forked a moment ago may not yet have
-        reset its handlers (the parent's) by exec and then drops the signal."""
+        """SIGTERM, uvicorn's graceful shutdown. Later calls send it again: uvicorn handles a
+        repeated SIGTERM like the first, so the repeat costs nothing; it is a guard, not a fix
+        for a lost signal seen here."""
         if self.process.exitcode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
-            self.stop_sent = True
+            if self.stopped_at is None:
+                self.stopped_at = time.monotonic()
 
     def kill(self) -> None:
         if self.process.exitcode is None:
@@ -132,6 +219,19 @@ class _Worker:
         return f"exit code {code}"
 
 
+@dataclass
+class _Start:
+    """A worker to start at monotonic time `at`; `failed_starts` failed in its place before it."""
+
+    at: float
+    failed_starts: int = 0
+
+
+def restart_delay(failed_starts: int) -> float:
+    """The pause before the next start after `failed_starts` (>= 1) failed ones in a row."""
+    return min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (failed_starts - 1))
+
+
 class _Signals:
     """Signal handlers that queue the signal and wake the parent's wait through a socket pair."""
 
@@ -143,7 +243,7 @@ class _Signals:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self._handle) for sig in _HANDLED}
+        previous = {sig: signal.signal(sig, self._handle) for sig in _PARENT_SIGNALS}
         previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         try:
             yield
@@ -166,12 +266,13 @@ class _Signals:
 
 
 class _Supervisor:
-    def __init__(self, config: uvicorn.Config, workers: int) -> None:
+    def __init__(self, config: uvicorn.Config, workers: int, stop_grace_s: float) -> None:
         self.config = config
-        self.count = workers
+        self.stop_grace_s = stop_grace_s
         self.sockets = [config.bind_socket()]
         self.signals = _Signals()
         self.workers: list[_Worker] = []
+        self.starts = [_Start(at=0.0) for _ in range(workers)]  # places waiting for a worker
         self.stopping = False
         self.restart_queue: list[_Worker] = []
 
@@ -179,76 +280,145 @@ class _Supervisor:
         logger.info("Started parent process [%d]", os.getpid())
         with self.signals.installed():
             try:
-                for _ in range(self.count):
-                    self.workers.append(self._start())
                 while not self.stopping:
-                    self._turn(timeout=PING_INTERVAL_S / 2)
+                    self._start_due(time.monotonic())
+                    self._turn()
             finally:  # whatever ends the loop, no worker outlives the parent
                 self._stop_all()
                 for sock in self.sockets:
                     sock.close()
         logger.info("Stopping parent process [%d]", os.getpid())
 
-    def _start(self) -> _Worker:
-        worker = _Worker(self.config, self.sockets)
-        logger.debug("Started worker process [%d]", worker.pid)
-        return worker
+    def _start_due(self, now: float) -> None:
+        due = [start for start in self.starts if start.at <= now]
+        self.starts = [start for start in self.starts if start.at > now]
+        for start in due:
+            worker = _Worker(self.config, self.sockets, start.failed_starts)
+            logger.debug("Started worker process [%d]", worker.pid)
+            self.workers.append(worker)
 
-    def _wait(self, timeout: float) -> set[object]:
+    def _wait(self) -> set[object]:
+        timeout = PING_INTERVAL_S / 2
+        if self.starts:
+            next_start = min(start.at for start in self.starts) - time.monotonic()
+            timeout = max(0.0, min(timeout, next_start))
         waitables: list[object] = [self.signals.reader]
         for worker in self.workers:
             waitables += [worker.process.sentinel, worker.conn]
         return set(wait(waitables, timeout=timeout))  # type: ignore[arg-type]
 
-    def _turn(self, timeout: float) -> None:
-        ready = self._wait(timeout)
+    def _turn(self) -> None:
+        ready = self._wait()
         for signum in self.signals.take():
             self._on_signal(signum)
         if self.stopping:
             return
         now = time.monotonic()
         health_timeout = float(self.config.timeout_worker_healthcheck)
-        for index, worker in enumerate(self.workers):
-            if worker.conn in ready:
+        running: list[_Worker] = []
+        for worker in self.workers:
+            dead = worker.process.sentinel in ready or not worker.process.is_alive()
+            if dead or worker.conn in ready:  # a dead worker's last words tell whether it was up
                 worker.read_answer(now)
-            if worker.process.sentinel in ready or not worker.process.is_alive():
+            if dead:
                 worker.kill()
-                if worker.stop_sent:  # a SIGHUP replacement that has finished
-                    logger.info("Worker process [%d] stopped for a restart", worker.pid)
-                else:
-                    logger.warning(
-                        "Worker process [%d] died (%s); starting another",
-                        worker.pid,
-                        worker.describe_exit(),
-                    )
-                self.workers[index] = self._start()
+                self._replace(worker, now, why=worker.describe_exit())
             elif worker.hung(now, health_timeout):
                 logger.warning(
-                    "Worker process [%d] has not answered for %.0f s; killing and replacing it",
+                    "Worker process [%d] has not answered for %.0f s; killing it",
                     worker.pid,
                     now - (worker.waiting_since or now),
                 )
                 worker.kill()
-                self.workers[index] = self._start()
+                self._replace(worker, now, why="silent")
+            elif worker.overdue(now, self.stop_grace_s):
+                logger.warning(
+                    "Worker process [%d] still running %.0f s after SIGTERM; killing it",
+                    worker.pid,
+                    self.stop_grace_s,
+                )
+                worker.kill()
+                self._replace(worker, now, why="killed after its stop grace")
             else:
                 worker.ping_if_due(now)
+                running.append(worker)
+        self.workers = running
+        self._start_due(now)
         self._continue_restart()
+
+    def _replace(self, worker: _Worker, now: float, *, why: str) -> None:
+        """Queue the start of the successor of `worker`, which has just ended."""
+        if worker.retiring:
+            logger.info("Worker process [%d] stopped; %d left", worker.pid, self._places())
+        elif worker.stopped_at is not None:
+            logger.info("Worker process [%d] stopped for a restart", worker.pid)
+            self.starts.append(_Start(at=now))
+        elif worker.up:
+            logger.warning("Worker process [%d] died (%s); starting another", worker.pid, why)
+            self.starts.append(_Start(at=now))
+        else:
+            failed = worker.failed_starts + 1
+            delay = restart_delay(failed)
+            logger.warning(
+                "Worker process [%d] died before it took requests (%s); next start in %.1f s",
+                worker.pid,
+                why,
+                delay,
+            )
+            self.starts.append(_Start(at=now + delay, failed_starts=failed))
+
+    def _places(self) -> int:
+        """Workers running or waiting to start, not counting those being retired."""
+        return sum(not w.retiring for w in self.workers) + len(self.starts)
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum in _STOP_SIGNALS:
             logger.info("Received %s, stopping %d worker processes", name, len(self.workers))
             self.stopping = True
-        elif signum == signal.SIGHUP and not self.restart_queue:
-            logger.info("Received SIGHUP, replacing the worker processes one at a time")
-            self.restart_queue = list(self.workers)
+        elif signum == signal.SIGHUP:
+            self._on_hup()
+        elif signum == signal.SIGTTIN:
+            self.starts.append(_Start(at=0.0))
+            logger.info("Received SIGTTIN: one worker more, %d in all", self._places())
+        elif signum == signal.SIGTTOU:
+            self._on_ttou()
+        else:
+            logger.info("Received %s; ignored", name)
+
+    def _on_hup(self) -> None:
+        if self.restart_queue:
+            logger.info("Received SIGHUP; a restart is already under way")
+            return
+        logger.info("Received SIGHUP, replacing the worker processes one at a time")
+        self.restart_queue = [w for w in self.workers if w.stopped_at is None]
+        # Places waiting out a restart pause start now: the restart may bring a fix.
+        for start in self.starts:
+            start.at = 0.0
+
+    def _on_ttou(self) -> None:
+        if self._places() <= 1:
+            logger.info("Received SIGTTOU; one worker is the least, none stopped")
+            return
+        if self.starts:  # a place waiting for its worker: drop it
+            self.starts.pop()
+        else:
+            # the newest worker that is not already stopping
+            worker = next(w for w in reversed(self.workers) if w.stopped_at is None)
+            worker.retiring = True
+            worker.stop()
+        logger.info("Received SIGTTOU: one worker fewer, %d in all", self._places())
 
     def _continue_restart(self) -> None:
         """SIGHUP: stop one old worker at a time, each once every other worker takes requests.
 
-        The death check in `_turn` starts the successor of the worker stopped here."""
-        self.restart_queue = [w for w in self.restart_queue if w in self.workers]
-        if not self.restart_queue or any(w.stop_sent for w in self.workers):
+        `_turn` starts the successor of the worker stopped here once it has ended."""
+        self.restart_queue = [
+            w for w in self.restart_queue if w in self.workers and w.stopped_at is None
+        ]
+        if not self.restart_queue or self.starts:
+            return
+        if any(w.stopped_at is not None for w in self.workers):
             return
         if all(w.up for w in self.workers if w is not self.restart_queue[0]):
             self.restart_queue.pop(0).stop()
@@ -256,11 +426,13 @@ class _Supervisor:
     def _stop_all(self) -> None:
         for worker in self.workers:
             worker.stop()
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.stop_grace_s
         while any(w.process.exitcode is None for w in self.workers):
             left = deadline - time.monotonic()
             if left <= 0:
-                logger.warning("Workers still running after %.0f s; killing them", STOP_GRACE_S)
+                logger.warning(
+                    "Workers still running after %.0f s; killing them", self.stop_grace_s
+                )
                 break
             sentinels = [w.process.sentinel for w in self.workers if w.process.exitcode is None]
             if not wait([self.signals.reader, *sentinels], timeout=min(left, 1.0)):
@@ -273,10 +445,16 @@ class _Supervisor:
             worker.kill()
 
 
-def run_workers(config: uvicorn.Config, workers: int) -> None:
-    """Serve `config` (an import-string app) from `workers` processes until SIGTERM or SIGINT."""
+def run_workers(
+    config: uvicorn.Config, workers: int, *, stop_grace_s: float = STOP_GRACE_S
+) -> None:
+    """Serve `config` (an import-string app) from `workers` processes until a stop signal.
+
+    `stop_grace_s`: how long a stopping worker may finish its requests before it is killed."""
     if workers < 2:
         raise ValueError(f"run_workers needs at least 2 workers, got {workers}")
     if not isinstance(config.app, str):
         raise ValueError("worker processes import the app: pass it as 'module:attribute'")
-    _Supervisor(config, workers).run()
+    if stop_grace_s <= 0:
+        raise ValueError(f"stop_grace_s must be positive, got {stop_grace_s}")
+    _Supervisor(config, workers, stop_grace_s).run()

@@ -2,8 +2,10 @@
 
 Each test starts the supervisor in its own process (it installs signal handlers and blocks), with
 real uvicorn workers serving a small ASGI app written to a temporary folder: `/pid` names the
-worker, `/die` ends it, `/freeze` stops it with SIGSTOP (it can then answer nothing). The app can
-take a while to import (`TINY_APP_DELAY_S`), like the real app loading its model.
+worker, `/die` ends it, `/freeze` stops it with SIGSTOP (it can then answer nothing), `/hang`
+blocks its event loop (it can then not shut down). The app can take a while to import
+(`TINY_APP_DELAY_S`), like the real app loading its model, and fails to import while the file
+`TINY_APP_FAIL_FLAG` exists.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ pytestmark = pytest.mark.slow
 
 _APP = """
 import os, signal, time
+from pathlib import Path
 
 time.sleep(float(os.environ.get("TINY_APP_DELAY_S", "0")))
+if Path(os.environ["TINY_APP_FAIL_FLAG"]).exists():
+    raise RuntimeError("tiny_app cannot start")
 
 
 async def app(scope, receive, send):
@@ -36,20 +41,30 @@ async def app(scope, receive, send):
         os._exit(3)
     if scope["path"] == "/freeze":
         os.kill(os.getpid(), signal.SIGSTOP)
+    if scope["path"] == "/hang":  # blocks the event loop: the worker cannot shut down
+        time.sleep(3600)
     body = str(os.getpid()).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 """
 
+# A script file, not `-c`: a spawned worker runs it again as `__mp_main__` before anything else,
+# so TINY_MAIN_DELAY_S holds a new worker back before its ping thread exists.
 _SUPERVISOR = """
-import sys, uvicorn
-from serving.http.workers import run_workers
+import os, sys, time
 
-port, workers, health = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-config = uvicorn.Config("tiny_app:app", port=port, workers=workers, log_level="info",
-                        timeout_worker_healthcheck=health)
-run_workers(config, workers)
+if __name__ == "__mp_main__":
+    time.sleep(float(os.environ.get("TINY_MAIN_DELAY_S", "0")))
+
+if __name__ == "__main__":
+    import uvicorn
+    from serving.http.workers import run_workers
+
+    port, workers, health, grace = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:5])
+    config = uvicorn.Config("tiny_app:app", port=port, workers=workers, log_level="info",
+                            timeout_worker_healthcheck=health)
+    run_workers(config, workers, stop_grace_s=grace)
 """
 
 
@@ -110,17 +125,31 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:
     (tmp_path / "tiny_app.py").write_text(_APP)
+    (tmp_path / "supervisor.py").write_text(_SUPERVISOR)
     started: list[Service] = []
 
-    def _start(workers: int = 2, health_s: float = 60, delay_s: float = 0) -> Service:
+    def _start(
+        workers: int = 2,
+        health_s: float = 60,
+        delay_s: float = 0,
+        main_delay_s: float = 0,
+        grace_s: float = 25,
+    ) -> Service:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "PYTHONPATH": str(tmp_path), "TINY_APP_DELAY_S": str(delay_s)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(tmp_path),
+            "TINY_APP_DELAY_S": str(delay_s),
+            "TINY_MAIN_DELAY_S": str(main_delay_s),
+            "TINY_APP_FAIL_FLAG": str(tmp_path / "fail"),
+        }
         log = tmp_path / f"supervisor-{len(started)}.log"
+        script = [str(tmp_path / "supervisor.py"), str(port), str(workers), str(health_s)]
         with log.open("wb") as sink:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _SUPERVISOR, str(port), str(workers), str(health_s)],
+                [sys.executable, *script, str(grace_s)],
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -163,10 +192,11 @@ def test_workers_serve_and_stop_together_on_sigterm(start) -> None:  # noqa: ANN
 
 
 def test_sigterm_while_workers_are_still_starting_stops_at_once(start) -> None:  # noqa: ANN001
-    # The workers take 4 s to load their app and have 60 s to answer their first ping. The old
-    # supervisor (uvicorn's) waited on a starting worker's ping and so could take the whole 60 s
-    # to act on SIGTERM; here the stop waits only for the workers' own graceful exit.
-    service = start(workers=2, health_s=60, delay_s=4)
+    # The new workers spend 4 s re-running the main script, before their ping thread exists, and
+    # have 60 s to answer their first ping. uvicorn's supervisor blocked on such a worker's ping
+    # for the whole 60 s, even after the group SIGTERM had killed it, before it looked at the
+    # signal (the CI failure of stop 25); here the stop waits only for the workers' own exit.
+    service = start(workers=2, health_s=60, main_delay_s=4)
     service.wait_until("two workers started", lambda: len(service.workers()) == 2)
     _stop(service, group=True, within_s=30)
     assert "died" not in service.text(), "a worker stopped by the signal was restarted"
@@ -223,14 +253,20 @@ def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(start) -> No
     _stop(service)
 
 
-def test_sighup_replaces_the_workers_one_at_a_time_without_an_outage(start) -> None:  # noqa: ANN001
-    service = start(workers=2, delay_s=1)
+@pytest.mark.parametrize("group", [False, True], ids=["parent", "process-group"])
+def test_sighup_replaces_the_workers_one_at_a_time_without_an_outage(start, group) -> None:  # noqa: ANN001
+    # Sent to the whole group (as `kill -HUP -- -PGID` does), the workers ignore it and the
+    # parent's rolling restart is the only effect.
+    service = start(workers=2, delay_s=3)
     service.wait_ready()
     before = service.workers()
-    service.proc.send_signal(signal.SIGHUP)
+    if group:
+        os.killpg(service.proc.pid, signal.SIGHUP)
+    else:
+        service.proc.send_signal(signal.SIGHUP)
     last_answer = time.monotonic()
     longest_gap = 0.0
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while not (len(service.workers()) == 2 and not service.workers() & before):
         assert time.monotonic() < deadline, f"the workers were not replaced:\n{service.text()}"
         if service.get("/pid", timeout=2) is not None:
@@ -239,7 +275,75 @@ def test_sighup_replaces_the_workers_one_at_a_time_without_an_outage(start) -> N
             last_answer = now
         time.sleep(0.05)
     # Each old worker is stopped only once the other takes requests, so one always answers; a
-    # replacement takes at least its 1 s import, so stopping both at once would leave a gap.
+    # replacement takes at least its 3 s import, so stopping both at once would leave a gap.
     assert longest_gap < 1.0, f"no answer for {longest_gap:.1f} s during the restart"
     assert service.text().count("stopped for a restart") == 2
+    assert "died" not in service.text()
     _stop(service)
+
+
+def test_a_worker_that_does_not_finish_after_sighup_is_killed_after_the_grace(start) -> None:  # noqa: ANN001
+    service = start(workers=2, grace_s=2)
+    service.wait_ready()
+    before = service.workers()
+    assert service.get("/hang", timeout=1) is None  # that worker's event loop is blocked for good
+    service.proc.send_signal(signal.SIGHUP)
+    service.wait_until(
+        "both workers replaced",
+        lambda: len(service.workers()) == 2 and not service.workers() & before,
+    )
+    assert service.text().count("still running 2 s after SIGTERM; killing it") == 1
+    assert service.text().count("stopped for a restart") == 2
+    _stop(service)
+
+
+def test_a_worker_that_cannot_start_is_retried_after_growing_pauses(start, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "fail").touch()  # the app raises on import
+    service = start(workers=2)
+    service.wait_until(
+        "a 2 s pause before a start", lambda: "next start in 2.0 s" in service.text()
+    )
+    # Pauses of 0.5, 1 and 2 s: when the first place reaches 2 s, each place has failed at most
+    # three times (restarting at once would have spun through fresh interpreters meanwhile).
+    text = service.text()
+    assert "next start in 0.5 s" in text and "next start in 1.0 s" in text
+    assert text.count("died before it took requests (exit code 1)") <= 6
+    (tmp_path / "fail").unlink()  # fixed: the next start of each place succeeds
+    service.wait_ready()
+    _stop(service)
+    assert service.proc.returncode == 0
+
+
+def test_ttin_ttou_change_the_worker_count_and_usr1_is_ignored(start) -> None:  # noqa: ANN001
+    service = start(workers=2)
+    service.wait_ready()
+    service.proc.send_signal(signal.SIGTTIN)
+    service.wait_until("three workers", lambda: len(service.workers()) == 3)
+    for count in (2, 1):
+        service.proc.send_signal(signal.SIGTTOU)
+        service.wait_until(f"{count} workers", lambda n=count: len(service.workers()) == n)
+    service.proc.send_signal(signal.SIGTTOU)
+    service.wait_until(
+        "the last worker is kept", lambda: "one worker is the least" in service.text()
+    )
+    service.proc.send_signal(signal.SIGUSR1)
+    service.wait_until("SIGUSR1 logged", lambda: "Received SIGUSR1; ignored" in service.text())
+    assert len(service.workers()) == 1
+    assert service.get("/pid") is not None
+    assert "died" not in service.text()
+    _stop(service)
+    assert service.proc.returncode == 0
+
+
+def test_a_group_sigquit_stops_each_worker_once_and_gracefully(start) -> None:  # noqa: ANN001
+    # Ctrl-\\ in a terminal: the parent stops the service; the workers ignore the signal (its
+    # default would dump core) and take the parent's SIGTERM instead.
+    service = start(workers=2)
+    service.wait_ready()
+    workers = service.workers()
+    os.killpg(service.proc.pid, signal.SIGQUIT)
+    service.proc.wait(timeout=20)
+    assert service.proc.returncode == 0
+    assert "Received SIGQUIT, stopping 2 worker processes" in service.text()
+    assert service.text().count("Finished server process") == 2
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived its parent"
