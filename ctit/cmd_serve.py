@@ -329,7 +329,7 @@ def serve(
     _use_tracking_uri(tracking_uri)
     import uvicorn
 
-    from serving.http.app import TimedH11Protocol, create_app
+    from serving.http.app import TimedHttpToolsProtocol, create_app
     from serving.http.workers import run_workers
 
     try:
@@ -359,14 +359,12 @@ def serve(
                 style="bold yellow",
             )
         )
-    TimedH11Protocol.header_timeout_s = settings.header_timeout_s
+    TimedHttpToolsProtocol.header_timeout_s = settings.header_timeout_s
     server_options: dict[str, Any] = {
         # By name: a worker process imports it only after it answers the supervisor's health
-        # pings (unpickling a class would import the whole service first, and under load the
-        # supervisor kills a worker silent for 5 s).
-        "http": "serving.http.app:TimedH11Protocol",
+        # pings (unpickling a class would import the whole service first).
+        "http": "serving.http.app:TimedHttpToolsProtocol",
         "timeout_keep_alive": settings.keep_alive_s,
-        "h11_max_incomplete_event_size": 64 * 1024,
     }
     Console(stderr=True, soft_wrap=True).print(
         f"serving {info['name']} version {info['version']} on http://{host}:{port} "
@@ -413,8 +411,8 @@ def _settings_json(settings: ServingSettings) -> str:
 
 def worker_app() -> Any:
     """The app of one `ctit serve --workers N` process (uvicorn calls this factory)."""
-    from serving.http.app import TimedH11Protocol, create_app
+    from serving.http.app import TimedHttpToolsProtocol, create_app
 
     settings = ServingSettings.model_validate_json(os.environ[_SETTINGS_VARIABLE])
-    TimedH11Protocol.header_timeout_s = settings.header_timeout_s
+    TimedHttpToolsProtocol.header_timeout_s = settings.header_timeout_s
     return create_app(settings)

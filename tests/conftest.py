@@ -295,7 +295,7 @@ def serve_process() -> type[ServeProcess]:
 class LiveServer:
     """uvicorn serving an app on 127.0.0.1 (a free port) in a background thread until `stop()`.
 
-    `config` goes to `uvicorn.Config` (e.g. `http=serving.http.app.TimedH11Protocol`).
+    `config` goes to `uvicorn.Config` (e.g. `http=serving.http.app.TimedHttpToolsProtocol`).
     """
 
     def __init__(self, app, **config: object) -> None:

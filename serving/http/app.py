@@ -27,7 +27,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.fhir import cds_hooks
 from serving.http import routes, web
@@ -254,49 +254,88 @@ class Guard:
                 await _send_error(guarded_send, 500, "internal error; see the server log")
 
 
-class TimedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, closing connections whose request head is not complete within
-    `header_timeout_s` of its first byte (or of the connection, or of the previous answer).
+#: The longest request head (request line and headers) `TimedHttpToolsProtocol` reads.
+MAX_HEAD_BYTES = 64 * 1024
 
-    uvicorn's own `timeout_keep_alive` only covers idle connections between requests; a client
-    that sends half a request line and stops (slowloris) would hold its connection forever.
-    Bodies are timed by `Guard`. `ctit serve` sets `header_timeout_s` from the settings.
+
+class TimedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (a C parser, about 0.1 ms a request less than h11's) with
+    two limits on the request head (request line and headers):
+
+    - time: a connection whose head is not complete within `header_timeout_s` of its first byte
+      (or of the connection, or of the previous answer) is closed. uvicorn's own
+      `timeout_keep_alive` only covers idle connections between requests; a client that sends
+      half a request line and stops (slowloris) would hold its connection forever. Bodies are
+      timed by `Guard`. `ctit serve` sets `header_timeout_s` from the settings.
+    - size: a head longer than `MAX_HEAD_BYTES` gets 431 and the connection is closed
+      (httptools itself collects headers without a limit).
     """
 
     header_timeout_s: float = 10.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        super().connection_made(transport)  # type: ignore[arg-type]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # bytes received since the current head began, while it goes on
+        self._in_head = False
+        super().connection_made(transport)  # type: ignore[arg-type]
         self._arm_head_timer()
 
+    def _waiting_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
     def _arm_head_timer(self) -> None:
-        if getattr(self, "_head_timer", None) is None:
+        if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
 
     def _disarm_head_timer(self) -> None:
-        timer = getattr(self, "_head_timer", None)
-        if timer is not None:
-            timer.cancel()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
             self._head_timer = None
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        waiting_head = self.cycle is None or self.cycle.response_complete
-        if waiting_head and not self.transport.is_closing():
+        if self._waiting_head() and not self.transport.is_closing():
             self.logger.warning("request head not complete in time; connection closed")
             self.transport.close()
 
+    def on_message_begin(self) -> None:
+        self._in_head, self._head_bytes = True, 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
     def data_received(self, data: bytes) -> None:
-        if self.cycle is None or self.cycle.response_complete:
+        if self._waiting_head():
             self._arm_head_timer()
         super().data_received(data)
-        if self.cycle is not None and not self.cycle.response_complete:
+        if not self._waiting_head():
             self._disarm_head_timer()
+        if not self._in_head:
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            self.logger.warning("request head over %d bytes; connection closed", MAX_HEAD_BYTES)
+            self.transport.write(_HEAD_TOO_LARGE)
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
+
+
+_HEAD_TOO_LARGE_BODY = b'{"detail":"request head too large"}'
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/json\r\n"
+    b"cache-control: no-store\r\n"
+    b"connection: close\r\n"
+    b"content-length: "
+    + str(len(_HEAD_TOO_LARGE_BODY)).encode()
+    + b"\r\n\r\n"
+    + _HEAD_TOO_LARGE_BODY
+)
 
 
 async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:

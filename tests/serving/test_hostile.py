@@ -9,6 +9,7 @@ the log); 2 memory quadratic in distinct codes; 3 extra keys moving data between
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -29,7 +30,7 @@ import httpx
 import pytest
 
 from serving.fhir.cds_hooks import ORDER_SELECT, md_text
-from serving.http.app import TimedH11Protocol, create_app
+from serving.http.app import TimedHttpToolsProtocol, create_app
 from serving.http.audit import AuditLog
 from serving.scoring.scorer import Scorer
 from serving.settings import MIB, ServingSettings
@@ -60,7 +61,7 @@ def _settings(tmp: Path, **values: Any) -> ServingSettings:
 def server(deployable_model, live_server, tmp_path_factory) -> Iterator[Any]:
     settings = _settings(tmp_path_factory.mktemp("hostile"))
     app = create_app(settings, scorer=Scorer(deployable_model, uri="in-memory"))
-    live = live_server(app, http=TimedH11Protocol)
+    live = live_server(app, http=TimedHttpToolsProtocol)
     yield live
     live.stop()
 
@@ -727,3 +728,42 @@ def test_slow_clients_are_cut_off(model_dir: Path, tmp_path: Path, serve_process
             assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     finally:
         server.stop()
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send `data` on a new connection and read until the server closes it or goes quiet."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+        conn.sendall(data)
+        conn.settimeout(5)
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_an_endless_request_head_is_cut_off_at_64_kib_with_431(server) -> None:
+    head = b"GET /v1/model HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * (80 * 1024)
+    answer = _raw_exchange(server.port, head)  # the head never ends
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"connection: close" in answer.lower()
+
+
+def test_heads_under_the_limit_and_large_bodies_are_served(server, record) -> None:
+    # Each of three keep-alive requests has a 40 KiB head (120 KiB in all on the connection),
+    # and the last sends its body of over 150 KiB in the same write as its head: none is taken
+    # for an overlong head.
+    pad = b"X-Padding: " + b"a" * (40 * 1024) + b"\r\n"
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    get = b"GET /v1/model HTTP/1.1\r\nHost: x\r\n" + auth + pad + b"\r\n"
+    body = json.dumps(record).encode() + b" " * 150_000  # JSON allows trailing white space
+    post = (
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + auth
+        + pad
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    answer = _raw_exchange(server.port, get + get + post)
+    statuses = re.findall(rb"HTTP/1.1 (\d{3}) ", answer)
+    assert statuses == [b"200", b"200", b"200"], answer[:300]

@@ -99,7 +99,11 @@ class Service:
             time.sleep(0.1)
 
     def wait_ready(self) -> None:
+        """Two workers run, both have started their app, and the service answers."""
         self.wait_until("two workers started", lambda: len(self.workers()) == 2)
+        self.wait_until(
+            "both apps started", lambda: self.text().count("Application startup complete") >= 2
+        )
         self.wait_until("the service answers", lambda: self.get("/pid") is not None)
 
     def text(self) -> str:
