@@ -8,21 +8,26 @@ handled only afterwards: a service manager that allows 30 s before SIGKILL saw `
 --workers 2` ignore its stop request.
 
 `run_workers` never blocks on one worker. It waits on every worker's exit sentinel and answer
-pipe and on a wake-up descriptor that the signal handlers write to, so a stop request is acted on
-at once, a dead worker is seen the moment it exits, and a worker that stops answering pings for
+pipe and on the descriptor that signals are written to, so a stop request is acted on at once, a
+dead worker is seen the moment it exits, and a worker that stops answering pings for
 `Config.timeout_worker_healthcheck` seconds is killed and replaced.
 
 Signals to the parent:
 
 - SIGTERM, SIGINT, SIGQUIT: stop. Each worker gets SIGTERM (uvicorn's graceful shutdown) and,
   after `stop_grace_s` or a second stop request, SIGKILL.
-- SIGHUP: replace the workers one at a time, each old one stopped only once every other worker
-  takes requests; an old worker that does not finish within `stop_grace_s` is killed.
-- SIGTTIN, SIGTTOU: one worker more, one fewer (never fewer than one).
+- SIGHUP: replace the workers one at a time, unresponsive ones first, each healthy one stopped
+  only while another answers; an old worker that does not finish within `stop_grace_s` is killed.
+  A SIGHUP during a restart starts it over, so every worker ends up newer than the last SIGHUP.
+- SIGTTIN, SIGTTOU: one worker more (up to `MAX_WORKERS`), one fewer (down to `MIN_WORKERS`;
+  not during a restart). Only when neither standard output nor standard error is a terminal: on
+  a terminal they keep their job-control meaning (a handled SIGTTOU makes a background write to a
+  `stty tostop` terminal retry forever).
 - SIGUSR1, SIGUSR2: logged and ignored (their default action would end the parent).
 
-The workers ignore all of these but SIGTERM and SIGINT, so a signal sent to the whole process
-group (a terminal's Ctrl-\\, `kill -HUP -- -PGID`) acts once, through the parent.
+The workers do not act on the parent's signals (HUP, QUIT, USR1, USR2 reach a no-op handler;
+TTIN and TTOU are ignored), so a signal sent to the whole process group (a terminal's Ctrl-\\,
+`kill -HUP -- -PGID`) acts once, through the parent. They are blocked from the fork until then.
 
 A worker that dies before it ever took requests is started again after a pause that doubles from
 `RESTART_DELAY_S` to `MAX_RESTART_DELAY_S`, so a worker that cannot start does not spin the CPU
@@ -51,31 +56,27 @@ logger = logging.getLogger("uvicorn.error")
 STOP_GRACE_S = 25.0
 #: Seconds between two pings of a worker that answered the last one.
 PING_INTERVAL_S = 1.0
+#: A worker whose ping has waited this long is not counted on to take requests.
+UNRESPONSIVE_AFTER_S = 2 * PING_INTERVAL_S
 #: The pause before restarting a worker that died before it took requests, doubled each time.
 RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
+#: The fewest and most workers (`ctit serve --workers` has the same upper limit; one worker
+#: runs without this supervisor). With two, a restart always has one worker serving.
+MIN_WORKERS, MAX_WORKERS = 2, 32
+#: A restart that has not stopped a worker for this long is reported as stalled.
+STALLED_RESTART_S = 120.0
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+_SCALING_SIGNALS = (signal.SIGTTIN, signal.SIGTTOU)
 _IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-_PARENT_SIGNALS = (
-    *_STOP_SIGNALS,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    *_IGNORED_SIGNALS,
-)
 #: Signals meant for the parent only: a worker that received them from a group-wide kill would
 #: otherwise die (HUP, USR1, USR2), dump core (QUIT) or be suspended (TTIN, TTOU).
-_WORKER_IGNORES = (
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    *_IGNORED_SIGNALS,
-)
+_WORKER_NOOP = (signal.SIGHUP, signal.SIGQUIT, *_IGNORED_SIGNALS)
+_PARENT_ONLY = (*_WORKER_NOOP, *_SCALING_SIGNALS)
 _SPAWN = multiprocessing.get_context("spawn")
 
-# A worker's answers to a ping, and the message it sends unasked the moment its app takes requests.
+# A worker's answers to a ping, and the message it sends unasked once uvicorn has started.
 _UP, _STARTING, _STARTED = b"up", b"starting", b"started"
 
 
@@ -92,8 +93,9 @@ class _Health:
             self.conn.send_bytes(message)
 
     def announce_up(self) -> None:
-        """Sent before the first request is accepted, so a worker that answered anything is known
-        to the parent as up even if it dies before the next ping."""
+        """Sent as soon as uvicorn has started, not at the next ping: a worker that dies on its
+        first requests is then known to have started (a request accepted in the same moment as
+        this message may still come first)."""
         self.up = True
         with contextlib.suppress(OSError):
             self._send(_STARTED)
@@ -120,13 +122,20 @@ class _Server(uvicorn.Server):
             self.health.announce_up()
 
 
+def _no_op(_signum: int, _frame: object) -> None:
+    """A worker's handler for the parent's signals: unlike SIG_IGN, it is not inherited by the
+    programs a worker runs (handlers are reset by exec)."""
+
+
 def _worker_main(config: uvicorn.Config, sockets: list[socket.socket], conn: Connection) -> None:
     """Entry point of one worker process: answer pings first, then load the app and serve."""
-    # They were blocked since the parent's fork (see `_Worker`): ignore them, which drops any
-    # that came meanwhile, and only then unblock them.
-    for sig in _WORKER_IGNORES:
+    # The parent's signals were blocked since the fork (see `_Worker`). Handle them first, then
+    # unblock them: any that came meanwhile reach the handler and do nothing.
+    for sig in _WORKER_NOOP:
+        signal.signal(sig, _no_op)
+    for sig in _SCALING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_ONLY)
     health = _Health(conn)
     threading.Thread(target=health.answer_pings, name="ctit-health", daemon=True).start()
     config.configure_logging()
@@ -146,10 +155,14 @@ class _Worker:
         )
         # The new process (and multiprocessing's resource tracker, started with the first one)
         # inherits this mask: a group-wide signal meant for the parent cannot end it before it
-        # ignores such signals. The parent takes any that came meanwhile when they are unblocked.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
+        # handles such signals. The parent takes any that came meanwhile when they are unblocked.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_ONLY)
         try:
             self.process.start()
+        except BaseException:
+            child_end.close()
+            self.conn.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         # Only the child holds its end now, so its death reads as end-of-file here.
@@ -158,7 +171,7 @@ class _Worker:
         self.conn.send_bytes(b"ping")
         self.waiting_since: float | None = time.monotonic()
         self.answered_at = self.waiting_since
-        self.up = False  # the app has started and takes requests
+        self.up = False  # uvicorn has started in it: it takes (or took) requests
         #: How many workers before this one died in the same place without ever taking requests.
         self.failed_starts = failed_starts
         self.stopped_at: float | None = None  # when it was first sent SIGTERM
@@ -189,6 +202,10 @@ class _Worker:
     def hung(self, now: float, timeout: float) -> bool:
         return self.waiting_since is not None and now - self.waiting_since > timeout
 
+    def serving(self, now: float) -> bool:
+        """Up, not stopping, and answering its pings: it can be counted on to take requests."""
+        return self.up and self.stopped_at is None and not self.hung(now, UNRESPONSIVE_AFTER_S)
+
     def overdue(self, now: float, grace: float) -> bool:
         """Sent SIGTERM more than `grace` seconds ago and still running."""
         return self.stopped_at is not None and now - self.stopped_at > grace
@@ -206,7 +223,9 @@ class _Worker:
     def kill(self) -> None:
         if self.process.exitcode is None:
             self.process.kill()
-        self.process.join()
+        self.process.join(timeout=10)
+        if self.process.exitcode is None:  # stuck in the kernel; its sentinel ends it later
+            logger.error("Worker process [%d] did not end on SIGKILL within 10 s", self.pid)
         self.conn.close()
 
     def describe_exit(self) -> str:
@@ -229,21 +248,47 @@ class _Start:
 
 def restart_delay(failed_starts: int) -> float:
     """The pause before the next start after `failed_starts` (>= 1) failed ones in a row."""
-    return min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (failed_starts - 1))
+    doublings = min(failed_starts - 1, 16)  # 0.5 s * 2**16 is far past the cap already
+    return min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2**doublings)
+
+
+def retiree(workers: list[_Worker], now: float) -> _Worker | None:
+    """The worker SIGTTOU stops for good: the newest of those not serving, else the newest; never
+    the last one serving. None when no worker but that one is left."""
+    candidates = [w for w in workers if w.stopped_at is None]
+    idle = [w for w in candidates if not w.serving(now)]
+    if idle:
+        return idle[-1]
+    return candidates[-1] if len(candidates) > 1 else None
+
+
+def restart_order(workers: list[_Worker], now: float) -> list[_Worker]:
+    """The workers a SIGHUP replaces, in order: those not serving first (stopping them costs no
+    capacity), then the others, oldest first."""
+    queue = [w for w in workers if w.stopped_at is None]
+    return sorted(queue, key=lambda w: w.serving(now))  # stable: keeps the age order
+
+
+def _on_terminal() -> bool:
+    return any(os.isatty(fd) for fd in (1, 2))
 
 
 class _Signals:
-    """Signal handlers that queue the signal and wake the parent's wait through a socket pair."""
+    """Signals to the parent, read from the wake-up socket they are written to on arrival.
 
-    def __init__(self) -> None:
-        self.pending: list[int] = []
+    The Python handlers do nothing: the signal numbers come from the socket, which the C-level
+    handler writes at once, so a signal is seen even while its Python handler has not run yet.
+    """
+
+    def __init__(self, handled: tuple[int, ...]) -> None:
+        self.handled = handled
         self.reader, self._writer = socket.socketpair()
         for end in (self.reader, self._writer):
             end.setblocking(False)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self._handle) for sig in _PARENT_SIGNALS}
+        previous = {sig: signal.signal(sig, _no_op) for sig in self.handled}
         previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         try:
             yield
@@ -254,33 +299,39 @@ class _Signals:
             self.reader.close()
             self._writer.close()
 
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.pending.append(signum)
-
     def take(self) -> list[int]:
+        """The signals received since the last call, in order."""
+        received = bytearray()
         with contextlib.suppress(BlockingIOError):
-            while self.reader.recv(512):
-                pass
-        taken, self.pending = self.pending, []
-        return taken
+            while chunk := self.reader.recv(512):
+                received += chunk
+        return list(received)
 
 
 class _Supervisor:
     def __init__(self, config: uvicorn.Config, workers: int, stop_grace_s: float) -> None:
         self.config = config
         self.stop_grace_s = stop_grace_s
+        self.health_timeout = float(config.timeout_worker_healthcheck)
         self.sockets = [config.bind_socket()]
-        self.signals = _Signals()
+        self.scaling = not _on_terminal()
+        handled = (*_STOP_SIGNALS, signal.SIGHUP, *_IGNORED_SIGNALS)
+        self.signals = _Signals(handled + (_SCALING_SIGNALS if self.scaling else ()))
         self.workers: list[_Worker] = []
         self.starts = [_Start(at=0.0) for _ in range(workers)]  # places waiting for a worker
         self.stopping = False
+        self.received: list[int] = []  # signals not acted on yet
         self.restart_queue: list[_Worker] = []
+        self.restart_progress_at = 0.0  # when the restart last stopped a worker (or began)
+        self.restart_stall_logged = False
 
     def run(self) -> None:
         logger.info("Started parent process [%d]", os.getpid())
+        if not self.scaling:
+            logger.info("On a terminal: SIGTTIN and SIGTTOU keep their job-control meaning")
         with self.signals.installed():
             try:
-                while not self.stopping:
+                while not self._stop_requested():
                     self._start_due(time.monotonic())
                     self._turn()
             finally:  # whatever ends the loop, no worker outlives the parent
@@ -289,11 +340,36 @@ class _Supervisor:
                     sock.close()
         logger.info("Stopping parent process [%d]", os.getpid())
 
+    def _stop_requested(self) -> bool:
+        """True once a stop is asked for; other signals wait for `_act_on_signals`."""
+        self.received += self.signals.take()
+        stop = next((s for s in self.received if s in _STOP_SIGNALS), None)
+        if stop is not None and not self.stopping:
+            name = signal.Signals(stop).name
+            logger.info("Received %s, stopping %d worker processes", name, len(self.workers))
+            self.stopping = True
+        return self.stopping
+
+    def _act_on_signals(self) -> None:
+        received, self.received = self.received, []
+        for signum in received:
+            self._on_signal(signum)
+
     def _start_due(self, now: float) -> None:
         due = [start for start in self.starts if start.at <= now]
         self.starts = [start for start in self.starts if start.at > now]
         for start in due:
-            worker = _Worker(self.config, self.sockets, start.failed_starts)
+            try:
+                worker = _Worker(self.config, self.sockets, start.failed_starts)
+            except OSError as exc:  # no memory, processes or descriptors left: try again later
+                failed = start.failed_starts + 1
+                logger.error(
+                    "Cannot start a worker process (%s); next try in %.1f s",
+                    exc,
+                    restart_delay(failed),
+                )
+                self.starts.append(_Start(at=now + restart_delay(failed), failed_starts=failed))
+                continue
             logger.debug("Started worker process [%d]", worker.pid)
             self.workers.append(worker)
 
@@ -309,47 +385,55 @@ class _Supervisor:
 
     def _turn(self) -> None:
         ready = self._wait()
-        for signum in self.signals.take():
-            self._on_signal(signum)
-        if self.stopping:
-            return
-        now = time.monotonic()
-        health_timeout = float(self.config.timeout_worker_healthcheck)
         running: list[_Worker] = []
-        for worker in self.workers:
-            dead = worker.process.sentinel in ready or not worker.process.is_alive()
-            if dead or worker.conn in ready:  # a dead worker's last words tell whether it was up
-                worker.read_answer(now)
-            if dead:
-                worker.kill()
-                self._replace(worker, now, why=worker.describe_exit())
-            elif worker.hung(now, health_timeout):
-                logger.warning(
-                    "Worker process [%d] has not answered for %.0f s; killing it",
-                    worker.pid,
-                    now - (worker.waiting_since or now),
-                )
-                worker.kill()
-                self._replace(worker, now, why="silent")
-            elif worker.overdue(now, self.stop_grace_s):
-                logger.warning(
-                    "Worker process [%d] still running %.0f s after SIGTERM; killing it",
-                    worker.pid,
-                    self.stop_grace_s,
-                )
-                worker.kill()
-                self._replace(worker, now, why="killed after its stop grace")
-            else:
-                worker.ping_if_due(now)
+        for index, worker in enumerate(self.workers):
+            # Checked before each worker: a group-wide SIGTERM also ends workers still starting,
+            # which must not be taken for deaths to replace.
+            if self._stop_requested():
+                self.workers = running + self.workers[index:]
+                return
+            if self._check(worker, ready, time.monotonic()):
                 running.append(worker)
         self.workers = running
-        self._start_due(now)
-        self._continue_restart()
+        if not self._stop_requested():
+            self._act_on_signals()
+            now = time.monotonic()
+            self._start_due(now)
+            self._continue_restart(now)
+
+    def _check(self, worker: _Worker, ready: set[object], now: float) -> bool:
+        """Reads, pings or replaces one worker; false when it has ended."""
+        dead = worker.process.sentinel in ready or not worker.process.is_alive()
+        if dead or worker.conn in ready:  # a dead worker's last words tell whether it was up
+            worker.read_answer(now)
+        if dead:
+            worker.kill()
+            self._replace(worker, now, why=worker.describe_exit())
+        elif worker.hung(now, self.health_timeout):
+            logger.warning(
+                "Worker process [%d] has not answered for %.0f s; killing it",
+                worker.pid,
+                now - (worker.waiting_since or now),
+            )
+            worker.kill()
+            self._replace(worker, now, why="silent")
+        elif worker.overdue(now, self.stop_grace_s):
+            logger.warning(
+                "Worker process [%d] still running %.0f s after SIGTERM; killing it",
+                worker.pid,
+                self.stop_grace_s,
+            )
+            worker.kill()
+            self._replace(worker, now, why="killed after its stop grace")
+        else:
+            worker.ping_if_due(now)
+            return True
+        return False
 
     def _replace(self, worker: _Worker, now: float, *, why: str) -> None:
         """Queue the start of the successor of `worker`, which has just ended."""
         if worker.retiring:
-            logger.info("Worker process [%d] stopped; %d left", worker.pid, self._places())
+            logger.info("Worker process [%d] stopped (one worker fewer)", worker.pid)
         elif worker.stopped_at is not None:
             logger.info("Worker process [%d] stopped for a restart", worker.pid)
             self.starts.append(_Start(at=now))
@@ -372,56 +456,79 @@ class _Supervisor:
         return sum(not w.retiring for w in self.workers) + len(self.starts)
 
     def _on_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if signum in _STOP_SIGNALS:
-            logger.info("Received %s, stopping %d worker processes", name, len(self.workers))
-            self.stopping = True
-        elif signum == signal.SIGHUP:
+        """Any signal but a stop (see `_stop_requested`)."""
+        if signum == signal.SIGHUP:
             self._on_hup()
         elif signum == signal.SIGTTIN:
+            if self._places() >= MAX_WORKERS:
+                logger.info("Received SIGTTIN; %d workers is the most, none added", MAX_WORKERS)
+                return
             self.starts.append(_Start(at=0.0))
             logger.info("Received SIGTTIN: one worker more, %d in all", self._places())
         elif signum == signal.SIGTTOU:
             self._on_ttou()
-        else:
-            logger.info("Received %s; ignored", name)
+        elif signum not in _STOP_SIGNALS:
+            logger.info("Received %s; ignored", signal.Signals(signum).name)
 
     def _on_hup(self) -> None:
-        if self.restart_queue:
-            logger.info("Received SIGHUP; a restart is already under way")
-            return
-        logger.info("Received SIGHUP, replacing the worker processes one at a time")
-        self.restart_queue = [w for w in self.workers if w.stopped_at is None]
+        now = time.monotonic()
+        again = " (the restart under way starts over)" if self.restart_queue else ""
+        logger.info("Received SIGHUP, replacing the worker processes one at a time%s", again)
+        # Every worker not already stopping is replaced, those the last restart started too: the
+        # code or model may have changed again since.
+        self.restart_queue = restart_order(self.workers, now)
+        self.restart_progress_at, self.restart_stall_logged = now, False
         # Places waiting out a restart pause start now: the restart may bring a fix.
         for start in self.starts:
             start.at = 0.0
 
     def _on_ttou(self) -> None:
-        if self._places() <= 1:
-            logger.info("Received SIGTTOU; one worker is the least, none stopped")
+        if self._places() <= MIN_WORKERS:
+            logger.info("Received SIGTTOU; %d workers is the least, none stopped", MIN_WORKERS)
+            return
+        if self.restart_queue:
+            logger.info("Received SIGTTOU during a restart; none stopped (send it again after)")
             return
         if self.starts:  # a place waiting for its worker: drop it
             self.starts.pop()
         else:
-            # the newest worker that is not already stopping
-            worker = next(w for w in reversed(self.workers) if w.stopped_at is None)
+            worker = retiree(self.workers, time.monotonic())
+            if worker is None:
+                logger.info("Received SIGTTOU; the last worker serving is kept, none stopped")
+                return
             worker.retiring = True
             worker.stop()
         logger.info("Received SIGTTOU: one worker fewer, %d in all", self._places())
 
-    def _continue_restart(self) -> None:
-        """SIGHUP: stop one old worker at a time, each once every other worker takes requests.
+    def _continue_restart(self, now: float) -> None:
+        """SIGHUP: stop one old worker at a time; a serving one only while another serves.
 
         `_turn` starts the successor of the worker stopped here once it has ended."""
         self.restart_queue = [
             w for w in self.restart_queue if w in self.workers and w.stopped_at is None
         ]
-        if not self.restart_queue or self.starts:
+        if not self.restart_queue:
             return
-        if any(w.stopped_at is not None for w in self.workers):
-            return
-        if all(w.up for w in self.workers if w is not self.restart_queue[0]):
-            self.restart_queue.pop(0).stop()
+        if not self._restart_blocked(now):
+            worker = self.restart_queue.pop(0)
+            worker.stop()
+            self.restart_progress_at, self.restart_stall_logged = now, False
+        elif now - self.restart_progress_at > STALLED_RESTART_S and not self.restart_stall_logged:
+            logger.warning(
+                "The restart has stopped no worker for %.0f s: %d old workers wait for the "
+                "others to serve (a new worker that cannot start holds it up)",
+                now - self.restart_progress_at,
+                len(self.restart_queue),
+            )
+            self.restart_stall_logged = True
+
+    def _restart_blocked(self, now: float) -> bool:
+        if self.starts or any(w.stopped_at is not None for w in self.workers):
+            return True  # a replacement is still to come up
+        head = self.restart_queue[0]
+        if not head.serving(now):
+            return False  # stopping it costs no capacity
+        return not any(w.serving(now) for w in self.workers if w is not head)
 
     def _stop_all(self) -> None:
         for worker in self.workers:
@@ -451,8 +558,8 @@ def run_workers(
     """Serve `config` (an import-string app) from `workers` processes until a stop signal.
 
     `stop_grace_s`: how long a stopping worker may finish its requests before it is killed."""
-    if workers < 2:
-        raise ValueError(f"run_workers needs at least 2 workers, got {workers}")
+    if not MIN_WORKERS <= workers <= MAX_WORKERS:
+        raise ValueError(f"run_workers needs {MIN_WORKERS} to {MAX_WORKERS} workers, got {workers}")
     if not isinstance(config.app, str):
         raise ValueError("worker processes import the app: pass it as 'module:attribute'")
     if stop_grace_s <= 0:

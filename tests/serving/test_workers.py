@@ -155,6 +155,7 @@ def start(tmp_path: Path) -> Iterator:
             proc = subprocess.Popen(
                 [sys.executable, *script, str(grace_s)],
                 env=env,
+                stdin=subprocess.DEVNULL,  # no terminal: SIGTTIN and SIGTTOU scale the workers
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -268,16 +269,9 @@ def test_sighup_replaces_the_workers_one_at_a_time_without_an_outage(start, grou
         os.killpg(service.proc.pid, signal.SIGHUP)
     else:
         service.proc.send_signal(signal.SIGHUP)
-    last_answer = time.monotonic()
-    longest_gap = 0.0
-    deadline = time.monotonic() + 90
-    while not (len(service.workers()) == 2 and not service.workers() & before):
-        assert time.monotonic() < deadline, f"the workers were not replaced:\n{service.text()}"
-        if service.get("/pid", timeout=2) is not None:
-            now = time.monotonic()
-            longest_gap = max(longest_gap, now - last_answer)
-            last_answer = now
-        time.sleep(0.05)
+    longest_gap = _longest_gap_until(
+        service, lambda: len(service.workers()) == 2 and not service.workers() & before
+    )
     # Each old worker is stopped only once the other takes requests, so one always answers; a
     # replacement takes at least its 3 s import, so stopping both at once would leave a gap.
     assert longest_gap < 1.0, f"no answer for {longest_gap:.1f} s during the restart"
@@ -323,16 +317,13 @@ def test_ttin_ttou_change_the_worker_count_and_usr1_is_ignored(start) -> None:  
     service.wait_ready()
     service.proc.send_signal(signal.SIGTTIN)
     service.wait_until("three workers", lambda: len(service.workers()) == 3)
-    for count in (2, 1):
-        service.proc.send_signal(signal.SIGTTOU)
-        service.wait_until(f"{count} workers", lambda n=count: len(service.workers()) == n)
     service.proc.send_signal(signal.SIGTTOU)
-    service.wait_until(
-        "the last worker is kept", lambda: "one worker is the least" in service.text()
-    )
+    service.wait_until("two workers", lambda: len(service.workers()) == 2)
+    service.proc.send_signal(signal.SIGTTOU)
+    service.wait_until("two are kept", lambda: "2 workers is the least" in service.text())
     service.proc.send_signal(signal.SIGUSR1)
     service.wait_until("SIGUSR1 logged", lambda: "Received SIGUSR1; ignored" in service.text())
-    assert len(service.workers()) == 1
+    assert len(service.workers()) == 2
     assert service.get("/pid") is not None
     assert "died" not in service.text()
     _stop(service)
@@ -351,3 +342,80 @@ def test_a_group_sigquit_stops_each_worker_once_and_gracefully(start) -> None:  
     assert "Received SIGQUIT, stopping 2 worker processes" in service.text()
     assert service.text().count("Finished server process") == 2
     assert not [pid for pid in workers if _alive(pid)], "a worker outlived its parent"
+
+
+def _tracker(service: Service) -> int | None:
+    """multiprocessing's resource tracker, a child of the parent."""
+    pids = Path(f"/proc/{service.proc.pid}/task/{service.proc.pid}/children").read_text().split()
+    return next((int(p) for p in pids if b"resource_tracker" in _cmdline(int(p))), None)
+
+
+def test_signals_for_the_parent_do_not_end_workers_that_are_still_starting(start) -> None:  # noqa: ANN001
+    # The workers spend 3 s re-running the main script, before any handler of theirs exists;
+    # SIGUSR1 and SIGUSR2 (whose default action ends a process) sent to the whole group then
+    # stay blocked until the worker handles them, and end neither a worker nor the tracker.
+    service = start(workers=2, main_delay_s=3)
+    service.wait_until("two workers started", lambda: len(service.workers()) == 2)
+    starting, tracker = service.workers(), _tracker(service)
+    assert tracker is not None
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        os.killpg(service.proc.pid, sig)
+    service.wait_ready()
+    assert service.workers() == starting, service.text()
+    assert _alive(tracker), "the resource tracker was ended"
+    assert "died" not in service.text()
+    _stop(service)
+
+
+def test_sighup_replaces_a_frozen_worker_first_without_an_outage(start) -> None:  # noqa: ANN001
+    # One worker is frozen (its ping outstanding, so it is not counted on); the restart must not
+    # stop the healthy one first, which would leave nobody to answer while its successor loads.
+    service = start(workers=2, delay_s=2, grace_s=3)
+    service.wait_ready()
+    before = service.workers()
+    assert service.get("/freeze", timeout=1) is None
+    service.wait_until("one worker is stopped", lambda: len(_frozen(before)) == 1, timeout=10)
+    frozen = _frozen(before)[0]
+    time.sleep(2.5)  # its ping has now waited longer than 2 s
+    service.proc.send_signal(signal.SIGHUP)
+    longest_gap = _longest_gap_until(
+        service, lambda: len(service.workers()) == 2 and not service.workers() & before
+    )
+    assert longest_gap < 1.0, f"no answer for {longest_gap:.1f} s during the restart"
+    log = service.text()
+    assert f"[{frozen}] still running 3 s after SIGTERM" in log
+    (healthy,) = before - {frozen}
+    first, second = (f"[{pid}] stopped for a restart" for pid in (frozen, healthy))
+    assert log.index(first) < log.index(second), log
+    _stop(service)
+
+
+def test_a_sighup_during_a_restart_starts_it_over(start) -> None:  # noqa: ANN001
+    service = start(workers=2, delay_s=2)
+    service.wait_ready()
+    service.proc.send_signal(signal.SIGHUP)
+    service.wait_until("one worker replaced", lambda: "stopped for a restart" in service.text())
+    at_second = service.workers()  # the one the restart started already, and the other
+    service.proc.send_signal(signal.SIGHUP)
+    service.wait_until(
+        "every worker newer than the second SIGHUP",
+        lambda: len(service.workers()) == 2 and not service.workers() & at_second,
+        timeout=90,
+    )
+    assert "the restart under way starts over" in service.text()
+    _stop(service)
+
+
+def _longest_gap_until(service: Service, done, timeout: float = 90) -> float:  # noqa: ANN001
+    """Polls the service until `done()`; the longest time it went without an answer."""
+    last_answer = time.monotonic()
+    longest_gap = 0.0
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not done in {timeout} s:\n{service.text()}"
+        if service.get("/pid", timeout=2) is not None:
+            now = time.monotonic()
+            longest_gap = max(longest_gap, now - last_answer)
+            last_answer = now
+        time.sleep(0.05)
+    return longest_gap

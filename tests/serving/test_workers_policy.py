@@ -1,0 +1,58 @@
+"""The choices of the worker supervisor (serving.http.workers) that need no process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from serving.http.workers import (
+    MAX_RESTART_DELAY_S,
+    RESTART_DELAY_S,
+    restart_delay,
+    restart_order,
+    retiree,
+)
+
+
+@dataclass
+class FakeWorker:
+    """What the choices read of a worker: whether it serves, and whether it is stopping."""
+
+    name: str
+    is_serving: bool = True
+    stopped_at: float | None = None
+
+    def serving(self, _now: float) -> bool:
+        return self.is_serving and self.stopped_at is None
+
+
+def test_restart_pauses_double_from_half_a_second_and_stop_at_the_cap() -> None:
+    delays = [restart_delay(n) for n in range(1, 9)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert delays[0] == RESTART_DELAY_S
+
+
+@pytest.mark.parametrize("failed_starts", [1_025, 10**6])
+def test_a_place_failing_for_days_keeps_the_capped_pause(failed_starts: int) -> None:
+    # 2.0 ** 1024 overflows a float: the parent must not crash after about 8.5 h of retries.
+    assert restart_delay(failed_starts) == MAX_RESTART_DELAY_S
+
+
+def test_sigttou_stops_a_worker_that_is_not_serving_before_a_serving_one() -> None:
+    old, frozen, new = FakeWorker("old"), FakeWorker("frozen", is_serving=False), FakeWorker("new")
+    assert retiree([old, frozen, new], 0.0) is frozen
+    assert retiree([old, new], 0.0) is new  # all serve: the newest
+
+
+def test_sigttou_never_stops_the_last_worker_serving_nor_one_already_stopping() -> None:
+    stopping = FakeWorker("stopping", stopped_at=1.0)
+    only = FakeWorker("only")
+    assert retiree([stopping, only], 2.0) is None
+    assert retiree([only], 2.0) is None
+
+
+def test_sighup_replaces_workers_that_are_not_serving_first_then_by_age() -> None:
+    a, b = FakeWorker("a"), FakeWorker("b", is_serving=False)
+    c, d = FakeWorker("c"), FakeWorker("d", stopped_at=1.0)
+    assert restart_order([a, b, c, d], 2.0) == [b, a, c]  # d is stopping already
