@@ -25,9 +25,11 @@ Signals to the parent:
   `stty tostop` terminal retry forever).
 - SIGUSR1, SIGUSR2: logged and ignored (their default action would end the parent).
 
-The workers do not act on the parent's signals (HUP, QUIT, USR1, USR2 reach a no-op handler;
-TTIN and TTOU are ignored), so a signal sent to the whole process group (a terminal's Ctrl-\\,
-`kill -HUP -- -PGID`) acts once, through the parent. They are blocked from the fork until then.
+The workers do not act on the parent's signals, so a signal sent to the whole process group (a
+terminal's Ctrl-\\, `kill -HUP -- -PGID`) acts once, through the parent: HUP, QUIT, USR1 and USR2
+reach a no-op handler that does not interrupt system calls; TTIN and TTOU are ignored (programs a
+worker starts inherit that, as a background write to a terminal needs). They are blocked from
+the fork until then.
 
 A worker that dies before it ever took requests is started again after a pause that doubles from
 `RESTART_DELAY_S` to `MAX_RESTART_DELAY_S`, so a worker that cannot start does not spin the CPU
@@ -133,6 +135,7 @@ def _worker_main(config: uvicorn.Config, sockets: list[socket.socket], conn: Con
     # unblock them: any that came meanwhile reach the handler and do nothing.
     for sig in _WORKER_NOOP:
         signal.signal(sig, _no_op)
+        signal.siginterrupt(sig, False)  # blocking calls of the app's threads carry on
     for sig in _SCALING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_ONLY)
@@ -176,6 +179,7 @@ class _Worker:
         self.failed_starts = failed_starts
         self.stopped_at: float | None = None  # when it was first sent SIGTERM
         self.retiring = False  # stopped for good (SIGTTOU), not to be replaced
+        self.for_restart = False  # it replaces a worker stopped by a restart
 
     @property
     def pid(self) -> int:
@@ -220,21 +224,21 @@ class _Worker:
             if self.stopped_at is None:
                 self.stopped_at = time.monotonic()
 
-    def kill(self) -> None:
+    def kill(self) -> bool:
+        """SIGKILL and reap; false if it has not ended within a second (stuck in the kernel)."""
         if self.process.exitcode is None:
             self.process.kill()
-        self.process.join(timeout=10)
-        if self.process.exitcode is None:  # stuck in the kernel; its sentinel ends it later
-            logger.error("Worker process [%d] did not end on SIGKILL within 10 s", self.pid)
+        self.process.join(timeout=1.0)
         self.conn.close()
+        if self.process.exitcode is None:
+            logger.error("Worker process [%d] did not end on SIGKILL within 1 s", self.pid)
+            return False
+        return True
 
     def describe_exit(self) -> str:
         code = self.process.exitcode
         if code is not None and code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:  # a real-time signal has no name
-                return f"killed by signal {-code}"
+            return f"killed by {_signal_name(-code)}"
         return f"exit code {code}"
 
 
@@ -244,6 +248,8 @@ class _Start:
 
     at: float
     failed_starts: int = 0
+    #: It replaces a worker stopped by a restart: the restart waits until it serves.
+    for_restart: bool = False
 
 
 def restart_delay(failed_starts: int) -> float:
@@ -262,11 +268,24 @@ def retiree(workers: list[_Worker], now: float) -> _Worker | None:
     return candidates[-1] if len(candidates) > 1 else None
 
 
+def may_stop(head: _Worker, others: list[_Worker], now: float) -> bool:
+    """Whether a restart may stop `head` now: it is still starting (it takes no requests yet),
+    or another worker serves. A worker merely late with its ping is not stopped on that ground."""
+    return not head.up or any(w.serving(now) for w in others)
+
+
 def restart_order(workers: list[_Worker], now: float) -> list[_Worker]:
     """The workers a SIGHUP replaces, in order: those not serving first (stopping them costs no
     capacity), then the others, oldest first."""
     queue = [w for w in workers if w.stopped_at is None]
     return sorted(queue, key=lambda w: w.serving(now))  # stable: keeps the age order
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {signum}"
 
 
 def _on_terminal() -> bool:
@@ -289,6 +308,8 @@ class _Signals:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         previous = {sig: signal.signal(sig, _no_op) for sig in self.handled}
+        for sig in self.handled:  # the wake-up socket, not EINTR, is what ends a wait
+            signal.siginterrupt(sig, False)
         previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         try:
             yield
@@ -321,6 +342,7 @@ class _Supervisor:
         self.starts = [_Start(at=0.0) for _ in range(workers)]  # places waiting for a worker
         self.stopping = False
         self.received: list[int] = []  # signals not acted on yet
+        self.zombies: list[_Worker] = []  # killed, but not ended yet
         self.restart_queue: list[_Worker] = []
         self.restart_progress_at = 0.0  # when the restart last stopped a worker (or began)
         self.restart_stall_logged = False
@@ -345,8 +367,9 @@ class _Supervisor:
         self.received += self.signals.take()
         stop = next((s for s in self.received if s in _STOP_SIGNALS), None)
         if stop is not None and not self.stopping:
-            name = signal.Signals(stop).name
-            logger.info("Received %s, stopping %d worker processes", name, len(self.workers))
+            logger.info(
+                "Received %s, stopping %d worker processes", _signal_name(stop), len(self.workers)
+            )
             self.stopping = True
         return self.stopping
 
@@ -368,9 +391,11 @@ class _Supervisor:
                     exc,
                     restart_delay(failed),
                 )
-                self.starts.append(_Start(at=now + restart_delay(failed), failed_starts=failed))
+                start.at, start.failed_starts = now + restart_delay(failed), failed
+                self.starts.append(start)
                 continue
             logger.debug("Started worker process [%d]", worker.pid)
+            worker.for_restart = start.for_restart
             self.workers.append(worker)
 
     def _wait(self) -> set[object]:
@@ -384,6 +409,8 @@ class _Supervisor:
         return set(wait(waitables, timeout=timeout))  # type: ignore[arg-type]
 
     def _turn(self) -> None:
+        self._act_on_signals()  # those read since the last turn's end
+        self.zombies = [z for z in self.zombies if z.process.is_alive()]
         ready = self._wait()
         running: list[_Worker] = []
         for index, worker in enumerate(self.workers):
@@ -407,7 +434,7 @@ class _Supervisor:
         if dead or worker.conn in ready:  # a dead worker's last words tell whether it was up
             worker.read_answer(now)
         if dead:
-            worker.kill()
+            self._kill(worker)
             self._replace(worker, now, why=worker.describe_exit())
         elif worker.hung(now, self.health_timeout):
             logger.warning(
@@ -415,7 +442,7 @@ class _Supervisor:
                 worker.pid,
                 now - (worker.waiting_since or now),
             )
-            worker.kill()
+            self._kill(worker)
             self._replace(worker, now, why="silent")
         elif worker.overdue(now, self.stop_grace_s):
             logger.warning(
@@ -423,12 +450,16 @@ class _Supervisor:
                 worker.pid,
                 self.stop_grace_s,
             )
-            worker.kill()
+            self._kill(worker)
             self._replace(worker, now, why="killed after its stop grace")
         else:
             worker.ping_if_due(now)
             return True
         return False
+
+    def _kill(self, worker: _Worker) -> None:
+        if not worker.kill():  # still in the kernel: reaped later, not waited for here
+            self.zombies.append(worker)
 
     def _replace(self, worker: _Worker, now: float, *, why: str) -> None:
         """Queue the start of the successor of `worker`, which has just ended."""
@@ -436,7 +467,7 @@ class _Supervisor:
             logger.info("Worker process [%d] stopped (one worker fewer)", worker.pid)
         elif worker.stopped_at is not None:
             logger.info("Worker process [%d] stopped for a restart", worker.pid)
-            self.starts.append(_Start(at=now))
+            self.starts.append(_Start(at=now, for_restart=True))
         elif worker.up:
             logger.warning("Worker process [%d] died (%s); starting another", worker.pid, why)
             self.starts.append(_Start(at=now))
@@ -449,7 +480,9 @@ class _Supervisor:
                 why,
                 delay,
             )
-            self.starts.append(_Start(at=now + delay, failed_starts=failed))
+            self.starts.append(
+                _Start(at=now + delay, failed_starts=failed, for_restart=worker.for_restart)
+            )
 
     def _places(self) -> int:
         """Workers running or waiting to start, not counting those being retired."""
@@ -468,11 +501,11 @@ class _Supervisor:
         elif signum == signal.SIGTTOU:
             self._on_ttou()
         elif signum not in _STOP_SIGNALS:
-            logger.info("Received %s; ignored", signal.Signals(signum).name)
+            logger.info("Received %s; ignored", _signal_name(signum))
 
     def _on_hup(self) -> None:
         now = time.monotonic()
-        again = " (the restart under way starts over)" if self.restart_queue else ""
+        again = " (the restart under way starts over)" if self._restart_left() else ""
         logger.info("Received SIGHUP, replacing the worker processes one at a time%s", again)
         # Every worker not already stopping is replaced, those the last restart started too: the
         # code or model may have changed again since.
@@ -482,11 +515,15 @@ class _Supervisor:
         for start in self.starts:
             start.at = 0.0
 
+    def _restart_left(self) -> list[_Worker]:
+        """The old workers a restart has still to stop."""
+        return [w for w in self.restart_queue if w in self.workers and w.stopped_at is None]
+
     def _on_ttou(self) -> None:
         if self._places() <= MIN_WORKERS:
             logger.info("Received SIGTTOU; %d workers is the least, none stopped", MIN_WORKERS)
             return
-        if self.restart_queue:
+        if self._restart_left():
             logger.info("Received SIGTTOU during a restart; none stopped (send it again after)")
             return
         if self.starts:  # a place waiting for its worker: drop it
@@ -504,9 +541,7 @@ class _Supervisor:
         """SIGHUP: stop one old worker at a time; a serving one only while another serves.
 
         `_turn` starts the successor of the worker stopped here once it has ended."""
-        self.restart_queue = [
-            w for w in self.restart_queue if w in self.workers and w.stopped_at is None
-        ]
+        self.restart_queue = restart_order(self._restart_left(), now)
         if not self.restart_queue:
             return
         if not self._restart_blocked(now):
@@ -523,18 +558,23 @@ class _Supervisor:
             self.restart_stall_logged = True
 
     def _restart_blocked(self, now: float) -> bool:
-        if self.starts or any(w.stopped_at is not None for w in self.workers):
-            return True  # a replacement is still to come up
+        """One worker at a time: the last one stopped has ended and its successor serves."""
+        stopping = any(w.stopped_at is not None and not w.retiring for w in self.workers)
+        coming = any(s.for_restart for s in self.starts) or any(
+            w.for_restart and not w.up for w in self.workers
+        )
+        if stopping or coming:
+            return True
         head = self.restart_queue[0]
-        if not head.serving(now):
-            return False  # stopping it costs no capacity
-        return not any(w.serving(now) for w in self.workers if w is not head)
+        return not may_stop(head, [w for w in self.workers if w is not head], now)
 
     def _stop_all(self) -> None:
         for worker in self.workers:
             worker.stop()
         deadline = time.monotonic() + self.stop_grace_s
-        while any(w.process.exitcode is None for w in self.workers):
+        # Two stop signals may have come before the stop began (read by `_stop_requested`).
+        kill_now = sum(s in _STOP_SIGNALS for s in self.received) >= 2
+        while not kill_now and any(w.process.exitcode is None for w in self.workers):
             left = deadline - time.monotonic()
             if left <= 0:
                 logger.warning(
@@ -545,10 +585,10 @@ class _Supervisor:
             if not wait([self.signals.reader, *sentinels], timeout=min(left, 1.0)):
                 for worker in self.workers:
                     worker.stop()
-            if any(s in _STOP_SIGNALS for s in self.signals.take()):
-                logger.warning("Second stop request; killing the workers")
-                break
-        for worker in self.workers:
+            kill_now = any(s in _STOP_SIGNALS for s in self.signals.take())
+        if kill_now:
+            logger.warning("Second stop request; killing the workers")
+        for worker in self.workers + self.zombies:
             worker.kill()
 
 

@@ -9,6 +9,7 @@ import pytest
 from serving.http.workers import (
     MAX_RESTART_DELAY_S,
     RESTART_DELAY_S,
+    may_stop,
     restart_delay,
     restart_order,
     retiree,
@@ -17,14 +18,15 @@ from serving.http.workers import (
 
 @dataclass
 class FakeWorker:
-    """What the choices read of a worker: whether it serves, and whether it is stopping."""
+    """What the choices read of a worker: started (up), answering its pings, stopping."""
 
     name: str
-    is_serving: bool = True
+    is_serving: bool = True  # answers its pings
     stopped_at: float | None = None
+    up: bool = True
 
     def serving(self, _now: float) -> bool:
-        return self.is_serving and self.stopped_at is None
+        return self.up and self.is_serving and self.stopped_at is None
 
 
 def test_restart_pauses_double_from_half_a_second_and_stop_at_the_cap() -> None:
@@ -56,3 +58,17 @@ def test_sighup_replaces_workers_that_are_not_serving_first_then_by_age() -> Non
     a, b = FakeWorker("a"), FakeWorker("b", is_serving=False)
     c, d = FakeWorker("c"), FakeWorker("d", stopped_at=1.0)
     assert restart_order([a, b, c, d], 2.0) == [b, a, c]  # d is stopping already
+
+
+def test_a_restart_stops_a_frozen_worker_only_while_another_serves() -> None:
+    frozen, healthy = FakeWorker("frozen", is_serving=False), FakeWorker("healthy")
+    assert may_stop(frozen, [healthy], 0.0)
+    # A worker late with its ping (a GC pause, a busy host) while its only peer is still loading
+    # its model: stopping it would leave nobody to answer.
+    late, loading = FakeWorker("late", is_serving=False), FakeWorker("loading", up=False)
+    assert not may_stop(late, [loading], 0.0)
+    assert not may_stop(healthy, [loading], 0.0)
+
+
+def test_a_restart_may_stop_a_worker_that_is_still_starting() -> None:
+    assert may_stop(FakeWorker("starting", up=False), [], 0.0)
