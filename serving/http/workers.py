@@ -66,6 +66,8 @@ MAX_RESTART_DELAY_S = 30.0
 #: The fewest and most workers (`ctit serve --workers` has the same upper limit; one worker
 #: runs without this supervisor). With two, a restart always has one worker serving.
 MIN_WORKERS, MAX_WORKERS = 2, 32
+#: A killed worker that has not ended after this long is reported.
+ZOMBIE_REPORT_S = 10.0
 #: A restart that has not stopped a worker for this long is reported as stalled.
 STALLED_RESTART_S = 120.0
 
@@ -135,7 +137,7 @@ def _worker_main(config: uvicorn.Config, sockets: list[socket.socket], conn: Con
     # unblock them: any that came meanwhile reach the handler and do nothing.
     for sig in _WORKER_NOOP:
         signal.signal(sig, _no_op)
-        signal.siginterrupt(sig, False)  # blocking calls of the app's threads carry on
+        signal.siginterrupt(sig, False)  # restartable system calls of the app carry on
     for sig in _SCALING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_ONLY)
@@ -180,6 +182,8 @@ class _Worker:
         self.stopped_at: float | None = None  # when it was first sent SIGTERM
         self.retiring = False  # stopped for good (SIGTTOU), not to be replaced
         self.for_restart = False  # it replaces a worker stopped by a restart
+        self.killed_at: float | None = None
+        self.reported_stuck = False
 
     @property
     def pid(self) -> int:
@@ -224,16 +228,15 @@ class _Worker:
             if self.stopped_at is None:
                 self.stopped_at = time.monotonic()
 
-    def kill(self) -> bool:
-        """SIGKILL and reap; false if it has not ended within a second (stuck in the kernel)."""
+    def kill(self, wait_s: float = 0.2) -> bool:
+        """SIGKILL and reap; false if it has not ended within `wait_s` (a large process may take a
+        while to free its memory; one stuck in the kernel never ends)."""
         if self.process.exitcode is None:
             self.process.kill()
-        self.process.join(timeout=1.0)
+            self.killed_at = time.monotonic()
+        self.process.join(timeout=wait_s)
         self.conn.close()
-        if self.process.exitcode is None:
-            logger.error("Worker process [%d] did not end on SIGKILL within 1 s", self.pid)
-            return False
-        return True
+        return self.process.exitcode is not None
 
     def describe_exit(self) -> str:
         code = self.process.exitcode
@@ -410,7 +413,7 @@ class _Supervisor:
 
     def _turn(self) -> None:
         self._act_on_signals()  # those read since the last turn's end
-        self.zombies = [z for z in self.zombies if z.process.is_alive()]
+        self._reap_zombies(time.monotonic())
         ready = self._wait()
         running: list[_Worker] = []
         for index, worker in enumerate(self.workers):
@@ -458,8 +461,24 @@ class _Supervisor:
         return False
 
     def _kill(self, worker: _Worker) -> None:
-        if not worker.kill():  # still in the kernel: reaped later, not waited for here
+        if not worker.kill():  # still ending: reaped later, not waited for here
             self.zombies.append(worker)
+
+    def _reap_zombies(self, now: float) -> None:
+        left = []
+        for zombie in self.zombies:
+            if not zombie.process.is_alive():  # reaps it
+                continue
+            left.append(zombie)
+            killed_at = zombie.killed_at or now
+            if now - killed_at > ZOMBIE_REPORT_S and not zombie.reported_stuck:
+                logger.error(
+                    "Worker process [%d] has not ended %.0f s after SIGKILL (stuck in the kernel)",
+                    zombie.pid,
+                    now - killed_at,
+                )
+                zombie.reported_stuck = True
+        self.zombies = left
 
     def _replace(self, worker: _Worker, now: float, *, why: str) -> None:
         """Queue the start of the successor of `worker`, which has just ended."""
@@ -541,7 +560,8 @@ class _Supervisor:
         """SIGHUP: stop one old worker at a time; a serving one only while another serves.
 
         `_turn` starts the successor of the worker stopped here once it has ended."""
-        self.restart_queue = restart_order(self._restart_left(), now)
+        left = self._restart_left()
+        self.restart_queue = restart_order([w for w in self.workers if w in left], now)
         if not self.restart_queue:
             return
         if not self._restart_blocked(now):
@@ -561,7 +581,7 @@ class _Supervisor:
         """One worker at a time: the last one stopped has ended and its successor serves."""
         stopping = any(w.stopped_at is not None and not w.retiring for w in self.workers)
         coming = any(s.for_restart for s in self.starts) or any(
-            w.for_restart and not w.up for w in self.workers
+            w.for_restart and not w.up and w.stopped_at is None for w in self.workers
         )
         if stopping or coming:
             return True
@@ -588,8 +608,15 @@ class _Supervisor:
             kill_now = any(s in _STOP_SIGNALS for s in self.signals.take())
         if kill_now:
             logger.warning("Second stop request; killing the workers")
-        for worker in self.workers + self.zombies:
-            worker.kill()
+        # SIGKILL to all first, then reap them against one deadline.
+        ending = self.workers + self.zombies
+        for worker in ending:
+            worker.kill(wait_s=0.0)
+        deadline = time.monotonic() + ZOMBIE_REPORT_S
+        for worker in ending:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.exitcode is None:
+                logger.error("Worker process [%d] has not ended on SIGKILL", worker.pid)
 
 
 def run_workers(

@@ -9,6 +9,8 @@ import pytest
 from serving.http.workers import (
     MAX_RESTART_DELAY_S,
     RESTART_DELAY_S,
+    _Start,
+    _Supervisor,
     may_stop,
     restart_delay,
     restart_order,
@@ -24,6 +26,8 @@ class FakeWorker:
     is_serving: bool = True  # answers its pings
     stopped_at: float | None = None
     up: bool = True
+    retiring: bool = False
+    for_restart: bool = False
 
     def serving(self, _now: float) -> bool:
         return self.up and self.is_serving and self.stopped_at is None
@@ -72,3 +76,31 @@ def test_a_restart_stops_a_frozen_worker_only_while_another_serves() -> None:
 
 def test_a_restart_may_stop_a_worker_that_is_still_starting() -> None:
     assert may_stop(FakeWorker("starting", up=False), [], 0.0)
+
+
+def _restart_blocked(workers: list[FakeWorker], starts: list[_Start]) -> bool:
+    """`_Supervisor._restart_blocked` on these workers, with the first one next to replace."""
+    supervisor = object.__new__(_Supervisor)  # no socket, no processes: only the choice
+    supervisor.workers, supervisor.starts = workers, starts
+    supervisor.restart_queue = [workers[0]]
+    return supervisor._restart_blocked(0.0)
+
+
+def test_a_restart_waits_for_its_own_successor_only() -> None:
+    old, other = FakeWorker("old"), FakeWorker("other")
+    assert not _restart_blocked([old, other], [])
+    # A place waiting out a start-failure pause is not the restart's business...
+    assert not _restart_blocked([old, other], [_Start(at=100.0, failed_starts=3)])
+    # ...but the successor of the worker it stopped is, until it has started.
+    assert _restart_blocked([old, other], [_Start(at=0.0, for_restart=True)])
+    loading = FakeWorker("loading", up=False, for_restart=True)
+    assert _restart_blocked([old, other, loading], [])
+    loading.up = True
+    assert not _restart_blocked([old, other, loading], [])
+
+
+def test_a_restart_waits_while_the_worker_it_stopped_ends_but_not_for_a_retired_one() -> None:
+    old, other = FakeWorker("old"), FakeWorker("other")
+    assert _restart_blocked([old, other, FakeWorker("ending", stopped_at=1.0)], [])
+    retired = FakeWorker("retired", stopped_at=1.0, retiring=True, up=False, for_restart=True)
+    assert not _restart_blocked([old, other, retired], [])
