@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -131,6 +132,7 @@ def start(tmp_path: Path) -> Iterator:
     (tmp_path / "tiny_app.py").write_text(_APP)
     (tmp_path / "supervisor.py").write_text(_SUPERVISOR)
     started: list[Service] = []
+    terminals: list[int] = []
 
     def _start(
         workers: int = 2,
@@ -138,6 +140,7 @@ def start(tmp_path: Path) -> Iterator:
         delay_s: float = 0,
         main_delay_s: float = 0,
         grace_s: float = 25,
+        stdout_terminal: bool = False,
     ) -> Service:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -151,13 +154,17 @@ def start(tmp_path: Path) -> Iterator:
         }
         log = tmp_path / f"supervisor-{len(started)}.log"
         script = [str(tmp_path / "supervisor.py"), str(port), str(workers), str(health_s)]
+        terminal: int | None = None
+        if stdout_terminal:  # standard output on a pseudo-terminal, the log on stderr only
+            controller, terminal = pty.openpty()
+            terminals.extend((controller, terminal))
         with log.open("wb") as sink:
             proc = subprocess.Popen(
                 [sys.executable, *script, str(grace_s)],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
+                stdout=sink if terminal is None else terminal,
+                stderr=sink,
                 start_new_session=True,
             )
         service = Service(proc, port, log)
@@ -168,6 +175,8 @@ def start(tmp_path: Path) -> Iterator:
     for service in started:  # whatever a failed test left running
         with contextlib.suppress(ProcessLookupError):
             os.killpg(service.proc.pid, signal.SIGKILL)
+    for fd in terminals:
+        os.close(fd)
         service.proc.wait(timeout=30)
 
 
@@ -436,3 +445,22 @@ def test_two_stop_signals_at_once_kill_without_waiting_for_the_grace(start) -> N
     except subprocess.TimeoutExpired:
         raise AssertionError(f"no stop within 10 s:\n{service.text()}") from None
     assert "Second stop request; killing the workers" in service.text()
+
+
+def test_on_a_terminal_sigttin_and_sigttou_do_not_scale_the_workers(start) -> None:  # noqa: ANN001
+    # A handled SIGTTOU would make a background write to a `stty tostop` terminal retry forever,
+    # so with standard output on a terminal the parent leaves both signals to job control (here,
+    # in a process group without a controlling terminal, the kernel discards them).
+    service = start(workers=2, stdout_terminal=True)
+    service.wait_ready()
+    assert "SIGTTIN and SIGTTOU keep their job-control meaning" in service.text()
+    workers = service.workers()
+    for sig in (signal.SIGTTIN, signal.SIGTTOU):
+        service.proc.send_signal(sig)
+    time.sleep(1)  # pending signals go in number order: USR1 (10) would overtake TTIN (21)
+    service.proc.send_signal(signal.SIGUSR1)  # handled: its log line shows the others were seen
+    service.wait_until("SIGUSR1 logged", lambda: "Received SIGUSR1; ignored" in service.text())
+    assert service.workers() == workers
+    assert "SIGTTIN" not in service.text().split("job-control meaning", 1)[1]
+    _stop(service)
+    assert service.proc.returncode == 0
