@@ -560,8 +560,9 @@ class _Supervisor:
         """SIGHUP: stop one old worker at a time; a serving one only while another serves.
 
         `_turn` starts the successor of the worker stopped here once it has ended."""
-        left = self._restart_left()
-        self.restart_queue = restart_order([w for w in self.workers if w in left], now)
+        # Re-sorted each turn (a worker may have frozen since), from the workers' age order.
+        queued = [w for w in self.workers if w in self.restart_queue]
+        self.restart_queue = restart_order(queued, now)
         if not self.restart_queue:
             return
         if not self._restart_blocked(now):
