@@ -33,7 +33,9 @@ the fork until then.
 
 A worker that dies before it ever took requests is started again after a pause that doubles from
 `RESTART_DELAY_S` to `MAX_RESTART_DELAY_S`, so a worker that cannot start does not spin the CPU
-with fresh interpreters; a worker that had been up is replaced at once.
+with fresh interpreters; a worker that had been up is replaced at once. A worker that has not
+started its app within `start_timeout_s` (an import or model load that hangs) is killed and
+counts as such a failed start, so a restart waiting for it does not wait forever.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ MIN_WORKERS, MAX_WORKERS = 2, 32
 ZOMBIE_REPORT_S = 10.0
 #: A restart that has not stopped a worker for this long is reported as stalled.
 STALLED_RESTART_S = 120.0
+#: A worker that has not started its app (import, model load) after this long is killed.
+START_TIMEOUT_S = 300.0
 
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 _SCALING_SIGNALS = (signal.SIGTTIN, signal.SIGTTOU)
@@ -174,8 +178,9 @@ class _Worker:
         child_end.close()
         # The first ping waits in the pipe: a new worker has the health-check timeout to start.
         self.conn.send_bytes(b"ping")
-        self.waiting_since: float | None = time.monotonic()
-        self.answered_at = self.waiting_since
+        self.created_at = time.monotonic()
+        self.waiting_since: float | None = self.created_at
+        self.answered_at = self.created_at
         self.up = False  # uvicorn has started in it: it takes (or took) requests
         #: How many workers before this one died in the same place without ever taking requests.
         self.failed_starts = failed_starts
@@ -213,6 +218,10 @@ class _Worker:
     def serving(self, now: float) -> bool:
         """Up, not stopping, and answering its pings: it can be counted on to take requests."""
         return self.up and self.stopped_at is None and not self.hung(now, UNRESPONSIVE_AFTER_S)
+
+    def slow_to_start(self, now: float, timeout: float) -> bool:
+        """Still loading its app `timeout` seconds after it was started (and not stopping)."""
+        return not self.up and self.stopped_at is None and now - self.created_at > timeout
 
     def overdue(self, now: float, grace: float) -> bool:
         """Sent SIGTERM more than `grace` seconds ago and still running."""
@@ -333,9 +342,12 @@ class _Signals:
 
 
 class _Supervisor:
-    def __init__(self, config: uvicorn.Config, workers: int, stop_grace_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, workers: int, stop_grace_s: float, start_timeout_s: float
+    ) -> None:
         self.config = config
         self.stop_grace_s = stop_grace_s
+        self.start_timeout_s = start_timeout_s
         self.health_timeout = float(config.timeout_worker_healthcheck)
         self.sockets = [config.bind_socket()]
         self.scaling = not _on_terminal()
@@ -447,6 +459,14 @@ class _Supervisor:
             )
             self._kill(worker)
             self._replace(worker, now, why="silent")
+        elif worker.slow_to_start(now, self.start_timeout_s):
+            logger.warning(
+                "Worker process [%d] has not started its app within %.0f s; killing it",
+                worker.pid,
+                self.start_timeout_s,
+            )
+            self._kill(worker)
+            self._replace(worker, now, why="not started in time")
         elif worker.overdue(now, self.stop_grace_s):
             logger.warning(
                 "Worker process [%d] still running %.0f s after SIGTERM; killing it",
@@ -621,15 +641,22 @@ class _Supervisor:
 
 
 def run_workers(
-    config: uvicorn.Config, workers: int, *, stop_grace_s: float = STOP_GRACE_S
+    config: uvicorn.Config,
+    workers: int,
+    *,
+    stop_grace_s: float = STOP_GRACE_S,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> None:
     """Serve `config` (an import-string app) from `workers` processes until a stop signal.
 
-    `stop_grace_s`: how long a stopping worker may finish its requests before it is killed."""
+    `stop_grace_s`: how long a stopping worker may finish its requests before it is killed.
+    `start_timeout_s`: how long a new worker may take to start its app before it is killed."""
     if not MIN_WORKERS <= workers <= MAX_WORKERS:
         raise ValueError(f"run_workers needs {MIN_WORKERS} to {MAX_WORKERS} workers, got {workers}")
     if not isinstance(config.app, str):
         raise ValueError("worker processes import the app: pass it as 'module:attribute'")
     if stop_grace_s <= 0:
         raise ValueError(f"stop_grace_s must be positive, got {stop_grace_s}")
-    _Supervisor(config, workers, stop_grace_s).run()
+    if start_timeout_s <= 0:
+        raise ValueError(f"start_timeout_s must be positive, got {start_timeout_s}")
+    _Supervisor(config, workers, stop_grace_s, start_timeout_s).run()

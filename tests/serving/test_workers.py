@@ -4,8 +4,8 @@ Each test starts the supervisor in its own process (it installs signal handlers 
 real uvicorn workers serving a small ASGI app written to a temporary folder: `/pid` names the
 worker, `/die` ends it, `/freeze` stops it with SIGSTOP (it can then answer nothing), `/hang`
 blocks its event loop (it can then not shut down). The app can take a while to import
-(`TINY_APP_DELAY_S`), like the real app loading its model, and fails to import while the file
-`TINY_APP_FAIL_FLAG` exists.
+(`TINY_APP_DELAY_S`), like the real app loading its model, fails to import while the file
+`TINY_APP_FAIL_FLAG` exists, and hangs in its import while `TINY_APP_HANG_FLAG` exists.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from pathlib import Path
 time.sleep(float(os.environ.get("TINY_APP_DELAY_S", "0")))
 if Path(os.environ["TINY_APP_FAIL_FLAG"]).exists():
     raise RuntimeError("tiny_app cannot start")
+while Path(os.environ["TINY_APP_HANG_FLAG"]).exists():
+    time.sleep(0.1)
 
 
 async def app(scope, receive, send):
@@ -62,10 +64,11 @@ if __name__ == "__main__":
     import uvicorn
     from serving.http.workers import run_workers
 
-    port, workers, health, grace = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:5])
+    port, workers = int(sys.argv[1]), int(sys.argv[2])
+    health, grace, start_timeout = map(float, sys.argv[3:6])
     config = uvicorn.Config("tiny_app:app", port=port, workers=workers, log_level="info",
                             timeout_worker_healthcheck=health)
-    run_workers(config, workers, stop_grace_s=grace)
+    run_workers(config, workers, stop_grace_s=grace, start_timeout_s=start_timeout)
 """
 
 
@@ -140,6 +143,7 @@ def start(tmp_path: Path) -> Iterator:
         delay_s: float = 0,
         main_delay_s: float = 0,
         grace_s: float = 25,
+        start_timeout_s: float = 300,
         stdout_terminal: bool = False,
     ) -> Service:
         with socket.socket() as s:
@@ -151,6 +155,7 @@ def start(tmp_path: Path) -> Iterator:
             "TINY_APP_DELAY_S": str(delay_s),
             "TINY_MAIN_DELAY_S": str(main_delay_s),
             "TINY_APP_FAIL_FLAG": str(tmp_path / "fail"),
+            "TINY_APP_HANG_FLAG": str(tmp_path / "hang"),
         }
         log = tmp_path / f"supervisor-{len(started)}.log"
         script = [str(tmp_path / "supervisor.py"), str(port), str(workers), str(health_s)]
@@ -160,7 +165,7 @@ def start(tmp_path: Path) -> Iterator:
             terminals.extend((controller, terminal))
         with log.open("wb") as sink:
             proc = subprocess.Popen(
-                [sys.executable, *script, str(grace_s)],
+                [sys.executable, *script, str(grace_s), str(start_timeout_s)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=sink if terminal is None else terminal,
@@ -316,6 +321,27 @@ def test_a_worker_that_cannot_start_is_retried_after_growing_pauses(start, tmp_p
     assert "next start in 0.5 s" in text and "next start in 1.0 s" in text
     assert text.count("died before it took requests (exit code 1)") <= 6
     (tmp_path / "fail").unlink()  # fixed: the next start of each place succeeds
+    service.wait_ready()
+    _stop(service)
+    assert service.proc.returncode == 0
+
+
+def test_a_worker_whose_app_start_hangs_is_killed_and_retried(start, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "hang").touch()  # the app's import never ends (it still answers "starting")
+    service = start(workers=2, start_timeout_s=2)
+    service.wait_until(
+        "a worker killed for not starting",
+        lambda: "has not started its app within 2 s; killing it" in service.text(),
+        timeout=30,
+    )
+    service.wait_until(
+        "its place retried after a pause",
+        lambda: (
+            "died before it took requests (not started in time); next start in" in service.text()
+        ),
+        timeout=30,
+    )
+    (tmp_path / "hang").unlink()  # the import finishes: the next start of each place succeeds
     service.wait_ready()
     _stop(service)
     assert service.proc.returncode == 0
