@@ -15,8 +15,9 @@ The tuning step is not repeated inside each resample (it would cost the tuning b
 the interval is conditional on the tuned settings. The plain bootstrap also misses the
 procedure's finite-sample bias (on the simulator the t interval covered the 30k reference 55-61%
 of the time at 80% nominal), so the half-width multiplier is calibrated by a parametric
-bootstrap (`calibrate_multiplier`): outcomes drawn from the deployed model, the procedure
-refitted, the multiplier set so that the nominal share of those refits lies inside.
+bootstrap (`calibrate_multiplier`): outcomes drawn from the deployed model's bias-corrected
+probability, the procedure refitted, the multiplier set so that the nominal share of those
+refits lies inside.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def fit_bootstrap_interval(
                 **interval.meta,
                 "n_calibration": config.n_calibration,
                 "t_multiplier": interval.t_multiplier,
+                "bias_corrected": True,
             },
             multiplier=multiplier,
         )
@@ -126,14 +128,20 @@ def calibrate_multiplier(
 ) -> float:
     """The half-width multiplier that makes the interval cover a known truth at the level.
 
-    A parametric bootstrap (Beran's prepivoting): the deployed procedure's probability p0 on the
-    training episodes is taken as the truth, outcomes are drawn from it, and the procedure (inner
-    out-of-fold predictions, calibrator, refit; settings and rounds as deployed) is refitted
-    `n_calibration` times. The multiplier is the `level` quantile of |logit p* - logit p0| over
-    refits and episodes, in units of the bootstrap standard deviation at each episode. Unlike
-    the plain bootstrap, this sees the procedure's finite-sample bias (shrinkage towards the
-    mean, calibration refitted on weaker inner models), though only as much of it as a truth
-    shaped like the fitted model shows.
+    A parametric bootstrap (Beran's prepivoting): outcomes are drawn from a stand-in truth on
+    the training episodes, and the procedure (inner out-of-fold predictions, calibrator, refit;
+    settings and rounds as deployed) is refitted `n_calibration` times. The multiplier is the
+    `level` quantile of |logit p* - truth| over refits and episodes, in units of the bootstrap
+    standard deviation at each episode. Unlike the plain bootstrap, this sees the procedure's
+    finite-sample bias (shrinkage towards the mean, calibration refitted on weaker inner models).
+
+    The stand-in truth is the deployed probability p0 corrected by the bootstrap's own bias
+    estimate (Efron): logit p0 - (mean of the refits' logits - logit p0). Taking p0 itself as the
+    truth shows too little of that bias, because p0 is already shrunk: a truth as smooth as the
+    fitted model has less structure for the refits to miss than the real one. The correction
+    costs no refits (the bootstrap refits are at hand). On the simulator (3k training patients,
+    30k reference, training seeds 5, 9 and 13) it raised the reference coverage of the 80%
+    interval from 76.1%, 72.6% and 75.0% to 79.4%, 75.1% and 76.5%.
     """
     from training.procedure import ProcedureError, inner_folds, inner_oof_predictions
 
@@ -143,11 +151,14 @@ def calibrate_multiplier(
     dall = xgb.DMatrix(X, label=y, missing=np.nan, nthread=nthread)
     margin = xgb.train(params, dall, num_boost_round=n_rounds).predict(dall, output_margin=True)
     p0 = np.clip(deployed_calibrator.transform_margin(margin), 1e-6, 1 - 1e-6)
-    spread = np.std(interval.logits(interval.margins(X)), axis=0, ddof=1)
+    refits = interval.logits(interval.margins(X))
+    spread = np.std(refits, axis=0, ddof=1)
+    truth = bias_corrected_logit(p0, refits)
+    p_truth = 1 / (1 + np.exp(-truth))
     rng = np.random.default_rng(config.seed + 7919)
     ratios = []
     for m in range(config.n_calibration):
-        y_star = (rng.random(len(p0)) < p0).astype(int)
+        y_star = (rng.random(len(p_truth)) < p_truth).astype(int)
         if y_star.min() == y_star.max():
             continue
         try:
@@ -160,7 +171,7 @@ def calibrate_multiplier(
         dstar = xgb.DMatrix(X, label=y_star, missing=np.nan, nthread=nthread)
         refit = xgb.train(run, dstar, num_boost_round=n_rounds)
         p_star = calibrator.transform_margin(refit.predict(dstar, output_margin=True))
-        gap = np.abs(_logit(p_star) - _logit(p0))
+        gap = np.abs(_logit(p_star) - truth)
         ratios.append(gap / np.maximum(spread, 1e-6))
     if not ratios:
         return interval.t_multiplier
@@ -172,6 +183,14 @@ def calibrate_multiplier(
         interval.t_multiplier,
     )
     return multiplier
+
+
+def bias_corrected_logit(p0: np.ndarray, refit_logits: np.ndarray) -> np.ndarray:
+    """Efron's bootstrap bias correction on the log-odds scale: 2 logit p0 - mean of the refits'
+    logits (rows: refits), kept within the log-odds of 1e-6 and 1 - 1e-6."""
+    limit = float(_logit(np.array(1 - 1e-6)))
+    corrected = 2 * _logit(p0) - np.asarray(refit_logits, dtype=np.float64).mean(axis=0)
+    return np.clip(corrected, -limit, limit)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

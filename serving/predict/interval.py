@@ -12,9 +12,10 @@ deviation estimates the sampling standard deviation of the procedure's estimate,
 Student t quantile the interval covers the probability the same procedure would give with
 unlimited data (the large-sample reference) at the stated level, asymptotically and up to the
 procedure's finite-sample bias, which the bootstrap does not see. Training therefore calibrates k
-by a parametric bootstrap (outcomes drawn from the deployed model, the procedure refitted: the
-level quantile of the refits' standardised errors); the measured coverage is in the README. The
-log-odds scale keeps both bounds inside (0, 1) and the probability strictly inside the interval.
+by a parametric bootstrap (outcomes drawn from the deployed model's bias-corrected probability,
+the procedure refitted: the level quantile of the refits' standardised errors); the measured
+coverage is in the README. The log-odds scale keeps both bounds inside (0, 1) and the
+probability strictly inside the interval.
 Where training data are sparse (rare categories, values at or past the edge of the training
 range) the resamples disagree more, so the interval is wider there.
 """
@@ -96,9 +97,11 @@ class BootstrapInterval:
 
     def meaning(self) -> str:
         calibrated = self.meta.get("n_calibration")
+        # models trained before the bias correction drew the outcomes from p0 itself
+        truth = " after a bootstrap bias correction" if self.meta.get("bias_corrected") else ""
         how = (
             f"calibrated by a parametric bootstrap of {calibrated} refits on outcomes drawn from "
-            "the deployed model"
+            f"the deployed model{truth}"
             if calibrated
             else f"Student's t with {self.n_refits - 1} degrees of freedom"
         )
