@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -330,7 +331,7 @@ def serve(
     import uvicorn
 
     from serving.http.app import TimedHttpToolsProtocol, create_app
-    from serving.http.workers import run_workers
+    from serving.http.workers import START_TIMEOUT_S, run_workers
 
     try:
         settings = ServingSettings.from_env(
@@ -338,6 +339,7 @@ def serve(
         )
     except ValueError as exc:
         _fail(f"invalid serving settings: {exc}")
+    loading = time.perf_counter()
     try:
         app = create_app(settings)
     except ModelLoadError as exc:
@@ -349,6 +351,7 @@ def serve(
             "writable path with --audit-db or CTIT_AUDIT_DB",
             code=2,
         )
+    loaded_in_s = time.perf_counter() - loading
     info = app.state.scorer.model.info
     if settings.audit_salt is None:
         Console(stderr=True, soft_wrap=True).print(
@@ -395,7 +398,8 @@ def serve(
     )
     # Not uvicorn's own supervisor: it blocks on one worker's ping and so handled SIGTERM only
     # after a starting worker's full health-check timeout (see serving.http.workers).
-    run_workers(config, workers)
+    # A worker loads the same model: give it 300 s, or 20 times what the load took here.
+    run_workers(config, workers, start_timeout_s=max(START_TIMEOUT_S, 20 * loaded_in_s))
 
 
 _SETTINGS_VARIABLE = "_CTIT_SERVE_SETTINGS"

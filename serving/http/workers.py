@@ -264,6 +264,12 @@ class _Start:
     for_restart: bool = False
 
 
+def _says_started(worker: _Worker, now: float) -> bool:
+    """Reads what the worker has sent since the wait: its "started" may have come just after."""
+    worker.read_answer(now)
+    return worker.up
+
+
 def restart_delay(failed_starts: int) -> float:
     """The pause before the next start after `failed_starts` (>= 1) failed ones in a row."""
     doublings = min(failed_starts - 1, 16)  # 0.5 s * 2**16 is far past the cap already
@@ -459,7 +465,7 @@ class _Supervisor:
             )
             self._kill(worker)
             self._replace(worker, now, why="silent")
-        elif worker.slow_to_start(now, self.start_timeout_s):
+        elif worker.slow_to_start(now, self.start_timeout_s) and not _says_started(worker, now):
             logger.warning(
                 "Worker process [%d] has not started its app within %.0f s; killing it",
                 worker.pid,
@@ -601,8 +607,11 @@ class _Supervisor:
     def _restart_blocked(self, now: float) -> bool:
         """One worker at a time: the last one stopped has ended and its successor serves."""
         stopping = any(w.stopped_at is not None and not w.retiring for w in self.workers)
+        # A successor this restart waits for; one still in its queue (a start the last SIGHUP
+        # began, which may hang on the code being replaced) is an old worker to it.
         coming = any(s.for_restart for s in self.starts) or any(
-            w.for_restart and not w.up and w.stopped_at is None for w in self.workers
+            w.for_restart and not w.up and w.stopped_at is None and w not in self.restart_queue
+            for w in self.workers
         )
         if stopping or coming:
             return True

@@ -343,6 +343,9 @@ def test_a_worker_whose_app_start_hangs_is_killed_and_retried(start, tmp_path) -
     )
     (tmp_path / "hang").unlink()  # the import finishes: the next start of each place succeeds
     service.wait_ready()
+    started = service.workers()
+    time.sleep(3)  # past the start timeout: workers that have started are not killed for it
+    assert service.workers() == started and service.get("/pid") is not None
     _stop(service)
     assert service.proc.returncode == 0
 

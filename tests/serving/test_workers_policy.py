@@ -104,3 +104,13 @@ def test_a_restart_waits_while_the_worker_it_stopped_ends_but_not_for_a_retired_
     assert _restart_blocked([old, other, FakeWorker("ending", stopped_at=1.0)], [])
     retired = FakeWorker("retired", stopped_at=1.0, retiring=True, up=False, for_restart=True)
     assert not _restart_blocked([old, other, retired], [])
+
+
+def test_a_second_sighup_may_replace_a_successor_of_the_first_still_starting() -> None:
+    # The first restart's successor hangs in its import (the code being replaced); the second
+    # SIGHUP queues it as an old worker, so the restart does not wait for it to start.
+    hanging = FakeWorker("hanging", up=False, for_restart=True)
+    replaced = FakeWorker("replaced", for_restart=True)
+    assert not _restart_blocked([hanging, replaced], [])
+    # Not queued (it came after the SIGHUP): the restart waits for it.
+    assert _restart_blocked([replaced, hanging], [])
