@@ -8,7 +8,7 @@ deployed configuration (the tuned settings and number of rounds, then the calibr
 the same resample of the inner out-of-fold predictions) and read the spread of the refits'
 calibrated log-odds at each patient. Venn-ABERS would give calibration-set uncertainty only, and
 the fold models of cross-validation share 60% of their data and differ by tuning, so their spread
-is neither a sampling spread nor of known level (the old interval covered the reference 29%).
+is neither a sampling spread nor of known level (the issue measured 29% coverage for the old one).
 The interval itself is built at scoring time (`serving.interval.BootstrapInterval.bounds`).
 
 The tuning step is not repeated inside each resample (it would cost the tuning budget B times);
@@ -97,21 +97,22 @@ def fit_bootstrap_interval(
         meta={"n_rounds": int(n_rounds), "n_episodes": int(len(y)), "seed": config.seed},
     )
     if config.n_calibration:
-        multiplier = calibrate_multiplier(
+        multiplier, used = calibrate_multiplier(
             interval, X, groups, params, n_rounds, p_inner_raw, y, calibration_method, config
         )
-        interval = BootstrapInterval(
-            boosters=boosters,
-            calibrators=calibrators,
-            level=config.level,
-            meta={
-                **interval.meta,
-                "n_calibration": config.n_calibration,
-                "t_multiplier": interval.t_multiplier,
-                "bias_corrected": True,
-            },
-            multiplier=multiplier,
-        )
+        if used:  # else Student's t stays, and the meaning says so
+            interval = BootstrapInterval(
+                boosters=boosters,
+                calibrators=calibrators,
+                level=config.level,
+                meta={
+                    **interval.meta,
+                    "n_calibration": used,
+                    "t_multiplier": interval.t_multiplier,
+                    "bias_corrected": True,
+                },
+                multiplier=multiplier,
+            )
     return interval
 
 
@@ -125,8 +126,9 @@ def calibrate_multiplier(
     y: np.ndarray,
     calibration_method: str,
     config: IntervalConfig,
-) -> float:
-    """The half-width multiplier that makes the interval cover a known truth at the level.
+) -> tuple[float, int]:
+    """The half-width multiplier that makes the interval cover a known truth at the level, and
+    the number of parametric refits it rests on (0: none could be fitted, Student's t returned).
 
     A parametric bootstrap (Beran's prepivoting): outcomes are drawn from a stand-in truth on
     the training episodes, and the procedure (inner out-of-fold predictions, calibrator, refit;
@@ -136,12 +138,14 @@ def calibrate_multiplier(
     finite-sample bias (shrinkage towards the mean, calibration refitted on weaker inner models).
 
     The stand-in truth is the deployed probability p0 corrected by the bootstrap's own bias
-    estimate (Efron): logit p0 - (mean of the refits' logits - logit p0). Taking p0 itself as the
+    estimate (Efron): p0 - (mean of the refits' probabilities - p0). On the probability scale,
+    so that refits at exactly 0 or 1 (isotonic calibration) bound the correction rather than
+    blow it up, as their log-odds would. Taking p0 itself as the
     truth shows too little of that bias, because p0 is already shrunk: a truth as smooth as the
     fitted model has less structure for the refits to miss than the real one. The correction
     costs no refits (the bootstrap refits are at hand). On the simulator (3k training patients,
-    30k reference, training seeds 5, 9 and 13) it raised the reference coverage of the 80%
-    interval from 76.1%, 72.6% and 75.0% to 79.4%, 75.1% and 76.5%.
+    30k reference, five training seeds) it raised the reference coverage of the 80% interval in
+    every cohort, from 73.5% to 77.0% on average (README).
     """
     from training.procedure import ProcedureError, inner_folds, inner_oof_predictions
 
@@ -150,11 +154,14 @@ def calibrate_multiplier(
     deployed_calibrator = Calibrator(calibration_method).fit(p_inner_raw, y)
     dall = xgb.DMatrix(X, label=y, missing=np.nan, nthread=nthread)
     margin = xgb.train(params, dall, num_boost_round=n_rounds).predict(dall, output_margin=True)
-    p0 = np.clip(deployed_calibrator.transform_margin(margin), 1e-6, 1 - 1e-6)
+    p0 = deployed_calibrator.transform_margin(margin)
     refits = interval.logits(interval.margins(X))
     spread = np.std(refits, axis=0, ddof=1)
-    truth = bias_corrected_logit(p0, refits)
-    p_truth = 1 / (1 + np.exp(-truth))
+    # Where the refits agree to the bit (an isotonic calibrator's flat ends) no multiplier
+    # widens the interval; those episodes would only swamp the quantile with infinite ratios.
+    varies = spread > _SAME_SPREAD
+    p_truth = bias_corrected_probability(p0, 1 / (1 + np.exp(-refits)))
+    truth = _logit(p_truth)
     rng = np.random.default_rng(config.seed + 7919)
     ratios = []
     for m in range(config.n_calibration):
@@ -172,9 +179,9 @@ def calibrate_multiplier(
         refit = xgb.train(run, dstar, num_boost_round=n_rounds)
         p_star = calibrator.transform_margin(refit.predict(dstar, output_margin=True))
         gap = np.abs(_logit(p_star) - truth)
-        ratios.append(gap / np.maximum(spread, 1e-6))
-    if not ratios:
-        return interval.t_multiplier
+        ratios.append(gap[varies] / spread[varies])
+    if not ratios or not varies.any():
+        return interval.t_multiplier, 0
     multiplier = float(np.quantile(np.concatenate(ratios), config.level))
     log.info(
         "interval: multiplier %.3f from %d parametric refits (Student's t: %.3f)",
@@ -182,17 +189,23 @@ def calibrate_multiplier(
         len(ratios),
         interval.t_multiplier,
     )
-    return multiplier
+    return multiplier, len(ratios)
 
 
-def bias_corrected_logit(p0: np.ndarray, refit_logits: np.ndarray) -> np.ndarray:
-    """Efron's bootstrap bias correction on the log-odds scale: 2 logit p0 - mean of the refits'
-    logits (rows: refits), kept within the log-odds of 1e-6 and 1 - 1e-6."""
-    limit = float(_logit(np.array(1 - 1e-6)))
-    corrected = 2 * _logit(p0) - np.asarray(refit_logits, dtype=np.float64).mean(axis=0)
-    return np.clip(corrected, -limit, limit)
+def bias_corrected_probability(p0: np.ndarray, refit_probabilities: np.ndarray) -> np.ndarray:
+    """Efron's bootstrap bias correction: 2 p0 - mean of the refits' probabilities (rows:
+    refits), kept within [1e-6, 1 - 1e-6]."""
+    mean = np.asarray(refit_probabilities, dtype=np.float64).mean(axis=0)
+    return np.clip(2 * np.asarray(p0, dtype=np.float64) - mean, _EPS, 1 - _EPS)
+
+
+#: Probabilities are kept this far from 0 and 1 on the log-odds scale, for p0, the stand-in truth
+#: and the parametric refits alike (one bound, so that two probabilities at it agree).
+_EPS = 1e-6
+#: A bootstrap standard deviation of the log-odds below this is taken as no spread at all.
+_SAME_SPREAD = 1e-3
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p / (1 - p))
