@@ -10,7 +10,8 @@ handled only afterwards: a service manager that allows 30 s before SIGKILL saw `
 `run_workers` never blocks on one worker. It waits on every worker's exit sentinel and answer
 pipe and on the descriptor that signals are written to, so a stop request is acted on at once, a
 dead worker is seen the moment it exits, and a worker that stops answering pings for
-`Config.timeout_worker_healthcheck` seconds is killed and replaced.
+`Config.timeout_worker_healthcheck` seconds is killed and replaced. A started worker answers on
+its event loop, so one whose event loop is blocked counts as not answering.
 
 Signals to the parent:
 
@@ -40,6 +41,7 @@ counts as such a failed start, so a restart waiting for it does not wait forever
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -89,11 +91,18 @@ _UP, _STARTING, _STARTED = b"up", b"starting", b"started"
 
 
 class _Health:
-    """The worker's end of the ping pipe: answers pings from a thread, and says when it is up."""
+    """The worker's end of the ping pipe: answers pings, and says when it is up.
+
+    A thread reads the pings. While the app loads (its import blocks the event loop) the thread
+    answers "starting" itself; once uvicorn has started, the event loop answers "up", so a worker
+    whose event loop is blocked (it can take no requests) leaves its pings unanswered and is
+    replaced after the health-check timeout. Long scoring runs in a thread (serving.http.routes),
+    so a busy worker still answers."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.up = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # the health thread and the event loop both send
 
     def _send(self, message: bytes) -> None:
@@ -104,16 +113,27 @@ class _Health:
         """Sent as soon as uvicorn has started, not at the next ping: a worker that dies on its
         first requests is then known to have started (a request accepted in the same moment as
         this message may still come first)."""
+        self.loop = asyncio.get_running_loop()
         self.up = True
         with contextlib.suppress(OSError):
             self._send(_STARTED)
+
+    def _pong(self) -> None:
+        with contextlib.suppress(OSError):
+            self._send(_UP)
 
     def answer_pings(self) -> None:
         """The health thread: answers each ping (up or starting) until the parent goes."""
         with contextlib.suppress(EOFError, OSError):
             while True:
                 self.conn.recv_bytes()
-                self._send(_UP if self.up else _STARTING)
+                if self.loop is None:
+                    self._send(_STARTING)
+                    continue
+                try:
+                    self.loop.call_soon_threadsafe(self._pong)
+                except RuntimeError:  # the loop has closed: the worker is on its way out
+                    self._send(_UP)
         # The parent is gone (killed, or ended by a signal it does not handle): stop, do not keep
         # the port unsupervised.
         os.kill(os.getpid(), signal.SIGTERM)

@@ -258,11 +258,14 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_answering(start) -> 
     _stop(service)
 
 
-def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(start) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("path", ["/freeze", "/hang"], ids=["stopped", "event-loop-blocked"])
+def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(start, path) -> None:  # noqa: ANN001
+    # /freeze: SIGSTOP, it answers nothing any more. /hang: its event loop is blocked for good
+    # (the ping is answered on the event loop, so this counts as not answering).
     service = start(workers=2, health_s=2)
     service.wait_ready()
     before = service.workers()
-    assert service.get("/freeze", timeout=1) is None  # SIGSTOP: it answers nothing any more
+    assert service.get(path, timeout=1) is None
     service.wait_until(
         "the frozen worker is replaced",
         lambda: len(service.workers()) == 2 and service.workers() != before,
