@@ -15,7 +15,8 @@ procedure's finite-sample bias, which the bootstrap does not see. Training there
 by a parametric bootstrap (outcomes drawn from the deployed model's bias-corrected probability,
 the procedure refitted: the level quantile of the refits' standardised errors); the measured
 coverage is in the README. The log-odds scale keeps both bounds inside (0, 1) and the
-probability strictly inside the interval.
+probability inside the interval (strictly, unless every refit gives the same probability, as at
+an isotonic calibrator's flat ends).
 Where training data are sparse (rare categories, values at or past the edge of the training
 range) the resamples disagree more, so the interval is wider there.
 """
@@ -128,7 +129,10 @@ class BootstrapInterval:
         spread = np.std(self.logits(margins), axis=0, ddof=1)
         centre = _logit(probability)
         half = self.multiplier * spread
-        return _sigmoid(centre - half), _sigmoid(centre + half)
+        # A probability of exactly 0 or 1 (an isotonic calibrator's ends) is clipped above, so the
+        # bounds are widened to contain it.
+        low = np.minimum(_sigmoid(centre - half), probability)
+        return low, np.maximum(_sigmoid(centre + half), probability)
 
     # -- persistence (the files go into the model's manifest) ------------------------------------
 

@@ -43,28 +43,57 @@ def test_bootstrap_counts_move_a_patients_episodes_together() -> None:
 
 def test_the_parametric_truth_is_corrected_by_the_bootstrap_bias() -> None:
     # The refits average 0.05 below p0 = 0.5 and 0.04 above p0 = 0.9, so the corrected truth is
-    # as far the other way; refits at exactly 1 (isotonic) bound the correction at 1 - 1e-6.
-    p0 = np.array([0.5, 0.9, 0.97, 1.0])
-    refits = np.array([[0.40, 0.95, 1.0, 1.0], [0.50, 0.93, 1.0, 1.0]])
+    # as far the other way. A correction past half the way to 0 or 1 is capped there (0.9 with
+    # refits at 0.7 would give 1.1; 0.1 with refits at 0.3, -0.1), and p0 = 1 is first kept at
+    # 1 - 1e-6: the truth stays strictly inside (0, 1).
+    p0 = np.array([0.5, 0.9, 0.9, 0.1, 1.0])
+    refits = np.array([[0.40, 0.95, 0.6, 0.2, 1.0], [0.50, 0.93, 0.8, 0.4, 1.0]])
     truth = bias_corrected_probability(p0, refits)
-    assert truth == pytest.approx([0.55, 0.86, 0.94, 1 - 1e-6])
+    assert truth[:4] == pytest.approx([0.55, 0.86, 0.95, 0.05], abs=1e-12)
+    assert truth[4] == pytest.approx(1 - 2e-6, abs=1e-12)
+
+
+def _toy(n: int, noise: float, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (X[:, 0] + noise * rng.normal(size=n) > 0).astype(int)
+    groups = np.array([f"p{i}" for i in range(n)])
+    return X, y, groups, 1 / (1 + np.exp(-4 * X[:, 0]))  # inner OOF raw predictions
+
+
+_TOY_PARAMS = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.3, "nthread": 1}
 
 
 @pytest.mark.parametrize("method", ["platt", "isotonic"])
-def test_the_multiplier_stays_finite_on_a_tiny_cohort(method: str) -> None:
-    # 60 patients: isotonic refits give exact 0s and 1s, Platt refits steep slopes. The
-    # multiplier is read where the refits differ, so it stays of the order of Student's t.
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(60, 3)).astype(np.float32)
-    y = (X[:, 0] + 0.3 * rng.normal(size=60) > 0).astype(int)
-    groups = np.array([f"p{i}" for i in range(60)])
-    params = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.3, "nthread": 1}
-    p_inner = 1 / (1 + np.exp(-4 * X[:, 0]))
+@pytest.mark.parametrize("noise", [0.3, 0.0], ids=["noisy", "separable"])
+def test_the_multiplier_is_positive_and_finite_on_a_tiny_cohort(method: str, noise: float) -> None:
+    # 60 patients: isotonic refits give exact 0s and 1s, Platt refits steep slopes; a separable
+    # outcome puts most probabilities at the ends (a multiplier of 0 crashed, one of 4.6e6 before
+    # that made every interval [0, 1]).
+    X, y, groups, p_inner = _toy(60, noise, seed=3 if noise else 1)
     config = IntervalConfig(n_bootstrap=20, n_calibration=5)
-    interval = fit_bootstrap_interval(X, y, groups, params, 30, p_inner, method, config)
+    interval = fit_bootstrap_interval(X, y, groups, _TOY_PARAMS, 30, p_inner, method, config)
     assert interval is not None
-    assert 0.5 < interval.multiplier < 10
-    assert interval.meta.get("n_calibration", 0) <= 5
+    assert 0 < interval.multiplier < 10
+    used = interval.meta.get("n_calibration")
+    if used is None:  # fell back to Student's t, and says so
+        assert interval.multiplier == interval.t_multiplier
+        assert "Student's t" in interval.meaning()
+    else:
+        assert 1 <= used <= 5 and interval.meta["bias_corrected"] is True
+        assert "after a bootstrap bias correction" in interval.meaning()
+    # probabilities of exactly 0 and 1 stay inside their interval
+    probability = np.array([0.0, 1.0, 0.5])
+    low, high = interval.bounds(probability, interval.margins(X[:3]))
+    assert (low <= probability).all() and (probability <= high).all()
+
+
+def test_a_noisy_tiny_cohort_is_calibrated_by_parametric_refits() -> None:
+    X, y, groups, p_inner = _toy(60, 0.3, seed=3)
+    config = IntervalConfig(n_bootstrap=20, n_calibration=5)
+    interval = fit_bootstrap_interval(X, y, groups, _TOY_PARAMS, 30, p_inner, "platt", config)
+    assert interval is not None and interval.meta["n_calibration"] >= 3
+    assert interval.multiplier != interval.t_multiplier
 
 
 def test_no_refits_when_the_experiment_asks_for_none() -> None:
