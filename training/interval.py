@@ -185,9 +185,14 @@ def calibrate_multiplier(
         p_star = calibrator.transform_margin(refit.predict(dstar, output_margin=True))
         gap = np.abs(_logit(p_star) - truth)
         ratios.append(gap[varies] / spread[varies])
-    multiplier = float(np.quantile(np.concatenate(ratios), config.level)) if ratios else 0.0
+    pooled = np.concatenate(ratios) if ratios else np.empty(0)
+    pooled = pooled[np.isfinite(pooled)]  # a calibrator's NaN would void the whole quantile
+    multiplier = float(np.quantile(pooled, config.level)) if pooled.size else 0.0
     if not multiplier > 0:  # no refit could be fitted, or the refits hit the truth exactly
-        log.warning("interval: the parametric refits give no width; Student's t multiplier")
+        log.warning(
+            "interval: no parametric refit could be fitted, or they give no width; "
+            "Student's t multiplier"
+        )
         return interval.t_multiplier, 0
     log.info(
         "interval: multiplier %.3f from %d parametric refits (Student's t: %.3f)",
@@ -207,14 +212,16 @@ def bias_corrected_probability(p0: np.ndarray, refit_probabilities: np.ndarray) 
     return p0 + np.clip(correction, -p0 / 2, (1 - p0) / 2)
 
 
-#: Probabilities are kept this far from 0 and 1 on the log-odds scale, for p0, the stand-in truth
-#: and the parametric refits alike (serving and the bootstrap spread clip at 1e-7: the spread
-#: there only matters where the refits differ).
+#: p0 is kept this far from 0 and 1, so the stand-in truth lies in [5e-7, 1 - 5e-7]: strictly
+#: inside the log-odds clip below, where refits at exactly 0 or 1 end up (a truth at that clip
+#: would give them gaps of exactly 0).
 _EPS = 1e-6
+#: The log-odds clip, as in serving (`serving.predict.interval`).
+_LOGIT_EPS = 1e-7
 #: A bootstrap standard deviation of the log-odds below this is taken as no spread at all.
 _SAME_SPREAD = 1e-3
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    p = np.clip(np.asarray(p, dtype=np.float64), _LOGIT_EPS, 1 - _LOGIT_EPS)
     return np.log(p / (1 - p))

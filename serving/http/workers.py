@@ -97,7 +97,10 @@ class _Health:
     answers "starting" itself; once uvicorn has started, the event loop answers "up", so a worker
     whose event loop is blocked (it can take no requests) leaves its pings unanswered and is
     replaced after the health-check timeout. Long scoring runs in a thread (serving.http.routes),
-    so a busy worker still answers."""
+    so a busy worker still answers; parsing and validating the largest batch the limits allow
+    (1,000 records, 32 MiB) hold the loop for about 3 s, long enough for the worker to count as
+    unresponsive meanwhile (so a SIGHUP or SIGTTOU may pick it first; it is stopped gracefully
+    and finishes the batch), far short of the health-check timeout."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn

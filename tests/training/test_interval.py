@@ -66,34 +66,40 @@ _TOY_PARAMS = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.3, "nthr
 
 @pytest.mark.parametrize("method", ["platt", "isotonic"])
 @pytest.mark.parametrize("noise", [0.3, 0.0], ids=["noisy", "separable"])
-def test_the_multiplier_is_positive_and_finite_on_a_tiny_cohort(method: str, noise: float) -> None:
+def test_the_multiplier_is_calibrated_on_a_tiny_cohort(method: str, noise: float) -> None:
     # 60 patients: isotonic refits give exact 0s and 1s, Platt refits steep slopes; a separable
-    # outcome puts most probabilities at the ends (a multiplier of 0 crashed, one of 4.6e6 before
-    # that made every interval [0, 1]).
+    # outcome puts most probabilities at the ends. Before, k came out as 4.6e6 (noisy, isotonic)
+    # and as 0, a crash, then a fallback to Student's t (separable, isotonic: the truth sat at
+    # the log-odds clip with the refits, so every gap was 0).
     X, y, groups, p_inner = _toy(60, noise, seed=3 if noise else 1)
     config = IntervalConfig(n_bootstrap=20, n_calibration=5)
     interval = fit_bootstrap_interval(X, y, groups, _TOY_PARAMS, 30, p_inner, method, config)
     assert interval is not None
-    assert 0 < interval.multiplier < 10
-    used = interval.meta.get("n_calibration")
-    if used is None:  # fell back to Student's t, and says so
-        assert interval.multiplier == interval.t_multiplier
-        assert "Student's t" in interval.meaning()
-    else:
-        assert 1 <= used <= 5 and interval.meta["bias_corrected"] is True
-        assert "after a bootstrap bias correction" in interval.meaning()
-    # probabilities of exactly 0 and 1 stay inside their interval
+    assert 0 < interval.multiplier < 10 and interval.multiplier != interval.t_multiplier
+    assert interval.meta["n_calibration"] >= 3 and interval.meta["bias_corrected"] is True
+    assert "after a bootstrap bias correction" in interval.meaning()
+
+
+def test_too_few_patients_for_any_parametric_refit_fall_back_to_student_t() -> None:
+    X, _, groups, p_inner = _toy(4, 0.3, seed=3)
+    y = np.array([0, 1, 0, 1])  # no draw has the patients of each class that 3 folds need
+    config = IntervalConfig(n_bootstrap=20, n_calibration=5)
+    interval = fit_bootstrap_interval(X, y, groups, _TOY_PARAMS, 10, p_inner, "platt", config)
+    assert interval is not None and interval.multiplier == interval.t_multiplier
+    assert "n_calibration" not in interval.meta and "bias_corrected" not in interval.meta
+    assert "Student's t with 19 degrees of freedom" in interval.meaning()
+
+
+def test_probabilities_of_exactly_0_and_1_lie_inside_their_interval() -> None:
+    # an isotonic calibrator's ends; serving clips the centre's log-odds, so without widening
+    # the bounds to the probability they fell just short of it
+    X, y, groups, p_inner = _toy(60, 0.3, seed=3)
+    config = IntervalConfig(n_bootstrap=20, n_calibration=0)
+    interval = fit_bootstrap_interval(X, y, groups, _TOY_PARAMS, 30, p_inner, "isotonic", config)
+    assert interval is not None
     probability = np.array([0.0, 1.0, 0.5])
     low, high = interval.bounds(probability, interval.margins(X[:3]))
     assert (low <= probability).all() and (probability <= high).all()
-
-
-def test_a_noisy_tiny_cohort_is_calibrated_by_parametric_refits() -> None:
-    X, y, groups, p_inner = _toy(60, 0.3, seed=3)
-    config = IntervalConfig(n_bootstrap=20, n_calibration=5)
-    interval = fit_bootstrap_interval(X, y, groups, _TOY_PARAMS, 30, p_inner, "platt", config)
-    assert interval is not None and interval.meta["n_calibration"] >= 3
-    assert interval.multiplier != interval.t_multiplier
 
 
 def test_no_refits_when_the_experiment_asks_for_none() -> None:
