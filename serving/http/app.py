@@ -432,7 +432,7 @@ def create_app(
     own_audit = audit is None
     if audit is None:
         audit = _audit_log(settings)
-    app = _new_app(scorer, _closing(audit if own_audit else None))
+    app = _new_app(scorer, _closing(audit if own_audit else None), settings.telemetry)
     app.state.settings = settings
     app.state.scorer = scorer
     app.state.audit = audit
@@ -469,9 +469,13 @@ def _closing(owned: AuditLog | None) -> Callable[[FastAPI], AbstractAsyncContext
 
 
 def _new_app(
-    scorer: Scorer, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]
+    scorer: Scorer,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    telemetry: bool,
 ) -> FastAPI:
-    """The FastAPI object, titled and versioned after the model."""
+    """The FastAPI object, titled and versioned after the model; FastAPI's native OpenTelemetry
+    (FastAPI >= 0.165; older versions keep the unknown keyword as `app.extra`) only when the
+    settings ask for it."""
     info = scorer.model.info
     return FastAPI(
         title="ctit scoring service",
@@ -483,6 +487,7 @@ def _new_app(
         # /docs is `serving.http.web`'s: Swagger UI from local, pinned files (FastAPI's loads a CDN)
         docs_url=None,
         redoc_url=None,
+        telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry},
     )
 
 

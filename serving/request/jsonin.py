@@ -8,7 +8,8 @@ quotes the value itself (it may be patient data).
 
 The depth is measured on the raw bytes before parsing (strings removed by one regular
 expression, every other byte but brackets by `bytes.translate`, the brackets counted with
-numpy), so no parser ever recurses past `MAX_DEPTH`.
+numpy), so no parser ever recurses past `MAX_DEPTH`. A text with no more than `MAX_DEPTH`
+opening brackets in all cannot nest deeper, and skips the measure.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def loads_strict(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
             the path) for a duplicate key, a non-finite number or an unpaired surrogate.
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if nesting_depth(data) > max_depth:
+    # No JSON nests deeper than it has `[` and `{` bytes: one patient's record usually has
+    # fewer than `max_depth` of them, and counting them costs ~1 us against ~45 us for the depth.
+    opens = data.count(b"[") + data.count(b"{")
+    if opens > max_depth and nesting_depth(data) > max_depth:
         raise JsonRefused(400, [], f"JSON nested deeper than {max_depth} levels", "json_too_deep")
     watch = _Watch()
     obj = _parse(data, watch)
