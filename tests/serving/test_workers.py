@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import os
 import pty
+import resource
 import signal
 import socket
 import subprocess
@@ -324,6 +325,37 @@ def test_a_worker_that_cannot_start_is_retried_after_growing_pauses(start, tmp_p
     assert "next start in 0.5 s" in text and "next start in 1.0 s" in text
     assert text.count("died before it took requests (exit code 1)") <= 6
     (tmp_path / "fail").unlink()  # fixed: the next start of each place succeeds
+    service.wait_ready()
+    _stop(service)
+    assert service.proc.returncode == 0
+
+
+def test_a_worker_process_that_cannot_be_created_is_retried_and_the_others_serve(start) -> None:  # noqa: ANN001
+    service = start(workers=2)
+    service.wait_ready()
+    before = service.workers()
+    # The parent may open no new file descriptor (a real EMFILE, set from outside by prlimit):
+    # the replacement's pipe, and so the new process, cannot be made.
+    limits = resource.prlimit(service.proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(service.proc.pid, resource.RLIMIT_NOFILE, (3, limits[1]))
+    try:
+        assert service.get("/die") is None
+        service.wait_until(
+            "two failed creations, 0.5 s then 1 s apart",
+            lambda: (
+                "Cannot start a worker process" in service.text()
+                and "next try in 1.0 s" in service.text()
+            ),
+        )
+        assert "Too many open files" in service.text()
+        assert len(service.workers()) == 1, "the failure is retried later, not in a loop"
+        assert service.get("/pid") is not None, "the other worker keeps serving"
+    finally:
+        resource.prlimit(service.proc.pid, resource.RLIMIT_NOFILE, limits)
+    service.wait_until(
+        "a replacement once descriptors are free again",
+        lambda: len(service.workers()) == 2 and service.workers() != before,
+    )
     service.wait_ready()
     _stop(service)
     assert service.proc.returncode == 0
