@@ -157,7 +157,8 @@ TIME_METRICS = {
     "day14.calibration_intercept": "Day 14: calibration intercept",
     "day14.calibration_slope": "Day 14: calibration slope",
     "aft_day14.oe_ratio": "Day 14 before reconciliation (AFT alone): observed / expected",
-    "responders.median_abs_error_days": "Responders: |predicted median day - observed day|",
+    "responders.median_abs_error_days": "Responders: days from the predicted median day to "
+    "the observed response interval",
     "responders.median_in_observed_interval": "Responders: median day inside the observed interval",
 }
 

@@ -7,6 +7,9 @@ Targets (one row per episode with a baseline PLT and at least one PLT on days 1.
 - an episode excluded for follow-up that stopped (not evaluable: no response and no PLT late
   enough) is right-censored at its last draw too: it did not respond while followed, which is
   information the binary label has to drop but a survival model can use;
+- an episode excluded because a responding count could not be confirmed (`confirm_days`: no PLT
+  late enough after it) is right-censored at its last draw at least `confirm_days` before its
+  last draw: every count up to there was confirmed or refuted, a later one may be a response;
 - a given outcome without PLT draws: a responder in (0, horizon], a non-responder (horizon, inf).
 Episodes without a baseline cannot be judged and are left out.
 
@@ -15,7 +18,9 @@ AFT procedure is refitted on each training fold and its curve is reconciled with
 calibrated out-of-fold probability (`p_xgb`), exactly as served (`serving.survival`). Reported with
 patient-bootstrap 95% CIs: Harrell's and Uno's concordance of the time model, calibration of
 P(response by day 7) and by day 14 (O/E, intercept, slope, Brier) against the response observed
-by that day, and agreement of the predicted median day with the observed response day.
+by that day (a response between two draws around the day counts by the share of the days between
+them up to it: `responded_by`), and the days from the predicted median day to the interval the
+observed response lies in.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from data.labels import NO_BASELINE, LabelDefinition
+from data.labels import NO_BASELINE, LabelDefinition, unconfirmed_reason
 from serving.predict.survival import TimeToResponse, median_day
 from training.config import ExperimentConfig, SurvivalConfig
 from training.metrics import (
@@ -69,6 +74,9 @@ def survival_targets(
     days_by_episode = draws.groupby("episode_id")["day"].apply(lambda d: np.unique(d.to_numpy()))
 
     lab = labels.assign(episode_id=labels["episode_id"].astype(str)).set_index("episode_id")
+    unconfirmed = (
+        unconfirmed_reason(definition.confirm_days) if definition.confirm_days is not None else None
+    )
     rows = []
     for episode_id, patient_id in zip(episodes["episode_id"], episodes["patient_id"], strict=True):
         label = lab.at[episode_id, "label"]
@@ -78,6 +86,13 @@ def survival_targets(
         if pd.isna(label):
             if exclusion == NO_BASELINE or days.size == 0 or not pd.isna(response_day):
                 continue
+            if exclusion == unconfirmed:
+                # A responding count in the last `confirm_days` of follow-up had no later PLT
+                # to confirm it: free of response is known only up to the last draw that a
+                # later one could have confirmed.
+                days = days[days <= days.max() - int(definition.confirm_days or 0)]
+                if days.size == 0:
+                    continue
             rows.append((episode_id, patient_id, float(days.max()), np.inf, False, "lost"))
         elif int(label) == 1:
             if pd.isna(response_day):  # a given response without a dated PLT
@@ -237,6 +252,41 @@ def concordance(
 # -- out-of-fold evaluation ---------------------------------------------------------------------
 
 
+def responded_by(day: int, event: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """How much of each episode's response is known to fall on or before `day`.
+
+    1 when its interval (lower, upper] ends by `day`, 0 when it starts at or after `day` or the
+    episode did not respond; for a response between two draws around `day`, the share of the
+    interval's days up to `day`, (day - lower) / (upper - lower): any day between the draws
+    equally likely. Counting such a response as "not yet" (as `upper <= day` would) makes
+    P(response by day d) look over-predicted as soon as PLT is not drawn daily.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.clip((day - lower) / (upper - lower), 0.0, 1.0)
+    return np.where(event, np.nan_to_num(share, nan=1.0), 0.0)
+
+
+def split_between_draws(
+    share: np.ndarray, predicted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Outcomes, predictions and a weight map for metrics of binary outcomes: an episode with a
+    share s strictly between 0 and 1 counts as a responder with weight s and as a non-responder
+    with weight 1 - s (so O/E, Brier and the logistic calibration fits use expected counts)."""
+    between = np.flatnonzero((share > 0) & (share < 1))
+    y = np.concatenate([np.round(share), np.ones(between.size), np.zeros(between.size)])
+    y[between] = 0.0  # these columns get weight 0: their two halves follow
+    q = np.concatenate([predicted, predicted[between], predicted[between]])
+    s = share[between]
+
+    def expand(w: np.ndarray) -> np.ndarray:
+        w = np.atleast_2d(w).astype(float)
+        kept = w.copy()
+        kept[:, between] = 0.0
+        return np.concatenate([kept, w[:, between] * s, w[:, between] * (1 - s)], axis=1)
+
+    return y, q, expand
+
+
 def _estimate(fn: Callable[[np.ndarray], np.ndarray], weights: np.ndarray) -> dict[str, float]:
     point = float(fn(np.ones((1, weights.shape[1])))[0])
     boot = fn(weights)
@@ -333,12 +383,16 @@ def evaluate_out_of_fold(
         lambda w: concordance(sub_time, sub_event, curve[:, min(7, horizon_days) - 1], w),
         sub_weights,
     )
+    sub_lower, sub_upper = sub["lower"].to_numpy(float), sub["upper"].to_numpy(float)
     for day in sorted({min(int(d), horizon_days) for d in config.survival.calibration_days}):
-        observed = (sub_event & (sub["upper"].to_numpy() <= day)).astype(float)
+        share = responded_by(day, sub_event, sub_lower, sub_upper)
+        between = (share > 0) & (share < 1)
         for name, predicted in (("day", curve[:, day - 1]), ("aft_day", own[rows, day - 1])):
             prefix = f"{name}{day}"
-            metrics[f"{prefix}.observed"] = {"estimate": float(observed.mean())}
+            metrics[f"{prefix}.observed"] = {"estimate": float(share.mean())}
             metrics[f"{prefix}.predicted"] = {"estimate": float(predicted.mean())}
+            metrics[f"{prefix}.n_between_draws"] = {"estimate": float(between.sum())}
+            y, q, expand = split_between_draws(share, predicted)
             for metric, fn in (
                 ("oe_ratio", oe_ratio),
                 ("calibration_intercept", calibration_intercept),
@@ -346,7 +400,7 @@ def evaluate_out_of_fold(
                 ("brier", brier),
             ):
                 metrics[f"{prefix}.{metric}"] = _estimate(
-                    lambda w, fn=fn, o=observed, q=predicted: fn(o, q, w), sub_weights
+                    lambda w, fn=fn, y=y, q=q, expand=expand: fn(y, q, expand(w)), sub_weights
                 )
     # Agreement of the predicted median day (given response) with the observed response day.
     responders = np.flatnonzero(sub_event)
@@ -355,7 +409,8 @@ def evaluate_out_of_fold(
         upper = sub["upper"].to_numpy()[responders]
         lower = sub["lower"].to_numpy()[responders]
         inside = ((median > lower) & (median <= upper)).astype(float)
-        error = np.abs(median - upper)
+        # days from the predicted median to the interval the response is known to lie in
+        error = np.maximum(lower + 1 - median, 0) + np.maximum(median - upper, 0)
         w_r = sub_weights[:, responders]
 
         def weighted_mean(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -185,18 +185,25 @@ def interval_width_summary(low: Sequence[float], high: Sequence[float]) -> dict[
     return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2])}
 
 
+#: A 0/1 value, a category level or a missing value in fewer than this share of the training
+#: episodes is outside the data's support.
+RARE_SHARE = 0.01
+
+
 class SupportEnvelope:
     """Where the training data say little, the interval also spans what the model says across
     the data it has.
 
     The bootstrap spread is small where trees extrapolate: past the last split a value beyond the
-    training range scores like the edge, and a category level almost no training patient had moves
-    few splits. So a patient with features outside the training range gets an interval that also
-    contains the intervals with all those features at the training 1st percentile, and with all
-    at the 99th; a patient with 0/1 features (or one-hot levels) seen in fewer than 1% of training
-    episodes, the interval with those features at their common level (a one-hot level as an
-    unseen one). At most three extra rows per patient. The coverage statement applies inside the
-    data's support; outside it the interval is knowingly wider.
+    training range scores like the edge, a category level almost no training patient had moves
+    few splits, and a value missing where training values almost never were takes each tree's
+    default branch alike in every refit. So a patient with features outside the training range,
+    or missing where under 1% of training episodes missed them, gets an interval that also
+    contains the intervals with all those features at the training 1st percentile, with all at
+    the 50th, and with all at the 99th; a patient with 0/1 features (or one-hot levels) seen in
+    fewer than 1% of training episodes, the interval with those features at their common level
+    (a one-hot level as an unseen one). At most four extra rows per patient. The coverage
+    statement applies inside the data's support; outside it the interval is knowingly wider.
     """
 
     def __init__(
@@ -209,7 +216,9 @@ class SupportEnvelope:
         self._low = np.full(n, np.nan)
         self._high = np.full(n, np.nan)
         self._p01 = np.full(n, np.nan, dtype=np.float32)
+        self._p50 = np.full(n, np.nan, dtype=np.float32)
         self._p99 = np.full(n, np.nan, dtype=np.float32)
+        self._rarely_missing = np.zeros(n, dtype=bool)  # missing in under 1% of training
         self._rare = np.full(n, np.nan, dtype=np.float32)  # the rare value of a 0/1 feature
         self._common = np.full(n, np.nan, dtype=np.float32)  # what it becomes in the alternative
         groups: dict[str, list[int]] = {}
@@ -223,6 +232,9 @@ class SupportEnvelope:
                 continue
             self._low[j], self._high[j] = float(stats["min"]), float(stats["max"])
             self._p01[j], self._p99[j] = float(stats["p01"]), float(stats["p99"])
+            self._p50[j] = float(stats.get("p50", np.nan))
+            share = stats.get("missing_share")
+            self._rarely_missing[j] = share is not None and float(share) < RARE_SHARE
             if binary[j] and stats["min"] == 0 and stats["max"] == 1:
                 # p99 = 0: fewer than 1% of training episodes have a 1 (p01 = 1: a 0)
                 if float(stats["p99"]) == 0.0:
@@ -233,18 +245,20 @@ class SupportEnvelope:
                     self._zeroed[j] = groups[name.split("=", 1)[0]]
 
     def alternatives(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row of X each alternative belongs to, the alternative rows), at most 3 per row."""
+        """(row of X each alternative belongs to, the alternative rows), at most 4 per row."""
         X = np.asarray(X, dtype=np.float32)
         with np.errstate(invalid="ignore"):
             outside = np.less(X, self._low) | np.greater(X, self._high)
+        outside |= np.isnan(X) & self._rarely_missing
         rare = np.equal(X, self._rare)
         rows: list[int] = []
         alts: list[np.ndarray] = []
         for i in np.flatnonzero(outside.any(axis=1) | rare.any(axis=1)):
             if outside[i].any():
-                for edge in (self._p01, self._p99):
+                for edge in (self._p01, self._p50, self._p99):
                     alt = X[i].copy()
-                    alt[outside[i]] = edge[outside[i]]
+                    # a reference without the 50th percentile (older bundles): the 1st instead
+                    alt[outside[i]] = np.where(np.isnan(edge), self._p01, edge)[outside[i]]
                     rows.append(int(i))
                     alts.append(alt)
             if rare[i].any():

@@ -200,32 +200,51 @@ def test_model_card_states_the_meaning(full_model) -> None:
 def test_support_envelope_alternatives_hand_made() -> None:
     from serving.predict.interval import SupportEnvelope
 
-    names = ["alb_last", "current_parp", "subtype=A", "subtype=B"]
+    names = ["alb_last", "current_parp", "subtype=A", "subtype=B", "plt_last"]
     reference = {
-        "alb_last": {"min": 20.0, "p01": 25.0, "p50": 38.0, "p99": 45.0, "max": 47.0},
+        "alb_last": {
+            "min": 20.0,
+            "p01": 25.0,
+            "p50": 38.0,
+            "p99": 45.0,
+            "max": 47.0,
+            "missing_share": 0.2,
+        },  # fmt: skip
         "current_parp": {"min": 0.0, "p01": 0.0, "p50": 0.0, "p99": 0.0, "max": 1.0},
         "subtype=A": {"min": 0.0, "p01": 0.0, "p50": 1.0, "p99": 1.0, "max": 1.0},
         "subtype=B": {"min": 0.0, "p01": 0.0, "p50": 0.0, "p99": 0.0, "max": 1.0},
+        "plt_last": {
+            "min": 5.0,
+            "p01": 12.0,
+            "p50": 60.0,
+            "p99": 180.0,
+            "max": 400.0,
+            "missing_share": 0.0,
+        },  # fmt: skip
     }
-    envelope = SupportEnvelope(names, reference, [False, True, True, True])
+    envelope = SupportEnvelope(names, reference, [False, True, True, True, False])
     X = np.array(
         [
-            [38.0, 0.0, 1.0, 0.0],  # typical: no alternative
-            [60.0, 0.0, 1.0, 0.0],  # albumin above the training maximum
-            [np.nan, 1.0, 0.0, 1.0],  # rare drug class and rare subtype; missing is not sparse
+            [38.0, 0.0, 1.0, 0.0, 50.0],  # typical: no alternative
+            [60.0, 0.0, 1.0, 0.0, 50.0],  # albumin above the training maximum
+            # rare drug class and rare subtype; albumin missing as in 20% of training: not sparse
+            [np.nan, 1.0, 0.0, 1.0, 50.0],
+            [38.0, 0.0, 1.0, 0.0, np.nan],  # PLT missing, which no training episode was
         ],
         dtype=np.float32,
     )
     rows, alts = envelope.alternatives(X)
-    assert rows.tolist() == [1, 1, 2]
-    np.testing.assert_array_equal(alts[0], [25.0, 0.0, 1.0, 0.0])  # at the 1st percentile
-    np.testing.assert_array_equal(alts[1], [45.0, 0.0, 1.0, 0.0])  # at the 99th
+    assert rows.tolist() == [1, 1, 1, 2, 3, 3, 3]
+    np.testing.assert_array_equal(alts[0], [25.0, 0.0, 1.0, 0.0, 50.0])  # the 1st percentile
+    np.testing.assert_array_equal(alts[1], [38.0, 0.0, 1.0, 0.0, 50.0])  # the 50th
+    np.testing.assert_array_equal(alts[2], [45.0, 0.0, 1.0, 0.0, 50.0])  # the 99th
     # the rare flag at its common level, the rare one-hot level as an unseen one (all zeros)
-    np.testing.assert_array_equal(alts[2], [np.nan, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(alts[3], [np.nan, 0.0, 0.0, 0.0, 50.0])
+    np.testing.assert_array_equal(alts[4:, 4], [12.0, 60.0, 180.0])
     low, high = SupportEnvelope.widen(
         np.array([0.4, 0.5, 0.6]),
         np.array([0.5, 0.6, 0.7]),
-        rows,
+        np.array([1, 1, 2]),
         np.array([0.3, 0.55, 0.5]),
         np.array([0.45, 0.8, 0.65]),
     )

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from data.cohort import cohort_from_tables
 from data.labels import derive_labels, get_definition
 from training.config import SurvivalConfig
-from training.survival import concordance, fit_time_model, survival_targets
+from training.metrics import brier, calibration_slope, oe_ratio
+from training.survival import (
+    concordance,
+    fit_time_model,
+    responded_by,
+    split_between_draws,
+    survival_targets,
+)
 
 INDEX = pd.Timestamp("2025-03-10")
 
@@ -67,6 +74,79 @@ def test_hand_made_episodes_are_censored_between_draws() -> None:
     assert targets.loc["E-R1", ["lower", "upper", "event"]].tolist() == [0.0, 1.0, True]
     # no baseline: no target
     assert "E-NB" not in targets.index
+
+
+def _cohort_of(labs: list[dict], patients: list[str]):
+    tables = {
+        "patients": pd.DataFrame({"patient_id": patients}),
+        "episodes": pd.DataFrame(
+            {
+                "episode_id": [f"E-{p}" for p in patients],
+                "patient_id": patients,
+                "index_date": INDEX.date().isoformat(),
+            }
+        ),
+        "labs": pd.DataFrame(labs),
+    }
+    return cohort_from_tables(tables)
+
+
+def test_an_unconfirmed_response_is_censored_before_it() -> None:
+    # confirm_days 3: a responding count needs a PLT 3 or more days later that still responds
+    definition = get_definition("custom:threshold=100,rise=50,horizon=14,confirm_days=3")
+    patients = ["U11", "U9", "C4", "U2"]
+    labs = [_plt(p, -1, 30.0) for p in patients]
+    labs += [_plt("U11", 3, 40.0), _plt("U11", 11, 120.0)]  # day 11 responds, nothing after
+    labs += [_plt("U9", d, v) for d, v in ((3, 40.0), (6, 45.0), (9, 42.0), (11, 130.0))]
+    labs += [_plt("C4", 4, 120.0), _plt("C4", 8, 125.0)]  # confirmed on day 8
+    labs += [_plt("U2", 2, 120.0)]  # responds on its only draw
+    cohort = _cohort_of(labs, patients)
+    labels = derive_labels(cohort, definition).set_index("episode_id")
+    assert labels.loc[["E-U11", "E-U9", "E-U2"], "label"].isna().all()  # not evaluable
+    targets = survival_targets(cohort, labels.reset_index(), definition)
+    # known free of response only up to the last draw a later one could confirm (day <= 11 - 3)
+    assert targets.loc["E-U11", ["lower", "upper", "event"]].tolist() == [3.0, math.inf, False]
+    assert targets.loc["E-U9", ["lower", "upper", "event"]].tolist() == [6.0, math.inf, False]
+    assert targets.loc[["E-U11", "E-U9"], "status"].eq("lost").all()
+    assert targets.loc["E-C4", ["lower", "upper", "event"]].tolist() == [0.0, 4.0, True]
+    assert "E-U2" not in targets.index  # nothing known: no target
+
+
+def test_responded_by_counts_a_response_between_draws_by_its_share() -> None:
+    lower = np.array([5.0, 0.0, 2.0, 7.0, 3.0, 6.0])
+    upper = np.array([9.0, 14.0, 4.0, 10.0, np.inf, 7.0])
+    event = np.array([True, True, True, True, False, True])
+    np.testing.assert_allclose(responded_by(7, event, lower, upper), [0.5, 0.5, 1, 0, 0, 1])
+
+
+def test_sparse_draws_do_not_bias_the_response_observed_by_a_day() -> None:
+    # Responders with a true day uniform on 1..14, PLT drawn on days 2, 5, 9, 12 and 14 only:
+    # by day 7 half have responded. Counting only intervals that end by day 7 says 5/14.
+    rng = np.random.default_rng(3)
+    true_day = rng.integers(1, 15, size=20_000)
+    draws = np.array([2, 5, 9, 12, 14])
+    upper = draws[np.searchsorted(draws, true_day)].astype(float)
+    before = np.searchsorted(draws, true_day) - 1
+    lower = np.where(before >= 0, draws[np.maximum(before, 0)], 0).astype(float)
+    event = np.ones(true_day.size, dtype=bool)
+    share = responded_by(7, event, lower, upper)
+    assert abs(share.mean() - 0.5) < 0.02
+    assert abs((upper <= 7).mean() - 5 / 14) < 0.02  # the old count, for contrast
+
+
+def test_metrics_on_split_episodes_use_expected_counts() -> None:
+    share = np.array([1.0, 0.0, 0.25, 0.5])
+    predicted = np.array([0.9, 0.2, 0.3, 0.6])
+    y, q, expand = split_between_draws(share, predicted)
+    ones = np.ones((1, 4))
+    assert oe_ratio(y, q, expand(ones))[0] == pytest.approx(share.sum() / predicted.sum())
+    expected_brier = np.mean(share * (predicted - 1) ** 2 + (1 - share) * predicted**2)
+    assert brier(y, q, expand(ones))[0] == pytest.approx(expected_brier)
+    # bootstrap weights carry through: dropping the split episode 2 is dropping both halves
+    w = np.array([[1.0, 1.0, 0.0, 1.0]])
+    kept = np.array([0, 1, 3])
+    assert oe_ratio(y, q, expand(w))[0] == pytest.approx(share[kept].sum() / predicted[kept].sum())
+    assert np.isfinite(calibration_slope(y, q, expand(ones))[0])
 
 
 def test_concordance_hand_computed() -> None:
