@@ -201,6 +201,11 @@ class SurvivalConfig(_Section):
     distribution: Literal["normal", "logistic"] = "normal"
     scales: tuple[float, ...] = (0.5, 0.8, 1.2)  # AFT sigma candidates, chosen on an inner split
     calibration_days: tuple[int, ...] = (7, 14)  # days whose P(response by day) is evaluated
+    # No time model unless this many responders have a response interval narrower than the
+    # whole horizon (a PLT drawn between the index date and the response day, or the response
+    # seen before the horizon): given outcomes, or PLT drawn only at the horizon, say nothing
+    # about when, and a curve from them would be the distribution's assumed shape alone.
+    min_timed_responders: int = Field(20, ge=1)
 
     @field_validator("scales")
     @classmethod

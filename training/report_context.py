@@ -778,9 +778,16 @@ def uncertainty(result: TrainResult) -> Uncertainty | None:
         return None
     info = describe()
     time = info.get("time_to_response")
-    if not time:
-        return Uncertainty(interval=str(info["interval"]))
     evidence = model.metadata.get("time_to_response") or {}
+    if not time:
+        reason = evidence.get("not_estimable")
+        if reason:  # stated, so a reviewer sees why the answers carry no curve
+            return Uncertainty(
+                interval=str(info["interval"]),
+                time_meaning="Not served: " + str(reason),
+                time_evidence=f"{evidence.get('n_episodes', 0):,} episodes with a target.",
+            )
+        return Uncertainty(interval=str(info["interval"]))
     rows = []
     for key, label in TIME_METRICS.items():
         cell = (time.get("metrics") or {}).get(key)

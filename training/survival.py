@@ -111,6 +111,15 @@ def survival_targets(
     return frame
 
 
+def timed_responders(targets: pd.DataFrame, horizon_days: int) -> int:
+    """Responders whose interval says something about when: not the whole (0, horizon]."""
+    event = targets["event"].to_numpy(bool)
+    informative = (targets["lower"].to_numpy(float) > 0) | (
+        targets["upper"].to_numpy(float) < horizon_days
+    )
+    return int((event & informative).sum())
+
+
 def _aft_params(tree_params: dict[str, Any], config: SurvivalConfig, scale: float) -> dict:
     params = {k: tree_params[k] for k in TREE_KEYS if k in tree_params}
     params.update(
@@ -440,6 +449,21 @@ def fit_time_to_response(
     if len(targets) < 10 or not targets["event"].any():
         log.warning("time to response: %d episodes with a target; no model", len(targets))
         return None, {"enabled": True, "n_episodes": int(len(targets)), "metrics": {}}
+    timed = timed_responders(targets, definition.horizon_days)
+    if timed < config.survival.min_timed_responders:
+        reason = (
+            f"timing not estimable: {timed} of {int(targets['event'].sum())} responders have a "
+            f"response interval narrower than days 0-{definition.horizon_days} (at least "
+            f"{config.survival.min_timed_responders} needed); no response_by_day is served"
+        )
+        log.warning("time to response: %s", reason)
+        return None, {
+            "enabled": True,
+            "n_episodes": int(len(targets)),
+            "n_timed_responders": timed,
+            "not_estimable": reason,
+            "metrics": {},
+        }
     X = X_all.loc[targets.index]
     evidence = evaluate_out_of_fold(
         X,

@@ -13,14 +13,16 @@ from hypothesis import strategies as st
 
 from data.cohort import cohort_from_tables
 from data.labels import derive_labels, get_definition
-from training.config import SurvivalConfig
+from training.config import ExperimentConfig, SurvivalConfig
 from training.metrics import brier, calibration_slope, oe_ratio
 from training.survival import (
     concordance,
     fit_time_model,
+    fit_time_to_response,
     responded_by,
     split_between_draws,
     survival_targets,
+    timed_responders,
 )
 
 INDEX = pd.Timestamp("2025-03-10")
@@ -147,6 +149,31 @@ def test_metrics_on_split_episodes_use_expected_counts() -> None:
     kept = np.array([0, 1, 3])
     assert oe_ratio(y, q, expand(w))[0] == pytest.approx(share[kept].sum() / predicted[kept].sum())
     assert np.isfinite(calibration_slope(y, q, expand(ones))[0])
+
+
+def test_no_curve_when_the_draws_say_nothing_about_when() -> None:
+    # 30 responders seen only at the horizon (PLT on the index date and on day 14): each
+    # responded somewhere in (0, 14]; and 10 non-responders
+    definition = get_definition("plt100_or_rise50_d14")
+    responders = [f"R{i}" for i in range(30)]
+    others = [f"N{i}" for i in range(10)]
+    labs = [_plt(p, -1, 30.0) for p in responders + others]
+    labs += [_plt(p, 14, 140.0) for p in responders] + [_plt(p, 14, 40.0) for p in others]
+    cohort = _cohort_of(labs, responders + others)
+    labels = derive_labels(cohort, definition)
+    targets = survival_targets(cohort, labels, definition)
+    assert timed_responders(targets, 14) == 0
+    model, evidence = fit_time_to_response(
+        ExperimentConfig(), cohort, labels, None, definition, [], pd.Index([]), None, {}
+    )
+    assert model is None
+    assert evidence["n_timed_responders"] == 0
+    assert "timing not estimable: 0 of 30 responders" in evidence["not_estimable"]
+    # a draw on day 7 without response places each response in (7, 14]: timed
+    labs += [_plt(p, 7, 40.0) for p in responders]
+    cohort = _cohort_of(labs, responders + others)
+    timed = survival_targets(cohort, derive_labels(cohort, definition), definition)
+    assert timed_responders(timed, 14) == 30
 
 
 def test_concordance_hand_computed() -> None:
