@@ -173,6 +173,10 @@ class PromotionConfig(_Section):
     max_brier_increase: float = Field(0.0, ge=0, le=1)
 
 
+#: Fewest bootstrap refits an interval is built from.
+MIN_REFITS = 10
+
+
 class IntervalConfig(_Section):
     """The probability interval: nominal level and patient-bootstrap refits of the deployed model.
 
@@ -189,8 +193,10 @@ class IntervalConfig(_Section):
     @field_validator("n_bootstrap")
     @classmethod
     def _enough(cls, n: int) -> int:
-        if n == 1:
-            raise ValueError("0 (no interval) or at least 2 bootstrap refits")
+        # The width is k times the refits' standard deviation: from fewer than 10 refits that
+        # deviation is itself noise (2 refits: one degree of freedom, widths from 0.005 to 0.99).
+        if 0 < n < MIN_REFITS:
+            raise ValueError(f"0 (no interval) or at least {MIN_REFITS} bootstrap refits, got {n}")
         return n
 
 

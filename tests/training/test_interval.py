@@ -109,8 +109,10 @@ def test_no_refits_when_the_experiment_asks_for_none() -> None:
         IntervalConfig(n_bootstrap=0),
     )  # fmt: skip
     assert none is None
-    with pytest.raises(ValueError, match="at least 2"):
-        IntervalConfig(n_bootstrap=1)
+    for too_few in (1, 2, 9):
+        with pytest.raises(ValueError, match="at least 10"):
+            IntervalConfig(n_bootstrap=too_few)
+    assert IntervalConfig(n_bootstrap=10).n_bootstrap == 10
 
 
 @pytest.fixture(scope="module")
