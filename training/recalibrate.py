@@ -135,6 +135,43 @@ def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray, old: Any) -> 
     return Calibrator.from_dict({"method": "platt", "slope": slope, "intercept": intercept + a})
 
 
+def carried_interval(interval: Any, old: Any, new: Any) -> Any:
+    """The bootstrap interval of a recalibrated model.
+
+    The interval is the deployed log-odds plus or minus k times the refits' spread of
+    calibrated log-odds. When the old calibrator, the new one and every refit's are Platt maps,
+    the site's recalibration is an affine map of log-odds, logit -> r logit + s with r the ratio
+    of the new to the old slope: each refit's map is carried by it, so the spread (and the
+    width) scales by |r|. Otherwise (isotonic) no such map exists: the refits are kept and the
+    stated meaning says the coverage is not re-established at the site.
+    """
+    if interval is None:
+        return None
+    platt = {getattr(c, "method", None) for c in (old, new, *interval.calibrators)} == {"platt"}
+    if platt and old.slope_ != 0:
+        from serving.bundle.calibrator import Calibrator
+
+        ratio = new.slope_ / old.slope_
+        shift = new.intercept_ - ratio * old.intercept_
+        calibrators = [
+            Calibrator.from_dict(
+                {
+                    "method": "platt",
+                    "slope": ratio * c.slope_,
+                    "intercept": ratio * c.intercept_ + shift,
+                }
+            )
+            for c in interval.calibrators
+        ]
+        note = f"each refit's Platt map carried by the site recalibration (log-odds x {ratio:.3g})"
+        return replace(interval, calibrators=calibrators, meta={**interval.meta, "site": note})
+    note = (
+        f"the site's {new.method} recalibration changed the probability scale; this coverage "
+        "was shown for the training procedure and is not re-established at the site"
+    )
+    return replace(interval, meta={**interval.meta, "site": note})
+
+
 def split_holdout(
     groups: np.ndarray, y: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +222,8 @@ def recalibrate_model(
         "recalibrated_from": source,
         "recalibration_method": method,
     }
-    new_model = replace(model, calibrator=calibrator, metadata=metadata)
+    interval = carried_interval(model.interval_model, model.calibrator, calibrator)
+    new_model = replace(model, calibrator=calibrator, metadata=metadata, interval_model=interval)
     features = pd.DataFrame(X, index=pd.Index(ids, name="episode_id"), columns=model.feature_names)
     return Recalibration(
         model=new_model,

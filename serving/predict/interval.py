@@ -106,7 +106,9 @@ class BootstrapInterval:
             if calibrated
             else f"Student's t with {self.n_refits - 1} degrees of freedom"
         )
-        return MEANING.format(level=self.level, n=self.n_refits, k=self.multiplier, how=how)
+        meaning = MEANING.format(level=self.level, n=self.n_refits, k=self.multiplier, how=how)
+        site = self.meta.get("site")  # set by a site recalibration (`training.recalibrate`)
+        return f"{meaning}; {site}" if site else meaning
 
     def logits(self, margins: np.ndarray) -> np.ndarray:
         """Calibrated log-odds of each refit (rows) for each patient (columns)."""

@@ -16,6 +16,7 @@ from training.recalibrate import (
     LOGISTIC_MIN_CLASS,
     RecalibrationConfig,
     RecalibrationError,
+    carried_interval,
     choose_method,
     fit_calibrator,
     split_holdout,
@@ -53,6 +54,57 @@ def test_isotonic_is_monotone_and_intercept_needs_a_platt_calibrator() -> None:
     assert np.all(np.diff(p) >= 0)
     with pytest.raises(RecalibrationError, match="must be Platt"):
         fit_calibrator("intercept", margin, y, new)
+
+
+def _refits(n: int = 5) -> tuple[np.ndarray, object]:
+    """A BootstrapInterval of `n` small real boosters with their own Platt maps, and its X."""
+    import xgboost as xgb
+
+    from serving.predict.interval import BootstrapInterval
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=200) > 0).astype(int)
+    boosters, calibrators = [], []
+    for i in range(n):
+        rows = rng.integers(0, 200, 200)
+        data = xgb.DMatrix(X[rows], label=y[rows])
+        boosters.append(xgb.train({"max_depth": 2, "seed": i}, data, num_boost_round=5))
+        calibrators.append(
+            Calibrator.from_dict({"method": "platt", "slope": 0.9 + 0.05 * i, "intercept": 0.1 * i})
+        )
+    return X, BootstrapInterval(boosters, calibrators, level=0.8, multiplier=1.3)
+
+
+def test_a_platt_site_recalibration_carries_the_interval_width() -> None:
+    X, interval = _refits()
+    new = Calibrator.from_dict({"method": "platt", "slope": 2.0, "intercept": 0.5})
+    carried = carried_interval(interval, PLATT, new)
+    margins = interval.margins(X)
+    ratio = new.slope_ / PLATT.slope_
+    # the refits' log-odds are carried by the affine map of the site: their spread scales by it
+    before = np.std(interval.logits(margins), axis=0, ddof=1)
+    after = np.std(carried.logits(margins), axis=0, ddof=1)
+    np.testing.assert_allclose(after, ratio * before, rtol=1e-9)
+    # so the width in log-odds around the served probability scales the same way
+    p = new.transform_margin(margins[0])
+    low, high = carried.bounds(p, margins)
+    np.testing.assert_allclose(
+        np.log(high / (1 - high)) - np.log(low / (1 - low)), 2 * 1.3 * ratio * before, rtol=1e-6
+    )
+    assert "carried by the site recalibration" in carried.meaning()
+    assert carried.multiplier == interval.multiplier and carried.level == interval.level
+
+
+def test_an_isotonic_site_recalibration_says_coverage_is_not_reestablished() -> None:
+    _, interval = _refits()
+    margin = np.linspace(-3, 3, 50)
+    y = (margin + np.random.default_rng(1).normal(size=50) > 0).astype(int)
+    isotonic = fit_calibrator("isotonic", margin, y, PLATT)
+    carried = carried_interval(interval, PLATT, isotonic)
+    assert carried.calibrators == interval.calibrators
+    assert "not re-established at the site" in carried.meaning()
+    assert carried_interval(None, PLATT, isotonic) is None
 
 
 def test_auto_chooses_by_size() -> None:
