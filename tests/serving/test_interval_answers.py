@@ -230,17 +230,20 @@ def test_support_envelope_alternatives_hand_made() -> None:
             # rare drug class and rare subtype; albumin missing as in 20% of training: not sparse
             [np.nan, 1.0, 0.0, 1.0, 50.0],
             [38.0, 0.0, 1.0, 0.0, np.nan],  # PLT missing, which no training episode was
+            [60.0, 0.0, 1.0, 0.0, np.nan],  # both: PLT joins albumin's three rows
         ],
         dtype=np.float32,
     )
     rows, alts = envelope.alternatives(X)
-    assert rows.tolist() == [1, 1, 1, 2, 3, 3, 3]
+    assert rows.tolist() == [1, 1, 1, 2, 3, 4, 4, 4]
     np.testing.assert_array_equal(alts[0], [25.0, 0.0, 1.0, 0.0, 50.0])  # the 1st percentile
     np.testing.assert_array_equal(alts[1], [38.0, 0.0, 1.0, 0.0, 50.0])  # the 50th
     np.testing.assert_array_equal(alts[2], [45.0, 0.0, 1.0, 0.0, 50.0])  # the 99th
     # the rare flag at its common level, the rare one-hot level as an unseen one (all zeros)
     np.testing.assert_array_equal(alts[3], [np.nan, 0.0, 0.0, 0.0, 50.0])
-    np.testing.assert_array_equal(alts[4:, 4], [12.0, 60.0, 180.0])
+    np.testing.assert_array_equal(alts[4], [38.0, 0.0, 1.0, 0.0, 60.0])  # missing: the 50th
+    np.testing.assert_array_equal(alts[5:, 0], [25.0, 38.0, 45.0])
+    np.testing.assert_array_equal(alts[5:, 4], [12.0, 60.0, 180.0])
     low, high = SupportEnvelope.widen(
         np.array([0.4, 0.5, 0.6]),
         np.array([0.5, 0.6, 0.7]),
