@@ -24,6 +24,7 @@ from serving.fhir.bundles import is_fhir
 from serving.fhir.codes import FhirError
 from serving.fhir.reader import fhir_to_patient_records
 from serving.http.audit import AuditUnavailable
+from serving.http.jsonout import FastJSONResponse
 from serving.request.jsonin import JsonRefused, loads_strict
 from serving.request.records import RecordError
 
@@ -103,7 +104,7 @@ async def score_fhir(
             await _write_audit(audit, records, answers, hashlib.sha256(raw).hexdigest())
         except AuditUnavailable:
             return _audit_unavailable()
-    return JSONResponse(_answer_bundle(records, answers, warnings), media_type=FHIR_JSON)
+    return FastJSONResponse(_answer_bundle(records, answers, warnings), media_type=FHIR_JSON)
 
 
 class _Refused(Exception):

@@ -54,12 +54,14 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from serving.http.jsonout import dumps
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ _LOCK_WAIT_S = 30.0
 #: Commit in the caller's thread while commits take less than this on average (`_commit_here`).
 _INLINE_COMMIT_S = 0.0005
 _COMMIT_AVERAGING = 0.2  # weight of the newest commit in the moving average
-_BUSY_TIMEOUT_S = 30.0  # the connection's own wait, for everything but `_begin`
+_BUSY_TIMEOUT_S = 30.0  # SQLite's own wait, for the rare statements outside `_begin` (`_patient`)
 
 
 class AuditLog:
@@ -194,6 +196,10 @@ class AuditLog:
                 raise RuntimeError(f"audit log {self.path}: WAL mode refused (journal_mode={mode})")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.executescript(_SCHEMA)
+            # From now on a locked database fails at once: `_begin` retries faster than SQLite's
+            # busy handler; the rare other statements wait in `_patient`. Switching the timeout
+            # around every commit cost two statements a request (30-45 µs after a scoring).
+            db.execute("PRAGMA busy_timeout=0")
         except BaseException:
             db.close()
             raise
@@ -234,7 +240,7 @@ class AuditLog:
             return self._reopen()
 
     def _stored_salt(self) -> str:
-        with self._lock:
+        with self._lock, self._patient():
             # Several server processes may open a new log at once: the first salt written wins.
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)",
@@ -493,26 +499,34 @@ class AuditLog:
 
         Several server workers share one file. SQLite's own busy handler sleeps in steps of 1 to
         100 ms, far longer than the other writer's commit (a sync, ~0.4 ms here): with two
-        workers that halved the throughput. Gives up after `_LOCK_WAIT_S` (raises), or at once
-        without `wait` (returns False).
+        workers that halved the throughput. So the connection's busy timeout stays 0 (see
+        `_open`) and the wait is ours. Gives up after `_LOCK_WAIT_S` (raises), or at once without
+        `wait` (returns False).
         """
         deadline = time.monotonic() + _LOCK_WAIT_S
         pause = 0.0001
-        self._db.execute("PRAGMA busy_timeout=0")  # only here: reads keep SQLite's own waiting
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return True
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                if not wait:
+                    return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+
+    @contextlib.contextmanager
+    def _patient(self) -> Iterator[None]:
+        """SQLite's own waiting (`_BUSY_TIMEOUT_S`) for a statement outside `_begin` (the salt,
+        `check`, `rows`: a WAL reader rarely meets a lock, but may during another process's
+        recovery); under `_lock`."""
+        self._db.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
         try:
-            while True:
-                try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    return True
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc) or time.monotonic() > deadline:
-                        raise
-                    if not wait:
-                        return False
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
+            yield
         finally:
-            self._db.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA busy_timeout=0")
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -521,7 +535,7 @@ class AuditLog:
         if not self.writable():
             return False
         try:
-            with self._lock:
+            with self._lock, self._patient():
                 self._db.execute("SELECT 1 FROM scores LIMIT 1").fetchall()
         except sqlite3.Error:
             return False
@@ -531,7 +545,7 @@ class AuditLog:
         """Every row of a table as dicts (for audits and tests)."""
         if table not in ("scores", "feedback", "score_inputs", "feature_sets"):
             raise ValueError(f"unknown audit table {table!r}")
-        with self._lock:
+        with self._lock, self._patient():
             cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY id")
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -559,7 +573,7 @@ def _output(answer: dict[str, Any], episode_hash: str) -> str:
             else None
             for w in kept["warnings"]
         ]
-    return json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return dumps(kept, sort_keys=True).decode("utf-8")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from serving.fhir.assessment import risk_assessment
 from serving.http.access import require_token
 from serving.http.audit import AuditLog, AuditUnavailable
+from serving.http.jsonout import FastJSONResponse
 from serving.request.records import RecordError
 from serving.request.schemas import BatchOut, BatchRequest, ErrorOut, ScoreOut, ScoreRequest
 from serving.scoring.scorer import Scorer
@@ -161,8 +162,8 @@ async def score(
     if (refusal := await _write_audit(request, answer["model"], items, "/v1/score")) is not None:
         return refusal
     if resource is not None:
-        return JSONResponse(resource, media_type="application/fhir+json")
-    return JSONResponse(answer)
+        return FastJSONResponse(resource, media_type="application/fhir+json")
+    return FastJSONResponse(answer)
 
 
 @router.post(
@@ -189,7 +190,7 @@ async def score_batch(
     items = _batch_audit_items(body.records, answers)
     if (refusal := await _write_audit(request, scorer.model.info, items, BATCH_PATH)) is not None:
         return refusal
-    return JSONResponse({"results": answers})
+    return FastJSONResponse({"results": answers})
 
 
 def _small(records: list[Any]) -> bool:

@@ -144,3 +144,34 @@ def test_a_caller_finding_the_lock_held_leaves_its_rows_to_the_writer(tmp_path: 
     assert log.committers[-1] == "ctit-audit"
     assert len(log.rows()) == 1
     log.close()
+
+
+def test_commits_run_no_timeout_statements_and_reads_wait_again(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.db", salt="s")
+    statements: list[str] = []
+    log._db.set_trace_callback(statements.append)
+    _record(log)
+    assert not [s for s in statements if "busy_timeout" in s]  # the commit: no PRAGMA at all
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    statements.clear()
+    assert log.check() and len(log.rows()) == 1
+    timeouts = [s for s in statements if "busy_timeout" in s]
+    assert timeouts == ["PRAGMA busy_timeout=30000", "PRAGMA busy_timeout=0"] * 2
+    assert log._db.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    log.close()
+
+
+def test_a_new_log_waits_for_another_writer_to_store_its_salt(tmp_path: Path) -> None:
+    AuditLog(tmp_path / "audit.db", salt="s").close()  # the file and its tables exist
+    held, released = threading.Event(), []
+    holder = threading.Thread(
+        target=_hold_write_lock, args=(tmp_path / "audit.db", 0.3, held, released)
+    )
+    holder.start()
+    held.wait(5)
+    log = AuditLog(tmp_path / "audit.db")  # no salt given: one is stored (a write), after waiting
+    opened = time.monotonic()
+    holder.join()
+    assert opened >= released[0]
+    assert len(log._stored_salt()) == 64
+    log.close()
