@@ -30,7 +30,7 @@ from serving.fhir import convert as fhir
 from serving.request.jsonin import JsonRefused, loads_strict
 from serving.request.records import RecordError, validate_record
 from serving.scoring.scorer import NotEstimable, Scorer, answers_frame
-from serving.settings import ServingSettings
+from serving.settings import MAX_WORKERS, ServingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def serve(
         typer.Option(
             "--workers",
             min=1,
-            max=32,
+            max=MAX_WORKERS,
             help="Server processes (each loads the model; they share the audit log).",
             metavar="N",
         ),

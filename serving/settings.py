@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 MIB = 1024 * 1024
+#: The most server processes `ctit serve --workers` starts (and SIGTTIN grows to).
+MAX_WORKERS = 32
 
 #: Environment variables `ServingSettings.from_env` reads, and the field each one sets.
 ENVIRONMENT = {

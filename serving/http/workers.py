@@ -56,6 +56,8 @@ from multiprocessing.connection import Connection, wait
 
 import uvicorn
 
+from serving.settings import MAX_WORKERS
+
 logger = logging.getLogger("uvicorn.error")
 
 #: How long a stopping worker may finish its requests before it is killed.
@@ -67,9 +69,9 @@ UNRESPONSIVE_AFTER_S = 2 * PING_INTERVAL_S
 #: The pause before restarting a worker that died before it took requests, doubled each time.
 RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
-#: The fewest and most workers (`ctit serve --workers` has the same upper limit; one worker
-#: runs without this supervisor). With two, a restart always has one worker serving.
-MIN_WORKERS, MAX_WORKERS = 2, 32
+#: The fewest workers under this supervisor (one runs without it): with two, a restart always
+#: has one worker serving. The most is `serving.settings.MAX_WORKERS`, shared with the CLI.
+MIN_WORKERS = 2
 #: A killed worker that has not ended after this long is reported.
 ZOMBIE_REPORT_S = 10.0
 #: A restart that has not stopped a worker for this long is reported as stalled.
