@@ -63,6 +63,11 @@ def test_numpy_numbers_are_numbers_and_a_nan_in_an_array_is_refused() -> None:
         dumps({"a": np.array([1.0, np.nan])})
 
 
+def test_keys_that_are_not_text_become_text_as_with_the_standard_library() -> None:
+    value = {1: "a", 2.5: "b", None: "c", "d": {7: [1]}}
+    assert json.loads(dumps(value)) == json.loads(json.dumps(value))
+
+
 def test_a_value_json_cannot_hold_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="not JSON serialisable"):
         dumps({"when": object()})
