@@ -3,9 +3,9 @@
 One answer with its explanation is about 3.6 kB of JSON. The standard library renders it in
 38 µs on this project's development VM (twice that after a scoring has filled the CPU caches),
 orjson in 2-4 µs and `dumps` below, with its check for NaN, in 9-11 µs; a served request
-renders it twice (the answer, and the output kept in the audit row). Numbers keep their shortest round-trip
-digits, as with `json`, though not always the same notation (`1e-05` comes out as `0.00001`: the
-same number to any JSON reader); text is UTF-8 rather than ASCII escapes.
+renders it twice (the answer, and the output kept in the audit row). Numbers keep their
+shortest round-trip digits, as with `json`, though not always the same notation (`1e-05` comes
+out as `0.00001`: the same number to any JSON reader); text is UTF-8 rather than ASCII escapes.
 
 orjson writes NaN and the infinities as `null`, where `json.dumps(..., allow_nan=False)`
 (Starlette's `JSONResponse`) refuses them. `dumps` refuses them too, so no answer carries a
