@@ -33,7 +33,6 @@ from serving.fhir import cds_hooks
 from serving.http import routes, web
 from serving.http.access import AccessGate, require_token
 from serving.http.audit import AuditLog
-from serving.http.jsonout import FastJSONResponse
 from serving.http.routes import BATCH_PATH
 from serving.request.jsonin import JsonRefused, loads_strict
 from serving.request.schemas import ErrorOut
@@ -489,7 +488,6 @@ def _new_app(
         docs_url=None,
         redoc_url=None,
         telemetry={"tracing": telemetry, "metrics": telemetry, "logs": telemetry},
-        default_response_class=FastJSONResponse,
     )
 
 

@@ -15,27 +15,53 @@ answer, and the request fails as an internal error, before its audit row is writ
 
 from __future__ import annotations
 
+import json
+from enum import Enum
 from typing import Any
 
 import numpy as np
 import orjson
 from starlette.responses import JSONResponse
 
-#: numpy numbers and arrays as JSON numbers; int, float, bool and None keys as strings (as `json`).
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: numpy numbers and arrays as JSON numbers; int, float, bool and None keys as strings (as
+#: `json`). Dataclasses and datetimes, which `json` refuses, are not rendered natively either:
+#: they go to the fallback, which refuses them.
+_OPTIONS = (
+    orjson.OPT_SERIALIZE_NUMPY
+    | orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
 
 
 def dumps(content: Any, *, sort_keys: bool = False) -> bytes:
     """`content` as compact UTF-8 JSON; raises ValueError for NaN or an infinity (anywhere) and
-    TypeError for a value JSON cannot hold, as `json.dumps(..., allow_nan=False)` does."""
+    TypeError for a value JSON cannot hold, as `json.dumps(..., allow_nan=False)` does.
+
+    What orjson refuses but `json` holds (integers beyond 64 bits, float subclasses other than
+    numpy's, named tuples) is rendered by `json` instead, so nothing `json` accepted fails here.
+    """
     options = _OPTIONS | orjson.OPT_SORT_KEYS if sort_keys else _OPTIONS
     try:
         raw = orjson.dumps(content, option=options)
-    except orjson.JSONEncodeError as exc:
-        raise TypeError(f"not JSON serialisable: {exc}") from None
+    except orjson.JSONEncodeError:
+        return _standard(content, sort_keys)
     if b"null" in raw and _has_non_finite(content):
         raise ValueError("NaN or an infinity is not valid JSON")
     return raw
+
+
+def _standard(content: Any, sort_keys: bool) -> bytes:
+    """The standard library's rendering, compact and UTF-8 as `dumps`'s; its refusals kept."""
+    try:
+        text = json.dumps(
+            content, allow_nan=False, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys
+        )
+    except TypeError as exc:
+        raise TypeError(f"not JSON serialisable: {exc}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to render as JSON") from None
+    return text.encode("utf-8")
 
 
 def _has_non_finite(content: Any) -> bool:
@@ -51,8 +77,11 @@ def _has_non_finite(content: Any) -> bool:
             continue
         elif isinstance(value, dict):
             pending.extend(value.values())
+            pending.extend(key for key in value if isinstance(key, float))  # {nan: 1}
         elif isinstance(value, list | tuple):
             pending.extend(value)
+        elif isinstance(value, Enum):
+            pending.append(value.value)
         elif isinstance(value, _NUMPY_OR_FLOAT) and not np.isfinite(value).all():
             return True
     return False

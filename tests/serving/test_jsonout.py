@@ -3,6 +3,10 @@ refused wherever they hide (orjson alone would write them as null), numpy number
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import datetime as dt
+import enum
 import json
 import math
 from typing import Any
@@ -68,9 +72,41 @@ def test_keys_that_are_not_text_become_text_as_with_the_standard_library() -> No
     assert json.loads(dumps(value)) == json.loads(json.dumps(value))
 
 
+class _Level(enum.Enum):
+    UNKNOWN = math.nan
+
+
+@dataclasses.dataclass
+class _Row:
+    p: float
+
+
+def test_what_orjson_refuses_but_json_holds_is_rendered_by_json() -> None:
+    class Measure(float):
+        pass
+
+    pair = collections.namedtuple("pair", "low high")
+    for value in (
+        {"patient_id": 2**64},
+        {"patient_id": -(2**63) - 1},
+        {"x": Measure(1.5)},
+        {"range": pair(1, 2)},
+    ):
+        assert json.loads(dumps(value)) == json.loads(json.dumps(value))
+    with pytest.raises(ValueError):  # and json's refusals stay refusals
+        dumps({"patient_id": 2**64, "p": math.nan})
+
+
+def test_a_non_finite_key_or_enum_value_is_refused() -> None:
+    for value in ({math.nan: 1}, {math.inf: "x"}, {"level": _Level.UNKNOWN}):
+        with pytest.raises(ValueError, match="NaN or an infinity"):
+            dumps(value)
+
+
 def test_a_value_json_cannot_hold_is_a_type_error() -> None:
-    with pytest.raises(TypeError, match="not JSON serialisable"):
-        dumps({"when": object()})
+    for value in (object(), dt.date(2024, 1, 1), _Row(0.5)):  # orjson alone renders the last two
+        with pytest.raises(TypeError, match="not JSON serialisable"):
+            dumps({"when": value})
 
 
 def test_nulls_and_text_are_kept_as_written() -> None:

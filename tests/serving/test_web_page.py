@@ -209,6 +209,14 @@ def test_parse_file_keeps_wrong_values_and_says_where_they_are(client):
     assert problems[("patient", "ecog")]["given"] == "7"
 
 
+def test_parse_file_echoes_an_integer_beyond_64_bits(client):
+    # a numeric MRN or a mistyped value: echoed for the person to correct, never a 500
+    big = {**RECORD, "patient": {**RECORD["patient"], "patient_id": 2**64}}
+    response = client.post("/ui/parse-file", json=big)
+    assert response.status_code == 200
+    assert response.json()["records"][0]["record"]["patient"]["patient_id"] == 2**64
+
+
 def test_parse_file_reads_a_fhir_bundle_through_the_adapter(client):
     bundle = (FHIR_DIR / "augmented" / "anaemia-7-0001-ctit.json").read_bytes()
     response = client.post(
