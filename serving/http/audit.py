@@ -36,7 +36,10 @@ A deleted or replaced file: SQLite keeps writing to the open (unlinked) file, an
 vanish at the next restart. Before every commit the writer compares the path's device and inode
 with those of the file it opened; when they differ it refuses the rows (`AuditUnavailable`) and
 `writable()` turns false, so the service answers 503 and scores nothing. When a file is back at
-the path (restored, or a new one created), the log reopens it and accepts rows again.
+the path (restored, or a new one created), the log reopens it and accepts rows again, unless the
+lost file's write-ahead log (`-wal`) is still beside it: SQLite would replay the old file's pages
+onto the new one and silently replace its rows, so the log stays unwritable, says so once, and
+reopens when `-wal` and `-shm` have been removed.
 """
 
 from __future__ import annotations
@@ -177,6 +180,8 @@ class AuditLog:
         self._lock = threading.Lock()
         self._synchronous = synchronous
         self._identity: tuple[int, int] | None = None
+        self._wal_identity: tuple[int, int] | None = None
+        self._stale_wal_reported = False
         self._db = self._open()
         self._salt = (salt or self._stored_salt()).encode("utf-8")
         self.model_inputs = model_inputs
@@ -204,7 +209,13 @@ class AuditLog:
             db.close()
             raise
         self._identity = _identity(self.path)
+        self._wal_identity = _identity(self._wal_path)  # created by the schema's transaction
+        self._stale_wal_reported = False
         return db
+
+    @property
+    def _wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
 
     def _same_file(self) -> bool:
         """Whether the path still names the file this log opened (not deleted or replaced)."""
@@ -212,7 +223,7 @@ class AuditLog:
 
     def _reopen(self) -> bool:
         """Open the file now at the path (restored or new) in place of a lost one; under _lock."""
-        if not self.path.exists():
+        if not self.path.exists() or self._stale_wal():
             return False
         try:
             fresh = self._open()
@@ -223,6 +234,25 @@ class AuditLog:
         with contextlib.suppress(sqlite3.Error):
             old.close()
         log.warning("audit log %s: a new file is at the path; writing to it from now on", self.path)
+        return True
+
+    def _stale_wal(self) -> bool:
+        """Whether the write-ahead log beside the path is still the lost file's (only the main
+        file was put back): SQLite would replay the old file's pages onto the new one, silently
+        replacing its rows. The log then stays unwritable until `-wal` and `-shm` are removed.
+        (Our old connection keeps the old log open, so its inode cannot be reused meanwhile.)"""
+        if self._wal_identity is None or _identity(self._wal_path) != self._wal_identity:
+            return False
+        if not self._stale_wal_reported:
+            self._stale_wal_reported = True
+            log.error(
+                "audit log %s: a new file is at the path, but the previous file's write-ahead "
+                "log is still beside it and would be replayed onto it; remove %s and %s-shm "
+                "(nothing is scored until then)",
+                self.path,
+                self._wal_path,
+                self.path,
+            )
         return True
 
     def writable(self) -> bool:

@@ -175,3 +175,30 @@ def test_a_new_log_waits_for_another_writer_to_store_its_salt(tmp_path: Path) ->
     assert opened >= released[0]
     assert len(log._stored_salt()) == 64
     log.close()
+
+
+def test_a_restored_file_is_not_opened_beside_the_old_write_ahead_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AuditLog(tmp_path / "audit.db", salt="s")
+    for _ in range(30):
+        _record(log)
+    backup = AuditLog(tmp_path / "backup.db", salt="s")
+    backup.record_score(
+        model=MODEL, patient_id="P-2", input_sha256="1" * 64, answers=[ANSWER], endpoint="/b",
+        caller="restore",
+    )  # fmt: skip
+    backup.close()
+    (tmp_path / "backup.db").replace(log.path)  # the old -wal and -shm stay beside it
+    for _ in range(3):
+        with pytest.raises(audit_module.AuditUnavailable):
+            _record(log)
+    assert not log.check()
+    stale = [r for r in caplog.records if "write-ahead log is still beside it" in r.getMessage()]
+    assert len(stale) == 1  # said once, not at every refused write
+    for suffix in ("-wal", "-shm"):
+        Path(f"{log.path}{suffix}").unlink()
+    _record(log)
+    assert log.check()
+    assert [row["endpoint"] for row in log.rows()] == ["/b", "/v1/score"]  # the backup's row kept
+    log.close()

@@ -299,18 +299,34 @@ def test_a_replaced_audit_database_is_noticed_and_written_to(
     try:
         with httpx.Client(base_url=live.url, headers=AUTH, timeout=60) as client:
             assert client.post("/v1/score", json=record).status_code == 200
-            other = tmp_path / "other.db"
-            AuditLog(other, salt="pepper").close()
-            os.replace(other, path)
+            backup = tmp_path / "backup.db"  # a backup with a row of its own, one file
+            restored = AuditLog(backup, salt="pepper")
+            restored.record_score(
+                model={"name": "m", "version": "1"},
+                patient_id="P-backup",
+                input_sha256="0" * 64,
+                answers=[{"episode_id": "E-backup", "probability": 0.5}],
+                endpoint="/backup",
+                caller="test",
+            )
+            restored.close()
+            os.replace(backup, path)  # only the main file: the old -wal and -shm stay beside it
+            refused = client.post("/v1/score", json=record)  # replayed, they would erase the backup
+            assert refused.status_code == 503 and "audit" in refused.json()["detail"]
+            assert client.get("/readyz").status_code == 503
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink()
             after = time.time()
+            assert client.get("/readyz").status_code == 200
             assert client.post("/v1/score", json=record).status_code == 200
     finally:
         live.stop()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        times = [row[0] for row in db.execute("SELECT time FROM scores")]
+        rows = db.execute("SELECT time, endpoint FROM scores ORDER BY id").fetchall()
+    assert rows[0][1] == "/backup"  # the restored row is kept
     # the score made after the swap is in the file now at the path, not in an unlinked one
-    assert any(dt.datetime.fromisoformat(t).timestamp() >= after - 1 for t in times), times
+    assert any(dt.datetime.fromisoformat(t).timestamp() >= after - 1 for t, _ in rows[1:]), rows
 
 
 # -- 6. CDS card text --------------------------------------------------------------------------
