@@ -237,7 +237,8 @@ class SupportEnvelope:
                 continue
             self._low[j], self._high[j] = float(stats["min"]), float(stats["max"])
             self._p01[j], self._p99[j] = float(stats["p01"]), float(stats["p99"])
-            self._p50[j] = float(stats.get("p50", np.nan))
+            # a reference without the 50th percentile (older bundles): the 1st instead
+            self._p50[j] = float(stats.get("p50", stats["p01"]))
             share = stats.get("missing_share")
             self._rarely_missing[j] = share is not None and float(share) < RARE_SHARE
             if binary[j] and stats["min"] == 0 and stats["max"] == 1:
@@ -258,14 +259,12 @@ class SupportEnvelope:
         rare = np.equal(X, self._rare)
         rows: list[int] = []
         alts: list[np.ndarray] = []
-        # a reference without the 50th percentile (older bundles): the 1st instead
-        p50 = np.where(np.isnan(self._p50), self._p01, self._p50)
         for i in np.flatnonzero(outside.any(axis=1) | missing.any(axis=1) | rare.any(axis=1)):
             changed = outside[i] | missing[i]
             if outside[i].any():
-                edges: tuple[np.ndarray, ...] = (self._p01, p50, self._p99)
+                edges: tuple[np.ndarray, ...] = (self._p01, self._p50, self._p99)
             else:
-                edges = (p50,) if missing[i].any() else ()
+                edges = (self._p50,) if missing[i].any() else ()
             for edge in edges:
                 alt = X[i].copy()
                 alt[changed] = edge[changed]

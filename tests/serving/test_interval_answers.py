@@ -317,3 +317,15 @@ def test_http_answers_and_model_card_carry_the_fields(full_model, record, tmp_pa
     assert answer["median_days_to_response"] == median_day(np.asarray(answer["response_by_day"]))
     assert card["interval_level"] == 0.8 and "80% interval" in card["interval"]
     assert card["time_to_response"]["horizon_days"] == 14
+
+
+def test_support_envelope_of_an_older_reference_without_the_median_uses_the_1st_percentile() -> (
+    None
+):
+    from serving.predict.interval import SupportEnvelope
+
+    reference = {"plt_last": {"min": 5.0, "p01": 12.0, "p99": 180.0, "max": 400.0}}
+    envelope = SupportEnvelope(["plt_last"], reference, [False])
+    rows, alts = envelope.alternatives(np.array([[500.0]], dtype=np.float32))
+    assert rows.tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(alts[:, 0], [12.0, 12.0, 180.0])

@@ -57,7 +57,7 @@ def test_isotonic_is_monotone_and_intercept_needs_a_platt_calibrator() -> None:
 
 
 def _refits(n: int = 5) -> tuple[np.ndarray, object]:
-    """A BootstrapInterval of `n` small real boosters with their own Platt maps, and its X."""
+    """Rows X, and a BootstrapInterval of `n` small real boosters with their own Platt maps."""
     import xgboost as xgb
 
     from serving.predict.interval import BootstrapInterval

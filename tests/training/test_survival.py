@@ -42,18 +42,7 @@ def _hand_made_cohort():
     labs += [_plt("L6", 2, 35.0), _plt("L6", 6, 40.0)]
     labs += [_plt("R1", 1, 110.0)]
     labs += [_plt("NB", 3, 150.0)]  # no baseline: cannot be judged
-    tables = {
-        "patients": pd.DataFrame({"patient_id": patients}),
-        "episodes": pd.DataFrame(
-            {
-                "episode_id": [f"E-{p}" for p in patients],
-                "patient_id": patients,
-                "index_date": INDEX.date().isoformat(),
-            }
-        ),
-        "labs": pd.DataFrame(labs),
-    }
-    return cohort_from_tables(tables)
+    return _cohort_of(labs, patients)
 
 
 def test_hand_made_episodes_are_censored_between_draws() -> None:
