@@ -319,9 +319,7 @@ def test_http_answers_and_model_card_carry_the_fields(full_model, record, tmp_pa
     assert card["time_to_response"]["horizon_days"] == 14
 
 
-def test_support_envelope_of_an_older_reference_without_the_median_uses_the_1st_percentile() -> (
-    None
-):
+def test_support_envelope_of_a_reference_without_its_median_uses_the_p01() -> None:
     from serving.predict.interval import SupportEnvelope
 
     reference = {"plt_last": {"min": 5.0, "p01": 12.0, "p99": 180.0, "max": 400.0}}
